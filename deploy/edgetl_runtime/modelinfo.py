@@ -1,0 +1,84 @@
+"""What a model file says about itself: labels, preprocessing, names, provenance.
+
+edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys;
+the runtime reads it back through onnxruntime alone, so an exported file is enough to run inference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .errors import BundleError
+from .preprocess import PreprocessSpec
+
+PREFIX = "edgetl."
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    backbone: str
+    input_name: str = "input"
+    output_name: str = "logits"
+    precision: str = "fp32"
+    edgetl_version: str = ""
+    source_sha256: str = ""
+    quantization: dict = field(default_factory=dict)
+
+    def with_(self, **changes) -> ModelInfo:
+        return replace(self, **changes)
+
+    def to_metadata(self) -> dict[str, str]:
+        """Flat str -> str mapping, the form ONNX metadata_props and rt_info hold."""
+        values = {
+            "labels": json.dumps(list(self.labels)),
+            "preprocess": self.preprocess.to_json(),
+            "backbone": self.backbone,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "precision": self.precision,
+            "edgetl_version": self.edgetl_version,
+            "source_sha256": self.source_sha256,
+            "quantization": json.dumps(self.quantization, sort_keys=True),
+        }
+        return {PREFIX + k: v for k, v in values.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> ModelInfo:
+        values = {k[len(PREFIX) :]: v for k, v in meta.items() if k.startswith(PREFIX)}
+        missing = {"labels", "preprocess", "backbone"} - values.keys()
+        if missing:
+            raise BundleError(
+                f"{source}: no edgetl metadata ({', '.join(sorted(missing))} missing); "
+                "export the model with `edgetl export` so it carries its labels and preprocessing"
+            )
+        return cls(
+            labels=tuple(json.loads(values["labels"])),
+            preprocess=PreprocessSpec.from_json(values["preprocess"]),
+            backbone=values["backbone"],
+            input_name=values.get("input_name", "input"),
+            output_name=values.get("output_name", "logits"),
+            precision=values.get("precision", "fp32"),
+            edgetl_version=values.get("edgetl_version", ""),
+            source_sha256=values.get("source_sha256", ""),
+            quantization=json.loads(values.get("quantization") or "{}"),
+        )
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """Read edgetl metadata from an ONNX file (via onnxruntime, no onnx package needed)."""
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no such model file")
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
+        raise BundleError(f"{path}: not a loadable ONNX model ({e})") from None
+    return ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))

@@ -1,0 +1,49 @@
+"""The `edgetl` command: a thin click layer over the Python API.
+
+Subcommands are imported only when invoked, so `edgetl --help` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from edgetl import __version__
+
+# command -> "module:function"; one line per stage, nothing imported until used.
+COMMANDS = {
+    "backbones": "edgetl.cli.backbones:backbones",
+    "train": "edgetl.cli.train:train",
+    "export": "edgetl.cli.export:export",
+    "quantize": "edgetl.cli.quantize:quantize",
+    "benchmark": "edgetl.cli.benchmark:benchmark",
+    "package": "edgetl.cli.package:package",
+    "demo": "edgetl.cli.demo:demo",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgetl")
+def main() -> None:
+    """Fine-tune a pretrained image backbone and take it to an edge device.
+
+    \b
+    edgetl demo                                   # the whole pipeline on a bundled dataset
+    edgetl train --data DATA --out runs/a         # fine-tune (frozen, then partial unfreeze)
+    edgetl export runs/a --out runs/a/model.onnx  # ONNX with a parity gate
+    edgetl quantize runs/a --out runs/a/model.int8.onnx
+    edgetl benchmark runs/a
+    edgetl package runs/a --out bundle.tar.gz
+    """
