@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edgetl_runtime.fileio import atomic_output
@@ -62,7 +62,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorsError, OSError) as e:
+    except (SafetensorError, OSError) as e:
         raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
     if "edgetl" not in meta:
         raise EdgetlError(f"{path}: not an edgetl checkpoint (no edgetl header)")

@@ -18,3 +18,11 @@ def digits_dir(tmp_path_factory) -> Path:
     return write_digits_imagefolder(
         tmp_path_factory.mktemp("data") / "digits", size=32, classes=3, per_class=16, val_fraction=0.25
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, digits_dir) -> Path:
+    """A run folder with checkpoint, splits, model.onnx and model.int8.onnx (package/runtime tests)."""
+    from tinyrun import make_run
+
+    return make_run(tmp_path_factory.mktemp("tiny") / "run", digits_dir)

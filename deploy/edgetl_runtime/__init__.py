@@ -1,7 +1,10 @@
 """edgetl-runtime: run edgetl models and bundles on a device with numpy, pillow and onnxruntime."""
 
+from .bundle import extract_bundle, open_bundle, verify_bundle
 from .errors import BackendUnavailable, BundleError, EdgetlError, ImageError
+from .manifest import Manifest
 from .modelinfo import ModelInfo, read_model_info
+from .predictor import Prediction, Predictor
 from .preprocess import PreprocessSpec, load_image, preprocess_batch, preprocess_image
 
 __version__ = "0.1.0"
@@ -11,11 +14,17 @@ __all__ = [
     "BundleError",
     "EdgetlError",
     "ImageError",
+    "Manifest",
     "ModelInfo",
+    "Prediction",
+    "Predictor",
     "PreprocessSpec",
     "__version__",
+    "extract_bundle",
     "load_image",
+    "open_bundle",
     "preprocess_batch",
     "preprocess_image",
     "read_model_info",
+    "verify_bundle",
 ]

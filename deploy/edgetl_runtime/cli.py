@@ -1,0 +1,243 @@
+"""`edgetl-run`: classify images, describe and time a bundle on the device (argparse: no extra deps).
+
+Exit codes: 0 success; 1 nothing could run (bundle refused, backend unavailable, no images);
+2 bad usage; 3 some inputs were unreadable (the others were classified and printed).
+With --json, stdout holds exactly one JSON object, also on failure ({"error": ...}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import EdgetlError
+from .manifest import Precision
+
+EXIT_ERROR, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 1, 2, 3
+
+EPILOG = """\
+examples:
+  edgetl-run predict bundle.tar.gz photo.jpg images/ --top-k 3
+  edgetl-run predict bundle/ images/ --json
+  edgetl-run info bundle.tar.gz
+  edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
+
+exit codes: 0 ok, 1 error (nothing ran), 2 usage, 3 some inputs unreadable (rest classified)
+"""
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(_finite(obj)) + "\n")
+    sys.stdout.flush()
+
+
+def _expand(inputs: Sequence[str]) -> list[Path]:
+    """Files as given (bad ones fail per file later), folders as their images, sorted."""
+    from .preprocess import list_images
+
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                print(f"warning: {path}: no images in this folder", file=sys.stderr)
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predictor import Predictor
+
+    paths = _expand(args.images)
+    if not paths:
+        raise EdgetlError("no images to classify: give image files or folders that contain images")
+    predictor = Predictor.from_bundle(
+        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
+    )
+    results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        _print_json(
+            {
+                "bundle": str(args.bundle),
+                **predictor.describe(),
+                "predictions": [r.to_dict() for r in results],
+                "images": len(results),
+                "failed": len(failed),
+                "errors": [{"source": r.source, "error": r.error} for r in failed],
+            }
+        )
+    else:
+        for r in results:
+            if r.ok:
+                others = ", ".join(f"{lb} {s:.3f}" for lb, _, s in r.top_k[1:])
+                print(f"{r.source}\t{r.label}\t{r.score:.3f}" + (f"\t({others})" if others else ""))
+        for r in failed:
+            print(f"error: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(results)} inputs could not be read (see errors)", file=sys.stderr)
+        return EXIT_SOME_INPUTS_FAILED
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS
+    from .bundle import open_bundle
+
+    with open_bundle(args.bundle) as bundle:
+        manifest = bundle.manifest
+    backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
+    if args.json:
+        _print_json(
+            {
+                "bundle": str(args.bundle),
+                "verified": True,
+                "manifest": manifest.to_dict(),
+                "backends": backends,
+            }
+        )
+        return 0
+    p = manifest.preprocess
+    print(f"bundle      {args.bundle} (verified: every file matches its sha256)")
+    print(f"name        {manifest.name}  (created {manifest.created})")
+    print(f"labels      {len(manifest.labels)}: {', '.join(manifest.labels)}")
+    print(
+        f"preprocess  resize {p.resize} {p.interpolation.value}, crop {p.crop}, mean {list(p.mean)}, "
+        f"std {list(p.std)}, {p.layout}"
+    )
+    print(f"input       {manifest.input.name} {list(manifest.input.shape)} {manifest.input.dtype}")
+    print(f"output      {manifest.output.name} {list(manifest.output.shape)} {manifest.output.dtype}")
+    for m in manifest.models:
+        print(
+            f"model       {m.path}  {m.precision.value}  {m.size / 1e6:.2f} MB  for {', '.join(m.backends)}"
+        )
+    for key, value in manifest.metrics.items():
+        print(f"metric      {key} = {value}")
+    for name, state in backends.items():
+        print(f"backend     {name}: {state}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .predictor import Predictor
+    from .timing import measure_latency, peak_rss_mb
+
+    predictor = Predictor.from_bundle(
+        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
+    )
+    batch = predictor.fixed_batch or args.batch_size
+    rng = np.random.default_rng(0)
+    shape = predictor.preprocess.input_shape(batch)
+    # a few distinct inputs so no figure comes from one cached tensor (the benchmark's method)
+    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    stats = measure_latency(
+        predictor.session.run, pool, warmup_s=args.warmup_s, min_s=args.min_s, min_runs=args.min_runs
+    )
+    row = {
+        "bundle": str(args.bundle),
+        **predictor.describe(),
+        **stats.to_dict(),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    row.pop("labels")
+    if args.json:
+        _print_json(row)
+    else:
+        print(
+            f"{row['model']} ({row['precision']}) on {row['backend']}, batch {batch}: "
+            f"p50 {stats.p50_ms:.2f} ms, p90 {stats.p90_ms:.2f} ms, p99 {stats.p99_ms:.2f} ms, "
+            f"{stats.throughput:.1f} img/s over {stats.runs} runs (cv {stats.cv:.2f})"
+        )
+        if stats.noisy:
+            print(
+                "warning: noisy measurement (cv above 0.15); close other programs and rerun", file=sys.stderr
+            )
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path, help="bundle folder or .tar.gz from `edgetl package`")
+    p.add_argument(
+        "--backend", default="auto", help="inference backend (default: auto), e.g. onnxruntime-cpu"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", *(p.value for p in Precision)],
+        help="model file to use",
+    )
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetl-run",
+        description="Run an edgetl deploy bundle on this device (no PyTorch needed).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"edgetl-runtime {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    predict = sub.add_parser("predict", help="classify images or folders of images")
+    _model_options(predict)
+    predict.add_argument("images", nargs="+", help="image files and/or folders")
+    predict.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
+    predict.add_argument("--batch-size", type=int, default=None, help="images per model call (default 8)")
+    predict.set_defaults(run=cmd_predict)
+
+    info = sub.add_parser("info", help="verify a bundle and describe it")
+    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz")
+    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    info.set_defaults(run=cmd_info)
+
+    bench = sub.add_parser("bench", help="time the model here (the method of `edgetl benchmark`)")
+    _model_options(bench)
+    bench.add_argument("--batch-size", type=int, default=1, help="batch size to time (default 1)")
+    bench.add_argument("--warmup-s", type=float, default=1.0, help="untimed warm-up seconds (default 1)")
+    bench.add_argument("--min-s", type=float, default=3.0, help="minimum timed seconds (default 3)")
+    bench.add_argument("--min-runs", type=int, default=30, help="minimum timed runs (default 30)")
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option in ("top_k", "batch_size", "threads", "min_runs"):
+        value = getattr(args, option, None)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    try:
+        return args.run(args)
+    except EdgetlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if args.json:
+            _print_json({"error": str(e)})
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

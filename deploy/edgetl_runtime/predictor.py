@@ -1,0 +1,186 @@
+"""Classify images with a bundle or an exported model: the device-side API.
+
+The preprocessing is `edgetl_runtime.preprocess` with the spec stored in the manifest (or the model's
+metadata), the same code edgetl evaluates with, so device and training agree by construction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .backends import Session, load_session, resolve_backend
+from .bundle import open_bundle
+from .errors import ImageError
+from .manifest import Manifest
+from .modelinfo import read_model_info
+from .preprocess import ImageInput, PreprocessSpec, preprocess_image
+
+DEFAULT_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One input's result: the top class and the top-k list, or the error that input got."""
+
+    source: str
+    label: str | None = None
+    index: int | None = None
+    score: float | None = None  # softmax probability of `label`
+    top_k: tuple[tuple[str, int, float], ...] = ()  # (label, index, probability), best first
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        if not self.ok:
+            return {"source": self.source, "error": self.error}
+        return {
+            "source": self.source,
+            "label": self.label,
+            "index": self.index,
+            "score": self.score,
+            "top_k": [{"label": lb, "index": i, "score": s} for lb, i, s in self.top_k],
+        }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z -= z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _describe(item: ImageInput, position: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return f"<{type(item).__name__} #{position}>"
+
+
+def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """One image or many; a 4-D array is a batch of HxWxC images."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return list(images) if images.ndim == 4 else [images]
+    return list(images)
+
+
+class Predictor:
+    """A loaded model with its labels and preprocessing. Build it with `from_bundle` or `from_model`."""
+
+    def __init__(
+        self,
+        session: Session,
+        labels: Sequence[str],
+        preprocess: PreprocessSpec,
+        *,
+        fixed_batch: int | None = None,
+        model: str = "",
+        precision: str = "",
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.session = session
+        self.labels = tuple(labels)
+        self.preprocess = preprocess
+        self.fixed_batch = fixed_batch
+        self.model = model
+        self.precision = precision
+        self.manifest = manifest
+
+    @property
+    def backend(self) -> str:
+        return self.session.backend
+
+    @classmethod
+    def from_bundle(
+        cls,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        precision: str = "auto",
+        threads: int | None = None,
+    ) -> Predictor:
+        """Verify a bundle (folder or .tar.gz) and load its model for `backend`.
+
+        precision "auto" takes the first model of the bundle meant for the chosen backend (INT8 on
+        CPU when the bundle has it, FP32 on a GPU).
+        """
+        chosen = resolve_backend(backend)
+        with open_bundle(path) as bundle:
+            manifest = bundle.manifest
+            entry = manifest.select_model(precision, chosen.name)
+            session = load_session(bundle.file(entry.path), chosen.name, threads)
+        return cls(
+            session,
+            manifest.labels,
+            manifest.preprocess,
+            fixed_batch=manifest.input.fixed_batch,
+            model=entry.path,
+            precision=entry.precision.value,
+            manifest=manifest,
+        )
+
+    @classmethod
+    def from_model(
+        cls, path: str | os.PathLike, backend: str = "auto", threads: int | None = None
+    ) -> Predictor:
+        """Load an exported ONNX file; labels and preprocessing come from its edgetl metadata."""
+        info = read_model_info(path)
+        session = load_session(path, backend, threads)
+        return cls(session, info.labels, info.preprocess, model=Path(path).name, precision=info.precision)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw model output for a preprocessed batch, split to the model's fixed batch size if it has one."""
+        step = self.fixed_batch or len(batch)
+        return np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+
+    def predict(
+        self,
+        images: ImageInput | Iterable[ImageInput],
+        top_k: int = 5,
+        batch_size: int | None = None,
+    ) -> list[Prediction]:
+        """Classify paths, PIL images or HxWxC uint8 arrays; one Prediction per input, in order.
+
+        An unreadable input gets a Prediction with `error` set; the others are still classified.
+        """
+        items = _as_list(images)
+        k = max(1, min(top_k, len(self.labels)))
+        size = batch_size or self.fixed_batch or DEFAULT_BATCH
+        results: list[Prediction | None] = [None] * len(items)
+        for start in range(0, len(items), size):
+            arrays, readable = [], []
+            for i in range(start, min(start + size, len(items))):
+                try:
+                    arrays.append(preprocess_image(items[i], self.preprocess))
+                    readable.append(i)
+                except ImageError as e:
+                    results[i] = Prediction(_describe(items[i], i), error=str(e))
+            if arrays:
+                probs = softmax(self.logits(np.stack(arrays)))
+                for i, p in zip(readable, probs, strict=True):
+                    results[i] = self._decode(_describe(items[i], i), p, k)
+        return results
+
+    def _decode(self, source: str, probs: np.ndarray, k: int) -> Prediction:
+        best = np.argsort(-probs, kind="stable")[:k]
+        top = tuple((self.labels[i], int(i), float(probs[i])) for i in best)
+        return Prediction(source, label=top[0][0], index=top[0][1], score=top[0][2], top_k=top)
+
+    def describe(self) -> dict:
+        return {
+            "model": self.model,
+            "precision": self.precision,
+            "backend": self.backend,
+            "providers": list(self.session.providers),
+            "threads": getattr(self.session, "threads", None),
+            "labels": list(self.labels),
+            "preprocess": self.preprocess.to_dict(),
+        }

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import handle_errors, json_option
+
+
+@click.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("edgetl-demo"),
+    show_default=True,
+    help="Folder for the dataset and every artifact.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+@handle_errors
+def demo(out: Path, seed: int, as_json: bool) -> None:
+    """Run the pipeline on scikit-learn's handwritten digits with the embedded default backbone.
+
+    \b
+    edgetl demo
+    edgetl demo --out /tmp/demo --json
+    """
+    from edgetl.console import print_json
+    from edgetl.demo import run_demo
+
+    summary = run_demo(out, seed=seed)
+    if as_json:
+        print_json(summary)
+        return
+    print_demo(summary)
+
+
+def print_demo(summary: dict) -> None:
+    from rich.table import Table
+
+    from edgetl.console import out
+
+    train, quant, pkg = summary["train"], summary["quantize"], summary["package"]
+    export = summary["export"]
+    out.print(
+        f"trained {train['checkpoint']} in {train['train_seconds']:.0f}s: val accuracy {train['best_val_accuracy']:.3f}\n"
+        f"exported {export['onnx']}: max |logit diff| {export['max_abs_diff']:.1e}, top-1 agreement {export['top1_agreement']:.3f}\n"
+        f"quantized {quant['int8_model']} ({quant['method']}): accuracy FP32 {quant['fp32_accuracy']:.3f} -> "
+        f"INT8 {quant['int8_accuracy']:.3f}, size x{quant['size_ratio']:.2f}"
+    )
+    table = Table("backend", "precision", "status", "p50 ms", title="latency, batch 1")
+    for row in summary["benchmark"]["rows"]:
+        p50 = f"{row['p50_ms']:.2f}" if row.get("p50_ms") is not None else row.get("reason") or ""
+        table.add_row(row["backend"], row["precision"] or "", row["status"], p50)
+    out.print(table)
+    out.print(
+        f"bundle {pkg['bundle']}: {pkg['held_out_images']} held-out images classified by edgetl-runtime "
+        f"({pkg['backend']}), accuracy {pkg['held_out_accuracy']:.3f}\n"
+        f"demo done in {summary['total_seconds']:.0f}s"
+    )

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import handle_errors, json_option
+
+
+@click.command()
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@click.option("--backbone", help="Export this pretrained backbone with its ImageNet head (no RUN needed).")
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(path_type=Path),
+    help="ONNX file to write [default: RUN/model.onnx, or BACKBONE.onnx].",
+)
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--optimize", is_flag=True, help="Clean up the graph (onnxruntime basic offline optimiser).")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["onnx", "openvino"]),
+    multiple=True,
+    default=("onnx",),
+    show_default=True,
+    help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file.",
+)
+@click.option(
+    "--check-images",
+    type=click.Path(path_type=Path),
+    help="Images for the parity check of a bare backbone [default: run's validation split, else sample photos].",
+)
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max |logit diff| allowed.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Batch size of the parity check.")
+@click.option("--max-check-images", type=int, default=256, show_default=True)
+@json_option
+@handle_errors
+def export(
+    run: Path | None,
+    backbone: str | None,
+    out: Path | None,
+    opset: int,
+    precision: str,
+    optimize: bool,
+    formats: tuple[str, ...],
+    check_images: Path | None,
+    tolerance: float,
+    batch: int,
+    max_check_images: int,
+    as_json: bool,
+) -> None:
+    """Export a trained run (or a pretrained backbone) to ONNX, gated by a parity check with PyTorch.
+
+    \b
+    edgetl export runs/a                                   # -> runs/a/model.onnx + runs/a/export.json
+    edgetl export runs/a --format openvino --json          # also runs/a/model.xml + .bin
+    edgetl export --backbone efficientnet_lite0 --out lite0.onnx
+    """
+    from edgetl.console import out as stdout
+    from edgetl.console import print_json
+    from edgetl.export import export_onnx
+
+    result = export_onnx(
+        run,
+        out,
+        backbone=backbone,
+        opset=opset,
+        precision=precision,
+        optimize=optimize,
+        formats=formats,
+        check_images=check_images,
+        tolerance=tolerance,
+        batch=batch,
+        max_images=max_check_images,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    stdout.print(
+        f"wrote {result.onnx} ({result.size_bytes / 1e6:.1f} MB, opset {result.opset}, {result.precision})"
+    )
+    if result.openvino:
+        stdout.print(f"wrote {result.openvino} (+ .bin)")
+    for c in result.checks:
+        stdout.print(
+            f"parity {c.runtime}: max |logit diff| {c.max_abs_diff:.2e} <= {c.tolerance:.1e}, "
+            f"top-1 agreement {c.top1_agreement:.1%} on {c.n_images} images"
+        )

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import handle_errors, json_option
+
+
+@click.command()
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Bundle folder, or FILE.tar.gz for a byte-reproducible archive.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["int8", "fp32", "both"]),
+    default=None,
+    help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
+)
+@click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
+@json_option
+@handle_errors
+def package(run: Path, out_path: Path, precision: str | None, name: str | None, as_json: bool) -> None:
+    """Bundle a run for a device: model(s), manifest.json, labels.txt, README.
+
+    The device runs it with `edgetl-run` (pip install edgetl-runtime; no PyTorch).
+    Set SOURCE_DATE_EPOCH to pin the creation time; otherwise it is the newest input's mtime.
+
+    \b
+    edgetl package runs/a --out runs/a/bundle.tar.gz
+    edgetl package runs/a --out deploy/ --precision fp32 --json
+    """
+    from edgetl.console import out, print_json
+    from edgetl.package import build_bundle
+
+    bundle = build_bundle(run, out_path, precision=precision, name=name)
+    if as_json:
+        print_json(bundle.to_dict())
+        return
+    models = ", ".join(
+        f"{m.path} ({m.precision.value}, {m.size / 1e6:.1f} MB)" for m in bundle.manifest.models
+    )
+    out.print(
+        f"bundle {bundle.path} ({bundle.size_bytes / 1e6:.1f} MB, sha256 {bundle.sha256[:16]}): {models}"
+    )
+    out.print(f"on the device: pip install edgetl-runtime && edgetl-run predict {bundle.path} IMAGES...")

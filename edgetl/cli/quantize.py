@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import handle_errors, json_option
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--calibration",
+    type=click.Path(exists=True, path_type=Path),
+    help="Image folder (or ImageFolder) to sample from, or a manifest .json to repeat a quantization. Default for a run: its training split.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="INT8 model to write. Default for a run: RUN/model.int8.onnx.",
+)
+@click.option(
+    "--eval",
+    "eval_dir",
+    type=click.Path(exists=True, path_type=Path),
+    help="ImageFolder for the accuracy gate: subfolders named by label, class index, or ImageNet synset id "
+    "(n01440764, 1000-class models); a flat folder measures agreement with FP32 only. Default for a run: its val split.",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Most top-1 points the INT8 model may lose.",
+)
+@click.option(
+    "--method",
+    default="auto",
+    show_default=True,
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction.",
+)
+@click.option(
+    "--backend", type=click.Choice(["onnxruntime", "nncf"]), default="onnxruntime", show_default=True
+)
+@click.option(
+    "--num-calibration", type=int, default=300, show_default=True, help="Images to sample for calibration."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
+)
+@click.option("--manifest", type=click.Path(path_type=Path), help="Where to write the calibration manifest.")
+@json_option
+@handle_errors
+def quantize(
+    model: Path,
+    calibration: Path | None,
+    out: Path | None,
+    eval_dir: Path | None,
+    max_drop: float,
+    method: str,
+    backend: str,
+    num_calibration: int,
+    seed: int,
+    allow_drop: bool,
+    manifest: Path | None,
+    as_json: bool,
+) -> None:
+    """INT8 post-training quantization of MODEL.onnx or a RUN folder, behind an accuracy gate.
+
+    \b
+    edgetl quantize runs/a                              # train split calibrates, val split gates
+    edgetl quantize model.onnx --calibration photos/ --eval val/ --out model.int8.onnx
+    edgetl quantize model.onnx --calibration model.int8.json --out again.onnx   # repeat exactly
+    """
+    from edgetl.console import out as console
+    from edgetl.console import print_json
+    from edgetl.quantize import quantize as run_quantize
+
+    result = run_quantize(
+        model,
+        out,
+        calibration=calibration,
+        eval_dir=eval_dir,
+        max_drop=max_drop,
+        method=method,
+        num_calibration=num_calibration,
+        seed=seed,
+        allow_drop=allow_drop,
+        backend=backend,
+        manifest=manifest,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    console.print(
+        f"INT8 model: {result.int8_model} ({result.method}, {result.size_ratio:.2f}x the FP32 size)"
+    )
+    console.print(
+        f"top-1 FP32 {pct(result.fp32_accuracy)} -> INT8 {pct(result.int8_accuracy)}, "
+        f"agreement {pct(result.agreement)}, {len(result.attempts)} attempt(s)"
+    )
+    console.print(f"calibration manifest: {result.calibration_manifest}")

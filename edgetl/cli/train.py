@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgetl.cli.common import handle_errors, json_option
+
+
+@click.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="ImageFolder: DATA/train/<class>/*, optional DATA/val/<class>/*.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), required=True, help="Run folder for checkpoints and metrics."
+)
+@click.option(
+    "--backbone",
+    default=None,
+    help="Registered backbone or timm model name [default: the recipe's, efficientnet_lite0].",
+)
+@click.option(
+    "--recipe", default=None, help="Recipe TOML file or a name in models/ [default: models/<backbone>.toml]."
+)
+@click.option(
+    "--weights", default=None, help="Pretrained weights: default, none, or a local state_dict file."
+)
+@click.option(
+    "--frozen-epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Epochs of the frozen (cached-feature) stages; 0 skips them.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Epochs of the unfreezing stages; 0 skips them.",
+)
+@click.option(
+    "--unfreeze",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many last backbone stages the first unfreezing stage trains.",
+)
+@click.option(
+    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Head learning rate (all stages)."
+)
+@click.option(
+    "--lr-backbone",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Learning rate of the last unfrozen stage.",
+)
+@click.option(
+    "--lr-decay",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="Per-stage learning-rate factor toward the input.",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None)
+@click.option(
+    "--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience in epochs."
+)
+@click.option(
+    "--balance",
+    type=click.Choice(["auto", "loss", "sampler", "none"]),
+    default=None,
+    help="Class-imbalance handling.",
+)
+@click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips (off for digits or text).")
+@click.option(
+    "--image-size",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Input size instead of the backbone's (keeps its crop fraction).",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    default=None,
+    help="Validation share when DATA has no val/.",
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors.")
+@json_option
+@handle_errors
+def train(data: Path, out: Path, as_json: bool, **options) -> None:
+    """Fine-tune a pretrained backbone: frozen head training on cached features, then partial unfreeze.
+
+    \b
+    edgetl train --data DATA --out runs/a
+    edgetl train --data DATA --out runs/a --backbone mobilenet_v3_large --weights mnv3l.pth
+    edgetl train --data DATA --out runs/a --frozen-epochs 20 --epochs 3 --unfreeze 3 --no-hflip
+    edgetl train --data DATA --out runs/a --resume
+    """
+    from edgetl.console import print_json
+    from edgetl.train import train as run_training
+
+    result = run_training(data, out, **options)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(
+            f"best val accuracy {result.best_val_accuracy:.3f} in {result.train_seconds:.1f}s -> {result.checkpoint}"
+        )

@@ -1,0 +1,136 @@
+"""The whole pipeline on real data shipped by a package: scikit-learn's handwritten digits.
+
+`run_demo` runs DEMO_STEPS in order; each step reads what earlier steps left in the DemoRun and
+returns its own summary. Later pipeline stages add themselves as further steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .console import log
+
+# Big enough to be a real task (10 classes, ~600 images), small enough that training takes about a
+# minute on 2 CPU cores at 64 px.
+DEMO_IMAGE_SIZE = 64
+DEMO_PER_CLASS = 60
+
+
+@dataclass
+class DemoRun:
+    """What the steps share: the output folder and where earlier steps put their artifacts."""
+
+    out: Path
+    seed: int = 0
+    data: Path | None = None  # ImageFolder with train/, val/ and a held-out test/
+    run: Path | None = None  # the training run folder
+    results: dict = field(default_factory=dict)
+
+
+def write_data(demo: DemoRun) -> dict:
+    from .datasets import write_digits_imagefolder
+
+    demo.data = write_digits_imagefolder(
+        demo.out / "data",
+        size=64,
+        classes=10,
+        per_class=DEMO_PER_CLASS,
+        val_fraction=0.2,
+        test_fraction=0.1,
+        seed=demo.seed,
+    )
+    counts = {s: sum(1 for p in (demo.data / s).rglob("*.png")) for s in ("train", "val", "test")}
+    return {"data": str(demo.data), "images": counts}
+
+
+def train_model(demo: DemoRun) -> dict:
+    from .train import train
+
+    demo.run = demo.out / "run"
+    # The embedded default recipe, at a smaller input size; digits must not be mirrored.
+    result = train(demo.data, demo.run, image_size=DEMO_IMAGE_SIZE, hflip=False, seed=demo.seed)
+    return {
+        "run": str(demo.run),
+        "checkpoint": str(result.checkpoint),
+        "best_val_accuracy": result.best_val_accuracy,
+        "train_seconds": result.train_seconds,
+    }
+
+
+def export_model(demo: DemoRun) -> dict:
+    from .export import export_onnx
+
+    result = export_onnx(demo.run)
+    return {k: result.to_dict()[k] for k in ("onnx", "max_abs_diff", "top1_agreement", "size_bytes")}
+
+
+def quantize_model(demo: DemoRun) -> dict:
+    from .quantize import quantize
+
+    r = quantize(demo.run)
+    return {
+        "int8_model": str(r.int8_model),
+        "fp32_accuracy": r.fp32_accuracy,
+        "int8_accuracy": r.int8_accuracy,
+        "agreement": r.agreement,
+        "method": r.method,
+        "size_ratio": r.size_ratio,
+    }
+
+
+def benchmark_models(demo: DemoRun) -> dict:
+    from .benchmark import benchmark
+
+    # Short timings keep the demo under 5 minutes; `edgetl benchmark RUN` measures with the full method.
+    report = benchmark(demo.run, warmup_s=0.5, min_s=1.0, min_runs=20, rounds=2)
+    rows = [r.to_dict() for r in report.rows]
+    return {
+        "rows": [{k: r.get(k) for k in ("backend", "precision", "status", "p50_ms", "reason")} for r in rows]
+    }
+
+
+def package_and_predict(demo: DemoRun) -> dict:
+    from edgetl_runtime import Predictor
+
+    from .package import build_bundle
+
+    bundle = build_bundle(demo.run, demo.out / "bundle.tar.gz")
+    held_out = sorted((demo.data / "test").rglob("*.png"))
+    predictor = Predictor.from_bundle(bundle.path)
+    predictions = predictor.predict(held_out, top_k=1)
+    correct = sum(p.ok and p.label == Path(p.source).parent.name for p in predictions)
+    return {
+        "bundle": str(bundle.path),
+        "backend": predictor.backend,
+        "held_out_images": len(held_out),
+        "held_out_accuracy": correct / len(held_out),
+        "examples": [p.to_dict() for p in predictions[:5]],
+    }
+
+
+Step = Callable[[DemoRun], dict]
+DEMO_STEPS: list[tuple[str, Step]] = [
+    ("data", write_data),
+    ("train", train_model),
+    ("export", export_model),
+    ("quantize", quantize_model),
+    ("benchmark", benchmark_models),
+    ("package", package_and_predict),
+]
+
+
+def run_demo(
+    out: str | Path = Path("edgetl-demo"), *, seed: int = 0, steps: list[tuple[str, Step]] | None = None
+) -> dict:
+    """Run the demo steps into `out`; returns {step: summary} plus the total wall time."""
+    demo = DemoRun(Path(out), seed=seed)
+    demo.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for name, step in steps or DEMO_STEPS:
+        log(f"[bold]demo: {name}[/bold]")
+        t0 = time.perf_counter()
+        demo.results[name] = {**step(demo), "seconds": time.perf_counter() - t0}
+    return {"out": str(demo.out), **demo.results, "total_seconds": time.perf_counter() - started}

@@ -1,0 +1,409 @@
+"""Package a run for a device: model file(s), manifest.json, labels.txt and a README, as a folder or
+a byte-reproducible .tar.gz that `edgetl-runtime` verifies and runs without PyTorch.
+
+Everything comes from the run folder (model.onnx, model.int8.onnx, quantize.json, benchmark.json,
+splits.json, the checkpoint); what is missing is left out of the manifest rather than guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+
+from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
+from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, Precision, TensorSpec
+from edgetl_runtime.modelinfo import ModelInfo, read_model_info
+
+from .errors import BundleError, EdgetlError
+from .splits import SPLITS, Splits
+
+FP32_MODEL = "model.onnx"
+INT8_MODEL = "model.int8.onnx"
+QUANT_SUMMARY = "quantize.json"
+BENCHMARK = "benchmark.json"
+
+
+class PackagePrecision(str, Enum):
+    INT8 = "int8"
+    FP32 = "fp32"
+    BOTH = "both"
+
+
+# Run-folder file and the backends meant to run it, in order of preference: "auto" on a device takes
+# the first model whose list holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
+MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
+    Precision.INT8: (INT8_MODEL, ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu")),
+    Precision.FP32: (
+        FP32_MODEL,
+        ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-openvino", "openvino-cpu", "openvino-gpu"),
+    ),
+}
+WANTED = {
+    PackagePrecision.INT8: (Precision.INT8,),
+    PackagePrecision.FP32: (Precision.FP32,),
+    PackagePrecision.BOTH: (Precision.INT8, Precision.FP32),
+}
+# The benchmark row fields worth carrying to the device; the full report stays in the run.
+BENCH_FIELDS = (
+    "backend",
+    "model",
+    "precision",
+    "batch",
+    "device",
+    "threads",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "throughput",
+    "peak_rss_mb",
+    "model_size_mb",
+)
+VERSIONED = ("edgetl", "edgetl-runtime", "torch", "onnx", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A written bundle: where it is, what it holds, and a sha256 that identifies it."""
+
+    path: Path
+    manifest: Manifest
+    archive: bool
+    sha256: str  # of the archive, or of the folder's manifest.json (which pins every file)
+    size_bytes: int
+
+    def to_dict(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "format": "tar.gz" if self.archive else "folder",
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "name": m.name,
+            "created": m.created,
+            "labels": list(m.labels),
+            "models": [e.to_dict() for e in m.models],
+            "metrics": m.metrics,
+            "dataset_fingerprint": m.provenance.get("dataset", {}).get("fingerprint"),
+        }
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
+
+
+def _models(run: Path, precision: PackagePrecision | None) -> list[tuple[Precision, Path, tuple[str, ...]]]:
+    if precision is None:
+        precision = PackagePrecision.BOTH if (run / INT8_MODEL).is_file() else PackagePrecision.FP32
+    chosen = []
+    for p in WANTED[precision]:
+        name, backends = MODEL_FILES[p]
+        if not (run / name).is_file():
+            stage = "edgetl quantize" if p is Precision.INT8 else "edgetl export"
+            raise EdgetlError(
+                f"{run / name}: missing for --precision {precision.value}; run `{stage} {run}` first"
+            )
+        chosen.append((p, run / name, backends))
+    return chosen
+
+
+def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        t = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
+
+    inputs = [v for v in graph.input if v.name not in initializers]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise BundleError(
+            f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(graph.output)}"
+        )
+    return spec(inputs[0]), spec(graph.output[0])
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """Copy a model as one self-contained file (weights kept in external .data files are inlined)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(src), load_external_data=False)
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        onnx.save(onnx.load(str(src)), str(dst))
+    else:
+        shutil.copyfile(src, dst)
+
+
+def _check_consistent(
+    run: Path, infos: dict[Path, ModelInfo], checkpoint_labels: tuple[str, ...] | None
+) -> ModelInfo:
+    (first_path, first), *rest = infos.items()
+    for path, info in rest:
+        if info.labels != first.labels or info.preprocess != first.preprocess:
+            raise BundleError(
+                f"{path}: labels or preprocessing differ from {first_path.name}; re-run `edgetl quantize {run}`"
+            )
+    if checkpoint_labels is not None and checkpoint_labels != first.labels:
+        raise BundleError(
+            f"{first_path}: exported from another checkpoint (labels differ); re-run `edgetl export {run}`"
+        )
+    return first
+
+
+def _quantization(run: Path, info: ModelInfo | None) -> tuple[dict, dict]:
+    """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
+    summary = _read_json(run / QUANT_SUMMARY)
+    settings = dict(info.quantization) if info is not None else {}
+    metrics: dict = {}
+    if summary is None:
+        return settings, metrics
+    metrics = {
+        k: summary.get(k)
+        for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "agreement", "eval_images")
+    }
+    if info is None:
+        return settings, metrics
+    settings |= {k: summary[k] for k in ("backend", "method", "num_calibration", "max_drop") if k in summary}
+    calibration = summary.get("calibration_manifest")
+    if calibration and Path(calibration).is_file():
+        settings["calibration_manifest"] = Path(calibration).name
+        settings["calibration_manifest_sha256"] = sha256_file(calibration)
+    return settings, metrics
+
+
+def _benchmark_summary(run: Path) -> dict | None:
+    report = _read_json(run / BENCHMARK)
+    if report is None:
+        return None
+    rows = [
+        {k: r.get(k) for k in BENCH_FIELDS if k in r}
+        for r in report.get("rows", [])
+        if r.get("status") == "ok"
+    ]
+    return {"rows": rows, "environment": report.get("environment", {})}
+
+
+def dataset_fingerprint(run: Path) -> dict | None:
+    """A hash over the run's split: each image's path (relative to the data root), label and content."""
+    if not (run / SPLITS).is_file():
+        return None
+    splits = Splits.load(run)
+    digest = hashlib.sha256(json.dumps(list(splits.labels)).encode())
+    missing = 0
+    for split, items in (("train", splits.train), ("val", splits.val)):
+        for path, label in items:
+            p = Path(path)
+            rel = os.path.relpath(p, splits.data_root) if splits.data_root else p.name
+            content = sha256_file(p) if p.is_file() else "missing"
+            missing += content == "missing"
+            digest.update(f"{split}\t{Path(rel).as_posix()}\t{label}\t{content}\n".encode())
+    return {
+        "fingerprint": digest.hexdigest(),
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "missing_images": missing,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _versions() -> dict:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _creation_epoch(sources: list[Path]) -> int:
+    """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    return max(int(p.stat().st_mtime) for p in sources)
+
+
+def _readme(manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry]) -> str:
+    p = info.preprocess
+    files = "\n".join(f"- `{m.path}`: {m.precision.value}, for {', '.join(m.backends)}" for m in models)
+    return f"""# {manifest_name}: an edgetl deploy bundle
+
+Image classifier ({info.backbone}), {len(labels)} classes: {", ".join(labels)}.
+
+{files}
+
+Input: RGB, shorter side resized to {p.resize} ({p.interpolation.value}), centre crop {p.crop}x{p.crop},
+scaled to [0, 1], normalised with mean {list(p.mean)} and std {list(p.std)}, {p.layout} float32.
+The runtime does this for you from `manifest.json`.
+
+## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
+
+    pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch
+
+## Run
+
+    edgetl-run info BUNDLE
+    edgetl-run predict BUNDLE photo.jpg photos/ --top-k 3 [--json]
+    edgetl-run bench BUNDLE
+
+    from edgetl_runtime import Predictor
+    predictor = Predictor.from_bundle("BUNDLE")     # this folder or its .tar.gz
+    for r in predictor.predict(["photo.jpg"]):
+        print(r.source, r.label, r.score)
+
+Every file is checked against the sha256 in `manifest.json` on load: a modified bundle is refused.
+"""
+
+
+def _stage(run: Path, staging: Path, precision: PackagePrecision | None, name: str) -> tuple[Manifest, int]:
+    """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
+    from .checkpoint import find_checkpoint, read_checkpoint_info
+
+    chosen = _models(run, precision)
+    checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
+    ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
+    infos = {path: read_model_info(path) for _, path, _ in chosen}
+    info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
+    specs = {_tensor_specs(path) for _, path, _ in chosen}
+    if len(specs) != 1:
+        raise BundleError(
+            f"{run}: the FP32 and INT8 models have different inputs or outputs; re-run `edgetl quantize {run}`"
+        )
+    (input_spec, output_spec) = specs.pop()
+    int8_info = next((infos[path] for p, path, _ in chosen if p is Precision.INT8), None)
+    quantization, metrics = _quantization(run, int8_info)
+    if ckpt_info is not None and ckpt_info.metrics:
+        metrics["train"] = ckpt_info.metrics
+    epoch = _creation_epoch([path for _, path, _ in chosen] + ([checkpoint] if checkpoint else []))
+
+    models = []
+    for p, path, backends in chosen:
+        _copy_model(path, staging / path.name)
+        target = staging / path.name
+        models.append(FileEntry(path.name, sha256_file(target), target.stat().st_size, p, backends))
+    (staging / LABELS).write_text("".join(f"{label}\n" for label in info.labels), encoding="utf-8")
+    (staging / README).write_text(_readme(name, info.labels, info, models), encoding="utf-8")
+    files = [FileEntry(f, sha256_file(staging / f), (staging / f).stat().st_size) for f in (LABELS, README)]
+
+    manifest = Manifest(
+        name=name,
+        labels=info.labels,
+        preprocess=info.preprocess,
+        input=input_spec,
+        output=output_spec,
+        models=tuple(models),
+        files=tuple(files),
+        created=datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        quantization=quantization,
+        metrics=metrics,
+        benchmark=_benchmark_summary(run),
+        provenance={
+            "backbone": info.backbone,
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "dataset": dataset_fingerprint(run),
+            "recipe": ckpt_info.recipe if ckpt_info else None,
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+        },
+    )
+    (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    for path in staging.iterdir():
+        os.utime(path, (epoch, epoch))
+    verify_bundle(staging)
+    return manifest, epoch
+
+
+def _check_out(out: Path, archive: bool) -> None:
+    """An older bundle at `out` may be replaced; anything else there is refused, before any work."""
+    if archive:
+        if out.is_dir():
+            raise EdgetlError(f"--out {out}: is a folder; give a new .tar.gz path")
+        return
+    if out.exists() and not out.is_dir():
+        raise EdgetlError(f"--out {out}: exists and is not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise EdgetlError(f"--out {out}: a non-empty folder that is not a bundle; choose another path")
+
+
+def _publish_folder(staging: Path, out: Path) -> None:
+    """Swap the finished folder in, replacing an older bundle."""
+    old = out.with_name(f".{out.name}.old") if out.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.chmod(0o755)  # mkdtemp made it private; a bundle is meant to be read by others
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_bundle(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    precision: str | PackagePrecision | None = None,
+    name: str | None = None,
+) -> Bundle:
+    """Package a run folder into `out`: a folder, or a reproducible archive when it ends in .tar.gz/.tgz.
+
+    precision: "int8", "fp32" or "both"; default both when the run has an INT8 model, else fp32.
+    The same inputs always give the same archive bytes (the creation time comes from the inputs or
+    SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`.
+    """
+    run, out = Path(run), Path(out)
+    if not run.is_dir():
+        raise EdgetlError(f"{run}: no such run folder; give the folder `edgetl train --out` wrote")
+    if precision is not None:
+        try:
+            precision = PackagePrecision(precision)
+        except ValueError:
+            choices = ", ".join(p.value for p in PackagePrecision)
+            raise EdgetlError(f"--precision {precision!r}: choose one of {choices}") from None
+    name = name or run.resolve().name
+    archive = is_archive(out)
+    _check_out(out, archive)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=None if archive else out.parent))
+    try:
+        manifest, epoch = _stage(run, staging, precision, name)
+        if archive:
+            write_archive(staging, out, epoch)
+        else:
+            _publish_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = out.stat().st_size if archive else sum(p.stat().st_size for p in out.iterdir())
+    return Bundle(out, manifest, archive, bundle_sha256(out), size)

@@ -1,0 +1,494 @@
+"""Fine-tuning: frozen stages train the head on cached features, then the last K stages are unfrozen.
+
+A run folder gets best.safetensors (best validation score), last.safetensors + last_state.pt (for
+--resume), splits.json, metrics.json (per epoch), confusion.json and summary.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from edgetl_runtime.fileio import atomic_output, write_text_atomic
+from edgetl_runtime.preprocess import PreprocessSpec
+
+from .backbones import EdgeModel, create_model, get_backbone
+from .checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
+from .console import log, track, warn
+from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
+from .errors import EdgetlError
+from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
+from .schedule import make_optimizer, set_trainable, train_mode
+
+LAST_STATE = "last_state.pt"
+METRICS = "metrics.json"
+CONFUSION = "confusion.json"
+SUMMARY = "summary.json"
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    index: int
+    unfreeze: int
+    epochs_run: int
+    seconds: float
+    best_val_accuracy: float
+    stopped_early: bool
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    checkpoint: Path
+    best_val_accuracy: float
+    best_epoch: int
+    train_seconds: float
+    epochs: int
+    skipped: int
+    num_train: int
+    num_val: int
+    labels: tuple[str, ...]
+    backbone: str
+    device: str
+    stages: tuple[StageResult, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["run"], d["checkpoint"] = str(self.run), str(self.checkpoint)
+        return d
+
+
+def _cuda_missing_reason() -> str:
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    return "no CUDA device is visible: no GPU, no driver, or CUDA_VISIBLE_DEVICES hides it"
+
+
+def resolve_device(choice: str | Device = Device.AUTO) -> tuple[torch.device, torch.dtype | None]:
+    """The device and its autocast dtype (bf16 where supported, else fp16; None on CPU)."""
+    choice = Device(choice)
+    if choice is Device.CUDA and not torch.cuda.is_available():
+        raise EdgetlError(f"--device cuda: {_cuda_missing_reason()}; use --device cpu or --device auto")
+    if choice is Device.CPU or not torch.cuda.is_available():
+        if choice is Device.AUTO:
+            log(f"device: cpu, because {_cuda_missing_reason()}")
+        return torch.device("cpu"), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    log(f"device: cuda ({torch.cuda.get_device_name()}), mixed precision {str(dtype).removeprefix('torch.')}")
+    return torch.device("cuda"), dtype
+
+
+@dataclass
+class _Context:
+    """What every stage needs; mutable bookkeeping lives in `_Book`."""
+
+    model: EdgeModel
+    data: ImageData
+    recipe: Recipe
+    spec: PreprocessSpec
+    device: torch.device
+    amp: torch.dtype | None
+    seed: int
+    class_weights: torch.Tensor | None
+    sample_weights: torch.Tensor | None
+
+    def autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.recipe.label_smoothing
+        )
+
+    def order(self, n: int) -> torch.Tensor:
+        if self.sample_weights is None:
+            return torch.randperm(n)
+        return torch.multinomial(self.sample_weights, n, replacement=True)
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Run stages [start, stop) in batches without gradients (frozen parts are in eval mode)."""
+        outs = []
+        size = self.recipe.batch_size * 2
+        for i in range(0, len(x), size):
+            with self.autocast():
+                outs.append(self.model.forward_features(x[i : i + size].to(self.device), start, stop).float())
+        return torch.cat(outs)
+
+
+class _CachedHead:
+    """Frozen backbone: features of every image computed once, the head trains on them for free.
+
+    Training features come from one plain view plus `cache_views` augmented views per image; each
+    epoch draws one of the views per image, so the head still sees augmentation.
+    """
+
+    def __init__(self, ctx: _Context, plan: StagePlan, val_x: torch.Tensor) -> None:
+        self.ctx = ctx
+        set_trainable(ctx.model, 0)
+        ctx.model.eval()
+        images, n = ctx.data.train_images, len(ctx.data.train_images)
+        size = ctx.recipe.batch_size * 2
+        chunks = [images[i : i + size] for i in range(0, n, size)]
+        augment = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
+        views = [lambda chunk: eval_tensor(centre_pixels(chunk, ctx.spec), ctx.spec)]
+        views += [lambda chunk: torch.stack([augment(im) for im in chunk])] * ctx.recipe.cache_views
+        # A generator of its own, so caching neither depends on nor disturbs the training RNG (resume).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ctx.seed + 1)
+            jobs = [(view, chunk) for view in views for chunk in chunks]
+            parts = [ctx.features(view(chunk)) for view, chunk in track(jobs, "caching features")]
+            # (views, images, features)
+            self.train_features = torch.cat(parts).reshape(len(views), n, -1)
+        self.val_features = ctx.features(val_x)
+        self.targets = ctx.data.train_targets.to(ctx.device)
+        self.n = n
+        self.steps_per_epoch = -(-n // ctx.recipe.batch_size)
+
+    def train_epoch(self, optimizer, scheduler, scaler) -> tuple[float, float]:
+        ctx, head = self.ctx, self.ctx.model.head
+        head.train()
+        order = ctx.order(self.n)
+        view = torch.randint(len(self.train_features), (self.n,))
+        total, correct = 0.0, 0
+        for start in range(0, self.n, ctx.recipe.batch_size):
+            idx = order[start : start + ctx.recipe.batch_size]
+            x = self.train_features[view[idx], idx]
+            y = self.targets[idx.to(ctx.device)]
+            logits = head(x)
+            loss = ctx.loss(logits, y)
+            _step(loss, optimizer, scheduler, scaler)
+            total += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        return total / self.n, correct / self.n
+
+    @torch.no_grad()
+    def evaluate(self) -> torch.Tensor:
+        self.ctx.model.head.eval()
+        return self.ctx.model.head(self.val_features).float()
+
+
+class _PartialUnfreeze:
+    """The last K stages train on augmented images; the frozen prefix runs without gradients in eval
+    mode, and its output for the (fixed) validation images is computed once per stage."""
+
+    def __init__(self, ctx: _Context, plan: StagePlan, val_x: torch.Tensor) -> None:
+        self.ctx = ctx
+        self.first = set_trainable(ctx.model, plan.unfreeze)
+        ctx.model.eval()
+        self.val_prefix = ctx.features(val_x, 0, self.first)
+        self.transform = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
+        self.targets = ctx.data.train_targets
+        self.n = len(self.targets)
+        self.steps_per_epoch = -(-self.n // ctx.recipe.batch_size)
+
+    def train_epoch(self, optimizer, scheduler, scaler) -> tuple[float, float]:
+        ctx, model = self.ctx, self.ctx.model
+        train_mode(model, self.first)
+        total, correct = 0.0, 0
+        batches = iter_augmented(
+            ctx.data.train_images, ctx.order(self.n), self.transform, ctx.recipe.batch_size
+        )
+        for x, idx in track(batches, "fine-tuning", total=self.steps_per_epoch):
+            x, y = x.to(ctx.device), self.targets[idx].to(ctx.device)
+            with ctx.autocast():
+                with torch.no_grad():
+                    h = model.forward_features(x, 0, self.first)
+                logits = model.head(model.forward_features(h, self.first))
+            loss = ctx.loss(logits, y)
+            _step(loss, optimizer, scheduler, scaler)
+            total += loss.item() * len(idx)
+            correct += int((logits.argmax(1) == y).sum())
+        return total / self.n, correct / self.n
+
+    @torch.no_grad()
+    def evaluate(self) -> torch.Tensor:
+        ctx = self.ctx
+        ctx.model.eval()
+        outs = []
+        for i in range(0, len(self.val_prefix), ctx.recipe.batch_size * 2):
+            with ctx.autocast():
+                h = ctx.model.forward_features(self.val_prefix[i : i + ctx.recipe.batch_size * 2], self.first)
+                outs.append(ctx.model.head(h).float())
+        return torch.cat(outs)
+
+
+# Stage kind -> how it runs: frozen stages never touch the backbone, so they train on cached features.
+_STAGE_RUNNERS = {True: _CachedHead, False: _PartialUnfreeze}
+
+
+def _step(loss, optimizer, scheduler, scaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+
+
+def _balance_weights(targets: torch.Tensor, n_classes: int, policy: Balance):
+    """(loss class weights, per-sample sampling weights); at most one of them is set."""
+    counts = torch.bincount(targets, minlength=n_classes).float()
+    imbalanced = counts.max() / counts.min() >= 1.5
+    if policy is Balance.SAMPLER:
+        return None, (1.0 / counts)[targets]
+    if policy is Balance.LOSS or (policy is Balance.AUTO and imbalanced):
+        return counts.sum() / (n_classes * counts), None
+    return None, None
+
+
+def _score(accuracy: float, loss: float) -> tuple[float, float]:
+    """Higher is better: accuracy first, validation loss breaks ties (small sets often tie on accuracy)."""
+    return (accuracy, -loss)
+
+
+def _save_last_state(run: Path, state: dict) -> None:
+    """Optimizer, scheduler, RNG and bookkeeping of the last epoch, beside last.safetensors (--resume)."""
+    with atomic_output(run / LAST_STATE) as tmp:
+        torch.save(state, tmp)
+
+
+def _write_json(path: Path, obj) -> None:
+    import json
+
+    write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def _confusion(labels: tuple[str, ...], targets: torch.Tensor, preds: list[int]) -> dict:
+    n = len(labels)
+    matrix = torch.zeros(n, n, dtype=torch.long)
+    for t, p in zip(targets.tolist(), preds, strict=True):
+        matrix[t, p] += 1
+    per_class = {
+        labels[i]: (matrix[i, i] / matrix[i].sum()).item() if matrix[i].sum() else None for i in range(n)
+    }
+    return {
+        "labels": list(labels),
+        "matrix": matrix.tolist(),  # rows: true class, columns: predicted class
+        "per_class_accuracy": per_class,
+        "accuracy": (matrix.diag().sum() / matrix.sum()).item(),
+    }
+
+
+def _resume_state(run: Path) -> tuple[Recipe, dict]:
+    if not (run / LAST).is_file() or not (run / LAST_STATE).is_file():
+        raise EdgetlError(f"--resume: {run} has no {LAST} and {LAST_STATE}; start without --resume")
+    info = read_checkpoint_info(run / LAST)
+    state = torch.load(run / LAST_STATE, map_location="cpu", weights_only=True)
+    return recipe_from_dict(info.recipe, source=str(run / LAST)), state
+
+
+@dataclass
+class _Book:
+    """Run bookkeeping that --resume restores: epochs done, best score, history, finished stages."""
+
+    epoch: int = 0
+    best: list | None = None  # _score of the best epoch
+    best_epoch: int = 0
+    best_preds: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    stages: list = field(default_factory=list)
+
+    def improves(self, score: tuple[float, float]) -> bool:
+        return self.best is None or score > tuple(self.best)
+
+
+class _Session:
+    """One training run in a run folder: stages in order, with checkpoints and metrics per epoch."""
+
+    def __init__(self, ctx: _Context, run: Path, val_x: torch.Tensor, book: _Book, elapsed: float) -> None:
+        self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
+        self.val_y = ctx.data.val_targets
+        self.best_weights: dict | None = None
+        self.started = time.perf_counter() - elapsed
+
+    def info(self, metrics: dict) -> CheckpointInfo:
+        r = self.ctx.recipe
+        return CheckpointInfo(
+            r.backbone, self.ctx.data.labels, self.ctx.spec, self.book.epoch, r.to_dict(), metrics
+        )
+
+    def run_stage(self, s: int, resume: dict | None) -> None:
+        ctx, book, plan = self.ctx, self.book, self.ctx.recipe.stages[s]
+        stage_start = time.perf_counter()
+        if resume is None and book.best is not None:
+            # Each stage starts from the best weights so far, not from an over-trained last epoch.
+            best = self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict()
+            ctx.model.load_state_dict(best)
+        runner = _STAGE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
+        optimizer, scheduler = make_optimizer(ctx.model, plan, ctx.recipe, runner.steps_per_epoch)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp is torch.float16)
+        start_epoch, bad = 0, 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            scaler.load_state_dict(resume["scaler"])
+            torch.set_rng_state(resume["rng"])
+            start_epoch, bad = resume["stage_epoch"], resume["bad"]
+            log(f"resuming stage {s + 1} after its epoch {start_epoch} (run epoch {book.epoch})")
+        stopped = False
+        for e in range(start_epoch, plan.epochs):
+            if bad >= ctx.recipe.patience:
+                stopped = True
+                log(f"stage {s + 1}: no better validation score for {bad} epochs, stopping it early")
+                break
+            t0 = time.perf_counter()
+            train_loss, train_acc = runner.train_epoch(optimizer, scheduler, scaler)
+            logits = runner.evaluate().cpu()
+            val_loss = F.cross_entropy(logits, self.val_y).item()
+            preds = logits.argmax(1)
+            val_acc = (preds == self.val_y).float().mean().item()
+            book.epoch += 1
+            book.history.append(
+                {
+                    "epoch": book.epoch,
+                    "stage": s + 1,
+                    "unfreeze": plan.unfreeze,
+                    "train_loss": train_loss,
+                    "train_accuracy": train_acc,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_acc,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+            metrics = {"val_accuracy": val_acc, "val_loss": val_loss}
+            improved = book.improves(_score(val_acc, val_loss))
+            bad = 0 if improved else bad + 1
+            if improved:
+                book.best, book.best_epoch, book.best_preds = (
+                    list(_score(val_acc, val_loss)),
+                    book.epoch,
+                    preds.tolist(),
+                )
+                self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
+                save_checkpoint(ctx.model, self.info(metrics), self.run / BEST)
+            # Frozen epochs take milliseconds: log only the ones that matter.
+            if not plan.frozen or improved or e + 1 == plan.epochs:
+                log(
+                    f"stage {s + 1}/{len(ctx.recipe.stages)} epoch {e + 1}/{plan.epochs}: "
+                    f"train loss {train_loss:.3f} acc {train_acc:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
+                    + (" *" if improved else "")
+                )
+            save_checkpoint(ctx.model, self.info(metrics), self.run / LAST)
+            _save_last_state(
+                self.run,
+                {
+                    "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
+                },
+            )  # fmt: skip
+            _write_json(self.run / METRICS, book.history)
+        rows = [r for r in book.history if r["stage"] == s + 1]
+        book.stages.append(
+            asdict(
+                StageResult(
+                    index=s + 1,
+                    unfreeze=plan.unfreeze,
+                    epochs_run=len(rows),
+                    seconds=time.perf_counter() - stage_start,
+                    best_val_accuracy=max((r["val_accuracy"] for r in rows), default=0.0),
+                    stopped_early=stopped,
+                )
+            )
+        )
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def finish(self) -> TrainResult:
+        ctx, book = self.ctx, self.book
+        confusion = _confusion(ctx.data.labels, self.val_y, book.best_preds)
+        _write_json(self.run / CONFUSION, confusion)
+        result = TrainResult(
+            run=self.run,
+            checkpoint=self.run / BEST,
+            best_val_accuracy=book.best[0],
+            best_epoch=book.best_epoch,
+            train_seconds=self.elapsed,
+            epochs=book.epoch,
+            skipped=len(ctx.data.skipped),
+            num_train=len(ctx.data.train_images),
+            num_val=len(self.val_y),
+            labels=ctx.data.labels,
+            backbone=ctx.recipe.backbone,
+            device=ctx.device.type,
+            stages=tuple(StageResult(**st) for st in book.stages),
+        )
+        summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
+        _write_json(self.run / SUMMARY, summary)
+        log(
+            f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"
+        )
+        return result
+
+
+def train(
+    data: str | Path,
+    out: str | Path,
+    *,
+    backbone: str | None = None,
+    recipe: str | Path | Recipe | None = None,
+    device: str | Device = Device.AUTO,
+    seed: int = 0,
+    resume: bool = False,
+    **overrides,
+) -> TrainResult:
+    """Fine-tune `backbone` on the ImageFolder `data` into run folder `out`.
+
+    recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). Overrides are
+    Recipe fields (batch_size, label_smoothing, hflip, image_size, weights, ...) or the stage options
+    of `Recipe.with_overrides` (frozen_epochs, epochs, unfreeze, lr, lr_backbone); None keeps a value.
+    With resume=True the run continues from RUN/last.safetensors with the recipe saved there.
+    """
+    started = time.perf_counter()
+    run = Path(out)
+    if resume:
+        if any(v is not None for v in overrides.values()) or recipe is not None:
+            warn("--resume continues with the run's saved recipe; other recipe options are ignored")
+        recipe, state = _resume_state(run)
+        seed = int(state["seed"])
+    else:
+        recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
+    spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
+    dev, amp = resolve_device(device)
+    torch.manual_seed(seed)
+
+    images = load_imagefolder(data, spec, recipe.val_fraction, seed)
+    run.mkdir(parents=True, exist_ok=True)
+    images.splits.save(run)
+    log(
+        f"data: {len(images.labels)} classes, {len(images.train_images)} train / {len(images.val_pixels)} val images"
+        + (f", {len(images.skipped)} unreadable skipped" if images.skipped else "")
+    )
+    if state is None:
+        model = create_model(recipe.backbone, weights=recipe.weights)
+        model.reset_head(len(images.labels), recipe.dropout)
+    else:
+        model, _ = load_checkpoint(run / LAST)
+    model.to(dev)
+    class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
+    if class_weights is not None:
+        class_weights = class_weights.to(dev)
+    ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights)
+    book = _Book(**state["book"]) if state else _Book()
+    elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
+    session = _Session(ctx, run, eval_tensor(images.val_pixels, spec), book, elapsed)
+    for s in range(state["stage"] if state else 0, len(recipe.stages)):
+        session.run_stage(s, state if state and s == state["stage"] else None)
+    return session.finish()

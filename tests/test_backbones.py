@@ -1,0 +1,76 @@
+"""The backbone registry: real embedded weights, required names, local weight files, offline errors."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.backbones import TORCHVISION_NAMES, create_model, get_backbone, list_backbones
+from edgetl.errors import WeightsError
+from edgetl_runtime.preprocess import preprocess_image
+
+IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_embedded_weights_are_real_imagenet_weights():
+    skimage_data = pytest.importorskip("skimage.data")
+    spec = get_backbone("efficientnet_lite0").preprocess
+    x = torch.from_numpy(preprocess_image(skimage_data.chelsea(), spec))[None]
+    with torch.no_grad():
+        logits = create_model("efficientnet_lite0")(x)
+    assert logits.shape == (1, 1000)
+    assert int(logits.argmax()) in IMAGENET_CATS
+
+
+def test_registry_lists_required_backbones():
+    names = {s.name for s in list_backbones()}
+    assert {"efficientnet_lite0", *TORCHVISION_NAMES} <= names
+    assert get_backbone("efficientnet_lite0").offline
+    assert [s.name for s in list_backbones("resnet*")] == ["resnet18", "resnet50"]
+
+
+def test_weights_from_local_file(tmp_path):
+    from torchvision.models import mobilenet_v3_small
+
+    torch.manual_seed(1)
+    original = mobilenet_v3_small(weights=None)
+    path = tmp_path / "mnv3s.pth"
+    torch.save(original.state_dict(), path)
+    model = create_model("mobilenet_v3_small", num_classes=4, weights=path)
+    features = original.features[0][0].weight
+    assert torch.equal(model.stages[0][0].weight, features)
+    assert model.head[-1].out_features == 4
+
+
+def test_weights_file_of_wrong_architecture_is_a_clear_error(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(WeightsError, match=r"--weights .*wrong\.pth: does not fit"):
+        create_model("resnet18", weights=path)
+
+
+def test_offline_torchvision_download_tells_how_to_supply_weights(tmp_path, monkeypatch):
+    import torchvision.models._api as tv_api
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    # Never touch the network (or a cached download) from a test.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", offline)
+    with pytest.raises(WeightsError) as info:
+        create_model("mobilenet_v3_small")
+    message = str(info.value)
+    assert "--weights PATH" in message and "mobilenet_v3_small" in message
+    assert "\n" not in message
+
+
+def test_stages_end_with_pooled_features():
+    model = create_model("resnet18", num_classes=3, weights="none")
+    x = torch.from_numpy(np.zeros((2, 3, 32, 32), np.float32))
+    with torch.no_grad():
+        assert model.forward_features(x).shape == (2, model.num_features)
+        assert model(x).shape == (2, 3)

@@ -1,0 +1,281 @@
+"""edgetl quantize on a tiny efficientnet_lite0 (32 px, 3 digit classes): QDQ output with metadata,
+manifest round trip, the accuracy gate, bad input and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgetl import quantize as quantize_module
+from edgetl.calibration import CalibrationManifest
+from edgetl.cli import main
+from edgetl.datasets import write_corrupt_image
+from edgetl.errors import BundleError, DataError, EdgetlError, GateError
+from edgetl.quantize import compare_logits, load_eval_set, map_eval_classes, quantize, run_model
+from edgetl_runtime.modelinfo import read_model_info
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run) -> Path:
+    """The shared run folder: model.onnx, quantized through the run path (train split calibrates, val gates)."""
+    return tiny_run
+
+
+@pytest.fixture(scope="module")
+def quantized(run, digits_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "model.int8.onnx"
+    result = quantize(
+        run / "model.onnx",
+        out,
+        calibration=digits_dir / "train",
+        eval_dir=digits_dir / "val",
+        num_calibration=24,
+        max_drop=100,
+    )
+    return result
+
+
+def test_run_folder_writes_model_manifest_and_summary(run):
+    summary = json.loads((run / "quantize.json").read_text())
+    assert Path(summary["int8_model"]) == run / "model.int8.onnx"
+    assert (run / "model.int8.onnx").is_file() and (run / "calibration.json").is_file()
+    # minmax was asked for; the others are only tried when it fails the gate (the head is untrained)
+    assert summary["attempts"][0]["method"] == "minmax" and summary["eval_images"] == 12
+    assert CalibrationManifest.load(run / "calibration.json").method == summary["method"]
+    assert 0 <= summary["fp32_accuracy"] <= 1 and summary["agreement"] > 0.5
+
+
+def test_quantized_model_has_qdq_nodes_and_metadata(run, quantized):
+    proto = onnx.load(str(quantized.int8_model))
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    info = read_model_info(quantized.int8_model)
+    fp32 = read_model_info(run / "model.onnx")
+    assert info.precision == "int8" and info.labels == fp32.labels and info.preprocess == fp32.preprocess
+    assert info.quantization["method"] == quantized.method and info.quantization["per_channel"] is True
+    # weights are stored as int8, per channel
+    weights = {i.name: i for i in proto.graph.initializer}
+    int8_weights = [w for w in weights.values() if w.data_type == onnx.TensorProto.INT8 and len(w.dims) == 4]
+    assert int8_weights
+    assert quantized.size_ratio <= 0.3
+    # auto measured all three calibration methods and kept one of them
+    assert {a.method for a in quantized.attempts} == {"minmax", "entropy", "percentile"}
+    assert quantized.agreement >= 0.75 and quantized.num_calibration == 24
+    assert set(quantized.per_class) == {"0", "1", "2"}
+
+
+def test_manifest_repeats_the_same_quantization(run, quantized, tmp_path):
+    manifest = CalibrationManifest.load(quantized.calibration_manifest)
+    assert len(manifest.files) == 24 and manifest.method == quantized.method
+    # stratified: 8 of each of the 3 classes
+    assert np.bincount([label for _, _, label in manifest.files]).tolist() == [8, 8, 8]
+    again = quantize(run / "model.onnx", tmp_path / "again.onnx", calibration=quantized.calibration_manifest)
+    assert again.method == quantized.method and len(again.attempts) == 1
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(again.int8_model, x), run_model(quantized.int8_model, x))
+
+
+def test_changed_calibration_file_is_an_error(run, digits_dir, tmp_path):
+    data = shutil.copytree(digits_dir / "train", tmp_path / "train")
+    first = quantize(
+        run / "model.onnx", tmp_path / "a.onnx", calibration=data, method="minmax", num_calibration=6
+    )
+    rel = CalibrationManifest.load(first.calibration_manifest).files[0][0]
+    with open(data / rel, "ab") as f:  # still a readable PNG, but not the same bytes
+        f.write(b"\0")
+    with pytest.raises(DataError, match="changed since the manifest"):
+        quantize(run / "model.onnx", tmp_path / "b.onnx", calibration=first.calibration_manifest)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_impossible_gate_writes_nothing_unless_allowed(run, digits_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize_module, "RECOVERY_ATTEMPTS", 2)
+    args = {
+        "calibration": digits_dir / "train",
+        "eval_dir": digits_dir / "val",
+        "method": "minmax",
+        "num_calibration": 6,
+    }
+    with pytest.raises(GateError, match="attempts"):
+        quantize(run / "model.onnx", tmp_path / "x.onnx", max_drop=-200, **args)
+    assert not (tmp_path / "x.onnx").exists()
+    result = quantize(run / "model.onnx", tmp_path / "x.onnx", max_drop=-200, allow_drop=True, **args)
+    assert (tmp_path / "x.onnx").is_file() and not result.passed
+    # recovery went through the other methods, then tried the 2 most sensitive tensors in float
+    assert {a.method for a in result.attempts} == {"minmax", "entropy", "percentile"}
+    assert len(result.attempts) == 3 + 2 and all(a.exclude for a in result.attempts[3:])
+    # an exclusion is kept only when it flips fewer predictions than the best before it
+    kept = min(result.attempts[:3], key=quantize_module._score)
+    for attempt in result.attempts[3:]:
+        kept = attempt if attempt.agreement > kept.agreement else kept
+    assert result.agreement == kept.agreement
+    assert result.settings["nodes_to_exclude"] == list(kept.exclude)
+
+
+def test_bad_inputs(run, quantized, digits_dir, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no images"):
+        quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=empty)
+    corrupt = tmp_path / "corrupt"
+    write_corrupt_image(corrupt / "a.png")
+    with pytest.raises(DataError, match="none of the 1 images is readable"):
+        quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt)
+    with pytest.raises(BundleError, match="already quantized"):
+        quantize(quantized.int8_model, tmp_path / "e.onnx", calibration=digits_dir / "train")
+    # a manifest made for another model
+    with pytest.raises(DataError, match="another model"):
+        quantize(_other_model(run, tmp_path), tmp_path / "e.onnx", calibration=quantized.calibration_manifest)
+    assert not (tmp_path / "e.onnx").exists()
+
+
+def _other_model(run: Path, tmp_path: Path) -> Path:
+    """The same FP32 model with one extra metadata entry: another file, another sha256."""
+    proto = onnx.load(str(run / "model.onnx"))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "note", "copy"
+    onnx.save(proto, str(tmp_path / "other.onnx"))
+    return tmp_path / "other.onnx"
+
+
+def test_mismatched_input_size_is_an_error(run, digits_dir, tmp_path):
+    proto = onnx.load(str(run / "model.onnx"))
+    for key in ("preprocess",):
+        for p in proto.metadata_props:
+            if p.key == f"edgetl.{key}":
+                spec = json.loads(p.value)
+                spec["crop"], spec["resize"] = 64, 73
+                p.value = json.dumps(spec)
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 32
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    with pytest.raises(BundleError, match="input"):
+        quantize(tmp_path / "m.onnx", tmp_path / "o.onnx", calibration=digits_dir / "train")
+
+
+def test_fewer_images_than_requested_warns_and_uses_all(run, digits_dir, tmp_path):
+    write_corrupt_image(tmp_path / "cal" / "0" / "bad.png")
+    shutil.copytree(digits_dir / "val" / "1", tmp_path / "cal" / "1")
+    result = quantize(run / "model.onnx", tmp_path / "f.onnx", calibration=tmp_path / "cal", method="minmax")
+    assert result.num_calibration == 4 and result.calibration_skipped == 1
+
+
+def test_cli_json(run, digits_dir, tmp_path):
+    out = tmp_path / "cli.onnx"
+    res = CliRunner().invoke(
+        main,
+        [
+            "quantize",
+            str(run / "model.onnx"),
+            "--calibration",
+            str(digits_dir / "train"),
+            "--eval",
+            str(digits_dir / "val"),
+            "--out",
+            str(out),
+            "--method",
+            "minmax",
+            "--num-calibration",
+            "6",
+            "--max-drop",
+            "100",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    for key in (
+        "int8_model",
+        "fp32_accuracy",
+        "int8_accuracy",
+        "agreement",
+        "size_ratio",
+        "calibration_manifest",
+        "method",
+    ):
+        assert key in summary
+    assert Path(summary["int8_model"]) == out and out.is_file()
+    assert Path(summary["calibration_manifest"]).is_file()
+    bad = CliRunner().invoke(main, ["quantize", str(run / "model.onnx"), "--out", str(tmp_path / "y.onnx")])
+    assert bad.exit_code == 1 and "--calibration" in bad.output
+
+
+def test_compare_logits_counts_agreement_and_kl():
+    fp32 = np.array([[3.0, 0.0], [0.0, 3.0]], np.float32)
+    ev = compare_logits(fp32, fp32[::-1], np.array([0, 1]), ("a", "b"))
+    assert ev.agreement == 0 and ev.accuracy == 0 and ev.kl > 1
+    same = compare_logits(fp32, fp32, np.array([0, 0]), ("a", "b"))
+    assert same.agreement == 1 and same.accuracy == 0.5 and same.per_class == {"a": 0.5}
+
+
+def test_eval_classes_map_labels_synsets_and_indices():
+    imagenet = tuple(f"description {i}" for i in range(1000))
+    assert map_eval_classes(["description 3", "description 0"], imagenet) == [3, 0]
+    # ImageFolder of synset ids, as ImageNet is distributed; edgetl export labels in synset order
+    assert map_eval_classes(["n01440764", "n01443537", "n15075141"], imagenet) == [0, 1, 999]
+    assert map_eval_classes(["0", "999"], imagenet) == [0, 999]
+    # label names win over indices: the digit classes are named "0", "1", "2" in some other order
+    assert map_eval_classes(["0", "1"], ("1", "0", "2")) == [1, 0]
+    with pytest.raises(DataError, match="n99999999"):
+        map_eval_classes(["n99999999"], imagenet)
+    with pytest.raises(DataError, match="cat"):
+        map_eval_classes(["0", "cat"], ("a", "b"))
+    with pytest.raises(DataError, match="class indices"):
+        map_eval_classes(["5"], ("a", "b"))
+
+
+def test_flat_eval_folder_measures_agreement_only(run, digits_dir, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, path in enumerate(sorted((digits_dir / "val").rglob("*.png"))[:5]):
+        shutil.copy(path, flat / f"{i}.png")
+    evalset = load_eval_set(flat, read_model_info(run / "model.onnx"))
+    assert evalset.labels is None and len(evalset.inputs) == 5
+    assert "cannot measure a top-1 drop" in capsys.readouterr().err
+    result = quantize(
+        run / "model.onnx",
+        tmp_path / "f.onnx",
+        calibration=digits_dir / "train",
+        eval_dir=flat,
+        method="minmax",
+        num_calibration=6,
+        max_drop=-200,  # no labels: nothing to bound, so only the size decides
+    )
+    assert result.passed and result.accuracy_drop is None and result.int8_accuracy is None
+    assert result.eval_images == 5 and 0 <= result.agreement <= 1
+
+
+def test_nncf_backend_writes_openvino_ir_with_metadata(run, digits_dir, tmp_path):
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    out = tmp_path / "model.int8.xml"
+    result = quantize(
+        run / "model.onnx",
+        out,
+        calibration=digits_dir / "train",
+        eval_dir=digits_dir / "val",
+        backend="nncf",
+        method="nncf-fast-bias-correction",
+        num_calibration=12,
+        max_drop=100,
+    )
+    assert out.is_file() and out.with_suffix(".bin").is_file() and result.backend == "nncf"
+    assert result.int8_bytes == out.stat().st_size + out.with_suffix(".bin").stat().st_size
+    model = ov.Core().read_model(str(out))
+    assert any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    rt = model.get_rt_info()
+    fp32 = read_model_info(run / "model.onnx")
+    assert rt["edgetl"]["precision"].astype(str) == "int8"
+    assert json.loads(rt["edgetl"]["labels"].astype(str)) == list(fp32.labels)
+    assert json.loads(rt["edgetl"]["quantization"].astype(str))["backend"] == "nncf"
+    # the gate ran the IR on OpenVINO and compared it with FP32 on the val split
+    assert result.eval_images == 12 and result.attempts[0].method == "nncf-fast-bias-correction"
+    assert result.size_ratio <= 0.4 and result.passed
+    with pytest.raises(EdgetlError, match=r"\.xml"):
+        quantize(run / "model.onnx", tmp_path / "x.onnx", calibration=digits_dir / "train", backend="nncf")
