@@ -48,11 +48,18 @@ def print_demo(summary: dict) -> None:
         f"quantized {quant['int8_model']} ({quant['method']}): accuracy FP32 {quant['fp32_accuracy']:.3f} -> "
         f"INT8 {quant['int8_accuracy']:.3f}, size x{quant['size_ratio']:.2f}"
     )
-    table = Table("backend", "precision", "status", "p50 ms", title="latency, batch 1")
-    for row in summary["benchmark"]["rows"]:
-        p50 = f"{row['p50_ms']:.2f}" if row.get("p50_ms") is not None else row.get("reason") or ""
-        table.add_row(row["backend"], row["precision"] or "", row["status"], p50)
+    table = Table("backend", "FP32 p50 ms", "INT8 p50 ms", "INT8/FP32", title="latency, batch 1")
+    missing = []
+    for backend, row in summary["benchmark"]["latency"].items():
+        fp32, int8 = row["fp32_p50_ms"], row["int8_p50_ms"]
+        if fp32 is None and int8 is None:
+            missing.append(f"{backend} ({row['reason']})")
+            continue
+        ratio = f"{int8 / fp32:.2f}" if fp32 and int8 else ""
+        table.add_row(backend, *(f"{v:.2f}" if v is not None else "-" for v in (fp32, int8)), ratio)
     out.print(table)
+    if missing:
+        out.print("not measured: " + "; ".join(missing))
     out.print(
         f"bundle {pkg['bundle']}: {pkg['held_out_images']} held-out images classified by edgetl-runtime "
         f"({pkg['backend']}), accuracy {pkg['held_out_accuracy']:.3f}\n"
