@@ -169,11 +169,9 @@ class _CachedHead:
             idx = order[start : start + ctx.recipe.batch_size]
             x = self.train_features[view[idx], idx]
             y = self.targets[idx.to(ctx.device)]
-            logits = head(x)
-            loss = ctx.loss(logits, y)
-            _step(loss, optimizer, scheduler, scaler)
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            loss, hits = _step(ctx, head(x), y, optimizer, scheduler, scaler)
+            total += loss * len(idx)
+            correct += hits
         return total / self.n, correct / self.n
 
     @torch.no_grad()
@@ -209,10 +207,9 @@ class _PartialUnfreeze:
                 with torch.no_grad():
                     h = model.forward_features(x, 0, self.first)
                 logits = model.head(model.forward_features(h, self.first))
-            loss = ctx.loss(logits, y)
-            _step(loss, optimizer, scheduler, scaler)
-            total += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
+            loss, hits = _step(ctx, logits, y, optimizer, scheduler, scaler)
+            total += loss * len(idx)
+            correct += hits
         return total / self.n, correct / self.n
 
     @torch.no_grad()
@@ -231,12 +228,15 @@ class _PartialUnfreeze:
 _STAGE_RUNNERS = {True: _CachedHead, False: _PartialUnfreeze}
 
 
-def _step(loss, optimizer, scheduler, scaler) -> None:
+def _step(ctx: _Context, logits, targets, optimizer, scheduler, scaler) -> tuple[float, int]:
+    """One optimisation step; returns the batch's mean loss and its number of correct predictions."""
+    loss = ctx.loss(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
     scaler.update()
     scheduler.step()
+    return loss.item(), int((logits.argmax(1) == targets).sum())
 
 
 def _balance_weights(targets: torch.Tensor, n_classes: int, policy: Balance):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import edgetl.train as train_module
-from edgetl.backbones import create_model
+from edgetl.backbones import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
 from edgetl.checkpoint import load_checkpoint, read_checkpoint_info
 from edgetl.cli import main
 from edgetl.datasets import write_corrupt_image
@@ -135,15 +135,7 @@ def test_warmup_then_cosine():
 
 
 def test_recipe_files_load_and_the_default_matches_the_builtin():
-    for name in (
-        "efficientnet_lite0",
-        "mobilenet_v3_small",
-        "mobilenet_v3_large",
-        "mobilenet_v2",
-        "resnet18",
-        "resnet50",
-        "efficientnet_b0",
-    ):
+    for name in (DEFAULT_BACKBONE, *TORCHVISION_NAMES):
         assert load_recipe(MODELS_DIR / f"{name}.toml").backbone == name
     assert resolve_recipe() == Recipe()
 
