@@ -101,6 +101,7 @@ class TorchRunner:
         self._device = torch.device(device)
         self.model, _ = load_checkpoint(path, self._device)
         self.threads = torch.get_num_threads() if device == "cpu" else None
+        self.execution_precision = "model"
         self.providers = (f"torch:{device}",)
         # CUDA kernels are asynchronous: a timed call must wait for them to finish
         self.sync = torch.cuda.synchronize if device == "cuda" else None
@@ -166,6 +167,9 @@ class BenchRow:
     model_path: str = ""
     device: str = ""
     threads: int | None = None  # effective CPU threads of the backend
+    # What the backend computes in: "model" = the file's own types; OpenVINO runs FP32 files in bf16
+    # on CPUs with bf16 support unless told otherwise, and a row must say so.
+    execution_precision: str | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
     p99_ms: float | None = None
@@ -379,7 +383,13 @@ def _work(pipe: _Pipe) -> None:
     except Exception as e:
         pipe.send(("error", _error_text(e)))
         return
-    ready = {"load_s": load_s, "threads": runner.threads, "rss_before_load_mb": before, "errors": errors}
+    ready = {
+        "load_s": load_s,
+        "threads": runner.threads,
+        "execution_precision": runner.execution_precision,
+        "rss_before_load_mb": before,
+        "errors": errors,
+    }
     pipe.send(("ready", ready))
     sync = getattr(runner, "sync", None)
     while (request := pipe.recv()) is not None:
@@ -603,6 +613,7 @@ def _plan(names, models, checkpoint, batches, threads, image_paths):
                     rows[key] = replace(
                         rows[key],
                         threads=value["threads"],
+                        execution_precision=value["execution_precision"],
                         load_s=value["load_s"],
                         rss_before_load_mb=value["rss_before_load_mb"],
                         status=Status.FAILED if b in value["errors"] else Status.OK,

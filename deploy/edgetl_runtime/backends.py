@@ -114,7 +114,7 @@ class OpenVinoSession:
         self.providers = (f"openvino:{device}",)
         self.backend = backend
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS")) if device == "CPU" else None
-        self.execution_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        self.execution_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._request.infer({0: batch})

@@ -127,7 +127,9 @@ def _print_table(report) -> None:
         table.add_row(
             r.backend,
             r.model,
-            r.precision,
+            r.precision
+            if r.execution_precision in (None, "model", r.precision)
+            else f"{r.precision} (runs {r.execution_precision})",
             str(r.batch),
             f"[yellow]{status} noisy[/yellow]" if r.noisy else status,
             "" if r.threads is None else str(r.threads),
