@@ -144,7 +144,10 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"--weights {path}: cannot read a state_dict ({e})") from None
+        raise WeightsError(
+            f"--weights {path}: cannot read a state_dict ({type(e).__name__}: {e}); "
+            "give a file saved with torch.save(model.state_dict()) or safetensors"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:

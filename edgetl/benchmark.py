@@ -497,6 +497,10 @@ def benchmark(
         model_paths = [Path(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
     if images is not None:
         image_paths = list_images(images) if isinstance(images, (str, Path)) else [Path(p) for p in images]
+        if not image_paths:
+            # an explicit pool that silently became synthetic input would misreport what was measured
+            problem = "no such folder" if not Path(str(images)).is_dir() else "no images found in it"
+            raise EdgetlError(f"--images {images}: {problem}; give a folder of images, or drop --images")
     _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
     names = list(backends) if backends else list(BENCH_BACKENDS)
     described = [_describe_model(p) for p in model_paths]

@@ -66,7 +66,8 @@ def scan_imagefolder(
     """Class names and (path, label) lists; without DATA/val, a seeded stratified split of DATA/train."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"--data {root}: no such folder; give a folder holding train/<class>/ image folders")
+        problem = "is a file, not a folder" if root.exists() else "no such folder"
+        raise DataError(f"--data {root}: {problem}; give a folder holding train/<class>/ image folders")
     train_dir, val_dir = root / "train", root / "val"
     if not train_dir.is_dir():
         raise DataError(

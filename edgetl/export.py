@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from edgetl_runtime.backends import load_session
-from edgetl_runtime.fileio import atomic_output, sha256_file, write_text_atomic
+from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import PREFIX, ModelInfo
 from edgetl_runtime.preprocess import ImageInput, list_images, preprocess_image
 
@@ -497,14 +497,7 @@ def _check_writable(out: Path) -> None:
         raise EdgetlError(f"--out {out}: is a folder; give a file name such as {out / DEFAULT_ONNX}")
     if out.suffix != ".onnx":
         raise EdgetlError(f"--out {out}: the file name must end in .onnx")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as e:
-        raise EdgetlError(
-            f"--out {out}: cannot write there ({e.strerror or e}); choose a writable path"
-        ) from None
+    check_writable(out, "--out")
 
 
 def export_onnx(

@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
-from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, Precision, TensorSpec
 from edgetl_runtime.modelinfo import ModelInfo, read_model_info
 
@@ -385,7 +385,8 @@ def build_bundle(
     """
     run, out = Path(run), Path(out)
     if not run.is_dir():
-        raise EdgetlError(f"{run}: no such run folder; give the folder `edgetl train --out` wrote")
+        problem = "not a folder" if run.exists() else "no such run folder"
+        raise EdgetlError(f"{run}: {problem}; give the folder `edgetl train --out` wrote")
     if precision is not None:
         try:
             precision = PackagePrecision(precision)
@@ -395,7 +396,7 @@ def build_bundle(
     name = name or run.resolve().name
     archive = is_archive(out)
     _check_out(out, archive)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent, "--out", folder=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=None if archive else out.parent))
     try:
         manifest, epoch = _stage(run, staging, precision, name)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl_runtime.fileio import atomic_output, sha256_file, write_text_atomic
+from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo, read_model_info
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_image
 
@@ -783,10 +783,15 @@ def quantize(
     info = check_model(inputs.model)
     model_sha = sha256_file(inputs.model)
     methods = _methods_to_try(qbackend, method, order)
+    reused = inputs.calibration is not None and is_manifest(inputs.calibration)
+    manifest_path = Path(inputs.calibration) if reused else Path(manifest or _default_manifest_path(inputs))
+    check_writable(inputs.out, "--out")
+    if not reused:
+        # checked now so that a bad --manifest cannot leave the INT8 model written without its record
+        check_writable(manifest_path, "--manifest")
     calib = _get_calibration(inputs, info.preprocess, model_sha, num_calibration, seed)
     exclude: tuple[str, ...] = ()
     search_all = method == "auto"
-    reused = inputs.calibration is not None and is_manifest(inputs.calibration)
     if reused and calib.manifest.method and method == "auto":
         # repeat the recorded quantization instead of searching again
         methods = [calib.manifest.method if qbackend is QuantBackend.NNCF else Method(calib.manifest.method)]
@@ -831,7 +836,6 @@ def quantize(
                 f"accuracy gate failed (drop {best.drop:.2f} points > {max_drop}); written anyway (--allow-drop)"
             )
         _write_model(path, inputs.out, info, settings, best.method)
-    manifest_path = Path(inputs.calibration) if reused else Path(manifest or _default_manifest_path(inputs))
     if not reused:
         calib.manifest.with_(method=best.method, settings=settings).save(manifest_path)
     per_class = {

@@ -233,6 +233,16 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(data, source=str(path))
 
 
+def _is_backbone(name: str) -> bool:
+    from .backbones import get_backbone
+
+    try:
+        get_backbone(name)
+    except EdgetlError:
+        return False
+    return True
+
+
 def resolve_recipe(recipe: str | Path | Recipe | None = None, backbone: str | None = None) -> Recipe:
     """A Recipe object, a TOML path, or a backbone name (models/<name>.toml, else the defaults).
 
@@ -245,6 +255,10 @@ def resolve_recipe(recipe: str | Path | Recipe | None = None, backbone: str | No
     else:
         name = str(recipe or backbone or DEFAULT_BACKBONE)
         file = MODELS_DIR / f"{name}.toml"
+        if recipe is not None and not file.is_file() and not _is_backbone(name):
+            raise RecipeError(
+                f"--recipe {recipe}: no such file and no models/{name}.toml; give a TOML file or a backbone name"
+            )
         # Installed without the models/ folder, the built-in defaults are the embedded recipe.
         resolved = load_recipe(file) if file.is_file() else Recipe(backbone=name)
     return replace(resolved, backbone=backbone) if backbone else resolved

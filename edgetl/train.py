@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgetl_runtime.fileio import atomic_output, write_text_atomic
+from edgetl_runtime.fileio import atomic_output, check_writable, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec
 
 from .backbones import EdgeModel, create_model, get_backbone
@@ -470,17 +470,18 @@ def train(
     torch.manual_seed(seed)
 
     images = load_imagefolder(data, spec, recipe.val_fraction, seed)
-    run.mkdir(parents=True, exist_ok=True)
-    images.splits.save(run)
     log(
         f"data: {len(images.labels)} classes, {len(images.train_images)} train / {len(images.val_pixels)} val images"
         + (f", {len(images.skipped)} unreadable skipped" if images.skipped else "")
     )
     if state is None:
+        # built before the run folder exists, so bad --weights leave no half-made run behind
         model = create_model(recipe.backbone, weights=recipe.weights)
         model.reset_head(len(images.labels), recipe.dropout)
     else:
         model, _ = load_checkpoint(run / LAST)
+    check_writable(run, "--out", folder=True)
+    images.splits.save(run)
     model.to(dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:

@@ -223,6 +223,14 @@ def test_cli_bad_batch_is_one_line_error(tiny_models):
     assert result.exit_code == 1 and "--batch" in result.output
 
 
+def test_cli_bad_images_or_plot_fail_before_measuring(tiny_models, tmp_path):
+    model = str(tiny_models[0])
+    result = CliRunner().invoke(main, ["benchmark", model, "--images", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "--images" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["benchmark", model, "--plot", str(tmp_path)])
+    assert result.exit_code == 1 and "--plot" in result.output and "is a folder" in result.output
+
+
 def test_plot_needs_a_measurement(tmp_path):
     with pytest.raises(EdgetlError, match="nothing to plot"):
         plot_report(BenchReport(rows=()), tmp_path / "p.png")

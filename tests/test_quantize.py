@@ -135,6 +135,19 @@ def test_bad_inputs(run, quantized, digits_dir, tmp_path):
     assert not (tmp_path / "e.onnx").exists()
 
 
+def test_unwritable_manifest_fails_before_the_model_is_written(run, digits_dir, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EdgetlError, match="--manifest"):
+        quantize(
+            run / "model.onnx",
+            tmp_path / "q.onnx",
+            calibration=digits_dir / "train",
+            manifest=blocker / "m.json",
+        )
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def _other_model(run: Path, tmp_path: Path) -> Path:
     """The same FP32 model with one extra metadata entry: another file, another sha256."""
     proto = onnx.load(str(run / "model.onnx"))

@@ -22,6 +22,8 @@ from edgetl_runtime import BundleError, Predictor
 from edgetl_runtime.bundle import extract_bundle, verify_bundle, write_gzip
 from edgetl_runtime.cli import EXIT_ERROR, EXIT_SOME_INPUTS_FAILED
 from edgetl_runtime.cli import main as run_main
+from edgetl_runtime.errors import EdgetlError
+from edgetl_runtime.fileio import write_text_atomic
 from edgetl_runtime.preprocess import list_images, preprocess_batch
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
@@ -212,3 +214,19 @@ def test_runtime_runs_where_torch_cannot_be_imported(bundles, val_images, tmp_pa
     assert json.loads(done.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}, done.stderr
     result = json.loads(done.stdout)
     assert [p["source"] for p in result["predictions"]] == [str(p) for p in val_images[:3]]
+
+
+def test_writes_onto_a_folder_or_under_a_file_are_clear_errors(tmp_path):
+    with pytest.raises(EdgetlError, match="is a folder"):
+        write_text_atomic(tmp_path, "x")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EdgetlError, match="cannot write there"):
+        write_text_atomic(blocker / "sub" / "a.txt", "x")
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_negative_bench_time_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        run_main(["bench", str(tmp_path), "--min-s", "-1"])
+    assert exc.value.code == 2

@@ -184,3 +184,19 @@ def test_cli_train_bad_data_is_one_line_error(tmp_path):
     assert result.exit_code == 1
     assert "no such folder" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_unknown_recipe_name_names_the_option():
+    with pytest.raises(RecipeError, match="--recipe no_such_recipe"):
+        resolve_recipe("no_such_recipe")
+
+
+def test_cli_train_bad_weights_or_out_leave_no_run_folder(digits_dir, tmp_path):
+    base = ["train", "--data", str(digits_dir), "--image-size", "32", "--device", "cpu"]
+    junk = tmp_path / "junk.pth"
+    junk.write_text("not weights")
+    result = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "r"), "--weights", str(junk)])
+    assert result.exit_code == 1 and "--weights" in result.output
+    assert not (tmp_path / "r").exists()
+    result = CliRunner().invoke(main, [*base, "--out", str(junk / "r")])
+    assert result.exit_code == 1 and "--out" in result.output and "Traceback" not in result.output

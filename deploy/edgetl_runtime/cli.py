@@ -230,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         value = getattr(args, option, None)
         if value is not None and value < 1:
             parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+    for option in ("warmup_s", "min_s"):
+        value = getattr(args, option, None)
+        if value is not None and value < 0:
+            parser.error(f"--{option.replace('_', '-')} must be at least 0, got {value}")
     try:
         return args.run(args)
     except EdgetlError as e:

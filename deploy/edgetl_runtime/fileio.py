@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import EdgetlError
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
@@ -24,15 +26,52 @@ def _umask() -> int:
     return mask
 
 
+def _unwritable(path: Path, option: str, error: OSError) -> EdgetlError:
+    return EdgetlError(
+        f"{option} {path}: cannot write there ({error.strerror or error}); choose a writable path"
+    )
+
+
+def _prepare(path: Path, option: str, folder: bool) -> Path:
+    """Refuse a file where a folder is wanted (or the reverse); create and return the parent folder."""
+    if path.exists() and path.is_dir() != folder:
+        kind, want = ("a file", "folder") if folder else ("a folder", "file")
+        raise EdgetlError(f"{option} {path}: is {kind}; give a {want} path")
+    parent = path if folder else path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(path, option, e) from None
+    return parent
+
+
+def check_writable(path: str | os.PathLike, option: str, *, folder: bool = False) -> Path:
+    """Fail before slow work, not after it: `path` (a file, or a folder when `folder`) can be written.
+
+    Creates the folder that will hold it; `option` names the flag in the error (e.g. "--out").
+    """
+    path = Path(path)
+    parent = _prepare(path, option, folder)
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise _unwritable(path, option, e) from None
+    return path
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, option: str = "output") -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` only if the block succeeds.
 
     Readers never see a half-written artifact, and a failure leaves nothing behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    parent = _prepare(path, option, folder=False)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=parent)
+    except OSError as e:
+        raise _unwritable(path, option, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

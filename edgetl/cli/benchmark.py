@@ -6,6 +6,7 @@ import click
 
 from edgetl.cli.common import handle_errors, json_option
 from edgetl.errors import EdgetlError
+from edgetl_runtime.fileio import check_writable
 
 
 def _parse_batches(text: str) -> tuple[int, ...]:
@@ -71,6 +72,8 @@ def benchmark(
     if len(models) > 1 and any(m.is_dir() for m in models):
         raise EdgetlError("give either one run folder or model files, not both")
     target = models[0] if len(models) == 1 and models[0].is_dir() else list(models)
+    if plot is not None:
+        check_writable(plot, "--plot")
     report = run_benchmark(
         target,
         backends=backends or None,
