@@ -24,7 +24,7 @@ import torch
 
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
-from edgetl_runtime.modelinfo import PREFIX, ModelInfo
+from edgetl_runtime.modelinfo import PREFIX, ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images, preprocess_image
 
 from . import __version__
@@ -50,9 +50,7 @@ SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
 
 
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
 
 
 class Format(str, Enum):
@@ -522,6 +520,10 @@ def export_onnx(
     """
     start = time.perf_counter()
     precision = Precision(precision)
+    if precision not in EXPORT_PRECISIONS:
+        raise EdgetlError(
+            f"--precision {precision.value}: export writes fp32 or fp16; INT8 comes from `edgetl quantize`"
+        )
     try:
         extra = [Format(f) for f in formats if Format(f) is not Format.ONNX]
     except ValueError:

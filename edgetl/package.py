@@ -21,8 +21,8 @@ from pathlib import Path
 
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
-from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, Precision, TensorSpec
-from edgetl_runtime.modelinfo import ModelInfo, read_model_info
+from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, TensorSpec
+from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
 
 from .errors import BundleError, EdgetlError
 from .splits import SPLITS, Splits

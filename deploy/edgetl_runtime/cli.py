@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import EdgetlError
-from .manifest import Precision
+from .modelinfo import Precision
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 1, 2, 3
 

@@ -10,20 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from enum import Enum
 
 from .errors import BundleError
+from .modelinfo import Precision
 from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 LABELS = "labels.txt"
 README = "README.md"
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"
-    INT8 = "int8"
 
 
 @dataclass(frozen=True)

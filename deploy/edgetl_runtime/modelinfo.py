@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 
 from .errors import BundleError
 from .preprocess import PreprocessSpec
 
 PREFIX = "edgetl."
+
+
+class Precision(str, Enum):
+    """The numeric format of a model file's weights and arithmetic."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
 
 
 @dataclass(frozen=True)
