@@ -44,7 +44,8 @@ from edgetl_runtime.timing import (
 )
 
 from .console import log, warn
-from .errors import EdgetlError, ImageError
+from .errors import EdgetlError
+from .images import preprocess_readable
 
 BENCHMARK_JSON = "benchmark.json"
 RUN_MODELS = ("model.onnx", "model.int8.onnx")
@@ -315,15 +316,7 @@ def _input_pools(
 ) -> tuple[dict[int, list[np.ndarray]], str]:
     """Distinct preprocessed batches per batch size, made once before any timing."""
     needed = POOL_BATCHES * max(batches)
-    arrays, skipped = [], 0
-    for path in images:
-        if len(arrays) == needed:
-            break
-        try:
-            arrays.append(preprocess_image(path, spec))
-        except ImageError as e:
-            skipped += 1
-            warn(f"{e}; skipped")
+    arrays, _, skipped = preprocess_readable(images, spec, "benchmark", limit=needed)
     if arrays:
         source = f"{len(arrays)} real images" + (f" ({skipped} unreadable skipped)" if skipped else "")
     else:

@@ -20,7 +20,8 @@ from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 
 from .console import warn
-from .errors import DataError, ImageError
+from .errors import DataError
+from .images import preprocess_readable
 
 DEFAULT_NUM_CALIBRATION = 300
 MANIFEST_VERSION = 1
@@ -153,19 +154,9 @@ def select_calibration(
     items = [(Path(p).resolve(), int(i)) for p, i in items]
     if not items:
         raise DataError(f"{source}: no images to calibrate with")
-    chosen: list[tuple[Path, int]] = []
-    arrays = []
-    skipped = 0
-    for path, label in _stratified_order(items, seed):
-        if len(chosen) == num:
-            break
-        try:
-            arrays.append(preprocess_image(path, spec))
-        except ImageError as e:
-            skipped += 1
-            warn(f"skipped unreadable calibration image: {e}")
-            continue
-        chosen.append((path, label))
+    ordered = _stratified_order(items, seed)
+    arrays, kept, skipped = preprocess_readable([p for p, _ in ordered], spec, "calibration", limit=num)
+    chosen = [ordered[i] for i in kept]
     if not chosen:
         raise DataError(f"{source}: none of the {len(items)} images is readable ({skipped} skipped)")
     if len(chosen) < num:

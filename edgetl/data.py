@@ -27,8 +27,8 @@ from edgetl_runtime.preprocess import (
     resize_crop,
 )
 
-from .console import warn
 from .errors import DataError, ImageError
+from .images import warn_skipped
 from .splits import Splits
 
 Item = tuple[Path, int]
@@ -174,9 +174,7 @@ def load_imagefolder(
         for (p, _), d in zip([*train_items, *val_items], [*train_decoded, *val_decoded], strict=True)
         if d is None
     ]
-    if skipped:
-        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
-        warn(f"skipped {len(skipped)} unreadable image(s): {shown}")
+    warn_skipped(skipped, "dataset")
     train_items, train_images = _keep_readable(train_items, train_decoded, labels, "train")
     val_items, val_pixels = _keep_readable(val_items, val_decoded, labels, "val")
     splits = Splits(

@@ -25,13 +25,14 @@ import torch
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import PREFIX, ModelInfo, Precision
-from edgetl_runtime.preprocess import ImageInput, list_images, preprocess_image
+from edgetl_runtime.preprocess import ImageInput, list_images
 
 from . import __version__
 from .backbones import EdgeModel, create_model, get_backbone
 from .checkpoint import find_checkpoint, load_checkpoint
 from .console import log, warn
-from .errors import EdgetlError, GateError, ImageError
+from .errors import EdgetlError, GateError
+from .images import preprocess_readable
 from .splits import SPLITS, Splits
 
 EXPORT_SUMMARY = "export.json"
@@ -182,13 +183,7 @@ def _check_sources(
 
 
 def _preprocess_check(sources: list[ImageInput], info: ModelInfo, origin: str) -> tuple[np.ndarray, int]:
-    arrays, skipped = [], 0
-    for src in sources:
-        try:
-            arrays.append(preprocess_image(src, info.preprocess))
-        except ImageError as e:
-            skipped += 1
-            warn(f"skipping unreadable check image: {e}")
+    arrays, _, skipped = preprocess_readable(sources, info.preprocess, "check")
     if not arrays:
         raise EdgetlError(f"{origin}: none of the {len(sources)} check images is readable")
     return np.stack(arrays), skipped

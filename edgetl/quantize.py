@@ -26,7 +26,7 @@ import numpy as np
 
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo, read_model_info
-from edgetl_runtime.preprocess import PreprocessSpec, preprocess_image
+from edgetl_runtime.preprocess import PreprocessSpec
 
 from .calibration import (
     DEFAULT_NUM_CALIBRATION,
@@ -37,7 +37,8 @@ from .calibration import (
     select_calibration,
 )
 from .console import log, warn
-from .errors import BundleError, DataError, EdgetlError, GateError, ImageError
+from .errors import BundleError, DataError, EdgetlError, GateError
+from .images import preprocess_readable
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -250,15 +251,8 @@ def load_eval_set(
         if labels is not None and tuple(labels) != tuple(info.labels):
             raise DataError("the run's labels differ from the model's metadata labels; re-export the model")
         pairs = [(Path(p), i) for p, i in source]
-    arrays, kept, skipped = [], [], 0
-    for path, label in pairs:
-        try:
-            arrays.append(preprocess_image(path, info.preprocess))
-        except ImageError as e:
-            skipped += 1
-            warn(f"skipped unreadable evaluation image: {e}")
-            continue
-        kept.append(label)
+    arrays, indices, skipped = preprocess_readable([p for p, _ in pairs], info.preprocess, "evaluation")
+    kept = [pairs[i][1] for i in indices]
     if not arrays:
         raise DataError(
             f"{source if isinstance(source, (str, Path)) else 'evaluation split'}: no readable image"

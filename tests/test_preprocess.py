@@ -61,3 +61,19 @@ def test_paths_arrays_and_pil_agree(photos, tmp_path):
     np.testing.assert_array_equal(batch[0], batch[1])
     np.testing.assert_array_equal(batch[0], batch[2])
     assert image.size == (203, 505)  # portrait, odd sides
+
+
+def test_preprocess_readable_skips_counts_and_stops_at_the_limit(digits_dir, tmp_path):
+    from edgetl.datasets import write_corrupt_image
+    from edgetl.images import preprocess_readable
+    from edgetl_runtime.preprocess import list_images
+
+    spec = PreprocessSpec().with_size(32)
+    good = list_images(digits_dir / "train")[:5]
+    bad = write_corrupt_image(tmp_path / "bad.png")
+    sources = [good[0], bad, *good[1:]]
+    arrays, kept, skipped = preprocess_readable(sources, spec, "test")
+    assert (len(arrays), kept, skipped) == (5, [0, 2, 3, 4, 5], 1)
+    assert np.array_equal(arrays[1], preprocess_image(good[1], spec))
+    arrays, kept, skipped = preprocess_readable(sources, spec, "test", limit=2)
+    assert (len(arrays), kept, skipped) == (2, [0, 2], 1)
