@@ -312,11 +312,16 @@ def _describe_ir(path: Path) -> _Model:
 
 
 def _input_pools(
-    spec: PreprocessSpec, dtype: str, batches: Sequence[int], images: Sequence[Path]
+    spec: PreprocessSpec, dtype: str, batches: Sequence[int], images: Sequence[Path], required: bool
 ) -> tuple[dict[int, list[np.ndarray]], str]:
-    """Distinct preprocessed batches per batch size, made once before any timing."""
+    """Distinct preprocessed batches per batch size, made once before any timing.
+
+    Without readable images the pool is seeded synthetic input, unless the user asked for images.
+    """
     needed = POOL_BATCHES * max(batches)
     arrays, _, skipped = preprocess_readable(images, spec, "benchmark", limit=needed)
+    if not arrays and required:
+        raise EdgetlError(f"--images: none of the {len(images)} images is readable; give readable images")
     if arrays:
         source = f"{len(arrays)} real images" + (f" ({skipped} unreadable skipped)" if skipped else "")
     else:
@@ -499,7 +504,9 @@ def benchmark(
     described = [_describe_model(p) for p in model_paths]
     checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
 
-    rows, workers, pool_source = _plan(names, described, checkpoint_model, batches, threads, image_paths)
+    rows, workers, pool_source = _plan(
+        names, described, checkpoint_model, batches, threads, image_paths, images_required=images is not None
+    )
     try:
         _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
     finally:
@@ -557,7 +564,7 @@ def _describe_checkpoint(path: Path, models: list[_Model]) -> _Model:
     return _Model(path, "fp32", info.preprocess, macs, _model_size_mb(path))
 
 
-def _plan(names, models, checkpoint, batches, threads, image_paths):
+def _plan(names, models, checkpoint, batches, threads, image_paths, images_required):
     """A row for every (backend, model, batch); a worker for every pair that can run."""
     rows: dict = {}
     workers: list[_Worker] = []
@@ -592,7 +599,7 @@ def _plan(names, models, checkpoint, batches, threads, image_paths):
                 continue
             pool_key = (model.preprocess, model.input_dtype)
             if pool_key not in pools_by_spec:
-                pools_by_spec[pool_key] = _input_pools(*pool_key, batches, image_paths)
+                pools_by_spec[pool_key] = _input_pools(*pool_key, batches, image_paths, images_required)
             pools, pool_source = pools_by_spec[pool_key]
             log(f"loading {name} {model.path.name}")
             worker = _Worker(backend, model, _Job(name, str(model.path), threads, pools))

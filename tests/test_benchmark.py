@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgetl.benchmark import BENCH_BACKENDS, BenchReport, Status, benchmark, plot_report
 from edgetl.cli import main
+from edgetl.datasets import write_corrupt_image
 from edgetl.errors import EdgetlError
 from edgetl.macs import count_macs
 from edgetl_runtime.modelinfo import ModelInfo
@@ -229,6 +230,12 @@ def test_cli_bad_images_or_plot_fail_before_measuring(tiny_models, tmp_path):
     assert result.exit_code == 1 and "--images" in result.output and "Traceback" not in result.output
     result = CliRunner().invoke(main, ["benchmark", model, "--plot", str(tmp_path)])
     assert result.exit_code == 1 and "--plot" in result.output and "is a folder" in result.output
+    corrupt = tmp_path / "corrupt"
+    write_corrupt_image(corrupt / "a.png")
+    result = CliRunner().invoke(
+        main, ["benchmark", model, "--images", str(corrupt), "--backend", "onnxruntime-cpu"]
+    )
+    assert result.exit_code == 1 and "none of the 1 images is readable" in result.output
 
 
 def test_plot_needs_a_measurement(tmp_path):
