@@ -115,6 +115,7 @@ def main() -> None:
     from edgetl.calibration import list_labelled_images, select_calibration
     from edgetl_runtime.fileio import sha256_file
     from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.predictor import softmax
     from edgetl_runtime.preprocess import preprocess_batch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -183,7 +184,7 @@ def main() -> None:
         latency = latency_ms(models, x_eval[:1], args.runs)
         # Random crops are often ambiguous (FP32 itself unsure), where any noise flips top-1; inputs
         # FP32 is confident about behave more like labelled photos, whose top-1 is usually clear.
-        confident = q._softmax(fp32_logits).max(1) > CONFIDENT
+        confident = softmax(fp32_logits).max(1) > CONFIDENT
         rows = {}
         for name, path in models.items():
             logits = q.run_model(path, x_eval)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
-import sys
 from collections.abc import Iterable, Iterator, Sized
 from typing import TypeVar
 
@@ -17,6 +14,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from edgetl_runtime.fileio import print_json as print_json
 
 T = TypeVar("T")
 
@@ -54,19 +53,3 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             bar.advance(task)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def print_json(summary: dict) -> None:
-    """Exactly one JSON object on stdout, nothing else."""
-    sys.stdout.write(json.dumps(_json_safe(summary), default=str) + "\n")
-    sys.stdout.flush()

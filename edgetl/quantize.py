@@ -26,6 +26,7 @@ import numpy as np
 
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo, read_model_info
+from edgetl_runtime.predictor import softmax
 from edgetl_runtime.preprocess import PreprocessSpec
 
 from .calibration import (
@@ -157,12 +158,6 @@ class EvalSet:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
-def _onnx_ops(model_path: Path) -> set[str]:
-    import onnx
-
-    return {n.op_type for n in onnx.load(str(model_path), load_external_data=False).graph.node}
-
-
 def check_model(model_path: Path) -> ModelInfo:
     """The FP32 model's metadata, refusing already-quantized models and inconsistent input sizes."""
     import onnx
@@ -272,16 +267,10 @@ def run_model(path: Path, inputs: np.ndarray, backend: str = "onnxruntime-cpu") 
     return np.concatenate([session.run(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def compare_logits(
     fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray | None, names: Sequence[str]
 ) -> Evaluation:
-    p, q = _softmax(fp32.astype(np.float64)), _softmax(int8.astype(np.float64))
+    p, q = softmax(fp32), softmax(int8)
     kl = float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
     pred = int8.argmax(1)
     agreement = float(np.mean(pred == fp32.argmax(1)))

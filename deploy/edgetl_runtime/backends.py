@@ -185,10 +185,6 @@ def get_backend(name: str) -> Backend:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}") from None
 
 
-def unavailable_reason(name: str) -> str | None:
-    return get_backend(name).check()
-
-
 def resolve_backend(name: str = "auto") -> Backend:
     """'auto' picks the first available backend of AUTO_ORDER; a named one must be available."""
     if name == "auto":

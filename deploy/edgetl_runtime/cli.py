@@ -8,13 +8,12 @@ With --json, stdout holds exactly one JSON object, also on failure ({"error": ..
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import EdgetlError
+from .fileio import print_json
 from .modelinfo import Precision
 
 EXIT_ERROR, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 1, 2, 3
@@ -28,21 +27,6 @@ examples:
 
 exit codes: 0 ok, 1 error (nothing ran), 2 usage, 3 some inputs unreadable (rest classified)
 """
-
-
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _print_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(_finite(obj)) + "\n")
-    sys.stdout.flush()
 
 
 def _expand(inputs: Sequence[str]) -> list[Path]:
@@ -74,7 +58,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
-        _print_json(
+        print_json(
             {
                 "bundle": str(args.bundle),
                 **predictor.describe(),
@@ -105,7 +89,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         manifest = bundle.manifest
     backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
     if args.json:
-        _print_json(
+        print_json(
             {
                 "bundle": str(args.bundle),
                 "verified": True,
@@ -160,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     }
     row.pop("labels")
     if args.json:
-        _print_json(row)
+        print_json(row)
     else:
         print(
             f"{row['model']} ({row['precision']}) on {row['backend']}, batch {batch}: "
@@ -239,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgetlError as e:
         print(f"error: {e}", file=sys.stderr)
         if args.json:
-            _print_json({"error": str(e)})
+            print_json({"error": str(e)})
         return EXIT_ERROR
 
 

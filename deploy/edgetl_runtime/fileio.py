@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,6 +85,23 @@ def atomic_output(path: str | os.PathLike, option: str = "output") -> Iterator[P
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _json_safe(value):
+    """NaN/inf are not JSON: they become null, so every consumer can parse the summary."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def print_json(summary: dict) -> None:
+    """Exactly one JSON object on stdout, nothing else (paths and enums as strings)."""
+    sys.stdout.write(json.dumps(_json_safe(summary), default=str) + "\n")
+    sys.stdout.flush()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

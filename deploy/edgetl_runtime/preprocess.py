@@ -8,7 +8,7 @@ resize the shorter side to ``resize``, centre-crop ``crop``), so numbers match t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -164,8 +164,3 @@ def list_images(folder: str | Path) -> list[Path]:
         and p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
-
-
-def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
