@@ -171,19 +171,30 @@ def section_summary(f: RunFiles) -> Section:
     s, header, splits = f.summary, f.checkpoint_header or {}, f.splits
     if s is None and not header:
         return missing("summary", "Run", f"edgetl train --data DATA --out {f.run}", "training summary")
-    s = s or {}
+    s, history = s or {}, f.metrics or []
     recipe = header.get("recipe", {})
     spec = header.get("preprocess", {})
     labels = s.get("labels") or header.get("labels") or []
+    num_train = s.get("num_train", len(splits["train"]) if splits else "–")
+    num_val = s.get("num_val", len(splits["val"]) if splits else "–")
+    if s:
+        best = f"{pct(s.get('best_val_accuracy'))} at epoch {s.get('best_epoch')}"
+        trained = (
+            f"{s.get('train_seconds', 0):.0f} s, {s.get('epochs')} epochs on {escape(str(s.get('device')))}"
+        )
+    else:  # training still running or interrupted: what metrics.json has so far
+        top = max(history, key=lambda r: r["val_accuracy"], default=None)
+        best = f"{pct(top['val_accuracy'])} at epoch {top['epoch']} (so far)" if top else "–"
+        trained = f"{sum(r.get('seconds', 0) for r in history):.0f} s in {len(history)} epochs (not finished)"
     items = [
         ("backbone", escape(str(s.get("backbone") or header.get("backbone", "–")))),
         ("input", f"{spec.get('crop', '–')} px ({escape(str(spec.get('interpolation', '')))})"),
         ("classes", str(len(labels))),
-        ("images", f"{s.get('num_train', '–')} train / {s.get('num_val', '–')} val"),
+        ("images", f"{num_train} train / {num_val} val"),
         ("unreadable skipped", str(s.get("skipped", splits.get("skipped", 0) if splits else "–"))),
-        ("best val accuracy", f"{pct(s.get('best_val_accuracy'))} at epoch {s.get('best_epoch', '–')}"),
-        ("training", f"{s.get('train_seconds', 0):.0f} s, {s.get('epochs', '–')} epochs on {escape(str(s.get('device', '–')))}"),
-    ]  # fmt: skip
+        ("best val accuracy", best),
+        ("training", trained),
+    ]
     if splits and splits.get("data_root"):
         items.append(("data", f"<code>{escape(splits['data_root'])}</code>"))
     stages = recipe.get("stages", [])
@@ -228,8 +239,15 @@ def _lineage(f: RunFiles) -> str:
             now[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    version_rows = [[escape(k), escape(str(versions.get(k) or "–")), escape(now.get(k, "–"))] for k in now]
-    out = table(["package", "in the bundle's record", "making this report"], version_rows, numeric_from=9)
+    recorded = {k: v for k, v in versions.items() if v}
+    out = '<p class="note">Making this report: ' + " · ".join(
+        f"{escape(k)} {escape(v)}" for k, v in now.items()
+    )
+    if recorded:
+        out += "<br>Recorded in the bundle: " + " · ".join(
+            f"{escape(k)} {escape(str(v))}" for k, v in recorded.items()
+        )
+    out += "</p>"
     if provenance.get("git_commit"):
         rows.append(["git commit", provenance["git_commit"], "bundle manifest"])
     dataset = provenance.get("dataset") or {}
