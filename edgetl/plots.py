@@ -60,6 +60,8 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
 def curves_figure(history: Sequence[dict], best_epoch: int | None = None):
     """Loss and accuracy per epoch, train vs val; stages shaded and labelled, the best epoch marked."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     if not history:
         raise ValueError("no epochs in the history")
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
@@ -71,6 +73,7 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None):
             ax.plot(epochs, [r[f"val_{key}"] for r in history], "o", color=COLOURS["val"], ms=3)
         ax.set_title(title, fontsize=11)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.25)
         _mark_stages(ax, history)
         if best_epoch is not None and best_epoch in epochs:
@@ -84,9 +87,9 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None):
         acc_ax.annotate(
             f"{best['val_accuracy']:.3f}",
             (best_epoch, best["val_accuracy"]),
-            xytext=(0, -16),
+            xytext=(7, -14),
             textcoords="offset points",
-            ha="center",
+            ha="left",
             fontsize=9,
             color=COLOURS["best"],
         )
@@ -109,14 +112,18 @@ def _mark_stages(ax, history: Sequence[dict]) -> None:
         if i:
             ax.axvline(first - 0.5, color="#555", lw=0.8, ls=":")
         what = "frozen" if not unfreeze else f"unfreeze {unfreeze}"
+        # Later stages are labelled upright along their boundary: short stages have no room across.
         ax.text(
             first - 0.4,
-            1.0,
+            0.98,
             f"stage {stage}: {what}",
             transform=ax.get_xaxis_transform(),
+            rotation=90 if i else 0,
+            ha="left",
             va="top",
             fontsize=8,
             color="#444",
+            bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none", "pad": 1},
         )
 
 
@@ -134,7 +141,7 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]):
     support = [sum(row) for row in matrix]
     # Cells shrink with n; the figure grows so names stay legible (matplotlib sizes are in points).
     side = min(13.0, max(4.8, 2.6 + 0.34 * n))
-    label_size = max(6.0, min(11.0, 180 / (n + 8)))
+    label_size = max(7.0, min(11.0, 200 / (n + 8)))
     fig, ax = plt.subplots(figsize=(side + 1.6, side))
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     names = [short_label(x) for x in labels]
@@ -160,7 +167,7 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]):
     total = sum(support)
     correct = sum(matrix[i][i] for i in range(n))
     ax.set_title(
-        f"confusion, share of each true class ({correct}/{total} correct = {correct / max(total, 1):.1%})",
+        f"confusion: share of each true class\n{correct}/{total} validation images correct ({correct / max(total, 1):.1%})",
         fontsize=10,
     )
     from matplotlib.ticker import PercentFormatter
@@ -203,7 +210,7 @@ def confused_pairs_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]
         ax.set_yticks(ys, names, fontsize=9)
         ax.invert_yaxis()
         for y, d in zip(ys, pairs, strict=True):
-            ax.text(d["count"], y, f"  {d['count']} ({d['share']:.0%} of {short_label(d['true'], 16)})",
+            ax.text(d["count"], y, f"  {d['count']} ({d['share']:.0%} of its class)",
                     va="center", fontsize=8)  # fmt: skip
         ax.set_xlabel("validation images (true → predicted)")
         ax.set_xlim(0, max(d["count"] for d in pairs) * 1.35)
