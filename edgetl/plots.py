@@ -57,14 +57,20 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def curves_figure(history: Sequence[dict], best_epoch: int | None = None):
-    """Loss and accuracy per epoch, train vs val; stages shaded and labelled, the best epoch marked."""
+def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, stacked: bool = False):
+    """Loss and accuracy per epoch, train vs val; stages shaded and labelled, the best epoch marked.
+
+    stacked: accuracy above loss (for a half-width column) instead of side by side.
+    """
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
     if not history:
         raise ValueError("no epochs in the history")
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
+    if stacked:
+        fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(6.4, 6.6), sharex=True)
+    else:
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
     epochs = [r["epoch"] for r in history]
     for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "--", color=COLOURS["train"], label="train")
@@ -72,7 +78,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None):
         if len(epochs) <= 40:
             ax.plot(epochs, [r[f"val_{key}"] for r in history], "o", color=COLOURS["val"], ms=3)
         ax.set_title(title, fontsize=11)
-        ax.set_xlabel("epoch")
+        if not stacked or ax is loss_ax:
+            ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.25)
         _mark_stages(ax, history)
@@ -131,8 +138,11 @@ def _normalised(matrix: Sequence[Sequence[int]]) -> list[list[float]]:
     return [[v / sum(row) if sum(row) else 0.0 for v in row] for row in matrix]
 
 
-def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]):
-    """Row-normalised confusion matrix; beyond MAX_MATRIX_CLASSES, the most confused pairs instead."""
+def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, compact: bool = False):
+    """Row-normalised confusion matrix; beyond MAX_MATRIX_CLASSES, the most confused pairs instead.
+
+    compact: a smaller canvas (so relatively larger text) for a half-width column of the report.
+    """
     if len(labels) > MAX_MATRIX_CLASSES:
         return confused_pairs_figure(labels, matrix)
     plt = _pyplot()
@@ -140,7 +150,7 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]):
     norm = _normalised(matrix)
     support = [sum(row) for row in matrix]
     # Cells shrink with n; the figure grows so names stay legible (matplotlib sizes are in points).
-    side = min(13.0, max(4.8, 2.6 + 0.34 * n))
+    side = min(13.0, max(4.8, 2.6 + 0.34 * n)) * (0.8 if compact else 1.0)
     label_size = max(7.0, min(11.0, 200 / (n + 8)))
     fig, ax = plt.subplots(figsize=(side + 1.6, side))
     image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)

@@ -24,7 +24,7 @@ from .errors import EdgetlError
 from .report_html import page
 
 REPORT_HTML = "report.html"
-GALLERY_LIMIT = 24
+GALLERY_LIMIT = 20
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "timm", "onnx", "onnxruntime", "openvino", "matplotlib")
 
 
@@ -34,6 +34,7 @@ class Section:
     title: str
     body: str  # HTML
     missing: str | None = None  # the command that would produce this section's artifact
+    half: bool = False  # shares a row with its neighbour on a wide screen
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,6 @@ def section_summary(f: RunFiles) -> Section:
     if s is None and not header:
         return missing("summary", "Run", f"edgetl train --data DATA --out {f.run}", "training summary")
     s, history = s or {}, f.metrics or []
-    recipe = header.get("recipe", {})
     spec = header.get("preprocess", {})
     labels = s.get("labels") or header.get("labels") or []
     num_train = s.get("num_train", len(splits["train"]) if splits else "–")
@@ -195,8 +195,30 @@ def section_summary(f: RunFiles) -> Section:
         ("best val accuracy", best),
         ("training", trained),
     ]
+    q = f.quantize
+    if q:
+        g = _gate(q)
+        items.append(
+            (
+                "INT8 accuracy",
+                f"{pct(g.get('int8'))} ({g['drop']:+.2f} points drop)"
+                if g.get("drop") is not None
+                else pct(g.get("int8")),
+            )
+        )
+    fastest = min((r for r in (f.benchmark or {}).get("rows", []) if r.get("status") == "ok" and r.get("batch") == 1),
+                  key=lambda r: r["p50_ms"], default=None)  # fmt: skip
+    if fastest:
+        items.append(("fastest, batch 1", f"{fastest['p50_ms']:.2f} ms p50 ({escape(fastest['backend'])} {escape(fastest['precision'].upper())})"))  # fmt: skip
     if splits and splits.get("data_root"):
         items.append(("data", f"<code>{escape(splits['data_root'])}</code>"))
+    return Section("summary", "Run", facts(items))
+
+
+def section_details(f: RunFiles) -> Section:
+    """Recipe, package versions and the hashes that tie the artifacts to their inputs."""
+    header, s = f.checkpoint_header or {}, f.summary or {}
+    recipe = header.get("recipe", {})
     stages = recipe.get("stages", [])
     stage_rows = [
         [str(i + 1), str(st.get("epochs")), "frozen" if not st.get("unfreeze") else f"last {st['unfreeze']} stages",
@@ -218,14 +240,14 @@ def section_summary(f: RunFiles) -> Section:
         "seed",
     )
     recipe_line = ", ".join(f"{k} {escape(str(recipe[k]))}" for k in keys if k in recipe)
-    body = facts(items)
+    body = ""
     if stage_rows:
         body += "<h3>Recipe</h3>" + table(
             ["stage", "epochs", "trains", "lr", "lr backbone", "epochs run"], stage_rows
         )
         body += f'<p class="note">{recipe_line}</p>'
     body += "<h3>Versions and lineage</h3>" + _lineage(f)
-    return Section("summary", "Run", body)
+    return Section("details", "Recipe, versions and lineage", body)
 
 
 def _lineage(f: RunFiles) -> str:
@@ -285,9 +307,8 @@ def section_curves(f: RunFiles) -> Section:
             "per-epoch metrics (metrics.json)",
         )
     best = (f.summary or {}).get("best_epoch")
-    return Section(
-        "curves", "Learning curves", img(plots.curves_figure(f.metrics, best), "loss and accuracy per epoch")
-    )
+    figure = plots.curves_figure(f.metrics, best, stacked=True)
+    return Section("curves", "Learning curves", img(figure, "loss and accuracy per epoch"), half=True)
 
 
 def section_confusion(f: RunFiles) -> Section:
@@ -304,7 +325,7 @@ def section_confusion(f: RunFiles) -> Section:
         note = (
             f"{len(c['labels'])} classes are too many for a readable matrix: the most confused pairs instead."
         )
-    return Section("confusion", "Confusion matrix", f'<p class="note">{note}</p>' + img(plots.confusion_figure(c["labels"], c["matrix"]), "confusion matrix"))  # fmt: skip
+    return Section("confusion", "Confusion matrix", f'<p class="note">{note}</p>' + img(plots.confusion_figure(c["labels"], c["matrix"], compact=len(c["labels"]) <= 16), "confusion matrix"), half=len(c["labels"]) <= 16)  # fmt: skip
 
 
 def section_per_class(f: RunFiles) -> Section:
@@ -326,7 +347,7 @@ def section_per_class(f: RunFiles) -> Section:
         precision = m[i][i] / predicted if predicted else None
         q = quant.get(name) or {}
         delta = (q["int8"] - q["fp32"]) if q.get("int8") is not None and q.get("fp32") is not None else None
-        bar = f'<span class="bar" style="width:{round(100 * (recall or 0))}%"></span>'
+        bar = f'<span class="track"><span class="bar" style="width:{round(100 * (recall or 0))}%"></span></span>'
         rows.append([
             escape(name), str(train_counts[i]) if f.splits else "–", str(support), pct(precision),
             f'<span class="barcell">{bar}<span>{pct(recall)}</span></span>', pct(q.get("fp32")), pct(q.get("int8")),
@@ -479,15 +500,18 @@ def section_bundle(f: RunFiles) -> Section:
     return Section("bundle", "Bundle", f'<p class="note">{lead}</p>' + table(["file", "precision", "size", "sha256"], rows, numeric_from=2))  # fmt: skip
 
 
+# Page order: what a person looks at first fits a 1280x2000 screen (summary, curves, confusion,
+# mistakes, latency); the tables follow.
 SECTIONS: tuple[Callable[[RunFiles], Section], ...] = (
     section_summary,
     section_curves,
     section_confusion,
-    section_per_class,
-    section_quantization,
     section_gallery,
     section_latency,
+    section_quantization,
+    section_per_class,
     section_bundle,
+    section_details,
 )
 
 

@@ -16,9 +16,12 @@ header h1 { margin:0; font-size:22px; font-weight:600; }
 header p { margin:4px 0 10px; color:#c8d3de; font-size:13px; }
 nav a { color:#fff; margin-right:14px; font-size:13px; text-decoration:none; border-bottom:1px dotted #8aa; }
 nav a.absent { color:#8fa0b0; }
-main { max-width:1180px; margin:0 auto; padding:20px 24px 48px; }
-section { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:16px 22px 18px;
-          margin:0 0 18px; }
+main { max-width:1220px; margin:0 auto; padding:18px 20px 48px; display:grid;
+       grid-template-columns:minmax(0, 1fr) minmax(0, 1fr); gap:16px; align-items:start; }
+section { grid-column:1 / -1; background:var(--card); border:1px solid var(--line); border-radius:8px;
+          padding:14px 20px 16px; }
+section.half { grid-column:auto; }
+@media (max-width: 900px) { section.half { grid-column:1 / -1; } }
 h2 { margin:0 0 10px; font-size:18px; }
 h3 { margin:18px 0 6px; font-size:14px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
 .note { color:var(--muted); font-size:13px; margin:4px 0 10px; }
@@ -36,16 +39,15 @@ th { color:var(--muted); font-weight:600; background:#f8fafc; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 table.hashes td:nth-child(2) { width:60%; }
 .barcell { display:inline-flex; align-items:center; gap:6px; justify-content:flex-end; width:100%; }
-.bar { display:inline-block; height:8px; background:var(--accent); border-radius:2px; max-width:70px; }
-.barcell .bar { flex:none; }
-.barcell { position:relative; }
+.track { display:inline-block; width:80px; height:8px; background:#e6ecf2; border-radius:2px; }
+.bar { display:block; height:8px; background:var(--accent); border-radius:2px; }
 .perclass td:nth-child(5) { min-width:150px; }
 .ok { color:var(--ok); font-weight:700; }
 .bad { color:var(--bad); font-weight:700; }
-.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(132px, 1fr)); gap:12px; }
+.gallery { display:grid; grid-template-columns:repeat(auto-fill, minmax(108px, 1fr)); gap:10px; }
 figure { margin:0; background:#f8fafc; border:1px solid var(--line); border-radius:6px; padding:6px;
          text-align:center; }
-figure img { width:100%; max-width:128px; aspect-ratio:1; object-fit:contain; image-rendering:auto;
+figure img { width:100%; max-width:112px; aspect-ratio:1; object-fit:contain; image-rendering:auto;
              background:#e9eef3; border-radius:4px; }
 figcaption { font-size:12px; line-height:1.3; margin-top:4px; word-break:break-word; }
 figcaption b { color:var(--bad); }
@@ -59,7 +61,15 @@ def page(title: str, subtitle: str, sections: Sequence) -> str:
     nav = "".join(
         f'<a href="#{s.name}" class="{"absent" if s.missing else ""}">{escape(s.title)}</a>' for s in sections
     )
-    body = "".join(f'<section id="{s.name}"><h2>{escape(s.title)}</h2>{s.body}</section>' for s in sections)
+    # Two half sections share a row; a half section without a half neighbour takes the full width.
+    halves = [
+        s.half and ((i > 0 and sections[i - 1].half) or (i + 1 < len(sections) and sections[i + 1].half))
+        for i, s in enumerate(sections)
+    ]
+    body = "".join(
+        f'<section id="{s.name}" class="{"half" if half else ""}"><h2>{escape(s.title)}</h2>{s.body}</section>'
+        for s, half in zip(sections, halves, strict=True)
+    )
     return (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
