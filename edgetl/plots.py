@@ -163,7 +163,7 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, 
     ax.set_xlabel("predicted", fontsize=10)
     ax.set_ylabel("true class (validation images)", fontsize=10)
     if n <= 20:
-        cell_size = max(6.0, min(10.0, 150 / (n + 5)))
+        cell_size = max(6.0, min(10.0, 150 / (n + 5))) * (0.8 if compact else 1.0)
         for t in range(n):
             for p in range(n):
                 if matrix[t][p]:
@@ -241,6 +241,9 @@ def latency_figure(rows: Sequence[dict], batch: int = 1):
     height = 0.8 / len(precisions)
     fig, ax = plt.subplots(figsize=(10, 1.3 + 0.55 * len(backends) * max(1, len(precisions) / 1.5)))
     top = max(r.get("p90_ms") or r["p50_ms"] for r in measured)
+    low = min(r["p50_ms"] for r in measured)
+    # A slow baseline (PyTorch) next to INT8 spans orders of magnitude: a linear axis hides the fast rows.
+    log = top / low > 15
     for i, precision in enumerate(precisions):
         picked = {r["backend"]: r for r in measured if r["precision"] == precision}
         ys = [j + (i - (len(precisions) - 1) / 2) * height for j, b in enumerate(backends) if b in picked]
@@ -250,12 +253,18 @@ def latency_figure(rows: Sequence[dict], batch: int = 1):
         ax.barh(ys, p50, height * 0.92, xerr=[[0] * len(chosen), whisker], capsize=3,
                 color=COLOURS.get(precision), label=precision.upper())  # fmt: skip
         for y, r in zip(ys, chosen, strict=True):
-            ax.text((r.get("p90_ms") or r["p50_ms"]) + top * 0.01, y, f"{r['p50_ms']:.2f} ms", va="center",
+            end = r.get("p90_ms") or r["p50_ms"]
+            ax.text(end * 1.08 if log else end + top * 0.01, y, f"{r['p50_ms']:.2f} ms", va="center",
                     fontsize=9)  # fmt: skip
     ax.set_yticks(range(len(backends)), backends, fontsize=10)
     ax.invert_yaxis()
-    ax.set_xlim(0, top * 1.2)
-    ax.set_xlabel(f"latency per call at batch {batch}, ms (bar: p50, whisker: p90)")
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(low / 2, top * 3)
+    else:
+        ax.set_xlim(0, top * 1.2)
+    scale = ", log scale" if log else ""
+    ax.set_xlabel(f"latency per call at batch {batch}, ms{scale} (bar: p50, whisker: p90)")
     ax.grid(axis="x", alpha=0.25)
     ax.legend(loc="lower right", fontsize=9)
     fig.tight_layout()

@@ -39,6 +39,7 @@ th { color:var(--muted); font-weight:600; background:#f8fafc; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; }
 table.hashes td:nth-child(2) { width:60%; }
 .barcell { display:inline-flex; align-items:center; gap:6px; justify-content:flex-end; width:100%; }
+.barcell > span:last-child { min-width:3.6em; text-align:right; }
 .track { display:inline-block; width:80px; height:8px; background:#e6ecf2; border-radius:2px; }
 .bar { display:block; height:8px; background:var(--accent); border-radius:2px; }
 .perclass td:nth-child(5) { min-width:150px; }
