@@ -42,10 +42,21 @@ class PackagePrecision(str, Enum):
 # Run-folder file and the backends meant to run it, in order of preference: "auto" on a device takes
 # the first model whose list holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
 MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
-    Precision.INT8: (INT8_MODEL, ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu")),
+    # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
+    Precision.INT8: (
+        INT8_MODEL,
+        ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
+    ),
     Precision.FP32: (
         FP32_MODEL,
-        ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-openvino", "openvino-cpu", "openvino-gpu"),
+        (
+            "onnxruntime-cpu",
+            "onnxruntime-cuda",
+            "onnxruntime-openvino",
+            "openvino-cpu",
+            "openvino-gpu",
+            "onnxruntime-tensorrt",
+        ),
     ),
 }
 WANTED = {
@@ -285,6 +296,20 @@ The runtime does this for you from `manifest.json`.
         print(r.source, r.label, r.score)
 
 Every file is checked against the sha256 in `manifest.json` on load: a modified bundle is refused.
+
+## NVIDIA GPUs
+
+x86_64 server: `pip install edgetl-runtime onnxruntime-gpu` (CUDA 12 and cuDNN 9 on the machine, or
+`pip install 'onnxruntime-gpu[cuda,cudnn]'`), then `edgetl-run predict BUNDLE photos/ --backend onnxruntime-cuda`.
+For TensorRT also `pip install tensorrt-cu12-libs` (or a system TensorRT) and `--backend onnxruntime-tensorrt`.
+
+Jetson: install the onnxruntime-gpu wheel built for your JetPack (Jetson Zoo / NVIDIA's Jetson AI Lab
+index; the PyPI wheel is x86_64 only), then `pip install --no-deps edgetl-runtime`; JetPack ships TensorRT.
+
+`onnxruntime-tensorrt` builds a TensorRT engine (FP16, INT8 for the INT8 model) on the first run and
+keeps it in `~/.cache/edgetl-runtime/tensorrt` (`EDGETL_TRT_CACHE` to move it): the first run takes
+minutes (not measured by edgetl; it depends on the model and GPU), later runs load the engine in seconds.
+Warm it once with `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt` after installing.
 """
 
 

@@ -21,7 +21,9 @@ from edgetl_runtime.preprocess import PreprocessSpec
 from .backbones import EdgeModel, create_model, get_backbone
 from .checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from .console import log, track, warn
+from .cuda import cuda_autocast_dtype, place_model, to_device
 from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
+from .distributed import World, close_world, init_world
 from .errors import EdgetlError
 from .plots import write_training_plots
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
@@ -64,6 +66,8 @@ class TrainResult:
     backbone: str
     device: str
     stages: tuple[StageResult, ...]
+    world_size: int = 1  # training processes (torchrun); 1 without it
+    backend: str | None = None  # their torch.distributed backend: gloo (CPU) or nccl (CUDA)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -86,7 +90,7 @@ def resolve_device(choice: str | Device = Device.AUTO) -> tuple[torch.device, to
         if choice is Device.AUTO:
             log(f"device: cpu, because {_cuda_missing_reason()}")
         return torch.device("cpu"), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = cuda_autocast_dtype()
     log(f"device: cuda ({torch.cuda.get_device_name()}), mixed precision {str(dtype).removeprefix('torch.')}")
     return torch.device("cuda"), dtype
 
@@ -104,6 +108,7 @@ class _Context:
     seed: int
     class_weights: torch.Tensor | None
     sample_weights: torch.Tensor | None
+    world: World = field(default_factory=World)
 
     def autocast(self):
         if self.amp is None:
@@ -125,7 +130,8 @@ class _Context:
         """Run stages [start, stop) in batches without gradients (frozen parts are in eval mode)."""
         outs = []
         size = self.recipe.batch_size * 2
-        for i in range(0, len(x), size):
+        # an empty share (more ranks than images) still yields a (0, ...) tensor
+        for i in range(0, max(len(x), 1), size):
             with self.autocast():
                 outs.append(self.model.forward_features(x[i : i + size].to(self.device), start, stop).float())
         return torch.cat(outs)
@@ -142,7 +148,10 @@ class _CachedHead:
         self.ctx = ctx
         set_trainable(ctx.model, 0)
         ctx.model.eval()
-        images, n = ctx.data.train_images, len(ctx.data.train_images)
+        n, world = len(ctx.data.train_images), ctx.world
+        # each rank computes its share of the images, the features are gathered once (all ranks)
+        lo, hi = world.bounds(n)
+        images = ctx.data.train_images[lo:hi]
         size = ctx.recipe.batch_size * 2
         chunks = [images[i : i + size] for i in range(0, n, size)]
         augment = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
@@ -154,8 +163,10 @@ class _CachedHead:
             jobs = [(view, chunk) for view in views for chunk in chunks]
             parts = [ctx.features(view(chunk)) for view, chunk in track(jobs, "caching features")]
             # (views, images, features)
-            self.train_features = torch.cat(parts).reshape(len(views), n, -1)
-        self.val_features = ctx.features(val_x)
+            mine = torch.cat(parts).reshape(len(views), hi - lo, -1)
+            self.train_features = world.gather_rows(mine, n, dim=1)
+        vlo, vhi = world.bounds(len(val_x))
+        self.val_features = world.gather_rows(ctx.features(val_x[vlo:vhi]), len(val_x))
         self.targets = ctx.data.train_targets.to(ctx.device)
         self.n = n
         self.steps_per_epoch = -(-n // ctx.recipe.batch_size)
@@ -178,7 +189,8 @@ class _CachedHead:
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
         self.ctx.model.head.eval()
-        return self.ctx.model.head(self.val_features).float()
+        # every rank trained the same head on the same features; rank 0's logits make the decisions
+        return self.ctx.world.broadcast(self.ctx.model.head(self.val_features).float())
 
 
 class _PartialUnfreeze:
@@ -189,29 +201,34 @@ class _PartialUnfreeze:
         self.ctx = ctx
         self.first = set_trainable(ctx.model, plan.unfreeze)
         ctx.model.eval()
-        self.val_prefix = ctx.features(val_x, 0, self.first)
+        self.tail = ctx.world.wrap(_Tail(ctx.model, self.first))
+        lo, hi = ctx.world.bounds(len(val_x))
+        self.val_prefix = ctx.features(val_x[lo:hi], 0, self.first)
         self.transform = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
         self.targets = ctx.data.train_targets
         self.n = len(self.targets)
-        self.steps_per_epoch = -(-self.n // ctx.recipe.batch_size)
+        self.batch = ctx.world.local_batch(ctx.recipe.batch_size)
+        self.steps_per_epoch = -(-len(ctx.world.shard_order(torch.arange(self.n))) // self.batch)
 
     def train_epoch(self, optimizer, scheduler, scaler) -> tuple[float, float]:
         ctx, model = self.ctx, self.ctx.model
         train_mode(model, self.first)
-        total, correct = 0.0, 0
-        batches = iter_augmented(
-            ctx.data.train_images, ctx.order(self.n), self.transform, ctx.recipe.batch_size
-        )
+        total, correct, seen = 0.0, 0, 0
+        # every rank draws the same order (same RNG) and takes its share of it
+        order = ctx.world.shard_order(ctx.order(self.n))
+        batches = iter_augmented(ctx.data.train_images, order, self.transform, self.batch)
         for x, idx in track(batches, "fine-tuning", total=self.steps_per_epoch):
-            x, y = x.to(ctx.device), self.targets[idx].to(ctx.device)
+            x, y = to_device(x, ctx.device), self.targets[idx].to(ctx.device)
             with ctx.autocast():
                 with torch.no_grad():
                     h = model.forward_features(x, 0, self.first)
-                logits = model.head(model.forward_features(h, self.first))
+                logits = self.tail(h)
             loss, hits = _step(ctx, logits, y, optimizer, scheduler, scaler)
             total += loss * len(idx)
             correct += hits
-        return total / self.n, correct / self.n
+            seen += len(idx)
+        total, correct, seen = ctx.world.sum([total, correct, seen])
+        return total / seen, correct / seen
 
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
@@ -222,7 +239,19 @@ class _PartialUnfreeze:
             with ctx.autocast():
                 h = ctx.model.forward_features(self.val_prefix[i : i + ctx.recipe.batch_size * 2], self.first)
                 outs.append(ctx.model.head(h).float())
-        return torch.cat(outs)
+        mine = torch.cat(outs) if outs else torch.zeros(0, len(ctx.data.labels), device=ctx.device)
+        return ctx.world.gather_rows(mine, len(ctx.data.val_targets))
+
+
+class _Tail(torch.nn.Module):
+    """The trainable part, stages [first, ...) and the head, as one module for DistributedDataParallel."""
+
+    def __init__(self, model: EdgeModel, first: int) -> None:
+        super().__init__()
+        self.model, self.first = model, first
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.forward_features(h, self.first))
 
 
 # Stage kind -> how it runs: frozen stages never touch the backbone, so they train on cached features.
@@ -376,7 +405,8 @@ class _Session:
                     preds.tolist(),
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-                save_checkpoint(ctx.model, self.info(metrics), self.run / BEST)
+                if ctx.world.main:
+                    save_checkpoint(ctx.model, self.info(metrics), self.run / BEST)
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -384,16 +414,8 @@ class _Session:
                     f"train loss {train_loss:.3f} acc {train_acc:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
                     + (" *" if improved else "")
                 )
-            save_checkpoint(ctx.model, self.info(metrics), self.run / LAST)
-            _save_last_state(
-                self.run,
-                {
-                    "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
-                },
-            )  # fmt: skip
-            _write_json(self.run / METRICS, book.history)
+            if ctx.world.main:
+                self.save_epoch(metrics, s, e, bad, optimizer, scheduler, scaler)
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
             asdict(
@@ -408,6 +430,20 @@ class _Session:
             )
         )
 
+    def save_epoch(self, metrics, s, e, bad, optimizer, scheduler, scaler) -> None:
+        """last.safetensors, last_state.pt and metrics.json after each epoch (rank 0 only)."""
+        ctx, book = self.ctx, self.book
+        save_checkpoint(ctx.model, self.info(metrics), self.run / LAST)
+        _save_last_state(
+            self.run,
+            {
+                "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
+            },
+        )  # fmt: skip
+        _write_json(self.run / METRICS, book.history)
+
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -415,7 +451,6 @@ class _Session:
     def finish(self) -> TrainResult:
         ctx, book = self.ctx, self.book
         confusion = _confusion(ctx.data.labels, self.val_y, book.best_preds)
-        _write_json(self.run / CONFUSION, confusion)
         result = TrainResult(
             run=self.run,
             checkpoint=self.run / BEST,
@@ -430,10 +465,14 @@ class _Session:
             backbone=ctx.recipe.backbone,
             device=ctx.device.type,
             stages=tuple(StageResult(**st) for st in book.stages),
+            world_size=ctx.world.size,
+            backend=ctx.world.to_dict()["backend"],
         )
-        summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
-        _write_json(self.run / SUMMARY, summary)
-        write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
+        if ctx.world.main:
+            _write_json(self.run / CONFUSION, confusion)
+            summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
+            _write_json(self.run / SUMMARY, summary)
+            write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
         log(
             f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"
         )
@@ -458,7 +497,6 @@ def train(
     of `Recipe.with_overrides` (frozen_epochs, epochs, unfreeze, lr, lr_backbone); None keeps a value.
     With resume=True the run continues from RUN/last.safetensors with the recipe saved there.
     """
-    started = time.perf_counter()
     run = Path(out)
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
@@ -469,6 +507,21 @@ def train(
         recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
+    world = init_world(cuda=dev.type == "cuda")
+    try:
+        return _train(
+            data, run, recipe=recipe, state=state, spec=spec, seed=seed, dev=dev, amp=amp, world=world
+        )
+    finally:
+        close_world()
+
+
+def _train(data, run: Path, *, recipe: Recipe, state, spec, seed: int, dev, amp, world: World) -> TrainResult:
+    started = time.perf_counter()
+    if world.active:
+        log(f"distributed: {world.size} processes, backend {world.backend.value}")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", world.local_rank)
     torch.manual_seed(seed)
 
     images = load_imagefolder(data, spec, recipe.val_fraction, seed)
@@ -482,13 +535,14 @@ def train(
         model.reset_head(len(images.labels), recipe.dropout)
     else:
         model, _ = load_checkpoint(run / LAST)
-    check_writable(run, "--out", folder=True)
-    images.splits.save(run)
-    model.to(dev)
+    if world.main:
+        check_writable(run, "--out", folder=True)
+        images.splits.save(run)
+    place_model(model, dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:
         class_weights = class_weights.to(dev)
-    ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights)
+    ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, world)
     book = _Book(**state["book"]) if state else _Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = _Session(ctx, run, eval_tensor(images.val_pixels, spec), book, elapsed)
