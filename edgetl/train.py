@@ -153,7 +153,7 @@ class _CachedHead:
         lo, hi = world.bounds(n)
         images = ctx.data.train_images[lo:hi]
         size = ctx.recipe.batch_size * 2
-        chunks = [images[i : i + size] for i in range(0, n, size)]
+        chunks = [images[i : i + size] for i in range(0, hi - lo, size)]
         augment = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
         views = [lambda chunk: eval_tensor(centre_pixels(chunk, ctx.spec), ctx.spec)]
         views += [lambda chunk: torch.stack([augment(im) for im in chunk])] * ctx.recipe.cache_views

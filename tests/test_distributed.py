@@ -25,7 +25,19 @@ from edgetl.distributed import (
 from edgetl.errors import EdgetlError
 from edgetl.train import train
 
-ARGS = ["--frozen-epochs", "3", "--epochs", "2", "--image-size", "32", "--no-hflip", "--device", "cpu"]
+ARGS = [
+    "--frozen-epochs",
+    "3",
+    "--epochs",
+    "2",
+    "--image-size",
+    "32",
+    "--no-hflip",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "8",
+]
 
 
 @pytest.mark.parametrize("n,size", [(10, 2), (11, 2), (7, 3), (1, 2)])
@@ -123,7 +135,14 @@ def test_two_processes_on_gloo_match_one_process(two_process_run, digits_dir, tm
     # logs are rank 0's alone: each epoch line once
     assert done.stderr.count("stage 2/2 epoch 2/2") == 1
     single = train(
-        digits_dir, tmp_path / "one", device="cpu", frozen_epochs=3, epochs=2, image_size=32, hflip=False
+        digits_dir,
+        tmp_path / "one",
+        device="cpu",
+        frozen_epochs=3,
+        epochs=2,
+        image_size=32,
+        hflip=False,
+        batch_size=8,
     )
     assert single.world_size == 1 and single.backend is None
     # 12 validation images: the two runs see different augmentations and batch splits, so allow 2 images
