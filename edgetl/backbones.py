@@ -8,6 +8,7 @@ work on that one shape, whatever the architecture came from (timm or torchvision
 from __future__ import annotations
 
 import fnmatch
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -143,9 +144,16 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError:
+        # torch's own text is 9 lines of weights_only=False advice: never the right advice here
         raise WeightsError(
-            f"--weights {path}: cannot read a state_dict ({type(e).__name__}: {e}); "
+            f"--weights {path}: not a plain state_dict (it pickles objects, which are never loaded); "
+            "save one with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
+        ) from None
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise WeightsError(
+            f"--weights {path}: cannot read a state_dict ({type(e).__name__}: {first}); "
             "give a file saved with torch.save(model.state_dict()) or safetensors"
         ) from None
     if isinstance(state, dict) and "state_dict" in state:

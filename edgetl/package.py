@@ -23,6 +23,7 @@ from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, writ
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, TensorSpec
 from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
+from edgetl_runtime.signing import load_private_key, sign_manifest
 
 from .errors import BundleError, EdgetlError
 from .splits import SPLITS, Splits
@@ -376,12 +377,14 @@ def build_bundle(
     *,
     precision: str | PackagePrecision | None = None,
     name: str | None = None,
+    sign: str | os.PathLike | None = None,
 ) -> Bundle:
     """Package a run folder into `out`: a folder, or a reproducible archive when it ends in .tar.gz/.tgz.
 
     precision: "int8", "fp32" or "both"; default both when the run has an INT8 model, else fp32.
     The same inputs always give the same archive bytes (the creation time comes from the inputs or
     SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`.
+    sign: an ed25519 private key file (`edgetl keygen`); the manifest is signed (manifest.sig).
     """
     run, out = Path(run), Path(out)
     if not run.is_dir():
@@ -394,12 +397,15 @@ def build_bundle(
             choices = ", ".join(p.value for p in PackagePrecision)
             raise EdgetlError(f"--precision {precision!r}: choose one of {choices}") from None
     name = name or run.resolve().name
+    signing_key = load_private_key(sign) if sign else None
     archive = is_archive(out)
     _check_out(out, archive)
     check_writable(out.parent, "--out", folder=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=None if archive else out.parent))
     try:
         manifest, epoch = _stage(run, staging, precision, name)
+        if signing_key is not None:
+            sign_manifest(staging, signing_key, epoch)
         if archive:
             write_archive(staging, out, epoch)
         else:

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from edgetl_runtime.preprocess import PreprocessSpec
+from edgetl_runtime.preprocess import PreprocessSpec, SpecError
 
 from .backbones import DEFAULT_BACKBONE
 from .errors import EdgetlError
@@ -81,16 +81,16 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "balance", _choice(Balance, self.balance, "balance"))
+        _validate(self)
         object.__setattr__(self, "stages", tuple(self.stages))
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
-        _validate(self)
 
     def preprocess_spec(self, base: PreprocessSpec) -> PreprocessSpec:
         """The backbone's spec with this recipe's overrides and image size applied."""
         try:
             spec = PreprocessSpec.from_dict({**base.to_dict(), **self.preprocess})
-        except ValueError as e:
-            raise RecipeError(f"recipe [preprocess]: {e}") from None
+        except SpecError as e:
+            raise RecipeError(f"recipe [preprocess] with the backbone's defaults: {e}") from None
         return spec.with_size(self.image_size) if self.image_size else spec
 
     def to_dict(self) -> dict:
@@ -124,7 +124,12 @@ class Recipe:
                 s = replace(s, epochs=stage_over[key])
             s = replace(s, **{k: stage_over[k] for k in ("lr", "lr_backbone", "warmup") if k in stage_over})
             stages[i] = s
-        return replace(self, **overrides, stages=tuple(s for s in stages if s.epochs > 0))
+        kept = tuple(s for s in stages if not isinstance(s.epochs, int) or s.epochs != 0)
+        if not kept:
+            raise RecipeError(
+                "--epochs 0 with --frozen-epochs 0 leaves no training stage; give one of them >= 1"
+            )
+        return replace(self, **overrides, stages=kept)
 
 
 def _choice(enum: type[Enum], value, key: str):
@@ -141,56 +146,70 @@ def _require(ok: bool, key: str, what: str, value) -> None:
         raise RecipeError(f"recipe key '{key}' must be {what}, got {value!r}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # `epochs = true` is not 1
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value, key: str, minimum: int) -> None:
+    _require(_is_int(value) and value >= minimum, key, f"an integer >= {minimum}", value)
+
+
+def _number(value, key: str, what: str, ok) -> None:
+    """A number (not a bool, not a string) for which ok(value) holds; `what` is the range in words."""
+    _require(_is_number(value) and ok(value), key, f"a number {what}", value)
+
+
 def _validate(r: Recipe) -> None:
-    _require(len(r.stages) > 0, "stages", "a non-empty list of stages", list(r.stages))
+    _require(isinstance(r.backbone, str) and r.backbone, "backbone", "a backbone name (string)", r.backbone)
+    _require(isinstance(r.weights, str) and r.weights, "weights", "a string", r.weights)
+    _require(
+        isinstance(r.stages, (list, tuple)) and len(r.stages) > 0,
+        "stages",
+        "a non-empty list of stages",
+        r.stages,
+    )
     for i, s in enumerate(r.stages):
         _require(isinstance(s, StagePlan), f"stages[{i}]", "a table of stage settings", s)
-        _require(
-            isinstance(s.epochs, int) and s.epochs > 0, f"stages[{i}].epochs", "an integer >= 1", s.epochs
-        )
-        _require(
-            isinstance(s.unfreeze, int) and s.unfreeze >= 0,
-            f"stages[{i}].unfreeze",
-            "an integer >= 0",
-            s.unfreeze,
-        )
-        _require(s.lr > 0, f"stages[{i}].lr", "> 0", s.lr)
-        _require(s.lr_backbone > 0, f"stages[{i}].lr_backbone", "> 0", s.lr_backbone)
-        _require(
-            isinstance(s.warmup, int) and s.warmup >= 0, f"stages[{i}].warmup", "an integer >= 0", s.warmup
-        )
-    _require(0 < r.lr_decay <= 1, "lr_decay", "in (0, 1]", r.lr_decay)
-    _require(
-        isinstance(r.batch_size, int) and r.batch_size >= 1, "batch_size", "an integer >= 1", r.batch_size
-    )
-    _require(r.weight_decay >= 0, "weight_decay", ">= 0", r.weight_decay)
-    _require(0 <= r.label_smoothing < 1, "label_smoothing", "in [0, 1)", r.label_smoothing)
-    _require(0 <= r.dropout < 1, "dropout", "in [0, 1)", r.dropout)
-    _require(isinstance(r.patience, int) and r.patience >= 1, "patience", "an integer >= 1", r.patience)
+        _integer(s.epochs, f"stages[{i}].epochs", 1)
+        _integer(s.unfreeze, f"stages[{i}].unfreeze", 0)
+        _number(s.lr, f"stages[{i}].lr", "> 0", lambda v: v > 0)
+        _number(s.lr_backbone, f"stages[{i}].lr_backbone", "> 0", lambda v: v > 0)
+        _integer(s.warmup, f"stages[{i}].warmup", 0)
+    _number(r.lr_decay, "lr_decay", "in (0, 1]", lambda v: 0 < v <= 1)
+    _integer(r.batch_size, "batch_size", 1)
+    _number(r.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
+    _number(r.label_smoothing, "label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
+    _number(r.dropout, "dropout", "in [0, 1)", lambda v: 0 <= v < 1)
+    _integer(r.patience, "patience", 1)
     _require(isinstance(r.hflip, bool), "hflip", "true or false", r.hflip)
     _require(
-        len(r.scale) == 2 and 0 < r.scale[0] <= r.scale[1] <= 1,
+        isinstance(r.scale, (list, tuple))
+        and len(r.scale) == 2
+        and all(map(_is_number, r.scale))
+        and 0 < r.scale[0] <= r.scale[1] <= 1,
         "scale",
-        "[min, max] with 0 < min <= max <= 1",
+        "[min, max] (2 numbers) with 0 < min <= max <= 1",
         r.scale,
     )
-    _require(
-        isinstance(r.cache_views, int) and r.cache_views >= 0, "cache_views", "an integer >= 0", r.cache_views
-    )
-    _require(0 < r.val_fraction < 1, "val_fraction", "in (0, 1)", r.val_fraction)
-    _require(
-        r.image_size is None or (isinstance(r.image_size, int) and r.image_size >= 16),
-        "image_size",
-        "an integer >= 16",
-        r.image_size,
-    )
+    _integer(r.cache_views, "cache_views", 0)
+    _number(r.val_fraction, "val_fraction", "in (0, 1)", lambda v: 0 < v < 1)
+    if r.image_size is not None:
+        _integer(r.image_size, "image_size", 16)
+    fields_ = ", ".join(PreprocessSpec.__dataclass_fields__)
+    _require(isinstance(r.preprocess, dict), "preprocess", f"a table of {fields_}", r.preprocess)
     unknown = set(r.preprocess) - set(PreprocessSpec.__dataclass_fields__)
-    _require(
-        not unknown,
-        "preprocess",
-        f"a table of {', '.join(PreprocessSpec.__dataclass_fields__)}",
-        r.preprocess,
-    )
+    _require(not unknown, "preprocess", f"a table of {fields_}", r.preprocess)
+    # checked against the generic defaults now, so a bad value fails before any data is read or written
+    try:
+        PreprocessSpec.from_dict({**PreprocessSpec().to_dict(), **r.preprocess})
+    except SpecError as e:
+        if e.key and e.key in r.preprocess:
+            raise RecipeError(f"recipe key 'preprocess.{e.key}': {e}") from None
+        raise RecipeError(f"recipe [preprocess]: {e}") from None
 
 
 def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
@@ -202,6 +221,10 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         )
     d = dict(d)
     if "stages" in d:
+        if not isinstance(d["stages"], list):
+            raise RecipeError(
+                f"{source}: recipe key 'stages' must be a list of tables ([[stages]]), got {d['stages']!r}"
+            )
         stage_keys = {f.name for f in fields(StagePlan)}
         stages = []
         for i, s in enumerate(d["stages"]):

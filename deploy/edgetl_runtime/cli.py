@@ -1,32 +1,62 @@
 """`edgetl-run`: classify images, describe and time a bundle on the device (argparse: no extra deps).
 
-Exit codes: 0 success; 1 nothing could run (bundle refused, backend unavailable, no images);
-2 bad usage; 3 some inputs were unreadable (the others were classified and printed).
-With --json, stdout holds exactly one JSON object, also on failure ({"error": ...}).
+Exit codes (errors.py, shared with `edgetl`): 0 success; 1 nothing could run (bundle refused, backend
+unavailable, no images); 2 bad usage; 3 some inputs were unreadable (the others were classified and
+printed); 70 an internal error (a bug). With --json, stdout holds exactly one JSON object, also on
+failure: {"error": {"message", "option", "path", "kind"}}.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import EdgetlError
-from .fileio import print_json
+from .errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, EdgetlError
+from .fileio import print_json, report_crash, report_error
 from .modelinfo import Precision
 
-EXIT_ERROR, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 1, 2, 3
+EXIT_SOME_INPUTS_FAILED = EXIT_PARTIAL
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   edgetl-run predict bundle.tar.gz photo.jpg images/ --top-k 3
   edgetl-run predict bundle/ images/ --json
   edgetl-run info bundle.tar.gz
   edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
+  edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
 
-exit codes: 0 ok, 1 error (nothing ran), 2 usage, 3 some inputs unreadable (rest classified)
+trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
 """
+    + EXIT_CODES_HELP
+    + "\n"
+)
+
+
+class _UsageError(EdgetlError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that lets main() report usage errors in the shared shape instead of exiting itself."""
+
+    def error(self, message: str):
+        named = re.search(r"argument (--[a-z0-9-]+)", message)
+        raise _UsageError(f"{self.prog}: {message}", option=named.group(1) if named else None)
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """Trust and size limits shared by every command that opens a bundle."""
+    from .preprocess import set_max_pixels
+    from .signing import trusted_keys_from
+
+    if getattr(args, "max_pixels", None) is not None:
+        set_max_pixels(args.max_pixels)
+    return {"trusted": trusted_keys_from(args.trust), "max_bytes": args.max_bundle_mb << 20}
 
 
 def _expand(inputs: Sequence[str]) -> list[Path]:
@@ -53,7 +83,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not paths:
         raise EdgetlError("no images to classify: give image files or folders that contain images")
     predictor = Predictor.from_bundle(
-        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
+        args.bundle,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        **_load_options(args),
     )
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
@@ -85,14 +119,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .bundle import open_bundle
 
-    with open_bundle(args.bundle) as bundle:
+    with open_bundle(args.bundle, **_load_options(args)) as bundle:
         manifest = bundle.manifest
+    if bundle.signer:
+        signature = f"signed by trusted key {bundle.signer}"
+    else:
+        signature = "signed (no trusted key configured to check it)" if bundle.signed else "unsigned"
     backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
     if args.json:
         print_json(
             {
                 "bundle": str(args.bundle),
                 "verified": True,
+                "signed": bundle.signed,
+                "signer": bundle.signer,
                 "manifest": manifest.to_dict(),
                 "backends": backends,
             }
@@ -100,6 +140,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     p = manifest.preprocess
     print(f"bundle      {args.bundle} (verified: every file matches its sha256)")
+    print(f"signature   {signature}")
     print(f"name        {manifest.name}  (created {manifest.created})")
     print(f"labels      {len(manifest.labels)}: {', '.join(manifest.labels)}")
     print(
@@ -126,7 +167,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .timing import measure_latency, peak_rss_mb
 
     predictor = Predictor.from_bundle(
-        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
+        args.bundle,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        **_load_options(args),
     )
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
@@ -170,11 +215,27 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         help="model file to use",
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+    _bundle_options(p)
+
+
+def _bundle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        action="append",
+        metavar="KEY.pub",
+        help="public key(s) a bundle must be signed with (else EDGETL_TRUSTED_KEYS; none: signatures unchecked)",
+    )
+    p.add_argument(
+        "--max-bundle-mb",
+        type=int,
+        default=2048,
+        help="largest bundle an archive may unpack to, in MiB (default 2048)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgetl-run",
         description="Run an edgetl deploy bundle on this device (no PyTorch needed).",
         epilog=EPILOG,
@@ -190,11 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files and/or folders")
     predict.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=None, help="images per model call (default 8)")
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image (width x height) to decode; larger ones are per-file errors (default 89478485)",
+    )
     predict.set_defaults(run=cmd_predict)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
     info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz")
-    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _bundle_options(info)
     info.set_defaults(run=cmd_info)
 
     bench = sub.add_parser("bench", help="time the model here (the method of `edgetl benchmark`)")
@@ -208,23 +275,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for option in ("top_k", "batch_size", "threads", "min_runs"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    for option in ("warmup_s", "min_s"):
-        value = getattr(args, option, None)
-        if value is not None and value < 0:
-            parser.error(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    # an over-limit image is reported as a per-file error; Pillow's warning about it is noise here
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+        args = build_parser().parse_args(argv)
+        for option in ("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"):
+            value = getattr(args, option, None)
+            if value is not None and value < 1:
+                raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        for option in ("warmup_s", "min_s"):
+            value = getattr(args, option, None)
+            if value is not None and value < 0:
+                raise _UsageError(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+    except _UsageError as e:
+        report_error(e, as_json=as_json, kind="usage")
+        raise SystemExit(EXIT_USAGE) from None
     try:
         return args.run(args)
     except EdgetlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if args.json:
-            print_json({"error": str(e)})
+        report_error(e, as_json=args.json)
         return EXIT_ERROR
+    except Exception as e:  # anything else is a bug: say so in one line, with its own exit code
+        return report_crash(e, as_json=args.json, tool="edgetl-run")
 
 
 if __name__ == "__main__":

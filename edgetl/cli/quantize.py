@@ -28,7 +28,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--max-drop",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.5,
     show_default=True,
     help="Most top-1 points the INT8 model may lose.",
