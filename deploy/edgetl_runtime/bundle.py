@@ -175,7 +175,10 @@ def _member_budget(
     name: str, size: int, sizes: dict[str, int] | None, written: int, archive: Path, cap: int
 ) -> None:
     """Refuse a member from its header, before writing it: unlisted, not the manifest's size, or too big."""
-    if sizes is not None:
+    if name == SIGNATURE:
+        if size > _SIGNATURE_BYTES:
+            raise BundleError(f"{archive}: {SIGNATURE} of {size} bytes is no signature; refusing the bundle")
+    elif sizes is not None:
         if name not in sizes:
             raise BundleError(f"{archive}: member {name!r} is not in the manifest; refusing the bundle")
         if size != sizes[name]:
@@ -227,7 +230,7 @@ def _extract_members(archive: Path, dest: Path, cap: int) -> None:
                         written += member.size
                         if member.name == MANIFEST:
                             listed = read_manifest(dest, archive).all_files
-                            sizes = {e.path: e.size for e in listed} | {SIGNATURE: _SIGNATURE_BYTES}
+                            sizes = {e.path: e.size for e in listed}
                 # tarfile stops at the end-of-archive marker; reading on makes gzip check its CRC
                 while bounded.read(1 << 20):
                     pass

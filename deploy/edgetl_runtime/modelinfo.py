@@ -17,6 +17,13 @@ from .preprocess import PreprocessSpec, SpecError
 PREFIX = "edgetl."
 
 
+class MetadataMissing(BundleError):
+    """A model without edgetl metadata (made elsewhere); malformed metadata is a plain BundleError.
+
+    Callers that fall back to defaults for foreign models catch this one only, never a malformed value.
+    """
+
+
 class Precision(str, Enum):
     """The numeric format of a model file's weights and arithmetic."""
 
@@ -60,7 +67,7 @@ class ModelInfo:
         values = {k[len(PREFIX) :]: v for k, v in meta.items() if k.startswith(PREFIX)}
         missing = {"labels", "preprocess", "backbone"} - values.keys()
         if missing:
-            raise BundleError(
+            raise MetadataMissing(
                 f"{source}: no edgetl metadata ({', '.join(sorted(missing))} missing); "
                 "export the model with `edgetl export` so it carries its labels and preprocessing"
             )

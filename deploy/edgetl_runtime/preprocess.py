@@ -175,14 +175,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+def _over_limit(path: Path, size: str) -> str:
+    return (
+        f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); "
+        "raise it with --max-pixels if the image is genuine"
+    )
+
+
 def _check_size(image: Image.Image, path: Path) -> None:
     w, h = image.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and w * h > limit:
-        raise ImageError(
-            f"{path}: {w}x{h} = {w * h} pixels is over the limit of {limit} (a decompression bomb?); "
-            "raise it with --max-pixels if the image is genuine"
-        )
+        raise ImageError(_over_limit(path, f"{w}x{h} = {w * h} pixels, "))
 
 
 def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Image:
@@ -209,10 +213,7 @@ def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Im
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except Image.DecompressionBombError:
-        raise ImageError(
-            f"{path}: more pixels than the limit of {Image.MAX_IMAGE_PIXELS} (a decompression bomb?); "
-            "raise it with --max-pixels if the image is genuine"
-        ) from None
+        raise ImageError(_over_limit(path, "")) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
