@@ -51,7 +51,8 @@ def run_group(group_main: Callable, args: Sequence[str] | None, **kwargs) -> Non
     try:
         code = group_main(args, standalone_mode=False, **kwargs)
     except click.UsageError as e:
-        option = next((o for o in getattr(getattr(e, "param", None), "opts", ()) if o.startswith("--")), None)
+        opts = getattr(getattr(e, "param", None), "opts", ())
+        option = next((o for o in opts if o.startswith("--")), getattr(e, "option_name", None))
         report_error(EdgetlError(e.format_message(), option=option), as_json=as_json, kind="usage")
         sys.exit(EXIT_USAGE)
     except click.ClickException as e:
