@@ -97,11 +97,17 @@ class Predictor:
         self.precision = precision
         self.manifest = manifest
         self.signer = signer
-        self._check_outputs()
+        self._probe()
 
-    def _check_outputs(self) -> None:
-        """One run on zeros at load: a label list that does not match the model fails here, in one line."""
-        out = self.session.run(np.zeros(self.preprocess.input_shape(self.fixed_batch or 1), np.float32))
+    def _probe(self) -> None:
+        """One run on zeros at load, so labels that do not fit the model fail here, in one line."""
+        try:
+            out = self.session.run(np.zeros(self.preprocess.input_shape(self.fixed_batch or 1), np.float32))
+        except Exception:  # e.g. a fixed batch this spec does not know: the real run checks it instead
+            return
+        self._check_outputs(out)
+
+    def _check_outputs(self, out: np.ndarray) -> None:
         if out.ndim != 2 or out.shape[-1] != len(self.labels):
             raise BundleError(
                 f"{self.model}: the model has {out.shape[-1] if out.ndim else 0} outputs but "
@@ -159,7 +165,9 @@ class Predictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a preprocessed batch, split to the model's fixed batch size if it has one."""
         step = self.fixed_batch or len(batch)
-        return np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        out = np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        self._check_outputs(out)
+        return out
 
     def predict(
         self,
