@@ -64,7 +64,6 @@ from edgetl.cli.common import handle_errors, json_option
     is_flag=True,
     help="Run quantization-aware fine-tuning of the RUN's model directly (the ladder's last rung).",
 )
-@click.option("--verbose", is_flag=True, help="Show onnxruntime's and NNCF's own output.")
 @json_option
 @handle_errors
 def quantize(
@@ -81,7 +80,6 @@ def quantize(
     allow_drop: bool,
     manifest: Path | None,
     qat: bool,
-    verbose: bool,
     as_json: bool,
 ) -> None:
     """INT8 quantization of MODEL.onnx or a RUN folder, behind an accuracy gate.
@@ -116,7 +114,6 @@ def quantize(
         backend=backend,
         manifest=manifest,
         qat=qat,
-        verbose=verbose,
     )
     if as_json:
         print_json(result.to_dict())

@@ -25,7 +25,6 @@ from .inputs import (
 from .ladder import ONNX_LADDER, Context, climb
 from .nncf_backend import OPENVINO_VARIANTS
 from .ort import AUTO_ORDER, Method
-from .quiet import verbosity
 
 QUANT_SUMMARY = "quantize.json"
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
@@ -139,7 +138,6 @@ def quantize(
     backend: str = "onnxruntime",
     manifest: str | Path | None = None,
     qat: bool = False,
-    verbose: bool = False,
 ) -> QuantResult:
     """Quantize an FP32 ONNX model (or a run folder's model.onnx) to INT8 behind an accuracy gate.
 
@@ -151,40 +149,6 @@ def quantize(
     cannot tell, and climbs the ladder (see `ladder`) until a rung is not refused; then GateError
     and nothing is written, unless `allow_drop`. `qat` runs the quantization-aware rung directly.
     """
-    with verbosity(verbose):
-        return _quantize(
-            model_onnx,
-            out,
-            calibration=calibration,
-            eval_dir=eval_dir,
-            max_drop=max_drop,
-            min_agreement=min_agreement,
-            method=method,
-            num_calibration=num_calibration,
-            seed=seed,
-            allow_drop=allow_drop,
-            backend=backend,
-            manifest=manifest,
-            qat=qat,
-        )
-
-
-def _quantize(
-    model_onnx,
-    out,
-    *,
-    calibration,
-    eval_dir,
-    max_drop,
-    min_agreement,
-    method,
-    num_calibration,
-    seed,
-    allow_drop,
-    backend,
-    manifest,
-    qat,
-) -> QuantResult:
     try:
         qbackend = QuantBackend(backend)
     except ValueError:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..console import quiet_third_party as quiet_library
 from ..errors import EdgetlError
-from .quiet import quiet_library
 
 # NNCF's OpenVINO variants, for --backend nncf: name -> fast_bias_correction
 OPENVINO_VARIANTS = {"nncf-fast-bias-correction": True, "nncf-bias-correction": False}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..console import quiet_third_party as _quiet_library
 from .evaluation import batch_size
-from .quiet import quiet_library as _quiet_library
 
 
 class Method(str, Enum):

@@ -17,12 +17,11 @@ import numpy as np
 
 from edgetl_runtime.modelinfo import ModelInfo
 
-from ..console import log, warn
+from ..console import log, quiet_third_party, warn
 from ..errors import EdgetlError
 from ..images import preprocess_readable
 from . import ort
 from .evaluation import run_model
-from .quiet import quiet_library
 
 QAT_EPOCHS = 2
 QAT_LR = 2e-5
@@ -137,7 +136,7 @@ def _export(model, example, info: ModelInfo, fp32_onnx: Path, out: Path) -> Path
     import torch
 
     batch = torch.export.Dim("batch", min=1)
-    with quiet_library():
+    with quiet_third_party():
         program = torch.onnx.export(
             model,
             (example,),
