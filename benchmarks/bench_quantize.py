@@ -5,7 +5,7 @@ Two cases, side by side in one run:
 - imagenet: the pretrained efficientnet_lite0 (`edgetl export --backbone efficientnet_lite0`) on
   ../shared/data/imagenet-dev: a seeded 300 photos calibrate (edgetl, given no labels, holds a third
   of them out for its own gate), the other 450 measure.
-- sign-digits: a short fine-tuned run on ../shared/data/sign-digits (--no-hflip, 96 px, 3 frozen +
+- sign-digits: a short fine-tuned run on ../shared/data/sign-digits (--no-hflip, 64 px, 2 frozen +
   1 unfreeze epoch); its train split calibrates, its val split measures.
 
 Variants: edgetl's default `quantize`; a careful by-hand onnxruntime quantize_static (pre-processing,
@@ -179,17 +179,21 @@ def case_digits(work: Path, lock: Path) -> list[dict]:
     from edgetl_runtime.preprocess import preprocess_image
 
     run = work / "digits-run"
+    data = work / "sign-digits"
+    (data / "train").mkdir(parents=True)
+    for folder in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
+        os.symlink(folder.resolve(), data / "train" / folder.name)  # an ImageFolder without val/
     edgetl(
         "train",
         "--data",
-        str(DIGITS),
+        str(data),
         "--out",
         str(run),
         "--no-hflip",
         "--image-size",
-        "96",
+        "64",
         "--frozen-epochs",
-        "3",
+        "2",
         "--epochs",
         "1",
         "--seed",

@@ -137,6 +137,7 @@ calls: list[str] = []
 
 
 def test_forced_failing_gate_walks_each_rung_once(run, tmp_path, monkeypatch):
+    run = shutil.copytree(run, tmp_path / "run")  # its quantize.json is rewritten; the shared run's stays
     monkeypatch.setattr(ladder_module, "RECOVERY_ATTEMPTS", 2)
     for name in ("nncf-ptq", "nncf-accuracy-control", "qat"):
         monkeypatch.setitem(
