@@ -49,8 +49,23 @@ class EdgeModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-    def reset_head(self, num_classes: int, dropout: float = 0.2) -> None:
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+    def reset_head(
+        self,
+        num_classes: int,
+        dropout: float = 0.2,
+        hidden: tuple[int, ...] = (),
+        hidden_dropout: float = 0.0,
+    ) -> None:
+        """Dropout -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(num_classes).
+
+        Dropout modules stay even at p=0 so the state_dict keys depend on `hidden` alone.
+        """
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        width = self.num_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(hidden_dropout)]
+            width = h
+        self.head = nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
 @dataclass(frozen=True)
@@ -294,9 +309,14 @@ def list_backbones(pattern: str = "*") -> list[BackboneSpec]:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, weights: str | Path = Weights.DEFAULT
+    name: str,
+    num_classes: int | None = None,
+    weights: str | Path = Weights.DEFAULT,
+    *,
+    head_hidden: tuple[int, ...] = (),
 ) -> EdgeModel:
-    """Build backbone `name` as an EdgeModel; `num_classes` replaces the ImageNet head.
+    """Build backbone `name` as an EdgeModel; `num_classes` replaces the ImageNet head (an MLP with
+    `head_hidden` widths when given).
 
     weights: "default" (pretrained; offline only for embedded or cached weights), "none", or a path to
     a state_dict of the original architecture.
@@ -310,7 +330,7 @@ def create_model(
     stages, head, num_features = _split(spec, model)
     edge = EdgeModel(stages, head, num_features)
     if num_classes is not None:
-        edge.reset_head(num_classes)
+        edge.reset_head(num_classes, hidden=tuple(head_hidden))
     return edge.eval()
 
 
