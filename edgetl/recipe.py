@@ -159,10 +159,10 @@ def expand_gradual(stages: tuple[StagePlan, ...]) -> tuple[StagePlan, ...]:
     (ULMFiT's gradual unfreezing), each with the stage's epochs and learning rates."""
     out = []
     for s in stages:
-        if isinstance(s, StagePlan) and s.gradual and isinstance(s.unfreeze, int) and s.unfreeze >= 1:
-            if s.unfreeze_layers == 0:
-                out += [replace(s, unfreeze=k, gradual=False) for k in range(1, s.unfreeze + 1)]
-                continue
+        expand = isinstance(s, StagePlan) and s.gradual and s.unfreeze_layers == 0
+        if expand and isinstance(s.unfreeze, int) and s.unfreeze >= 1:
+            out += [replace(s, unfreeze=k, gradual=False) for k in range(1, s.unfreeze + 1)]
+            continue
         out.append(s)
     return tuple(out)
 

@@ -47,11 +47,11 @@ def record_stages(monkeypatch) -> list[dict]:
     return seen
 
 
-def run_recipe(name: str, data, tmp_path, monkeypatch) -> tuple[Recipe, list[dict]]:
+def run_recipe(name: str, data, tmp_path, monkeypatch) -> list[dict]:
     seen = record_stages(monkeypatch)
     recipe = load_recipe(MODELS_DIR / f"{name}.toml")
     train(data, tmp_path / name, recipe=recipe, device="cpu", **SHORT)
-    return recipe, seen
+    return seen
 
 
 def head_names(model) -> set[str]:
@@ -73,7 +73,7 @@ def assert_last_stage_changed_exactly(stage: dict) -> None:
 
 
 def test_resnet50_medical_mlp_head_then_layer4(digits_dir, tmp_path, monkeypatch):
-    recipe, (frozen, tuned) = run_recipe("classic-resnet50-medical", digits_dir, tmp_path, monkeypatch)
+    frozen, tuned = run_recipe("classic-resnet50-medical", digits_dir, tmp_path, monkeypatch)
     model = frozen["model"]
     layers = list(model.head)
     assert [type(m) for m in layers] == [nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
@@ -92,7 +92,7 @@ def test_resnet50_medical_mlp_head_then_layer4(digits_dir, tmp_path, monkeypatch
 
 
 def test_mobilenetv2_keras_last_20_weighted_layers_at_1e5(digits_dir, tmp_path, monkeypatch):
-    recipe, (frozen, tuned) = run_recipe("classic-mobilenetv2-keras", digits_dir, tmp_path, monkeypatch)
+    frozen, tuned = run_recipe("classic-mobilenetv2-keras", digits_dir, tmp_path, monkeypatch)
     model = frozen["model"]
     assert frozen["trainable"] == head_names(model) and set(frozen["lr"].values()) == {1e-4}
     # Derived here from parameter names: a layer is the module that owns a parameter.
@@ -106,7 +106,7 @@ def test_mobilenetv2_keras_last_20_weighted_layers_at_1e5(digits_dir, tmp_path, 
 
 
 def test_resnet18_feature_extraction_then_fine_tune(digits_dir, tmp_path, monkeypatch):
-    recipe, (frozen, tuned) = run_recipe("classic-resnet18-catsdogs", digits_dir, tmp_path, monkeypatch)
+    frozen, tuned = run_recipe("classic-resnet18-catsdogs", digits_dir, tmp_path, monkeypatch)
     model = frozen["model"]
     assert [type(m) for m in model.head] == [nn.Dropout, nn.Linear] and model.head[1].in_features == 512
     assert frozen["trainable"] == head_names(model) and set(frozen["lr"].values()) == {1e-4}
@@ -118,7 +118,7 @@ def test_resnet18_feature_extraction_then_fine_tune(digits_dir, tmp_path, monkey
 
 
 def test_gradual_unfreeze_one_more_stage_each_time_with_sgd(digits_dir, tmp_path, monkeypatch):
-    recipe, seen = run_recipe("classic-gradual-unfreeze", digits_dir, tmp_path, monkeypatch)
+    seen = run_recipe("classic-gradual-unfreeze", digits_dir, tmp_path, monkeypatch)
     assert len(seen) == 5
     model = seen[0]["model"]
     n = len(model.stages)
