@@ -63,7 +63,7 @@ def backbones(pattern: str, as_json: bool) -> None:
             f"{r['macs'] / 1e9:.2f}" if r["macs"] else "-",
             f"{r['published_top1']:.1f}" if r["published_top1"] else "-",
             f"{r['latency_vs_lite0']:.2f}x" if r["latency_vs_lite0"] else "not measured",
-            "yes" if r["offline_weights"] else r["install"],
+            "yes" if r["offline_weights"] else r["install"] if r["source"] == "embedded" else "download",
         )
     out.print(table)
     if when:
