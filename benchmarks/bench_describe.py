@@ -81,24 +81,30 @@ def main() -> None:
     images = [p for c in classes for p in list_images(args.data / c)]
     truth = {str(p): index[p.parent.name] for p in images}
 
-    plain_export(work / "plain.onnx")
-    sh(
-        "edgetl",
-        "describe",
-        work / "plain.onnx",
-        "--labels",
-        work / "imagenet.txt",
-        "--preprocess",
-        "inception",
-        "--out",
-        work / "described.onnx",
-    )
-    sh("edgetl", "export", "--backbone", "efficientnet_lite0", "--out", work / "own.onnx")
+    # steps whose output is already in --work are not repeated (a rerun resumes)
+    if not (work / "plain.onnx").is_file():
+        plain_export(work / "plain.onnx")
+    if not (work / "described.onnx").is_file():
+        labels_file, plain = work / "imagenet.txt", work / "plain.onnx"
+        sh(
+            "edgetl",
+            "describe",
+            plain,
+            "--labels",
+            labels_file,
+            "--preprocess",
+            "inception",
+            "--out",
+            work / "described.onnx",
+        )
+    if not (work / "own.onnx").is_file():
+        sh("edgetl", "export", "--backbone", "efficientnet_lite0", "--out", work / "own.onnx")
     results = {}
     for name in ("described", "own"):
         fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
-        sh("edgetl", "quantize", fp32, "--calibration", args.data, "--num-calibration", args.num_calibration,
-           "--method", "minmax", "--allow-drop", "--out", int8)  # fmt: skip
+        if not int8.is_file():
+            sh("edgetl", "quantize", fp32, "--calibration", args.data, "--num-calibration", args.num_calibration,
+               "--method", "minmax", "--allow-drop", "--out", int8)  # fmt: skip
         bundle = work / f"{name}.tar.gz"
         sh("edgetl", "package", fp32, int8, "--out", bundle)
         results[name] = {p: top1(bundle, images, truth, p) for p in ("fp32", "int8")}

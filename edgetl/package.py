@@ -138,7 +138,11 @@ def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
         raise BundleError(
             f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(graph.output)}"
         )
-    return spec(inputs[0]), spec(graph.output[0])
+    x, y = spec(inputs[0]), spec(graph.output[0])
+    if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):
+        # a dynamic batch: shape inference (quantization's pre-processing) may rename the output's symbol
+        y = TensorSpec(y.name, (x.shape[0], *y.shape[1:]), y.dtype)
+    return x, y
 
 
 def _copy_model(src: Path, dst: Path) -> None:
