@@ -46,7 +46,7 @@ def backbones(pattern: str, as_json: bool) -> None:
             }
         )
     when = (
-        {k: latency.get(k) for k in ("machine", "measured", "backend", "batch", "method")}
+        {k: latency.get(k) for k in ("machine", "measured", "backend", "batch", "method", "note")}
         if latency
         else None
     )
