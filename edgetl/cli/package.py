@@ -43,7 +43,7 @@ def package(
     from edgetl.errors import EdgetlError
     from edgetl.package import build_bundle, build_bundle_from_models
 
-    if len(sources) == 1 and sources[0].is_dir():
+    if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix != ".onnx"):
         bundle = build_bundle(sources[0], out_path, precision=precision, name=name)
     elif any(s.is_dir() for s in sources):
         raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
