@@ -72,7 +72,10 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EdgeModel, CheckpointInfo]:
     """Rebuild the model of a checkpoint (architecture without downloading weights) and load it."""
     info = read_checkpoint_info(path)
-    model = create_model(info.backbone, num_classes=len(info.labels), weights=Weights.NONE)
+    hidden = tuple(info.recipe.get("head_hidden", ()))
+    model = create_model(
+        info.backbone, num_classes=len(info.labels), weights=Weights.NONE, head_hidden=hidden
+    )
     try:
         model.load_state_dict(load_file(str(path), device=str(device)))
     except RuntimeError as e:

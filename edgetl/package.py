@@ -94,7 +94,7 @@ class Bundle:
             "labels": list(m.labels),
             "models": [e.to_dict() for e in m.models],
             "metrics": m.metrics,
-            "dataset_fingerprint": m.provenance.get("dataset", {}).get("fingerprint"),
+            "dataset_fingerprint": (m.provenance.get("dataset") or {}).get("fingerprint"),
         }
 
 
@@ -139,7 +139,11 @@ def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
         raise BundleError(
             f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(graph.output)}"
         )
-    return spec(inputs[0]), spec(graph.output[0])
+    x, y = spec(inputs[0]), spec(graph.output[0])
+    if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):
+        # a dynamic batch: shape inference (quantization's pre-processing) may rename the output's symbol
+        y = TensorSpec(y.name, (x.shape[0], *y.shape[1:]), y.dtype)
+    return x, y
 
 
 def _copy_model(src: Path, dst: Path) -> None:
@@ -414,3 +418,44 @@ def build_bundle(
         shutil.rmtree(staging, ignore_errors=True)
     size = out.stat().st_size if archive else sum(p.stat().st_size for p in out.iterdir())
     return Bundle(out, manifest, archive, bundle_sha256(out), size)
+
+
+def build_bundle_from_models(
+    models: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    sign: str | os.PathLike | None = None,
+) -> Bundle:
+    """Package model files that carry edgetl metadata (`edgetl export`, or `edgetl describe` for a
+    model from elsewhere): an FP32 model and/or its INT8 model, told apart by their metadata.
+
+    They are laid out as a run folder's model.onnx / model.int8.onnx (mtimes kept, so the archive is
+    as reproducible as a run's) and packaged like one.
+    """
+    paths = [Path(m) for m in models]
+    chosen: dict[Precision, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise EdgetlError(f"{path}: no such model file; give ONNX files or one run folder")
+        precision = Precision(read_model_info(path).precision)
+        if precision not in MODEL_FILES:
+            raise EdgetlError(
+                f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"
+            )
+        if precision in chosen:
+            raise EdgetlError(
+                f"{path}: a second {precision.value} model (first: {chosen[precision]}); give one of each"
+            )
+        chosen[precision] = path
+    with tempfile.TemporaryDirectory(prefix=".edgetl-models-") as tmp:
+        run = Path(tmp) / (name or paths[0].stem)
+        run.mkdir()
+        for precision, path in chosen.items():
+            target = run / MODEL_FILES[precision][0]
+            _copy_model(path, target)
+            stat = path.stat()
+            os.utime(target, (stat.st_atime, stat.st_mtime))
+        both = len(chosen) == 2
+        precision = PackagePrecision.BOTH if both else PackagePrecision(next(iter(chosen)).value)
+        return build_bundle(run, out, precision=precision, name=name or paths[0].stem, sign=sign)

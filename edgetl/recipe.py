@@ -2,7 +2,9 @@
 
 A recipe is a list of stages. A stage with `unfreeze = 0` trains only the head on cached features;
 a stage with `unfreeze = K` also trains the last K backbone stages, with learning rates that decay
-toward the input. CLI options and `train(**overrides)` replace recipe values, never the file.
+toward the input; `unfreeze_layers = N` instead trains the last N parameterised layers (Keras'
+`base_model.layers[-N:]`); `gradual = true` unfreezes one more stage every `epochs` epochs up to K.
+CLI options and `train(**overrides)` replace recipe values, never the file.
 """
 
 from __future__ import annotations
@@ -29,6 +31,17 @@ class RecipeError(EdgetlError):
     """A recipe file or override has a missing, unknown or out-of-range value."""
 
 
+class Optimizer(str, Enum):
+    ADAMW = "adamw"  # decoupled weight decay
+    ADAM = "adam"  # weight_decay is an L2 term in the gradient, as in Keras/PyTorch Adam
+    SGD = "sgd"  # with `momentum` (Nesterov off)
+
+
+class LrSchedule(str, Enum):
+    COSINE = "cosine"  # warmup, then cosine decay to 1% within each stage
+    CONSTANT = "constant"  # warmup, then the stage's learning rates unchanged (Keras' default)
+
+
 class Balance(str, Enum):
     AUTO = "auto"  # class-weighted loss when the largest class is 1.5x the smallest or more
     LOSS = "loss"  # always class-weighted loss
@@ -38,17 +51,20 @@ class Balance(str, Enum):
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One stage of the schedule: `epochs` epochs with the last `unfreeze` backbone stages trainable."""
+    """One stage of the schedule: `epochs` epochs with the last `unfreeze` backbone stages trainable
+    (or the last `unfreeze_layers` parameterised layers)."""
 
     epochs: int
     unfreeze: int = 0
     lr: float = 1e-3  # head
     lr_backbone: float = 1e-4  # the last unfrozen stage; earlier ones get lr_backbone * lr_decay**distance
     warmup: int = 0  # epochs of linear warmup before the cosine decay
+    unfreeze_layers: int = 0  # instead of `unfreeze`: layers with weights, counted from the top
+    gradual: bool = False  # expands to stages unfreezing 1, 2, ... `unfreeze` stages, `epochs` each
 
     @property
     def frozen(self) -> bool:
-        return self.unfreeze == 0
+        return self.unfreeze == 0 and self.unfreeze_layers == 0
 
 
 @dataclass(frozen=True)
@@ -69,7 +85,12 @@ class Recipe:
     batch_size: int = 32
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
-    dropout: float = 0.2
+    dropout: float = 0.2  # before the head's first Linear
+    head_hidden: tuple[int, ...] = ()  # hidden widths of an MLP head (Linear -> ReLU -> Dropout each)
+    head_dropout: float = 0.0  # the Dropout after each hidden layer
+    optimizer: Optimizer = Optimizer.ADAMW
+    momentum: float = 0.9  # sgd only
+    lr_schedule: LrSchedule = LrSchedule.COSINE
     patience: int = 8  # epochs without a better validation score before a stage stops early
     balance: Balance = Balance.AUTO
     hflip: bool = True  # off for data whose meaning flips with the image (digits, text)
@@ -81,8 +102,12 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "balance", _choice(Balance, self.balance, "balance"))
+        object.__setattr__(self, "optimizer", _choice(Optimizer, self.optimizer, "optimizer"))
+        object.__setattr__(self, "lr_schedule", _choice(LrSchedule, self.lr_schedule, "lr_schedule"))
+        # validated before conversion, so a wrongly typed value is named instead of crashing a cast
         _validate(self)
-        object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "stages", expand_gradual(tuple(self.stages)))
+        object.__setattr__(self, "head_hidden", tuple(self.head_hidden))
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
 
     def preprocess_spec(self, base: PreprocessSpec) -> PreprocessSpec:
@@ -96,7 +121,10 @@ class Recipe:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["balance"] = self.balance.value
+        d["optimizer"] = self.optimizer.value
+        d["lr_schedule"] = self.lr_schedule.value
         d["scale"] = list(self.scale)
+        d["head_hidden"] = list(self.head_hidden)
         return d
 
     def with_overrides(self, **overrides) -> Recipe:
@@ -117,7 +145,7 @@ class Recipe:
             if first is None:
                 stages.append(StagePlan(epochs=stage_over.get("epochs", 1), unfreeze=stage_over["unfreeze"]))
             else:
-                stages[first] = replace(stages[first], unfreeze=stage_over["unfreeze"])
+                stages[first] = replace(stages[first], unfreeze=stage_over["unfreeze"], unfreeze_layers=0)
         for i, s in enumerate(stages):
             key = "frozen_epochs" if s.frozen else "epochs"
             if key in stage_over:
@@ -130,6 +158,19 @@ class Recipe:
                 "--epochs 0 with --frozen-epochs 0 leaves no training stage; give one of them >= 1"
             )
         return replace(self, **overrides, stages=kept)
+
+
+def expand_gradual(stages: tuple[StagePlan, ...]) -> tuple[StagePlan, ...]:
+    """A `gradual` stage becomes `unfreeze` stages that unfreeze 1, 2, ... stages from the top
+    (ULMFiT's gradual unfreezing), each with the stage's epochs and learning rates."""
+    out = []
+    for s in stages:
+        expand = isinstance(s, StagePlan) and s.gradual and s.unfreeze_layers == 0
+        if expand and isinstance(s.unfreeze, int) and s.unfreeze >= 1:
+            out += [replace(s, unfreeze=k, gradual=False) for k in range(1, s.unfreeze + 1)]
+            continue
+        out.append(s)
+    return tuple(out)
 
 
 def _choice(enum: type[Enum], value, key: str):
@@ -176,6 +217,20 @@ def _validate(r: Recipe) -> None:
         _require(isinstance(s, StagePlan), f"stages[{i}]", "a table of stage settings", s)
         _integer(s.epochs, f"stages[{i}].epochs", 1)
         _integer(s.unfreeze, f"stages[{i}].unfreeze", 0)
+        _integer(s.unfreeze_layers, f"stages[{i}].unfreeze_layers", 0)
+        _require(
+            s.unfreeze == 0 or s.unfreeze_layers == 0,
+            f"stages[{i}].unfreeze_layers",
+            "0 when `unfreeze` is set (count stages or layers, not both)",
+            s.unfreeze_layers,
+        )
+        _require(isinstance(s.gradual, bool), f"stages[{i}].gradual", "true or false", s.gradual)
+        _require(
+            not s.gradual or (s.unfreeze >= 1 and s.unfreeze_layers == 0),
+            f"stages[{i}].gradual",
+            "used with `unfreeze` >= 1 (stages, not layers)",
+            s.gradual,
+        )
         _number(s.lr, f"stages[{i}].lr", "> 0", lambda v: v > 0)
         _number(s.lr_backbone, f"stages[{i}].lr_backbone", "> 0", lambda v: v > 0)
         _integer(s.warmup, f"stages[{i}].warmup", 0)
@@ -184,6 +239,14 @@ def _validate(r: Recipe) -> None:
     _number(r.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
     _number(r.label_smoothing, "label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)
     _number(r.dropout, "dropout", "in [0, 1)", lambda v: 0 <= v < 1)
+    _require(
+        isinstance(r.head_hidden, (list, tuple)) and all(_is_int(h) and h >= 1 for h in r.head_hidden),
+        "head_hidden",
+        "a list of layer widths >= 1",
+        r.head_hidden,
+    )
+    _number(r.head_dropout, "head_dropout", "in [0, 1)", lambda v: 0 <= v < 1)
+    _number(r.momentum, "momentum", "in [0, 1)", lambda v: 0 <= v < 1)
     _integer(r.patience, "patience", 1)
     _require(isinstance(r.hflip, bool), "hflip", "true or false", r.hflip)
     _require(

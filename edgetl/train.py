@@ -187,7 +187,7 @@ class _PartialUnfreeze:
 
     def __init__(self, ctx: _Context, plan: StagePlan, val_x: torch.Tensor) -> None:
         self.ctx = ctx
-        self.first = set_trainable(ctx.model, plan.unfreeze)
+        self.first = set_trainable(ctx.model, plan.unfreeze, layers=plan.unfreeze_layers)
         ctx.model.eval()
         self.val_prefix = ctx.features(val_x, 0, self.first)
         self.transform = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
@@ -479,7 +479,7 @@ def train(
     if state is None:
         # built before the run folder exists, so bad --weights leave no half-made run behind
         model = create_model(recipe.backbone, weights=recipe.weights)
-        model.reset_head(len(images.labels), recipe.dropout)
+        model.reset_head(len(images.labels), recipe.dropout, recipe.head_hidden, recipe.head_dropout)
     else:
         model, _ = load_checkpoint(run / LAST)
     check_writable(run, "--out", folder=True)

@@ -29,6 +29,7 @@ examples:
   edgetl-run info bundle.tar.gz
   edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
   edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
+  edgetl-run predict model.onnx photo.jpg       # a single model file with edgetl metadata
 
 trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
 """
@@ -76,19 +77,37 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _is_model_file(path: Path) -> bool:
+    """A single .onnx file with edgetl metadata stands in for a bundle (no manifest to verify)."""
+    return path.suffix == ".onnx" and path.is_file()
+
+
+def _load(args: argparse.Namespace):
     from .predictor import Predictor
 
+    options = _load_options(args)
+    if not _is_model_file(args.bundle):
+        return Predictor.from_bundle(
+            args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, **options
+        )
+    if options["trusted"]:
+        raise EdgetlError(
+            f"{args.bundle}: a single model file carries no signature, and a trusted key is configured; "
+            "give a signed bundle (edgetl package --sign)"
+        )
+    predictor = Predictor.from_model(args.bundle, backend=args.backend, threads=args.threads)
+    if args.precision not in ("auto", predictor.precision):
+        raise EdgetlError(
+            f"--precision {args.precision}: {args.bundle} is a {predictor.precision} model; drop --precision"
+        )
+    return predictor
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     paths = _expand(args.images)
     if not paths:
         raise EdgetlError("no images to classify: give image files or folders that contain images")
-    predictor = Predictor.from_bundle(
-        args.bundle,
-        backend=args.backend,
-        precision=args.precision,
-        threads=args.threads,
-        **_load_options(args),
-    )
+    predictor = _load(args)
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
@@ -115,10 +134,39 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_file_info(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS
+    from .modelinfo import read_model_info
+
+    info = read_model_info(args.bundle)
+    backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
+    if args.json:
+        meta = {k.removeprefix("edgetl."): v for k, v in info.to_metadata().items()}
+        meta.update(
+            labels=list(info.labels), preprocess=info.preprocess.to_dict(), quantization=info.quantization
+        )
+        print_json({"model": str(args.bundle), "verified": False, "info": meta, "backends": backends})
+        return 0
+    p = info.preprocess
+    print(f"model       {args.bundle} ({info.precision}; a single file: no manifest, no sha256 check)")
+    print(f"name        {info.backbone}")
+    print(f"labels      {len(info.labels)}: {', '.join(info.labels)}")
+    print(
+        f"preprocess  resize {p.resize} {p.interpolation.value}, crop {p.crop}, mean {list(p.mean)}, "
+        f"std {list(p.std)}, {p.layout}"
+    )
+    print(f"tensors     {info.input_name} -> {info.output_name}")
+    for name, state in backends.items():
+        print(f"backend     {name}: {state}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .bundle import open_bundle
 
+    if _is_model_file(args.bundle):
+        return _model_file_info(args)
     with open_bundle(args.bundle, **_load_options(args)) as bundle:
         manifest = bundle.manifest
     if bundle.signer:
@@ -163,16 +211,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .predictor import Predictor
     from .timing import measure_latency, peak_rss_mb
 
-    predictor = Predictor.from_bundle(
-        args.bundle,
-        backend=args.backend,
-        precision=args.precision,
-        threads=args.threads,
-        **_load_options(args),
-    )
+    predictor = _load(args)
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
     shape = predictor.preprocess.input_shape(batch)
@@ -204,7 +245,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, help="bundle folder or .tar.gz from `edgetl package`")
+    p.add_argument(
+        "bundle",
+        type=Path,
+        help="bundle folder or .tar.gz from `edgetl package`, or an .onnx with edgetl metadata",
+    )
     p.add_argument(
         "--backend", default="auto", help="inference backend (default: auto), e.g. onnxruntime-cpu"
     )
@@ -260,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(run=cmd_predict)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
-    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz")
+    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz, or an .onnx with edgetl metadata")
     _bundle_options(info)
     info.set_defaults(run=cmd_info)
 

@@ -17,6 +17,7 @@ COMMANDS = {
     "backbones": "edgetl.cli.backbones:backbones",
     "train": "edgetl.cli.train:train",
     "export": "edgetl.cli.export:export",
+    "describe": "edgetl.cli.describe:describe",
     "quantize": "edgetl.cli.quantize:quantize",
     "benchmark": "edgetl.cli.benchmark:benchmark",
     "package": "edgetl.cli.package:package",
