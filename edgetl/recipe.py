@@ -10,9 +10,12 @@ CLI options and `train(**overrides)` replace recipe values, never the file.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
+from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:
     import tomllib
@@ -24,7 +27,17 @@ from edgetl_runtime.preprocess import PreprocessSpec, SpecError
 from .backbones import DEFAULT_BACKBONE
 from .errors import EdgetlError
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+
+def _models_dir() -> Traversable:
+    """The recipes: edgetl/models inside an installed wheel, else the checkout's models/ (development)."""
+    packaged = resources.files("edgetl") / "models"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "models"
+
+
+MODELS_DIR = _models_dir()
 
 
 class RecipeError(EdgetlError):
@@ -308,8 +321,8 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
         raise RecipeError(f"{source}: {e}") from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+def load_recipe(path: str | Path | Traversable) -> Recipe:
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -319,20 +332,19 @@ def load_recipe(path: str | Path) -> Recipe:
     return recipe_from_dict(data, source=str(path))
 
 
-def _is_backbone(name: str) -> bool:
-    from .backbones import get_backbone
-
-    try:
-        get_backbone(name)
-    except EdgetlError:
-        return False
-    return True
+def recipe_names() -> list[str]:
+    """Names of the recipes edgetl ships (models/<name>.toml)."""
+    if not MODELS_DIR.is_dir():
+        raise RecipeError(f"edgetl's recipes are missing ({MODELS_DIR} is not a folder): reinstall edgetl")
+    return sorted(f.name.removesuffix(".toml") for f in MODELS_DIR.iterdir() if f.name.endswith(".toml"))
 
 
 def resolve_recipe(recipe: str | Path | Recipe | None = None, backbone: str | None = None) -> Recipe:
-    """A Recipe object, a TOML path, or a backbone name (models/<name>.toml, else the defaults).
+    """A Recipe object, a TOML path, or a recipe name (models/<name>.toml).
 
-    `backbone` picks the recipe when none is given, and replaces the recipe's backbone when one is.
+    Without a recipe, `backbone` (else the default backbone) picks models/<backbone>.toml, or the
+    built-in defaults for a backbone edgetl has no recipe for (any timm model). With one, `backbone`
+    replaces the recipe's backbone. A recipe name that is not shipped is an error, never the defaults.
     """
     if isinstance(recipe, Recipe):
         resolved = recipe
@@ -340,11 +352,13 @@ def resolve_recipe(recipe: str | Path | Recipe | None = None, backbone: str | No
         resolved = load_recipe(recipe)
     else:
         name = str(recipe or backbone or DEFAULT_BACKBONE)
-        file = MODELS_DIR / f"{name}.toml"
-        if recipe is not None and not file.is_file() and not _is_backbone(name):
+        names = recipe_names()
+        if name in names:
+            resolved = load_recipe(MODELS_DIR / f"{name}.toml")
+        elif recipe is not None:
             raise RecipeError(
-                f"--recipe {recipe}: no such file and no models/{name}.toml; give a TOML file or a backbone name"
+                f"--recipe {recipe}: no such file and no recipe of that name (known: {', '.join(names)}); for another backbone use --backbone NAME"
             )
-        # Installed without the models/ folder, the built-in defaults are the embedded recipe.
-        resolved = load_recipe(file) if file.is_file() else Recipe(backbone=name)
+        else:
+            resolved = Recipe(backbone=name)
     return replace(resolved, backbone=backbone) if backbone else resolved

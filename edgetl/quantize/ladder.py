@@ -78,9 +78,7 @@ class Context:
 def _ort_candidate(ctx: Context, method: ort.Method, exclude: tuple[str, ...], rung: str) -> Candidate:
     if method not in ctx.ranges:
         log(f"calibrating ({method.value}) on {len(ctx.calib)} images")
-        ctx.ranges[method] = ort.calibrate_ranges(
-            ctx.pre, ctx.calib.inputs, method, ctx.work / f"ranges-{method.value}.json"
-        )
+        ctx.ranges[method] = ort.calibrate_ranges(ctx.pre, ctx.calib.inputs, method)
     out = ctx.candidate_path()
     ort.quantize_with_ranges(ctx.pre, method, ctx.ranges[method], out, exclude)
     settings = {

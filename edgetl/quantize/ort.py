@@ -67,12 +67,11 @@ def preprocess_for_quantization(model_path: Path, out: Path) -> Path:
     return out
 
 
-def calibrate_ranges(
-    model_path: Path, inputs: np.ndarray, method: Method, cache: Path, chunk: int = 32
-) -> Path:
-    """Collect activation ranges with one calibration method; saved as onnxruntime's range cache."""
+def calibrate_ranges(model_path: Path, inputs: np.ndarray, method: Method):
+    """Activation ranges with one calibration method, as onnxruntime's TensorsData (kept in memory:
+    every attempt of the gate reuses them, on any onnxruntime version)."""
     import onnxruntime as ort
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     name, options = CALIBRATORS[method]
@@ -92,31 +91,31 @@ def calibrate_ranges(
         # memory, and stack them, which fails on a shorter last batch
         for start in range(0, len(inputs), batch):
             calibrator.collect_data(_ArrayReader(input_name, inputs[start : start + batch], batch))
-        save_tensors_data(calibrator.compute_data(), cache)
-    return cache
+        return calibrator.compute_data()
 
 
 def quantize_with_ranges(
-    model_path: Path, method: Method, ranges: Path, out: Path, exclude: Sequence[str] = ()
+    model_path: Path, method: Method, ranges, out: Path, exclude: Sequence[str] = ()
 ) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """QDQ model from ranges of calibrate_ranges (same ranges, same model on every onnxruntime)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    from ..ort_compat import quantize_static_with_ranges
 
     with _quiet_library():
-        quantize_static(
-            str(model_path),
-            str(out),
-            calibration_data_reader=None,
-            calibration_cache_path=str(ranges),
+        return quantize_static_with_ranges(
+            model_path,
+            out,
+            ranges,
             calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
             quant_format=QuantFormat[ORT_SETTINGS["format"]],
             per_channel=ORT_SETTINGS["per_channel"],
             reduce_range=ORT_SETTINGS["reduce_range"],
             activation_type=QuantType[ORT_SETTINGS["activation_type"]],
             weight_type=QuantType[ORT_SETTINGS["weight_type"]],
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=exclude,
             extra_options=dict(ORT_SETTINGS["extra_options"]),
         )
-    return out
 
 
 def rank_sensitive_nodes(float_path: Path, qdq_path: Path, inputs: np.ndarray) -> list[tuple[str, ...]]:

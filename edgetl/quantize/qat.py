@@ -200,7 +200,7 @@ def finetune_qat(run: Path, fp32_onnx: Path, info: ModelInfo, work: Path, *, see
     _strip_fake_quant(student, hooks)
     float_onnx = _export(student, torch.from_numpy(images[:1]), info, fp32_onnx, work / "qat-float.onnx")
     pre = ort.preprocess_for_quantization(float_onnx, work / "qat-pre.onnx")
-    ranges = ort.calibrate_ranges(pre, images[:300], ort.Method.MINMAX, work / "qat-ranges.json")
+    ranges = ort.calibrate_ranges(pre, images[:300], ort.Method.MINMAX)
     out = ort.quantize_with_ranges(pre, ort.Method.MINMAX, ranges, work / "qat-int8.onnx")
     deployed = run_model(out, images[:PARITY_IMAGES])
     parity = float(np.mean(deployed.argmax(1) == simulated.argmax(1)))
