@@ -31,6 +31,7 @@ class CheckpointInfo:
     epoch: int = 0
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    data_fingerprint: str = ""  # the splits' fingerprint: which data trained these weights
 
     def to_json(self) -> str:
         d = asdict(self)

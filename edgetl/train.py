@@ -24,7 +24,9 @@ from .console import log, track, warn
 from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
 from .errors import EdgetlError
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
+from .run import RunFolder, dataset_fingerprint
 from .schedule import make_optimizer, set_trainable, train_mode
+from .splits import Splits
 
 LAST_STATE = "last_state.pt"
 METRICS = "metrics.json"
@@ -309,8 +311,11 @@ class _Book:
 class _Session:
     """One training run in a run folder: stages in order, with checkpoints and metrics per epoch."""
 
-    def __init__(self, ctx: _Context, run: Path, val_x: torch.Tensor, book: _Book, elapsed: float) -> None:
+    def __init__(
+        self, ctx: _Context, run: Path, val_x: torch.Tensor, book: _Book, elapsed: float, fingerprint: str
+    ) -> None:
         self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
+        self.fingerprint = fingerprint
         self.val_y = ctx.data.val_targets
         self.best_weights: dict | None = None
         self.started = time.perf_counter() - elapsed
@@ -318,7 +323,13 @@ class _Session:
     def info(self, metrics: dict) -> CheckpointInfo:
         r = self.ctx.recipe
         return CheckpointInfo(
-            r.backbone, self.ctx.data.labels, self.ctx.spec, self.book.epoch, r.to_dict(), metrics
+            r.backbone,
+            self.ctx.data.labels,
+            self.ctx.spec,
+            self.book.epoch,
+            r.to_dict(),
+            metrics,
+            self.fingerprint,
         )
 
     def run_stage(self, s: int, resume: dict | None) -> None:
@@ -438,6 +449,32 @@ class _Session:
         return result
 
 
+def _check_same_data(run: RunFolder, splits: Splits) -> None:
+    """--resume continues only on the data the run started with (checked before anything is written)."""
+    recorded = run.load_splits()
+    same = (
+        recorded.fingerprint == splits.fingerprint
+        if recorded.fingerprint
+        else (recorded.labels, recorded.train, recorded.val) == (splits.labels, splits.train, splits.val)
+    )
+    if not same:
+        raise EdgetlError(
+            f"--resume: --data differs from the data {run.root} was trained on ({recorded.data_root}: "
+            f"{len(recorded.labels)} classes, {len(recorded.train)}+{len(recorded.val)} images); resume with "
+            "that --data, or start over with --overwrite"
+        )
+
+
+def _check_fresh(run: RunFolder, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise EdgetlError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    if run.holds_run() and not (resume or overwrite):
+        raise EdgetlError(
+            f"--out {run.root}: holds a run already; pass --resume to continue it, --overwrite to replace "
+            "it (removes its checkpoints, models and records), or choose another --out"
+        )
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -447,6 +484,7 @@ def train(
     device: str | Device = Device.AUTO,
     seed: int = 0,
     resume: bool = False,
+    overwrite: bool = False,
     **overrides,
 ) -> TrainResult:
     """Fine-tune `backbone` on the ImageFolder `data` into run folder `out`.
@@ -454,14 +492,33 @@ def train(
     recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). Overrides are
     Recipe fields (batch_size, label_smoothing, hflip, image_size, weights, ...) or the stage options
     of `Recipe.with_overrides` (frozen_epochs, epochs, unfreeze, lr, lr_backbone); None keeps a value.
-    With resume=True the run continues from RUN/last.safetensors with the recipe saved there.
+    A folder that holds a run is refused unless resume=True (continue from RUN/last.safetensors with
+    the recipe saved there, on the same data) or overwrite=True (every artifact of the old run is
+    removed first). The run folder is locked while training: a second writer fails at once.
     """
     started = time.perf_counter()
-    run = Path(out)
+    run = RunFolder(Path(out))
+    _check_fresh(run, resume, overwrite)
+    created = not run.root.exists()
+    try:
+        check_writable(run.root, "--out", folder=True)
+        with run.lock("train"):
+            return _train_locked(
+                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
+            )
+    finally:
+        if created:
+            run.discard_if_empty()
+
+
+def _train_locked(
+    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
+):
+    _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
             warn("--resume continues with the run's saved recipe; other recipe options are ignored")
-        recipe, state = _resume_state(run)
+        recipe, state = _resume_state(run.root)
         seed = int(state["seed"])
     else:
         recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
@@ -470,18 +527,25 @@ def train(
     torch.manual_seed(seed)
 
     images = load_imagefolder(data, spec, recipe.val_fraction, seed)
+    splits = images.splits.with_fingerprint(dataset_fingerprint(images.splits))
     log(
         f"data: {len(images.labels)} classes, {len(images.train_images)} train / {len(images.val_pixels)} val images"
         + (f", {len(images.skipped)} unreadable skipped" if images.skipped else "")
     )
     if state is None:
-        # built before the run folder exists, so bad --weights leave no half-made run behind
+        # built before the run folder is touched, so bad --weights leave the old run (or nothing) behind
         model = create_model(recipe.backbone, weights=recipe.weights)
         model.reset_head(len(images.labels), recipe.dropout)
     else:
-        model, _ = load_checkpoint(run / LAST)
-    check_writable(run, "--out", folder=True)
-    images.splits.save(run)
+        _check_same_data(run, splits)
+        model, _ = load_checkpoint(run.last)
+    check_writable(run.root, "--out", folder=True)
+    if overwrite:
+        removed = run.clear()
+        if removed:
+            log(f"--overwrite: removed the old run's {', '.join(removed)}")
+    if state is None:
+        splits.save(run.root)
     model.to(dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:
@@ -489,7 +553,7 @@ def train(
     ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights)
     book = _Book(**state["book"]) if state else _Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
-    session = _Session(ctx, run, eval_tensor(images.val_pixels, spec), book, elapsed)
+    session = _Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
         session.run_stage(s, state if state and s == state["stage"] else None)
     return session.finish()
