@@ -46,8 +46,8 @@ from edgetl_runtime.timing import (
 from .console import log, warn
 from .errors import EdgetlError
 from .images import preprocess_readable
+from .run import BenchmarkRecord, RunFolder, Stage
 
-BENCHMARK_JSON = "benchmark.json"
 RUN_MODELS = ("model.onnx", "model.int8.onnx")
 POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
 SYNTHETIC_SEED = 0
@@ -500,46 +500,59 @@ def benchmark(
             problem = "no such folder" if not Path(str(images)).is_dir() else "no images found in it"
             raise EdgetlError(f"--images {images}: {problem}; give a folder of images, or drop --images")
     _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
-    names = list(backends) if backends else list(BENCH_BACKENDS)
-    described = [_describe_model(p) for p in model_paths]
-    checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
+    with contextlib.ExitStack() as stack:
+        if run is not None:
+            # held while timing too, so the models cannot be replaced under the measurement
+            folder = stack.enter_context(RunFolder(run).lock("benchmark"))
+            folder.check_for(Stage.BENCHMARK)
+        _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
+        names = list(backends) if backends else list(BENCH_BACKENDS)
+        described = [_describe_model(p) for p in model_paths]
+        checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
 
-    rows, workers, pool_source = _plan(
-        names, described, checkpoint_model, batches, threads, image_paths, images_required=images is not None
-    )
-    try:
-        _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
-    finally:
-        for w in workers:
-            rss = w.close()
-            for key in [k for k in rows if k[:2] == (w.backend.name, str(w.model.path))]:
-                rows[key] = replace(rows[key], peak_rss_mb=rss)
-    report = BenchReport(
-        rows=tuple(rows.values()),
-        method={
-            "timer": "time.perf_counter_ns around one call (+ device synchronisation on GPU)",
-            "process": "one spawned worker process per (backend, model); peak RSS is that process's",
-            "warmup_s": warmup_s,
-            "min_s": min_s,
-            "min_runs": min_runs,
-            "rounds": rounds,
-            "interleaved": "round-robin across workers, order rotated each round, re-warm before each round",
-            "repeats_when_noisy": repeats,
-            "noisy_cv": NOISY_CV,
-            "inputs": pool_source,
-            "pool_batches": POOL_BATCHES,
-            "threads_requested": threads,
-            "batches": list(batches),
-        },
-        environment=describe_environment(("numpy", "onnxruntime", "openvino", "torch", "edgetl")),
-    )
-    for r in report.rows:
-        if r.noisy:
-            warn(
-                f"{r.backend} {r.model} batch {r.batch}: noisy (cv {r.cv:.2f} > {NOISY_CV}) after {r.attempts} attempts; treat its figures with care"
-            )
-    if run is not None:
-        report.save(run / BENCHMARK_JSON)
+        rows, workers, pool_source = _plan(
+            names,
+            described,
+            checkpoint_model,
+            batches,
+            threads,
+            image_paths,
+            images_required=images is not None,
+        )
+        try:
+            _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
+        finally:
+            for w in workers:
+                rss = w.close()
+                for key in [k for k in rows if k[:2] == (w.backend.name, str(w.model.path))]:
+                    rows[key] = replace(rows[key], peak_rss_mb=rss)
+        report = BenchReport(
+            rows=tuple(rows.values()),
+            method={
+                "timer": "time.perf_counter_ns around one call (+ device synchronisation on GPU)",
+                "process": "one spawned worker process per (backend, model); peak RSS is that process's",
+                "warmup_s": warmup_s,
+                "min_s": min_s,
+                "min_runs": min_runs,
+                "rounds": rounds,
+                "interleaved": "round-robin across workers, order rotated each round, re-warm before each round",
+                "repeats_when_noisy": repeats,
+                "noisy_cv": NOISY_CV,
+                "inputs": pool_source,
+                "pool_batches": POOL_BATCHES,
+                "threads_requested": threads,
+                "batches": list(batches),
+            },
+            environment=describe_environment(("numpy", "onnxruntime", "openvino", "torch", "edgetl")),
+        )
+        for r in report.rows:
+            if r.noisy:
+                warn(
+                    f"{r.backend} {r.model} batch {r.batch}: noisy (cv {r.cv:.2f} > {NOISY_CV}) after {r.attempts} attempts; treat its figures with care"
+                )
+        if run is not None:
+            measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
+            folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
     return report
 
 

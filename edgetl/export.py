@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from edgetl_runtime.backends import load_session
-from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
+from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modelinfo import PREFIX, ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
@@ -33,9 +32,9 @@ from .checkpoint import find_checkpoint, load_checkpoint
 from .console import log, warn
 from .errors import EdgetlError, GateError
 from .images import preprocess_readable
+from .run import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
 from .splits import SPLITS, Splits
 
-EXPORT_SUMMARY = "export.json"
 DEFAULT_ONNX = "model.onnx"
 # The dynamo exporter has no operator implementations below opset 18: asking for 17 silently yields 18
 # or a failed down-conversion, so the floor is stated rather than pretended.
@@ -530,7 +529,17 @@ def export_onnx(
     _check_opset(opset)
     loaded = load_source(source, backbone=backbone, check_images=check_images, max_images=max_images)
     out = Path(out) if out is not None else _default_out(loaded)
+    if loaded.run is None:
+        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+    run = RunFolder(loaded.run)
+    with run.lock("export"):
+        run.check_for(Stage.EXPORT)
+        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+
+
+def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
+    check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
     info = loaded.info.with_(precision=precision.value)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")
@@ -545,7 +554,9 @@ def export_onnx(
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(out))
         if optimize:
-            work = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent))
+            work = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{out.name}.", dir=out.parent)
+            )
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
             proto = _to_fp16(proto)
@@ -579,5 +590,6 @@ def export_onnx(
         checks=tuple(checks),
     )
     if loaded.run is not None:
-        write_text_atomic(loaded.run / EXPORT_SUMMARY, json.dumps(result.to_dict(), indent=1))
+        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        RunFolder(loaded.run).save_export(record)
     return result

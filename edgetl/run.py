@@ -360,26 +360,25 @@ class RunFolder:
         for path in int8:
             if _model_source(path) not in ("", checkpoint_sha):
                 raise StaleArtifact(f"{path}: quantized from an older training; {rebuild}")
-        if not int8:
+        record = self.load_quantization()
+        if not int8 and record is None:
             return
+        what = int8[0] if int8 else self.quantize_record
         if model_sha is None:
             raise StaleArtifact(
-                f"{int8[0]}: its FP32 model {self.model} is gone; {rebuild} after `edgetl export {run}`"
+                f"{what}: its FP32 model {self.model} is gone; run `edgetl export {run}`, then quantize"
             )
-        record = self.load_quantization()
         made_from = record.source_sha256 if record else ""
         if not made_from and self.calibration.is_file():
             made_from = str((_read_record(self.calibration) or {}).get("model_sha256") or "")
         if made_from and made_from != model_sha:
             raise StaleArtifact(
-                f"{int8[0]}: quantized from another {self.model.name} than the current one; {rebuild}"
+                f"{what}: quantized from another {self.model.name} than the current one; {rebuild}"
             )
-        if (
-            record
-            and record.sha256
-            and record.sha256 != sha256_file(self.root / Path(record.int8_model).name)
-        ):
-            raise StaleArtifact(f"{self.quantize_record}: describes another INT8 model; {rebuild}")
+        if record and record.sha256:
+            path = self.root / Path(record.int8_model).name
+            if not path.is_file() or record.sha256 != sha256_file(path):
+                raise StaleArtifact(f"{self.quantize_record}: describes another INT8 model; {rebuild}")
 
     def _check_benchmark(self) -> None:
         record = self.load_benchmark()

@@ -23,9 +23,14 @@ from edgetl.cli.common import handle_errors, json_option
     help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
 )
 @click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing bundle at --out (nothing else is replaced)."
+)
 @json_option
 @handle_errors
-def package(run: Path, out_path: Path, precision: str | None, name: str | None, as_json: bool) -> None:
+def package(
+    run: Path, out_path: Path, precision: str | None, name: str | None, overwrite: bool, as_json: bool
+) -> None:
     """Bundle a run for a device: model(s), manifest.json, labels.txt, README.
 
     The device runs it with `edgetl-run` (pip install edgetl-runtime; no PyTorch).
@@ -38,7 +43,7 @@ def package(run: Path, out_path: Path, precision: str | None, name: str | None, 
     from edgetl.console import out, print_json
     from edgetl.package import build_bundle
 
-    bundle = build_bundle(run, out_path, precision=precision, name=name)
+    bundle = build_bundle(run, out_path, precision=precision, name=name, overwrite=overwrite)
     if as_json:
         print_json(bundle.to_dict())
         return
