@@ -46,6 +46,7 @@ from edgetl_runtime.timing import (
 from .console import log, warn
 from .errors import EdgetlError
 from .images import preprocess_readable
+from .options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from .run import BenchmarkRecord, RunFolder, Stage
 
 RUN_MODELS = ("model.onnx", "model.int8.onnx")
@@ -467,10 +468,10 @@ def benchmark(
     backends: Sequence[str] | None = None,
     batches: Sequence[int] = (1,),
     threads: int | None = None,
-    warmup_s: float = 2.0,
-    min_s: float = 5.0,
-    min_runs: int = 50,
-    rounds: int = 5,
+    warmup_s: float = WARMUP_S,
+    min_s: float = MIN_S,
+    min_runs: int = MIN_RUNS,
+    rounds: int = ROUNDS,
     repeats: int = 1,
     checkpoint: str | Path | None = None,
     images: str | Path | Sequence[str | Path] | None = None,

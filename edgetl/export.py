@@ -15,7 +15,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +31,21 @@ from .checkpoint import find_checkpoint, load_checkpoint
 from .console import log, warn
 from .errors import EdgetlError, GateError
 from .images import preprocess_readable
+from .options import (
+    CHECK_BATCH,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    EXPORT_PRECISIONS,
+    MAX_CHECK_IMAGES,
+    ExportFormat,
+)
 from .run import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
 from .splits import SPLITS, Splits
 
 DEFAULT_ONNX = "model.onnx"
 # The dynamo exporter has no operator implementations below opset 18: asking for 17 silently yields 18
 # or a failed down-conversion, so the floor is stated rather than pretended.
-MIN_OPSET = 18
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-4
+MIN_OPSET = DEFAULT_OPSET
 # FP16 keeps ~11 significant bits (eps 9.8e-4); rounding compounds over a network's layers, so the FP16
 # gate allows 1% of the largest |logit| (measured on efficientnet_lite0 / ImageNet photos: ~0.3%).
 FP16_RELATIVE_TOLERANCE = 1e-2
@@ -50,12 +55,7 @@ SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
 
 
-EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
-
-
-class Format(str, Enum):
-    ONNX = "onnx"
-    OPENVINO = "openvino"
+Format = ExportFormat
 
 
 @dataclass(frozen=True)
@@ -503,8 +503,8 @@ def export_onnx(
     formats: Sequence[str | Format] = (Format.ONNX,),
     check_images: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
-    batch: int = 16,
-    max_images: int = 256,
+    batch: int = CHECK_BATCH,
+    max_images: int = MAX_CHECK_IMAGES,
 ) -> ExportResult:
     """Export a run folder / checkpoint (or `backbone=NAME`, pretrained with its ImageNet head) to ONNX.
 

@@ -15,7 +15,6 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
@@ -25,18 +24,13 @@ from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifes
 from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
 
 from .errors import BundleError, EdgetlError
+from .options import PackagePrecision
 from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
 
 FP32_MODEL = "model.onnx"
 INT8_MODEL = "model.int8.onnx"
 QUANT_SUMMARY = "quantize.json"
 BENCHMARK = "benchmark.json"
-
-
-class PackagePrecision(str, Enum):
-    INT8 = "int8"
-    FP32 = "fp32"
-    BOTH = "both"
 
 
 # Run-folder file and the backends meant to run it, in order of preference: "auto" on a device takes

@@ -2,7 +2,7 @@
 
 A recipe is a list of stages. A stage with `unfreeze = 0` trains only the head on cached features;
 a stage with `unfreeze = K` also trains the last K backbone stages, with learning rates that decay
-toward the input. CLI options and `train(**overrides)` replace recipe values, never the file.
+toward the input. CLI options and `train()`'s keyword options replace recipe values, never the file.
 """
 
 from __future__ import annotations

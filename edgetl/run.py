@@ -90,6 +90,8 @@ ARTIFACTS: dict[str, Kind] = {
     "curves.png": Kind.TRAIN_RECORD,
     "metrics.json": Kind.TRAIN_RECORD,
     "last_state.pt": Kind.TRAIN_STATE,
+    "last.head.safetensors": Kind.CHECKPOINT,
+    "best.head.safetensors": Kind.CHECKPOINT,
     "last.safetensors": Kind.CHECKPOINT,
     "best.safetensors": Kind.CHECKPOINT,
     SPLITS: Kind.SPLITS,
@@ -326,6 +328,11 @@ class RunFolder:
         checkpoint = self.checkpoint()
         if stage is Stage.TRAIN or checkpoint is None:
             return
+        if self.last_state.is_file() and not self.summary.is_file():
+            raise StaleArtifact(
+                f"{run}: training was interrupted ({self.summary.name} missing); finish it with "
+                f"`edgetl train --data DATA --out {run} --resume`"
+            )
         if splits is not None and splits.fingerprint:
             from .checkpoint import read_checkpoint_info
 

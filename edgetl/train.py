@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -19,10 +18,23 @@ from edgetl_runtime.fileio import atomic_output, check_writable, write_text_atom
 from edgetl_runtime.preprocess import PreprocessSpec
 
 from .backbones import EdgeModel, create_model, get_backbone
-from .checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import (
+    BEST,
+    BEST_HEAD,
+    LAST,
+    LAST_HEAD,
+    CheckpointInfo,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+    save_head,
+    save_state,
+    with_head,
+)
 from .console import log, track, warn
 from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
 from .errors import EdgetlError
+from .options import Device
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
 from .run import RunFolder, dataset_fingerprint
 from .schedule import make_optimizer, set_trainable, train_mode
@@ -32,12 +44,6 @@ LAST_STATE = "last_state.pt"
 METRICS = "metrics.json"
 CONFUSION = "confusion.json"
 SUMMARY = "summary.json"
-
-
-class Device(str, Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
 
 
 @dataclass(frozen=True)
@@ -351,6 +357,11 @@ class _Session:
             start_epoch, bad = resume["stage_epoch"], resume["bad"]
             log(f"resuming stage {s + 1} after its epoch {start_epoch} (run epoch {book.epoch})")
         stopped = False
+        # Cached-feature epochs change only the head: the backbone is written once, here, and each epoch
+        # writes the head alone; the stage's end joins them into full best/last checkpoints again.
+        save = save_head if plan.frozen else save_checkpoint
+        if plan.frozen and resume is None:
+            save_checkpoint(ctx.model, self.info({}), self.run / LAST)
         for e in range(start_epoch, plan.epochs):
             if bad >= ctx.recipe.patience:
                 stopped = True
@@ -386,7 +397,7 @@ class _Session:
                     preds.tolist(),
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-                save_checkpoint(ctx.model, self.info(metrics), self.run / BEST)
+                save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -394,7 +405,7 @@ class _Session:
                     f"train loss {train_loss:.3f} acc {train_acc:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
                     + (" *" if improved else "")
                 )
-            save_checkpoint(ctx.model, self.info(metrics), self.run / LAST)
+            save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
             _save_last_state(
                 self.run,
                 {
@@ -404,6 +415,8 @@ class _Session:
                 },
             )  # fmt: skip
             _write_json(self.run / METRICS, book.history)
+        if plan.frozen:
+            self.join_heads()
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
             asdict(
@@ -417,6 +430,16 @@ class _Session:
                 )
             )
         )
+
+    def join_heads(self) -> None:
+        """Turn a cached-feature stage's head-only checkpoints into full ones (the backbone is the model's)."""
+        for head, full in ((BEST_HEAD, BEST), (LAST_HEAD, LAST)):
+            if (self.run / head).is_file():
+                state = self.best_weights if head == BEST_HEAD else self.ctx.model.state_dict()
+                save_state(
+                    with_head(state, self.run / head), read_checkpoint_info(self.run / head), self.run / full
+                )
+                (self.run / head).unlink()
 
     @property
     def elapsed(self) -> float:
@@ -485,18 +508,37 @@ def train(
     seed: int = 0,
     resume: bool = False,
     overwrite: bool = False,
-    **overrides,
+    weights: str | None = None,
+    frozen_epochs: int | None = None,
+    epochs: int | None = None,
+    unfreeze: int | None = None,
+    lr: float | None = None,
+    lr_backbone: float | None = None,
+    lr_decay: float | None = None,
+    batch_size: int | None = None,
+    label_smoothing: float | None = None,
+    patience: int | None = None,
+    balance: str | Balance | None = None,
+    hflip: bool | None = None,
+    image_size: int | None = None,
+    val_fraction: float | None = None,
 ) -> TrainResult:
     """Fine-tune `backbone` on the ImageFolder `data` into run folder `out`.
 
-    recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). Overrides are
-    Recipe fields (batch_size, label_smoothing, hflip, image_size, weights, ...) or the stage options
-    of `Recipe.with_overrides` (frozen_epochs, epochs, unfreeze, lr, lr_backbone); None keeps a value.
+    recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). The options
+    from `weights` on replace the recipe's values (None keeps them); `frozen_epochs`, `epochs`,
+    `unfreeze`, `lr` and `lr_backbone` act on its stages as `Recipe.with_overrides` describes.
     A folder that holds a run is refused unless resume=True (continue from RUN/last.safetensors with
     the recipe saved there, on the same data) or overwrite=True (every artifact of the old run is
     removed first). The run folder is locked while training: a second writer fails at once.
     """
     started = time.perf_counter()
+    overrides = {
+        "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
+        "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,
+        "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
+        "image_size": image_size, "val_fraction": val_fraction,
+    }  # fmt: skip
     run = RunFolder(Path(out))
     _check_fresh(run, resume, overwrite)
     created = not run.root.exists()
@@ -539,6 +581,8 @@ def _train_locked(
     else:
         _check_same_data(run, splits)
         model, _ = load_checkpoint(run.last)
+        if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
+            model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
     check_writable(run.root, "--out", folder=True)
     if overwrite:
         removed = run.clear()
@@ -554,6 +598,9 @@ def _train_locked(
     book = _Book(**state["book"]) if state else _Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = _Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
+    if state is not None and (run.root / BEST_HEAD).is_file():
+        # the interrupted stage's best so far: its backbone is the stage's, which the model holds
+        session.best_weights = with_head(model.state_dict(), run.root / BEST_HEAD)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
         session.run_stage(s, state if state and s == state["stage"] else None)
     return session.finish()

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -18,7 +19,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--precision",
-    type=click.Choice(["int8", "fp32", "both"]),
+    type=click.Choice(opt.choices(opt.PackagePrecision)),
     default=None,
     help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
 )

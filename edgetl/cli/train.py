@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -85,7 +86,9 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Validation share when DATA has no val/.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value, show_default=True
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors (same --data)."
