@@ -407,7 +407,7 @@ def build_bundle(
     _check_out(run, out, archive, overwrite)
     check_writable(out.parent, "--out", folder=True)
     folder = RunFolder(run)
-    with folder.lock("package"):
+    with folder.lock("package", read_only_ok=True):
         folder.check_for(Stage.PACKAGE)
         staging = Path(
             tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)

@@ -194,7 +194,7 @@ def dataset_fingerprint(splits: Splits) -> str:
 def _model_source(path: Path) -> str:
     """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
     if path.suffix == ".xml":
-        from .export import read_openvino_info
+        from .conversion import read_openvino_info
 
         return read_openvino_info(path).source_sha256
     from edgetl_runtime.modelinfo import read_model_info
@@ -262,17 +262,26 @@ class RunFolder:
 
     # locking and cleaning
     @contextlib.contextmanager
-    def lock(self, command: str) -> Iterator[RunFolder]:
+    def lock(self, command: str, *, read_only_ok: bool = False) -> Iterator[RunFolder]:
         """Hold the folder's write lock for `command`; fail at once if another command holds it.
 
-        Temporary files left by an interrupted command are removed once the lock is held.
+        Temporary files left by an interrupted command are removed once the lock is held. With
+        `read_only_ok` (commands that only read the run), a folder nobody may write to is used unlocked:
+        no edgetl command can be writing it either.
         """
         from filelock import FileLock, Timeout
 
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(self.root / LOCK), timeout=0)
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire()
+        except PermissionError as e:
+            if read_only_ok:
+                yield self
+                return
+            raise EdgetlError(
+                f"{self.root}: cannot write to this run folder ({e.strerror}); `edgetl {command}` needs to"
+            ) from None
         except Timeout:
             raise RunLocked(
                 f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "

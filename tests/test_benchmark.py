@@ -12,7 +12,9 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.benchmark import BENCH_BACKENDS, BenchReport, Status, benchmark, plot_report
+from edgetl.bench_report import BenchReport, Status, plot_report
+from edgetl.bench_worker import BENCH_BACKENDS
+from edgetl.benchmark import benchmark
 from edgetl.cli import main
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import EdgetlError

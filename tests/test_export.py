@@ -15,9 +15,11 @@ from click.testing import CliRunner
 from edgetl.backbones import create_model, get_backbone
 from edgetl.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
 from edgetl.cli import main
+from edgetl.conversion import opset_range, read_openvino_info
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import GateError
-from edgetl.export import FP16_RELATIVE_TOLERANCE, export_onnx, opset_range, read_openvino_info
+from edgetl.export import export_onnx
+from edgetl.parity import FP16_RELATIVE_TOLERANCE
 from edgetl.run import LOCK
 from edgetl.splits import Splits
 from edgetl_runtime.backends import load_session

@@ -181,11 +181,11 @@ def test_kill_during_export_then_export_again_leaves_no_temporary(trained, tmp_p
     killer = textwrap.dedent(f"""
         import os, signal
         import edgetl.export as export
-        saved = export._save_onnx
+        saved = export.save_onnx
         def save_then_die(*args):
             saved(*args)
             os.kill(os.getpid(), signal.SIGKILL)
-        export._save_onnx = save_then_die
+        export.save_onnx = save_then_die
         export.export_onnx({str(run)!r})
     """)
     done = subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=600, check=False)
