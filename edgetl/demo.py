@@ -115,6 +115,13 @@ def package_and_predict(demo: DemoRun) -> dict:
     }
 
 
+def write_report(demo: DemoRun) -> dict:
+    from .report import build_report
+
+    bundle = demo.results.get("package", {}).get("bundle")
+    return build_report(demo.run, bundle=bundle).to_dict()
+
+
 Step = Callable[[DemoRun], dict]
 DEMO_STEPS: list[tuple[str, Step]] = [
     ("data", write_data),
@@ -123,6 +130,7 @@ DEMO_STEPS: list[tuple[str, Step]] = [
     ("quantize", quantize_model),
     ("benchmark", benchmark_models),
     ("package", package_and_predict),
+    ("report", write_report),
 ]
 
 

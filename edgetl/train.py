@@ -35,6 +35,7 @@ from .console import log, track, warn
 from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
 from .errors import EdgetlError
 from .options import Device
+from .plots import write_training_plots
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
 from .run import RunFolder, dataset_fingerprint
 from .schedule import make_optimizer, set_trainable, train_mode
@@ -466,6 +467,7 @@ class _Session:
         )
         summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
         _write_json(self.run / SUMMARY, summary)
+        write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
         log(
             f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"
         )

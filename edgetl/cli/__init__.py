@@ -20,7 +20,21 @@ COMMANDS = {
     "benchmark": "edgetl.cli.benchmark:benchmark",
     "package": "edgetl.cli.package:package",
     "demo": "edgetl.cli.demo:demo",
+    "report": "edgetl.cli.report:report",
 }
+
+
+def _set_verbose(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from edgetl.console import set_verbose
+
+    set_verbose(value)
+
+
+# Every command gets --verbose without repeating it: third-party prints stay silent otherwise.
+VERBOSE = click.Option(
+    ["--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_set_verbose,
+    help="Show third-party libraries' own output (on stderr).",
+)  # fmt: skip
 
 
 class LazyGroup(click.Group):
@@ -31,7 +45,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        command = getattr(importlib.import_module(module), attr)
+        if all(p.name != "verbose" for p in command.params):
+            command.params.append(VERBOSE)
+        return command
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

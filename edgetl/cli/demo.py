@@ -65,3 +65,5 @@ def print_demo(summary: dict) -> None:
         f"({pkg['backend']}), accuracy {pkg['held_out_accuracy']:.3f}\n"
         f"demo done in {summary['total_seconds']:.0f}s"
     )
+    if "report" in summary:
+        out.print(f"report: {summary['report']['report']}")
