@@ -4,7 +4,7 @@ A recipe is a list of stages. A stage with `unfreeze = 0` trains only the head o
 a stage with `unfreeze = K` also trains the last K backbone stages, with learning rates that decay
 toward the input; `unfreeze_layers = N` instead trains the last N parameterised layers (Keras'
 `base_model.layers[-N:]`); `gradual = true` unfreezes one more stage every `epochs` epochs up to K.
-CLI options and `train(**overrides)` replace recipe values, never the file.
+CLI options and `train()`'s keyword options replace recipe values, never the file.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -18,7 +19,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--precision",
-    type=click.Choice(["int8", "fp32", "both"]),
+    type=click.Choice(opt.choices(opt.PackagePrecision)),
     default=None,
     help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
 )
@@ -29,6 +30,9 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Sign the manifest with this ed25519 private key (from `edgetl keygen`).",
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing bundle at --out (nothing else is replaced)."
+)
 @json_option
 @handle_errors
 def package(
@@ -37,6 +41,7 @@ def package(
     precision: str | None,
     name: str | None,
     sign: Path | None,
+    overwrite: bool,
     as_json: bool,
 ) -> None:
     """Bundle a run (or model files with edgetl metadata) for a device: model(s), manifest.json,
@@ -55,13 +60,15 @@ def package(
     from edgetl.package import build_bundle, build_bundle_from_models
 
     if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix != ".onnx"):
-        bundle = build_bundle(sources[0], out_path, precision=precision, name=name, sign=sign)
+        bundle = build_bundle(
+            sources[0], out_path, precision=precision, name=name, sign=sign, overwrite=overwrite
+        )
     elif any(s.is_dir() for s in sources):
         raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
     elif precision is not None:
         raise EdgetlError("--precision picks models of a run folder; with model files, give the ones to ship")
     else:
-        bundle = build_bundle_from_models(list(sources), out_path, name=name, sign=sign)
+        bundle = build_bundle_from_models(list(sources), out_path, name=name, sign=sign, overwrite=overwrite)
     if as_json:
         print_json(bundle.to_dict())
         return

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -85,9 +86,18 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Validation share when DATA has no val/.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value, show_default=True
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors.")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors (same --data)."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in --out: its checkpoints, models and records are removed first.",
+)
 @json_option
 @handle_errors
 def train(data: Path, out: Path, as_json: bool, **options) -> None:
@@ -98,6 +108,7 @@ def train(data: Path, out: Path, as_json: bool, **options) -> None:
     edgetl train --data DATA --out runs/a --backbone mobilenet_v3_large --weights mnv3l.pth
     edgetl train --data DATA --out runs/a --frozen-epochs 20 --epochs 3 --unfreeze 3 --no-hflip
     edgetl train --data DATA --out runs/a --resume
+    edgetl train --data DATA --out runs/a --overwrite --seed 1
     """
     from edgetl.console import print_json
     from edgetl.train import train as run_training
