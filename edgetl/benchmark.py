@@ -15,252 +15,32 @@ Method (also recorded in every report):
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import pickle
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Protocol
 
 import numpy as np
 
-from edgetl_runtime.backends import BACKENDS, Backend
-from edgetl_runtime.fileio import atomic_output, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
     describe_environment,
-    peak_rss_mb,
     stats_from_samples,
-    time_runs,
-    warm_up,
 )
 
+from .bench_report import BenchReport, BenchRow, Status
+from .bench_worker import BENCH_BACKENDS, BenchBackend, Job, Source, TimedModel, Worker
 from .console import log, warn
 from .errors import EdgetlError
 from .images import preprocess_readable
+from .options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
+from .run import BenchmarkRecord, RunFolder, Stage
 
-BENCHMARK_JSON = "benchmark.json"
 RUN_MODELS = ("model.onnx", "model.int8.onnx")
 POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
 SYNTHETIC_SEED = 0
-
-
-class Status(str, Enum):
-    OK = "ok"
-    UNAVAILABLE = "unavailable"  # not installed or no device here; the reason says which
-    FAILED = "failed"  # tried and raised; the error is kept
-    SKIPPED = "skipped"  # does not apply (wrong file type, FP16 on CPU, no checkpoint)
-
-
-class Source(str, Enum):
-    ONNX = "onnx"  # runs the model files given
-    CHECKPOINT = "checkpoint"  # runs the PyTorch checkpoint: the eager baseline
-
-
-class Runner(Protocol):
-    """What a worker times: ``run`` on a batch, then ``sync`` if it has one (GPU work is asynchronous).
-
-    The runtime's sessions have no ``sync``: onnxruntime and OpenVINO return host arrays, so their
-    ``run`` has finished when it returns.
-    """
-
-    threads: int | None
-    providers: tuple[str, ...]
-
-    def run(self, batch: np.ndarray) -> object: ...
-
-
-@dataclass(frozen=True)
-class BenchBackend:
-    name: str
-    device: str  # "cpu" or "gpu"
-    source: Source
-    check: Callable[[], str | None]
-    load: Callable[[Path, int | None], Runner]
-    formats: tuple[str, ...]
-
-
-class TorchRunner:
-    """Eager PyTorch on the checkpoint; host batch in, host logits out, like the ONNX sessions.
-
-    On CUDA it runs as `edgetl train --device cuda` evaluates: channels_last memory layout and
-    autocast (bf16 where the GPU has it, else fp16), the way a PyTorch user would serve it.
-    """
-
-    def __init__(self, path: Path, threads: int | None, device: str) -> None:
-        import torch
-
-        from .checkpoint import load_checkpoint
-        from .cuda import cuda_autocast_dtype
-
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
-        self._device = torch.device(device)
-        self.model, _ = load_checkpoint(path, self._device)
-        self._amp = cuda_autocast_dtype() if device == "cuda" else None
-        if self._amp is not None:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.threads = torch.get_num_threads() if device == "cpu" else None
-        self.execution_precision = (
-            "model" if self._amp is None else f"{str(self._amp).removeprefix('torch.')} (autocast)"
-        )
-        self.providers = (f"torch:{device}",)
-        # CUDA kernels are asynchronous: a timed call must wait for them to finish
-        self.sync = torch.cuda.synchronize if device == "cuda" else None
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        with (
-            torch.inference_mode(),
-            torch.autocast(self._device.type, self._amp, enabled=self._amp is not None),
-        ):
-            # the host-to-device copy is part of the call, as it is for onnxruntime's CUDA provider
-            return self.model(torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
-
-
-def _torch_reason(device: str) -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return "torch not installed"
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA device (torch.cuda.is_available() is False)"
-    return None
-
-
-def _from_runtime(backend: Backend) -> BenchBackend:
-    return BenchBackend(
-        backend.name, backend.device, Source.ONNX, backend.check, backend.load, backend.formats
-    )
-
-
-# The runtime's backend table plus the PyTorch baseline; the benchmark knows no other backends.
-BENCH_BACKENDS: dict[str, BenchBackend] = {
-    b.name: b
-    for b in (
-        BenchBackend(
-            "pytorch",
-            "cpu",
-            Source.CHECKPOINT,
-            lambda: _torch_reason("cpu"),
-            lambda p, t: TorchRunner(p, t, "cpu"),
-            (".safetensors",),
-        ),
-        BenchBackend(
-            "pytorch-cuda",
-            "gpu",
-            Source.CHECKPOINT,
-            lambda: _torch_reason("cuda"),
-            lambda p, t: TorchRunner(p, t, "cuda"),
-            (".safetensors",),
-        ),
-        *(_from_runtime(b) for b in BACKENDS.values()),
-    )
-}
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    backend: str
-    model: str  # file name; model_path has the full path
-    precision: str
-    batch: int
-    status: Status
-    reason: str = ""  # why unavailable / skipped, or the error of a failed row
-    model_path: str = ""
-    device: str = ""
-    threads: int | None = None  # effective CPU threads of the backend
-    # What the backend computes in: "model" = the file's own types; OpenVINO runs FP32 files in bf16
-    # on CPUs with bf16 support unless told otherwise, and a row must say so.
-    execution_precision: str | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    mean_ms: float | None = None
-    std_ms: float | None = None
-    min_ms: float | None = None
-    cv: float | None = None
-    runs: int = 0
-    throughput: float | None = None  # images/s
-    macs: int | None = None  # per image
-    gops: float | None = None  # achieved: 2 * MACs * throughput / 1e9
-    peak_rss_mb: float | None = None  # of the backend's own worker process
-    rss_before_load_mb: float | None = None  # the same process before the session existed
-    model_size_mb: float | None = None
-    load_s: float | None = None  # session creation (compilation included)
-    attempts: int = 0
-    attempt_p50_ms: tuple[float, ...] = ()  # every attempt's p50, the kept one included
-    noisy: bool = False
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status.value
-        d["attempt_p50_ms"] = list(self.attempt_p50_ms)
-        return d
-
-
-@dataclass(frozen=True)
-class BenchReport:
-    rows: tuple[BenchRow, ...]
-    method: dict = field(default_factory=dict)
-    environment: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "rows": [r.to_dict() for r in self.rows],
-            "method": self.method,
-            "environment": self.environment,
-        }
-
-    def save(self, path: str | Path) -> Path:
-        return write_text_atomic(path, json.dumps(self.to_dict(), indent=1))
-
-    def fastest(self, precision: str, batch: int = 1) -> BenchRow | None:
-        """The measured row with the lowest p50 for a precision and batch size."""
-        rows = [
-            r for r in self.rows if r.status == Status.OK and r.precision == precision and r.batch == batch
-        ]
-        return min(rows, key=lambda r: r.p50_ms, default=None)
-
-    def by_backend(self, batch: int = 1) -> dict[str, dict[str, BenchRow]]:
-        """backend -> precision -> measured row: the FP32 vs INT8 comparison per backend."""
-        table: dict[str, dict[str, BenchRow]] = {}
-        for r in self.rows:
-            if r.status == Status.OK and r.batch == batch:
-                table.setdefault(r.backend, {})[r.precision] = r
-        return table
-
-
-@dataclass(frozen=True)
-class _Model:
-    path: Path
-    precision: str
-    preprocess: PreprocessSpec
-    macs: int | None
-    size_mb: float
-    input_dtype: str = "float32"  # FP16 models may take float16 input
-
-
-@dataclass(frozen=True)
-class _Job:
-    """What a worker needs; plain data, so it crosses the process boundary."""
-
-    backend: str
-    model: str
-    threads: int | None
-    pools: dict[int, list[np.ndarray]]
 
 
 def _model_size_mb(path: Path) -> float:
@@ -281,7 +61,7 @@ def _graph_precision(model) -> str:
     return "fp32"
 
 
-def _describe_model(path: Path) -> _Model:
+def _describe_model(path: Path) -> TimedModel:
     if not path.is_file():
         raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
     if path.suffix == ".xml":
@@ -309,10 +89,10 @@ def _describe_model(path: Path) -> _Model:
         macs = None
     elem_type = graph.graph.input[0].type.tensor_type.elem_type
     dtype = "float16" if elem_type == onnx.TensorProto.FLOAT16 else "float32"
-    return _Model(path, precision, spec, macs, _model_size_mb(path), dtype)
+    return TimedModel(path, precision, spec, macs, _model_size_mb(path), dtype)
 
 
-def _describe_ir(path: Path) -> _Model:
+def _describe_ir(path: Path) -> TimedModel:
     import openvino as ov
 
     rt_info = ov.Core().read_model(str(path)).get_rt_info()
@@ -322,7 +102,7 @@ def _describe_ir(path: Path) -> _Model:
         precision, spec = info.precision, info.preprocess
     except EdgetlError:
         precision, spec = "fp32", PreprocessSpec()
-    return _Model(path, precision, spec, None, _model_size_mb(path))
+    return TimedModel(path, precision, spec, None, _model_size_mb(path))
 
 
 def _input_pools(
@@ -353,109 +133,6 @@ def _input_pools(
     return pools, source
 
 
-class _Pipe:
-    """Pickled messages over a pair of byte streams (both ends are edgetl; nothing untrusted)."""
-
-    def __init__(self, reader: IO[bytes], writer: IO[bytes]) -> None:
-        self.reader, self.writer = reader, writer
-
-    def send(self, message: object) -> None:
-        pickle.dump(message, self.writer, protocol=pickle.HIGHEST_PROTOCOL)
-        self.writer.flush()
-
-    def recv(self) -> object:
-        return pickle.load(self.reader)
-
-
-def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".splitlines()[0]
-
-
-def serve_worker() -> None:
-    """Entry point of a worker process: the protocol runs over stdin/stdout."""
-    protocol_out = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # whatever a backend prints goes to stderr, never into the protocol
-    _work(_Pipe(sys.stdin.buffer, protocol_out))
-
-
-def _work(pipe: _Pipe) -> None:
-    """One backend on one model: load, answer timing rounds, report peak RSS at the end."""
-    job: _Job = pipe.recv()
-    try:
-        before = peak_rss_mb()
-        start = time.perf_counter_ns()
-        runner = BENCH_BACKENDS[job.backend].load(Path(job.model), job.threads)
-        load_s = (time.perf_counter_ns() - start) / 1e9
-        errors = {}
-        for batch, pool in job.pools.items():
-            try:
-                runner.run(pool[0])
-            except Exception as e:
-                errors[batch] = _error_text(e)
-    except Exception as e:
-        pipe.send(("error", _error_text(e)))
-        return
-    ready = {
-        "load_s": load_s,
-        "threads": runner.threads,
-        "execution_precision": runner.execution_precision,
-        "rss_before_load_mb": before,
-        "errors": errors,
-    }
-    pipe.send(("ready", ready))
-    sync = getattr(runner, "sync", None)
-    while (request := pipe.recv()) is not None:
-        batch, warmup_s, min_s, min_runs, offset = request
-        try:
-            warm_up(runner.run, job.pools[batch], warmup_s, sync)
-            samples = time_runs(
-                runner.run, job.pools[batch], min_s=min_s, min_runs=min_runs, sync=sync, start=offset
-            )
-            pipe.send(("samples", samples))
-        except Exception as e:
-            pipe.send(("error", _error_text(e)))
-    pipe.send(("done", peak_rss_mb()))
-
-
-class _Worker:
-    """Parent side of a worker: a fresh interpreter (not a fork: no inherited threads or backends)."""
-
-    def __init__(self, backend: BenchBackend, model: _Model, job: _Job) -> None:
-        self.backend, self.model = backend, model
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from edgetl.benchmark import serve_worker; serve_worker()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        self.pipe = _Pipe(self.process.stdout, self.process.stdin)
-        self.error = ""
-        with contextlib.suppress(OSError):  # a worker that died at start: receive() says so
-            self.pipe.send(job)
-
-    def receive(self) -> tuple[str, object]:
-        try:
-            return self.pipe.recv()
-        except (EOFError, OSError, pickle.UnpicklingError):
-            return "error", f"worker process died (exit code {self.process.wait()})"
-
-    def ask(self, request) -> tuple[str, object]:
-        with contextlib.suppress(OSError):
-            self.pipe.send(request)
-        return self.receive()
-
-    def close(self) -> float | None:
-        """Stop the worker; its peak RSS, or None when it had already failed."""
-        kind, value = self.ask(None) if not self.error else ("error", None)
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
-            stream.close()
-        return value if kind == "done" else None
-
-
 def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
     models = [run / name for name in RUN_MODELS if (run / name).is_file()]
     checkpoint = None
@@ -481,10 +158,10 @@ def benchmark(
     backends: Sequence[str] | None = None,
     batches: Sequence[int] = (1,),
     threads: int | None = None,
-    warmup_s: float = 2.0,
-    min_s: float = 5.0,
-    min_runs: int = 50,
-    rounds: int = 5,
+    warmup_s: float = WARMUP_S,
+    min_s: float = MIN_S,
+    min_runs: int = MIN_RUNS,
+    rounds: int = ROUNDS,
     repeats: int = 1,
     checkpoint: str | Path | None = None,
     images: str | Path | Sequence[str | Path] | None = None,
@@ -514,46 +191,59 @@ def benchmark(
             problem = "no such folder" if not Path(str(images)).is_dir() else "no images found in it"
             raise EdgetlError(f"--images {images}: {problem}; give a folder of images, or drop --images")
     _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
-    names = list(backends) if backends else list(BENCH_BACKENDS)
-    described = [_describe_model(p) for p in model_paths]
-    checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
+    with contextlib.ExitStack() as stack:
+        if run is not None:
+            # held while timing too, so the models cannot be replaced under the measurement
+            folder = stack.enter_context(RunFolder(run).lock("benchmark"))
+            folder.check_for(Stage.BENCHMARK)
+        _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
+        names = list(backends) if backends else list(BENCH_BACKENDS)
+        described = [_describe_model(p) for p in model_paths]
+        checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
 
-    rows, workers, pool_source = _plan(
-        names, described, checkpoint_model, batches, threads, image_paths, images_required=images is not None
-    )
-    try:
-        _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
-    finally:
-        for w in workers:
-            rss = w.close()
-            for key in [k for k in rows if k[:2] == (w.backend.name, str(w.model.path))]:
-                rows[key] = replace(rows[key], peak_rss_mb=rss)
-    report = BenchReport(
-        rows=tuple(rows.values()),
-        method={
-            "timer": "time.perf_counter_ns around one call (+ device synchronisation on GPU)",
-            "process": "one spawned worker process per (backend, model); peak RSS is that process's",
-            "warmup_s": warmup_s,
-            "min_s": min_s,
-            "min_runs": min_runs,
-            "rounds": rounds,
-            "interleaved": "round-robin across workers, order rotated each round, re-warm before each round",
-            "repeats_when_noisy": repeats,
-            "noisy_cv": NOISY_CV,
-            "inputs": pool_source,
-            "pool_batches": POOL_BATCHES,
-            "threads_requested": threads,
-            "batches": list(batches),
-        },
-        environment=describe_environment(("numpy", "onnxruntime", "openvino", "torch", "edgetl")),
-    )
-    for r in report.rows:
-        if r.noisy:
-            warn(
-                f"{r.backend} {r.model} batch {r.batch}: noisy (cv {r.cv:.2f} > {NOISY_CV}) after {r.attempts} attempts; treat its figures with care"
-            )
-    if run is not None:
-        report.save(run / BENCHMARK_JSON)
+        rows, workers, pool_source = _plan(
+            names,
+            described,
+            checkpoint_model,
+            batches,
+            threads,
+            image_paths,
+            images_required=images is not None,
+        )
+        try:
+            _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
+        finally:
+            for w in workers:
+                rss = w.close()
+                for key in [k for k in rows if k[:2] == (w.backend.name, str(w.model.path))]:
+                    rows[key] = replace(rows[key], peak_rss_mb=rss)
+        report = BenchReport(
+            rows=tuple(rows.values()),
+            method={
+                "timer": "time.perf_counter_ns around one call (+ device synchronisation on GPU)",
+                "process": "one spawned worker process per (backend, model); peak RSS is that process's",
+                "warmup_s": warmup_s,
+                "min_s": min_s,
+                "min_runs": min_runs,
+                "rounds": rounds,
+                "interleaved": "round-robin across workers, order rotated each round, re-warm before each round",
+                "repeats_when_noisy": repeats,
+                "noisy_cv": NOISY_CV,
+                "inputs": pool_source,
+                "pool_batches": POOL_BATCHES,
+                "threads_requested": threads,
+                "batches": list(batches),
+            },
+            environment=describe_environment(("numpy", "onnxruntime", "openvino", "torch", "edgetl")),
+        )
+        for r in report.rows:
+            if r.noisy:
+                warn(
+                    f"{r.backend} {r.model} batch {r.batch}: noisy (cv {r.cv:.2f} > {NOISY_CV}) after {r.attempts} attempts; treat its figures with care"
+                )
+        if run is not None:
+            measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
+            folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
     return report
 
 
@@ -569,19 +259,19 @@ def _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, roun
         raise EdgetlError("warm-up and minimum times must be >= 0, minimum runs and rounds >= 1")
 
 
-def _describe_checkpoint(path: Path, models: list[_Model]) -> _Model:
+def _describe_checkpoint(path: Path, models: list[TimedModel]) -> TimedModel:
     from .checkpoint import read_checkpoint_info
 
     info = read_checkpoint_info(path)
     # the same network as its FP32 export, so that export's MAC count is the checkpoint's
     macs = next((m.macs for m in models if m.precision == "fp32"), None)
-    return _Model(path, "fp32", info.preprocess, macs, _model_size_mb(path))
+    return TimedModel(path, "fp32", info.preprocess, macs, _model_size_mb(path))
 
 
 def _plan(names, models, checkpoint, batches, threads, image_paths, images_required):
     """A row for every (backend, model, batch); a worker for every pair that can run."""
     rows: dict = {}
-    workers: list[_Worker] = []
+    workers: list[Worker] = []
     pools_by_spec: dict = {}
     pool_source = ""
     for name in names:
@@ -616,7 +306,7 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
                 pools_by_spec[pool_key] = _input_pools(*pool_key, batches, image_paths, images_required)
             pools, pool_source = pools_by_spec[pool_key]
             log(f"loading {name} {model.path.name}")
-            worker = _Worker(backend, model, _Job(name, str(model.path), threads, pools))
+            worker = Worker(backend, model, Job(name, str(model.path), threads, pools))
             kind, value = worker.receive()
             if kind != "ready":
                 worker.error = str(value)
@@ -641,7 +331,7 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
     return rows, workers, pool_source
 
 
-def _applicability(backend: BenchBackend, model: _Model, reason: str | None) -> tuple[Status, str]:
+def _applicability(backend: BenchBackend, model: TimedModel, reason: str | None) -> tuple[Status, str]:
     if reason:
         return Status.UNAVAILABLE, reason
     if model.path.suffix not in backend.formats:
@@ -685,7 +375,7 @@ def _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
         ]
 
 
-def _key(worker: _Worker, batch: int) -> tuple:
+def _key(worker: Worker, batch: int) -> tuple:
     return (worker.backend.name, str(worker.model.path), batch)
 
 
@@ -710,56 +400,3 @@ def _rounds(pairs, warmup_s, min_s, min_runs, rounds, rows) -> dict:
                 )
         log(f"round {r + 1}/{rounds} done")
     return {pair: v for pair, v in samples.items() if v}
-
-
-def plot_report(report: BenchReport, path: str | Path) -> Path:
-    """Bar chart of p50 latency with p90 whiskers per backend and precision, one panel per batch size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    measured = [r for r in report.rows if r.status == Status.OK]
-    if not measured:
-        raise EdgetlError("nothing to plot: no backend produced a measurement")
-    batches = sorted({r.batch for r in measured})
-    precisions = sorted({r.precision for r in measured})
-    fig, axes = plt.subplots(
-        1,
-        len(batches),
-        figsize=(max(6, 3 + 1.6 * len({r.backend for r in measured})) * len(batches), 4.5),
-        squeeze=False,
-    )
-    width = 0.8 / len(precisions)
-    for ax, batch in zip(axes[0], batches, strict=True):
-        backends = list(dict.fromkeys(r.backend for r in measured if r.batch == batch))
-        for i, precision in enumerate(precisions):
-            picked = {r.backend: r for r in measured if r.batch == batch and r.precision == precision}
-            xs = [j + (i - (len(precisions) - 1) / 2) * width for j, b in enumerate(backends) if b in picked]
-            chosen = [picked[b] for b in backends if b in picked]
-            if not chosen:
-                continue
-            p50 = [r.p50_ms for r in chosen]
-            ax.bar(
-                xs,
-                p50,
-                width,
-                label=precision,
-                yerr=[[0] * len(chosen), [r.p90_ms - r.p50_ms for r in chosen]],
-                capsize=3,
-            )
-            for x, v in zip(xs, p50, strict=True):
-                ax.annotate(f"{v:.1f}", (x, v / 2), ha="center", va="center", fontsize=8, color="white")
-        ax.set_xticks(range(len(backends)), backends, rotation=20, ha="right")
-        ax.set_ylabel("latency p50 (ms), whisker to p90")
-        ax.set_title(f"batch {batch}")
-        ax.legend(title="precision")
-    env = report.environment
-    threads = "/".join(str(t) for t in sorted({r.threads for r in measured if r.threads}))
-    fig.suptitle(f"{env.get('cpu', '')}, threads {threads or 'n/a'}; {env.get('date', '')}", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path

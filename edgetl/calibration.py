@@ -24,6 +24,8 @@ from .errors import DataError
 from .images import preprocess_readable
 
 DEFAULT_NUM_CALIBRATION = 300
+HOLDOUT_EVERY = 3  # without labelled gate images, a third of the given ones is held out to gate on
+HOLDOUT_MAX = 1000
 MANIFEST_VERSION = 1
 
 
@@ -41,12 +43,17 @@ class CalibrationManifest:
     skipped: int = 0  # unreadable files met while sampling, left out
     method: str = ""  # the calibration method the quantization finally used
     settings: dict = field(default_factory=dict)  # the rest of that quantization's settings
+    # images held out of the calibration sample to gate the model on (no labelled eval set)
+    holdout: tuple[tuple[str, str, int], ...] = ()
 
     def with_(self, **changes) -> CalibrationManifest:
         return replace(self, **changes)
 
     def paths(self) -> list[Path]:
         return [Path(self.root) / rel for rel, _, _ in self.files]
+
+    def holdout_paths(self) -> list[Path]:
+        return [Path(self.root) / rel for rel, _, _ in self.holdout]
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +68,7 @@ class CalibrationManifest:
             "method": self.method,
             "settings": self.settings,
             "files": [{"path": p, "sha256": h, "label": i} for p, h, i in self.files],
+            "holdout": [{"path": p, "sha256": h, "label": i} for p, h, i in self.holdout],
         }
 
     def save(self, path: str | Path) -> Path:
@@ -82,6 +90,7 @@ class CalibrationManifest:
                 skipped=int(d.get("skipped", 0)),
                 method=d.get("method", ""),
                 settings=d.get("settings", {}),
+                holdout=tuple((f["path"], f["sha256"], int(f["label"])) for f in d.get("holdout", [])),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a calibration manifest ({type(e).__name__}: {e})") from None
@@ -93,6 +102,7 @@ class CalibrationSet:
 
     inputs: np.ndarray  # (N, 3, H, W) float32, in manifest order
     manifest: CalibrationManifest
+    holdout: np.ndarray | None = None  # the held-out gate images, in manifest order
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -147,21 +157,48 @@ def select_calibration(
     num: int = DEFAULT_NUM_CALIBRATION,
     seed: int = 0,
     source: str = "calibration images",
+    hold_out: bool = False,
 ) -> CalibrationSet:
-    """Sample `num` images class-stratified, preprocess them, skip and count unreadable ones."""
+    """Sample `num` images class-stratified, preprocess them, skip and count unreadable ones.
+
+    hold_out: every third image of the stratified order (so as class-balanced as the sample) is
+    held out of calibration for the gate, which must never measure on images that calibrated.
+    """
     if num <= 0:
         raise DataError(f"--num-calibration must be positive, got {num}")
     items = [(Path(p).resolve(), int(i)) for p, i in items]
     if not items:
         raise DataError(f"{source}: no images to calibrate with")
     ordered = _stratified_order(items, seed)
-    arrays, kept, skipped = preprocess_readable([p for p, _ in ordered], spec, "calibration", limit=num)
+    gate_items: list[tuple[Path, int]] = []
+    gate_arrays: list[np.ndarray] = []
+    skipped = 0
+    if hold_out:
+        if len(ordered) < HOLDOUT_EVERY:
+            raise DataError(
+                f"{source}: {len(ordered)} images are too few to hold some out for the gate; "
+                "pass labelled gate images with --eval"
+            )
+        candidates = ordered[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY][:HOLDOUT_MAX]
+        held = set(candidates)
+        ordered = [item for item in ordered if item not in held]
+        gate_arrays, gate_kept, skipped = preprocess_readable([p for p, _ in candidates], spec, "gate")
+        gate_items = [candidates[i] for i in gate_kept]
+        if not gate_items:
+            raise DataError(f"{source}: none of the held-out gate images is readable")
+    arrays, kept, calib_skipped = preprocess_readable([p for p, _ in ordered], spec, "calibration", limit=num)
+    skipped += calib_skipped
     chosen = [ordered[i] for i in kept]
     if not chosen:
         raise DataError(f"{source}: none of the {len(items)} images is readable ({skipped} skipped)")
-    if len(chosen) < num:
+    if hold_out:
+        warn(
+            f"{source}: no labelled gate images; {len(gate_items)} of the images are held out (seed {seed}) "
+            f"for an agreement-only gate, {len(chosen)} calibrate"
+        )
+    elif len(chosen) < num:
         warn(f"{source}: only {len(chosen)} readable images, fewer than the {num} requested; using them all")
-    root = Path(os.path.commonpath([str(p.parent) for p, _ in chosen]))
+    root = Path(os.path.commonpath([str(p.parent) for p, _ in chosen + gate_items]))
     manifest = CalibrationManifest(
         root=str(root),
         files=tuple((p.relative_to(root).as_posix(), sha256_file(p), label) for p, label in chosen),
@@ -171,8 +208,9 @@ def select_calibration(
         preprocess=spec,
         model_sha256=model_sha256,
         skipped=skipped,
+        holdout=tuple((p.relative_to(root).as_posix(), sha256_file(p), label) for p, label in gate_items),
     )
-    return CalibrationSet(np.stack(arrays), manifest)
+    return CalibrationSet(np.stack(arrays), manifest, np.stack(gate_arrays) if gate_arrays else None)
 
 
 def load_calibration(manifest_path: str | Path, spec: PreprocessSpec, model_sha256: str) -> CalibrationSet:
@@ -191,13 +229,17 @@ def load_calibration(manifest_path: str | Path, spec: PreprocessSpec, model_sha2
             f"{manifest_path}: made for another model (sha256 {manifest.model_sha256[:12]}, this one is "
             f"{model_sha256[:12]}); calibrate from an image folder instead"
         )
-    arrays = []
-    for path, (rel, digest, _) in zip(manifest.paths(), manifest.files, strict=True):
-        if not path.is_file():
-            raise DataError(f"{manifest_path}: calibration image {path} is missing")
-        if sha256_file(path) != digest:
-            raise DataError(
-                f"{manifest_path}: calibration image {rel} changed since the manifest was written"
-            )
-        arrays.append(preprocess_image(path, spec))
-    return CalibrationSet(np.stack(arrays), manifest)
+
+    def read(paths: list[Path], files: tuple, what: str) -> list[np.ndarray]:
+        arrays = []
+        for path, (rel, digest, _) in zip(paths, files, strict=True):
+            if not path.is_file():
+                raise DataError(f"{manifest_path}: {what} image {path} is missing")
+            if sha256_file(path) != digest:
+                raise DataError(f"{manifest_path}: {what} image {rel} changed since the manifest was written")
+            arrays.append(preprocess_image(path, spec))
+        return arrays
+
+    arrays = read(manifest.paths(), manifest.files, "calibration")
+    held = read(manifest.holdout_paths(), manifest.holdout, "held-out gate")
+    return CalibrationSet(np.stack(arrays), manifest, np.stack(held) if held else None)

@@ -21,6 +21,10 @@ from .errors import EdgetlError
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"
+# Head-only companions, written by cached-feature epochs where nothing but the head changes.
+BEST_HEAD = "best.head.safetensors"
+LAST_HEAD = "last.head.safetensors"
+HEAD_PREFIX = "head."
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class CheckpointInfo:
     epoch: int = 0
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    data_fingerprint: str = ""  # the splits' fingerprint: which data trained these weights
 
     def to_json(self) -> str:
         d = asdict(self)
@@ -46,11 +51,29 @@ class CheckpointInfo:
         return cls(**d)
 
 
-def save_checkpoint(model: EdgeModel, info: CheckpointInfo, path: str | Path) -> Path:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+def save_state(state: dict, info: CheckpointInfo, path: str | Path) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp), metadata={"edgetl": info.to_json()})
+        save_file(tensors, str(tmp), metadata={"edgetl": info.to_json()})
     return Path(path)
+
+
+def save_checkpoint(model: EdgeModel, info: CheckpointInfo, path: str | Path) -> Path:
+    return save_state(model.state_dict(), info, path)
+
+
+def save_head(model: EdgeModel, info: CheckpointInfo, path: str | Path) -> Path:
+    """Only the head's tensors: what a cached-feature epoch changes (KBs instead of the backbone's MBs)."""
+    return save_state({k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIX)}, info, path)
+
+
+def with_head(state: dict, path: str | Path) -> dict:
+    """`state` with its head replaced by the head-only checkpoint at `path`."""
+    head = load_file(str(path))
+    if not head or set(head) - {k for k in state if k.startswith(HEAD_PREFIX)}:
+        raise EdgetlError(f"{path}: not a head checkpoint of this model; start over with --overwrite")
+    # copies: the result must not alias the live parameters a later stage goes on training
+    return {**{k: v.detach().clone() for k, v in state.items()}, **head}
 
 
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
@@ -72,7 +95,10 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EdgeModel, CheckpointInfo]:
     """Rebuild the model of a checkpoint (architecture without downloading weights) and load it."""
     info = read_checkpoint_info(path)
-    model = create_model(info.backbone, num_classes=len(info.labels), weights=Weights.NONE)
+    hidden = tuple(info.recipe.get("head_hidden", ()))
+    model = create_model(
+        info.backbone, num_classes=len(info.labels), weights=Weights.NONE, head_hidden=hidden
+    )
     try:
         model.load_state_dict(load_file(str(path), device=str(device)))
     except RuntimeError as e:

@@ -7,7 +7,6 @@ validation numbers are the ones the device will reproduce. Unreadable files are 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from edgetl_runtime.preprocess import (
     Interpolation,
     PreprocessSpec,
+    decode_image,
     list_images,
     load_image,
     normalize,
@@ -116,19 +116,9 @@ def scan_imagefolder(
 
 
 def decode_for_training(path: Path, short_side: int, interpolation: Interpolation) -> Image.Image:
-    """Decode and downscale so the shorter side is `short_side`; JPEGs decode at reduced size (draft)."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            scale = short_side / min(w, h)
-            if scale < 1:
-                # DCT-domain downscaling: several times faster on full-size photos than decoding all pixels.
-                im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
-            image = im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    """Decode with the runtime's decoder (JPEG draft at reduced size), then downscale so the shorter
+    side is `short_side`."""
+    image = decode_image(path, short_side=short_side)
     w, h = image.size
     scale = short_side / min(w, h)
     size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))

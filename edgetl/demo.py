@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl_runtime.fileio import check_writable
+
 from .console import log
 
 # Big enough to be a real task (10 classes, 1000 real scans, 128 px so INT8's speed-up shows), small
@@ -139,7 +141,7 @@ def run_demo(
 ) -> dict:
     """Run the demo steps into `out`; returns {step: summary} plus the total wall time."""
     demo = DemoRun(Path(out), seed=seed)
-    demo.out.mkdir(parents=True, exist_ok=True)
+    check_writable(demo.out, "--out", folder=True)
     started = time.perf_counter()
     for name, step in steps or DEMO_STEPS:
         log(f"[bold]demo: {name}[/bold]")

@@ -1,7 +1,7 @@
 """Export: a run's best checkpoint (or a pretrained backbone with its ImageNet head) to ONNX, and
 optionally OpenVINO IR, proven equal to the PyTorch model by a parity gate before anything is written.
 
-The ONNX file carries its own labels and preprocessing (``edgetl.*`` metadata_props), so the device
+Conversion lives in edgetl/conversion.py, the gate in edgetl/parity.py. The ONNX file carries its own labels and preprocessing (``edgetl.*`` metadata_props), so the device
 runtime needs nothing else. Every output goes to a temporary name and is renamed only after the gate
 passes: a failed export leaves no file behind.
 """
@@ -10,53 +10,41 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
-import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from edgetl_runtime.backends import load_session
-from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file, write_text_atomic
-from edgetl_runtime.modelinfo import PREFIX, ModelInfo, Precision
+from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
 from . import __version__
 from .backbones import EdgeModel, create_model, get_backbone
 from .checkpoint import find_checkpoint, load_checkpoint
 from .console import log, warn
-from .errors import EdgetlError, GateError
+from .conversion import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, set_metadata, to_fp16, to_onnx
+from .errors import EdgetlError
 from .images import preprocess_readable
+from .options import (
+    CHECK_BATCH,
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    EXPORT_PRECISIONS,
+    MAX_CHECK_IMAGES,
+    ExportFormat,
+)
+from .parity import Parity, gate, gate_tolerance, torch_logits
+from .run import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
 from .splits import SPLITS, Splits
 
-EXPORT_SUMMARY = "export.json"
 DEFAULT_ONNX = "model.onnx"
-# The dynamo exporter has no operator implementations below opset 18: asking for 17 silently yields 18
-# or a failed down-conversion, so the floor is stated rather than pretended.
-MIN_OPSET = 18
-DEFAULT_OPSET = 18
-DEFAULT_TOLERANCE = 1e-4
-# FP16 keeps ~11 significant bits (eps 9.8e-4); rounding compounds over a network's layers, so the FP16
-# gate allows 1% of the largest |logit| (measured on efficientnet_lite0 / ImageNet photos: ~0.3%).
-FP16_RELATIVE_TOLERANCE = 1e-2
-# ONNX protobuf cannot hold more than 2 GB inline; only then do the weights go to a side file.
-PROTOBUF_LIMIT = 2**31 - 1
 SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
-
-
-EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
-
-
-class Format(str, Enum):
-    ONNX = "onnx"
-    OPENVINO = "openvino"
 
 
 @dataclass(frozen=True)
@@ -70,23 +58,6 @@ class LoadedSource:
     skipped_images: int  # unreadable check images, skipped and counted
     run: Path | None  # the run folder, when a run folder was given
     checkpoint: Path | None  # None for a pretrained backbone
-
-
-@dataclass(frozen=True)
-class Parity:
-    """One runtime's agreement with PyTorch on the check images."""
-
-    runtime: str
-    n_images: int
-    max_abs_diff: float
-    top1_agreement: float
-    tolerance: float
-    top1_flips: int  # images whose top-1 class differs from PyTorch's
-    ties_excused: int  # flips allowed because PyTorch's top-2 margin was within the tolerance (FP16 only)
-
-    @property
-    def passed(self) -> bool:
-        return self.max_abs_diff <= self.tolerance and self.top1_flips == self.ties_excused
 
 
 @dataclass(frozen=True)
@@ -240,239 +211,6 @@ def load_source(
     return LoadedSource(model.eval(), info, check, origin, skipped, run, checkpoint)
 
 
-# --- conversion -------------------------------------------------------------------------------------
-
-
-def _runtime_runs_opset(opset: int) -> bool:
-    """onnxruntime lags behind onnx: ask it directly with a one-node model stamped with `opset`."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy")
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y])
-    ops = [helper.make_opsetid("", opset)]
-    model = helper.make_model(graph, opset_imports=ops, ir_version=helper.find_min_ir_version_for(ops))
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except ort.capi.onnxruntime_pybind11_state.Fail:  # an opset or IR version it does not know
-        return False
-    return True
-
-
-def opset_range() -> tuple[int, int]:
-    """The opsets an export can use here: the exporter's floor up to what both onnx and onnxruntime take."""
-    import onnx
-
-    high = onnx.defs.onnx_opset_version()
-    while high > MIN_OPSET and not _runtime_runs_opset(high):
-        high -= 1
-    return MIN_OPSET, high
-
-
-def _check_opset(opset: int) -> None:
-    import onnx
-    import onnxruntime
-
-    low, high = opset_range()
-    if not low <= opset <= high:
-        raise EdgetlError(
-            f"--opset {opset}: choose {low} to {high} (the dynamo exporter starts at {low}; installed onnx "
-            f"{onnx.__version__} writes up to {onnx.defs.onnx_opset_version()}, onnxruntime "
-            f"{onnxruntime.__version__} runs up to {high})"
-        )
-
-
-def to_onnx(model: EdgeModel, example: torch.Tensor, opset: int, info: ModelInfo):
-    """PyTorch -> ONNX ModelProto with the dynamo exporter and a dynamic batch dimension."""
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            dynamic_shapes=({0: batch},),
-            opset_version=opset,
-            input_names=[info.input_name],
-            output_names=[info.output_name],
-            verbose=False,
-        )
-    except Exception as e:  # the exporter raises many types; the first line says what failed
-        raise EdgetlError(
-            f"ONNX export of {info.backbone} failed ({type(e).__name__}: {str(e).strip().splitlines()[0]})"
-        ) from None
-    return program.model_proto
-
-
-def _drop_unused_opsets(proto) -> None:
-    used = {n.domain for n in proto.graph.node} | {""}
-    keep = [o for o in proto.opset_import if o.domain in used]
-    del proto.opset_import[:]
-    proto.opset_import.extend(keep)
-
-
-def optimize_onnx(proto, work: Path):
-    """onnxruntime's offline basic optimisations: constant folding and redundant-node removal, standard
-    ONNX ops only (extended levels emit onnxruntime-specific fused ops and would tie the file to it)."""
-    import onnx
-    import onnxruntime as ort
-
-    raw, optimized = work / "raw.onnx", work / "optimized.onnx"
-    onnx.save(proto, raw)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(optimized)
-    options.log_severity_level = 3
-    ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
-    result = onnx.load(optimized)
-    _drop_unused_opsets(result)
-    return result
-
-
-def _to_fp16(proto):
-    import onnx_ir
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    # Float inputs and outputs stay FP32, so the same preprocessing and callers work unchanged.
-    converted = onnx_ir.from_proto(convert_float_to_float16(proto, keep_io_types=True))
-    # The converter appends its input casts at the end of the node list; ONNX requires topological order.
-    converted.graph.sort()
-    return onnx_ir.to_proto(converted)
-
-
-def _set_metadata(proto, info: ModelInfo) -> None:
-    import onnx
-
-    keep = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in keep}, **info.to_metadata()})
-
-
-def _save_onnx(proto, path: Path, final_name: str, stack: contextlib.ExitStack) -> int:
-    """Write the model (inline below 2 GB) and return its size in bytes, side file included."""
-    import onnx
-
-    data = None
-    if proto.ByteSize() < PROTOBUF_LIMIT:
-        onnx.save(proto, path)
-    else:
-        data = path.parent / f"{final_name}.data"  # the name the file refers to, so written in place
-        stack.push(lambda failed, *_: failed and data.unlink(missing_ok=True))
-        onnx.save(proto, path, save_as_external_data=True, location=data.name)
-    onnx.checker.check_model(str(path))  # by path: the checker cannot take a >2 GB proto in memory
-    return path.stat().st_size + (data.stat().st_size if data else 0)
-
-
-# --- parity gate ------------------------------------------------------------------------------------
-
-
-def torch_logits(model: EdgeModel, batch: np.ndarray, chunk: int) -> np.ndarray:
-    with torch.inference_mode():
-        return np.concatenate(
-            [
-                model(torch.from_numpy(batch[i : i + chunk])).float().numpy()
-                for i in range(0, len(batch), chunk)
-            ]
-        )
-
-
-def compare_logits(
-    runtime: str, reference: np.ndarray, got: np.ndarray, tolerance: float, excuse_ties: bool
-) -> Parity:
-    """Max |difference| and top-1 agreement; with `excuse_ties`, a top-1 flip counts as agreement when
-    the reference's top-2 margin is within the tolerance (a numerical tie, not a conversion error)."""
-    diff = float(np.abs(reference.astype(np.float64) - got.astype(np.float64)).max())
-    agree = reference.argmax(1) == got.argmax(1)
-    excused = 0
-    if excuse_ties:
-        top2 = np.sort(reference, axis=1)[:, -2:]
-        excused = int(np.sum(~agree & (top2[:, 1] - top2[:, 0] <= tolerance)))
-    return Parity(runtime, len(reference), diff, float(agree.mean()), tolerance, int(np.sum(~agree)), excused)
-
-
-def _run_runtime(path: Path, runtime: str, batch: np.ndarray, chunk: int) -> np.ndarray:
-    try:
-        session = load_session(path, runtime, exact=True)  # the file's own precision, not bf16
-    except EdgetlError:
-        raise
-    except Exception as e:  # onnxruntime/openvino load errors (e.g. an opset newer than they support)
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise EdgetlError(
-            f"{runtime} cannot load the exported model ({last}); try --opset {DEFAULT_OPSET}"
-        ) from None
-    return np.concatenate([session.run(batch[i : i + chunk]) for i in range(0, len(batch), chunk)])
-
-
-def gate(
-    path: Path,
-    runtime: str,
-    reference: np.ndarray,
-    batch: np.ndarray,
-    tolerance: float,
-    precision: Precision,
-    chunk: int,
-) -> Parity:
-    parity = compare_logits(
-        runtime, reference, _run_runtime(path, runtime, batch, chunk), tolerance, precision is Precision.FP16
-    )
-    log(
-        f"parity {runtime}: max |logit diff| {parity.max_abs_diff:.2e} (tolerance {tolerance:.1e}), "
-        f"top-1 agreement {parity.top1_agreement:.1%} on {parity.n_images} images"
-    )
-    if not parity.passed:
-        raise GateError(
-            f"export parity gate failed on {runtime}: max |logit diff| {parity.max_abs_diff:.3e} vs tolerance "
-            f"{tolerance:.1e}, top-1 agreement {parity.top1_agreement:.1%} on {parity.n_images} images; "
-            "nothing was written (try another --opset, drop --optimize, or raise --tolerance if expected)"
-        )
-    return parity
-
-
-def _gate_tolerance(tolerance: float, precision: Precision, reference: np.ndarray) -> float:
-    if precision is Precision.FP16:
-        return max(tolerance, FP16_RELATIVE_TOLERANCE * float(np.abs(reference).max()))
-    return tolerance
-
-
-# --- extra formats ----------------------------------------------------------------------------------
-
-
-def write_openvino(
-    onnx_path: Path, xml: Path, info: ModelInfo, stack: contextlib.ExitStack, check: Callable
-) -> Parity:
-    """ONNX -> OpenVINO IR (.xml + .bin) with the metadata in rt_info, gated, renamed as a pair."""
-    import openvino as ov
-
-    model = ov.convert_model(str(onnx_path))
-    for key, value in info.to_metadata().items():
-        model.set_rt_info(value, ["edgetl", key.removeprefix(PREFIX)])
-    xml_tmp = stack.enter_context(atomic_output(xml))
-    bin_of_tmp = xml_tmp.with_suffix(".bin")  # OpenVINO pairs the files by name
-    stack.callback(bin_of_tmp.unlink, missing_ok=True)
-    # save_model would otherwise halve the weights to FP16 and break FP32 parity.
-    ov.save_model(model, str(xml_tmp), compress_to_fp16=False)
-    parity = check(xml_tmp, "openvino-cpu")
-    os.replace(bin_of_tmp, stack.enter_context(atomic_output(xml.with_suffix(".bin"))))
-    return parity
-
-
-def read_openvino_info(xml: str | Path) -> ModelInfo:
-    """The edgetl metadata of an OpenVINO IR written by `edgetl export --format openvino`."""
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    if not model.has_rt_info(["edgetl"]):
-        return ModelInfo.from_metadata({}, source=str(xml))
-    values = model.get_rt_info(["edgetl"]).astype(dict)
-    return ModelInfo.from_metadata({PREFIX + k: v.astype(str) for k, v in values.items()}, source=str(xml))
-
-
-# one entry per format beyond ONNX: name -> (output suffix, writer)
-EXTRA_FORMATS: dict[Format, tuple[str, Callable[..., Parity]]] = {Format.OPENVINO: (".xml", write_openvino)}
-
-
 # --- the stage --------------------------------------------------------------------------------------
 
 
@@ -501,11 +239,11 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     precision: str | Precision = Precision.FP32,
     optimize: bool = False,
-    formats: Sequence[str | Format] = (Format.ONNX,),
+    formats: Sequence[str | ExportFormat] = (ExportFormat.ONNX,),
     check_images: str | Path | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
-    batch: int = 16,
-    max_images: int = 256,
+    batch: int = CHECK_BATCH,
+    max_images: int = MAX_CHECK_IMAGES,
 ) -> ExportResult:
     """Export a run folder / checkpoint (or `backbone=NAME`, pretrained with its ImageNet head) to ONNX.
 
@@ -520,24 +258,36 @@ def export_onnx(
             f"--precision {precision.value}: export writes fp32 or fp16; INT8 comes from `edgetl quantize`"
         )
     try:
-        extra = [Format(f) for f in formats if Format(f) is not Format.ONNX]
+        extra = [ExportFormat(f) for f in formats if ExportFormat(f) is not ExportFormat.ONNX]
     except ValueError:
-        raise EdgetlError(f"--format {formats}: choose from {', '.join(f.value for f in Format)}") from None
+        raise EdgetlError(
+            f"--format {formats}: choose from {', '.join(f.value for f in ExportFormat)}"
+        ) from None
     if tolerance < 0:
         raise EdgetlError(f"--tolerance {tolerance}: must be >= 0")
     if batch < 1 or max_images < 1:
         raise EdgetlError("--batch and --max-check-images must be at least 1")
-    _check_opset(opset)
+    check_opset(opset)
     loaded = load_source(source, backbone=backbone, check_images=check_images, max_images=max_images)
     out = Path(out) if out is not None else _default_out(loaded)
+    if loaded.run is None:
+        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+    run = RunFolder(loaded.run)
+    with run.lock("export"):
+        run.check_for(Stage.EXPORT)
+        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+
+
+def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
+    check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
     info = loaded.info.with_(precision=precision.value)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")
     example = torch.from_numpy(np.resize(loaded.check, (2, *loaded.check.shape[1:])))
     proto = to_onnx(loaded.model, example, opset, info)
     reference = torch_logits(loaded.model, loaded.check, batch)
-    limit = _gate_tolerance(tolerance, precision, reference)
+    limit = gate_tolerance(tolerance, precision, reference)
 
     def check(path: Path, runtime: str) -> Parity:
         return gate(path, runtime, reference, loaded.check, limit, precision, batch)
@@ -545,13 +295,15 @@ def export_onnx(
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(out))
         if optimize:
-            work = stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent))
+            work = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{out.name}.", dir=out.parent)
+            )
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
-            proto = _to_fp16(proto)
-        _set_metadata(proto, info)
+            proto = to_fp16(proto)
+        set_metadata(proto, info)
         nodes = len(proto.graph.node)
-        size = _save_onnx(proto, tmp, out.name, stack)
+        size = save_onnx(proto, tmp, out.name, stack)
         checks = [check(tmp, "onnxruntime-cpu")]
         written = {}
         for fmt in extra:
@@ -561,7 +313,7 @@ def export_onnx(
     onnx_check = checks[0]
     result = ExportResult(
         onnx=out,
-        openvino=written.get(Format.OPENVINO),
+        openvino=written.get(ExportFormat.OPENVINO),
         backbone=info.backbone,
         source=str(loaded.checkpoint) if loaded.checkpoint else f"pretrained:{info.backbone}",
         opset=opset,
@@ -579,5 +331,6 @@ def export_onnx(
         checks=tuple(checks),
     )
     if loaded.run is not None:
-        write_text_atomic(loaded.run / EXPORT_SUMMARY, json.dumps(result.to_dict(), indent=1))
+        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        RunFolder(loaded.run).save_export(record)
     return result

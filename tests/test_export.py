@@ -15,9 +15,12 @@ from click.testing import CliRunner
 from edgetl.backbones import create_model, get_backbone
 from edgetl.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
 from edgetl.cli import main
+from edgetl.conversion import opset_range, read_openvino_info
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import GateError
-from edgetl.export import FP16_RELATIVE_TOLERANCE, export_onnx, opset_range, read_openvino_info
+from edgetl.export import export_onnx
+from edgetl.parity import FP16_RELATIVE_TOLERANCE
+from edgetl.run import LOCK
 from edgetl.splits import Splits
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import sha256_file
@@ -71,10 +74,14 @@ def test_cli_export_gates_and_summarises(tiny_run, exported):
     assert exported["size_bytes"] == (tiny_run / "model.onnx").stat().st_size
     assert [c["runtime"] for c in exported["checks"]] == ["onnxruntime-cpu", "openvino-cpu"]
     assert all(c["passed"] for c in exported["checks"])
-    assert json.loads((tiny_run / "export.json").read_text()) == exported
-    # one self-contained file: no external data, no temp files left beside it
+    record = json.loads((tiny_run / "export.json").read_text())
+    assert {k: record[k] for k in exported} == exported
+    # lineage: what the model was made from, and the model itself
+    assert record["source_sha256"] == sha256_file(tiny_run / BEST)
+    assert record["sha256"] == sha256_file(tiny_run / "model.onnx")
+    # one self-contained file: no external data, no temp files left beside it (the run's lock file stays)
     produced = {p.name for p in tiny_run.iterdir()}
-    assert produced == {BEST, "splits.json", "model.onnx", "model.xml", "model.bin", "export.json"}
+    assert produced == {BEST, "splits.json", "model.onnx", "model.xml", "model.bin", "export.json", LOCK}
 
 
 def test_onnx_metadata_round_trip_and_dynamic_batch(tiny_run, exported):

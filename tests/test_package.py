@@ -10,7 +10,9 @@ from click.testing import CliRunner
 from edgetl.checkpoint import read_checkpoint_info
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
-from edgetl.package import build_bundle, dataset_fingerprint
+from edgetl.package import build_bundle
+from edgetl.run import dataset_fingerprint
+from edgetl.splits import Splits
 from edgetl_runtime.bundle import verify_bundle
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.manifest import SCHEMA_VERSION, Manifest
@@ -55,7 +57,7 @@ def test_folder_bundle_manifest(tiny_run, tmp_path):
     prov = manifest.provenance
     assert prov["versions"]["torch"] and prov["versions"]["onnxruntime"] and prov["versions"]["edgetl"]
     assert prov["recipe"] == info.recipe
-    assert prov["dataset"] == dataset_fingerprint(tiny_run)
+    assert prov["dataset"]["fingerprint"] == dataset_fingerprint(Splits.load(tiny_run))
     assert prov["dataset"]["train_images"] == 36 and prov["dataset"]["missing_images"] == 0
     assert prov["checkpoint_sha256"] == sha256_file(tiny_run / "best.safetensors")
 
@@ -107,11 +109,21 @@ def test_folder_output_is_safe(tiny_run, tmp_path):
     with pytest.raises(EdgetlError, match="not a bundle"):
         build_bundle(tiny_run, precious)
     assert [p.name for p in precious.iterdir()] == ["notes.txt"]
-    # an older bundle is replaced in full
+    # an older bundle is kept unless --overwrite, then replaced in full
     out = tmp_path / "bundle"
     build_bundle(tiny_run, out)
     (out / "stale.txt").write_text("x")
-    build_bundle(tiny_run, out, precision="fp32")
+    with pytest.raises(EdgetlError, match="holds a bundle already; pass --overwrite"):
+        build_bundle(tiny_run, out, precision="fp32")
+    archive = build_bundle(tiny_run, tmp_path / "b.tar.gz").path
+    with pytest.raises(EdgetlError, match="holds a bundle already"):
+        build_bundle(tiny_run, archive)
+    (tmp_path / "notes.tar.gz").write_text("not an archive")
+    with pytest.raises(EdgetlError, match="not a bundle"):
+        build_bundle(tiny_run, tmp_path / "notes.tar.gz", overwrite=True)
+    with pytest.raises(EdgetlError, match="the run folder itself"):
+        build_bundle(tiny_run, tiny_run, overwrite=True)
+    build_bundle(tiny_run, out, precision="fp32", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "labels.txt", "manifest.json", "model.onnx"]
     with pytest.raises(EdgetlError, match="no such run folder"):
         build_bundle(tmp_path / "nope", tmp_path / "x")

@@ -12,12 +12,22 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgetl import quantize as quantize_module
 from edgetl.calibration import CalibrationManifest
 from edgetl.cli import main
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import BundleError, DataError, EdgetlError, GateError
-from edgetl.quantize import compare_logits, load_eval_set, map_eval_classes, quantize, run_model
+from edgetl.quantize import (
+    compare_logits,
+    judge,
+    load_eval_set,
+    map_eval_classes,
+    paired_drop_ci,
+    quantize,
+    resolvable_drop,
+    run_model,
+)
+from edgetl.quantize import ladder as ladder_module
+from edgetl.quantize.gate import score
 from edgetl_runtime.modelinfo import read_model_info
 
 
@@ -37,6 +47,7 @@ def quantized(run, digits_dir, tmp_path_factory):
         eval_dir=digits_dir / "val",
         num_calibration=24,
         max_drop=100,
+        min_agreement=0,
     )
     return result
 
@@ -49,6 +60,12 @@ def test_run_folder_writes_model_manifest_and_summary(run):
     assert summary["attempts"][0]["method"] == "minmax" and summary["eval_images"] == 12
     assert CalibrationManifest.load(run / "calibration.json").method == summary["method"]
     assert 0 <= summary["fp32_accuracy"] <= 1 and summary["agreement"] > 0.5
+    gate = summary["gate"]
+    for key in ("metric", "images", "calibration_images", "fp32", "int8", "drop", "drop_ci95", "max_drop"):
+        assert key in gate
+    assert gate["metric"] == "top1" and gate["images"] == 12 and gate["verdict"] in ("pass", "warn", "fail")
+    assert gate["passed"] == (gate["verdict"] != "fail") and gate["reason"]
+    assert summary["fp32_sha256"] == read_model_info(run / "model.int8.onnx").quantization["fp32_sha256"]
 
 
 def test_quantized_model_has_qdq_nodes_and_metadata(run, quantized):
@@ -70,12 +87,18 @@ def test_quantized_model_has_qdq_nodes_and_metadata(run, quantized):
     assert set(quantized.per_class) == {"0", "1", "2"}
 
 
-def test_manifest_repeats_the_same_quantization(run, quantized, tmp_path):
+def test_manifest_repeats_the_same_quantization(run, quantized, digits_dir, tmp_path):
     manifest = CalibrationManifest.load(quantized.calibration_manifest)
     assert len(manifest.files) == 24 and manifest.method == quantized.method
     # stratified: 8 of each of the 3 classes
     assert np.bincount([label for _, _, label in manifest.files]).tolist() == [8, 8, 8]
-    again = quantize(run / "model.onnx", tmp_path / "again.onnx", calibration=quantized.calibration_manifest)
+    again = quantize(
+        run / "model.onnx",
+        tmp_path / "again.onnx",
+        calibration=quantized.calibration_manifest,
+        eval_dir=digits_dir / "val",
+        max_drop=100,
+    )
     assert again.method == quantized.method and len(again.attempts) == 1
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     np.testing.assert_array_equal(run_model(again.int8_model, x), run_model(quantized.int8_model, x))
@@ -84,7 +107,12 @@ def test_manifest_repeats_the_same_quantization(run, quantized, tmp_path):
 def test_changed_calibration_file_is_an_error(run, digits_dir, tmp_path):
     data = shutil.copytree(digits_dir / "train", tmp_path / "train")
     first = quantize(
-        run / "model.onnx", tmp_path / "a.onnx", calibration=data, method="minmax", num_calibration=6
+        run / "model.onnx",
+        tmp_path / "a.onnx",
+        calibration=data,
+        method="minmax",
+        num_calibration=6,
+        min_agreement=0,
     )
     rel = CalibrationManifest.load(first.calibration_manifest).files[0][0]
     with open(data / rel, "ab") as f:  # still a readable PNG, but not the same bytes
@@ -94,28 +122,187 @@ def test_changed_calibration_file_is_an_error(run, digits_dir, tmp_path):
     assert not (tmp_path / "b.onnx").exists()
 
 
-def test_impossible_gate_writes_nothing_unless_allowed(run, digits_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(quantize_module, "RECOVERY_ATTEMPTS", 2)
-    args = {
-        "calibration": digits_dir / "train",
-        "eval_dir": digits_dir / "val",
-        "method": "minmax",
-        "num_calibration": 6,
-    }
-    with pytest.raises(GateError, match="attempts"):
-        quantize(run / "model.onnx", tmp_path / "x.onnx", max_drop=-200, **args)
-    assert not (tmp_path / "x.onnx").exists()
-    result = quantize(run / "model.onnx", tmp_path / "x.onnx", max_drop=-200, allow_drop=True, **args)
-    assert (tmp_path / "x.onnx").is_file() and not result.passed
-    # recovery went through the other methods, then tried the 2 most sensitive tensors in float
-    assert {a.method for a in result.attempts} == {"minmax", "entropy", "percentile"}
-    assert len(result.attempts) == 3 + 2 and all(a.exclude for a in result.attempts[3:])
-    # an exclusion is kept only when it flips fewer predictions than the best before it
-    kept = min(result.attempts[:3], key=quantize_module._score)
-    for attempt in result.attempts[3:]:
-        kept = attempt if attempt.agreement > kept.agreement else kept
-    assert result.agreement == kept.agreement
-    assert result.settings["nodes_to_exclude"] == list(kept.exclude)
+def _stand_in(name):
+    """A heavy rung replaced by one cheap onnxruntime candidate under the rung's name: the walk is
+    what is tested here; the NNCF and QAT rungs have their own tests."""
+
+    def run_rung(ctx):
+        calls.append(name)
+        ladder_module._ort_candidate(ctx, ladder_module.ort.Method.MINMAX, (), name)
+
+    return run_rung
+
+
+calls: list[str] = []
+
+
+def test_forced_failing_gate_walks_each_rung_once(run, tmp_path, monkeypatch):
+    run = shutil.copytree(run, tmp_path / "run")  # its quantize.json is rewritten; the shared run's stays
+    monkeypatch.setattr(ladder_module, "RECOVERY_ATTEMPTS", 2)
+    for name in ("nncf-ptq", "nncf-accuracy-control", "qat"):
+        monkeypatch.setitem(
+            ladder_module.RUNGS, name, ladder_module.Rung(name, _stand_in(name), lambda ctx: None)
+        )
+    calls.clear()
+    with pytest.raises(GateError, match="attempts on 5 rungs"):
+        quantize(run, tmp_path / "x.onnx", max_drop=-200, method="minmax")
+    assert not (tmp_path / "x.onnx").exists() and calls == ["nncf-ptq", "nncf-accuracy-control", "qat"]
+    calls.clear()
+    result = quantize(run, tmp_path / "x.onnx", max_drop=-200, method="minmax", allow_drop=True)
+    assert (tmp_path / "x.onnx").is_file() and not result.passed and result.gate["verdict"] == "fail"
+    rungs = [a.rung for a in result.attempts]
+    # each rung once, in order; the calibration rung tries each method once
+    assert list(dict.fromkeys(rungs)) == [
+        "calibration",
+        "float-nodes",
+        "nncf-ptq",
+        "nncf-accuracy-control",
+        "qat",
+    ]
+    assert [a.method for a in result.attempts[:3]] == ["minmax", "percentile", "entropy"]
+    assert 1 <= rungs.count("float-nodes") <= 2 and calls == ["nncf-ptq", "nncf-accuracy-control", "qat"]
+    assert all(a.exclude for a in result.attempts if a.rung == "float-nodes")
+    assert len(set(map(str, result.attempts))) == len(result.attempts)  # each attempt logged once
+    assert result.agreement == min(result.attempts, key=score).agreement
+    # a passing gate stops at the first rung
+    passing = quantize(run, tmp_path / "y.onnx", max_drop=100, min_agreement=0, method="minmax")
+    assert [a.rung for a in passing.attempts] == ["calibration"] and passing.gate["verdict"] == "pass"
+
+
+def test_interval_on_constructed_outcomes():
+    n = 153
+    labels = np.zeros(n, int)
+
+    def verdict(lost: int, **kw):
+        int8 = labels.copy()
+        int8[:lost] = 1
+        return judge(
+            labels,
+            int8,
+            labels,
+            max_drop=0.5,
+            min_agreement=0.9,
+            size_ratio=0.26,
+            max_size_ratio=0.3,
+            calibration_images=245,
+            held_out=False,
+            **kw,
+        )
+
+    same = verdict(0)
+    assert same.drop == 0 and same.drop_ci95 == (0.0, 0.0) and same.verdict == "pass"
+    one = verdict(1)  # one image of 153: 0.65 points, but the images cannot tell it from none
+    assert one.drop == pytest.approx(100 / 153) and one.verdict == "warn" and one.passed
+    assert one.drop_ci95[0] < 0 < 0.5 < one.drop_ci95[1] and "cannot tell" in one.reason
+    assert "[-0.62, +0.65]" in one.reason and "153 images" in one.reason
+    ten = verdict(10)  # ten lost, none gained: the whole interval lies above the bound
+    assert ten.verdict == "fail" and not ten.passed and ten.drop_ci95[0] > 0.5
+    assert ten.fp32_only == 10 and ten.int8_only == 0 and ten.images == 153
+    # gains offset losses: 5 lost, 5 gained is no drop, with a wide interval
+    lo, hi = paired_drop_ci(5, 5, n)
+    assert lo < 0 < hi and lo == pytest.approx(-hi)
+    # the smallest drop 153 images can show above 0.5 points is 7 images; 450 images resolve finer
+    assert resolvable_drop(153, 0.5) == pytest.approx(700 / 153) and resolvable_drop(450, 0.5) < 2.5
+    # agreement as the second criterion, and the agreement-only gate without labels
+    unlabelled = judge(
+        labels,
+        labels,
+        None,
+        max_drop=0.5,
+        min_agreement=0.99,
+        size_ratio=0.26,
+        max_size_ratio=0.3,
+        calibration_images=200,
+        held_out=True,
+    )
+    assert unlabelled.metric == "agreement" and unlabelled.drop is None and unlabelled.drop_ci95 is None
+    assert unlabelled.verdict == "warn" and "held out" in unlabelled.reason  # 153/153 cannot show >= 99%
+    too_big = judge(
+        labels,
+        labels,
+        labels,
+        max_drop=0.5,
+        min_agreement=0.9,
+        size_ratio=0.9,
+        max_size_ratio=0.3,
+        calibration_images=1,
+        held_out=False,
+    )
+    assert too_big.verdict == "fail" and "size" in too_big.reason
+
+
+def test_no_gate_image_is_a_calibration_image(run, digits_dir, tmp_path):
+    total = len(list((digits_dir / "train").rglob("*.png")))
+    result = quantize(
+        run / "model.onnx",
+        tmp_path / "h.onnx",
+        calibration=digits_dir / "train",
+        method="minmax",
+        min_agreement=0,
+    )
+    manifest = CalibrationManifest.load(result.calibration_manifest)
+    calibrated = {p.resolve() for p in manifest.paths()}
+    held = {p.resolve() for p in manifest.holdout_paths()}
+    assert calibrated and held and not calibrated & held
+    gate = result.gate
+    assert gate["metric"] == "agreement" and gate["held_out"] and "held out" in gate["reason"]
+    assert gate["images"] == len(held) and gate["calibration_images"] == len(calibrated)
+    assert gate["images"] + gate["calibration_images"] <= total
+    # an --eval folder that overlaps the calibration images loses the overlap
+    overlap = quantize(
+        run / "model.onnx",
+        tmp_path / "o.onnx",
+        calibration=digits_dir / "train",
+        eval_dir=digits_dir / "train",
+        method="minmax",
+        num_calibration=6,
+        max_drop=100,
+        min_agreement=0,
+    )
+    assert overlap.gate["images"] == total - 6 and not overlap.gate["held_out"]
+
+
+def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
+    import torch
+
+    from edgetl.checkpoint import find_checkpoint, load_checkpoint
+    from edgetl.quantize import qat
+
+    model, _ = load_checkpoint(find_checkpoint(run))
+    model.eval()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32))
+    with torch.no_grad():
+        before = model(x)
+    qat._fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-3, rtol=1e-3)
+    hooks = qat._insert_fake_quant(model)
+    model.train()
+    loss = model(x).pow(2).mean()
+    loss.backward()  # the straight-through estimator passes gradients to the float weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        simulated = model(x)
+    assert not torch.equal(simulated, before)  # int8 rounding is simulated
+    qat._strip_fake_quant(model, hooks)
+    with torch.no_grad():
+        # the stripped model keeps the int8-rounded weights, only the input rounding is gone
+        assert (model(x) - simulated).abs().max() < (simulated - before).abs().max() + 1.0
+
+
+def test_nncf_ptq_rung_writes_qdq_onnx_that_onnxruntime_runs(run, digits_dir, tmp_path):
+    pytest.importorskip("nncf")
+    from edgetl.quantize import nncf_backend
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
+    out = nncf_backend.quantize_onnx(run / "model.onnx", x, tmp_path / "n.onnx")
+    proto = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    assert any(i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4 for i in proto.graph.initializer)
+    logits = run_model(out, x)
+    assert logits.shape == (8, 3) and np.isfinite(logits).all()
 
 
 def test_bad_inputs(run, quantized, digits_dir, tmp_path):
@@ -126,7 +313,11 @@ def test_bad_inputs(run, quantized, digits_dir, tmp_path):
     corrupt = tmp_path / "corrupt"
     write_corrupt_image(corrupt / "a.png")
     with pytest.raises(DataError, match="none of the 1 images is readable"):
+        quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt, eval_dir=digits_dir / "val")
+    with pytest.raises(DataError, match="too few to hold some out"):
         quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt)
+    with pytest.raises(EdgetlError, match="FP32 input"):
+        quantize(run / "model.onnx", run / "model.onnx", calibration=digits_dir / "train")
     with pytest.raises(BundleError, match="already quantized"):
         quantize(quantized.int8_model, tmp_path / "e.onnx", calibration=digits_dir / "train")
     # a manifest made for another model
@@ -175,7 +366,15 @@ def test_mismatched_input_size_is_an_error(run, digits_dir, tmp_path):
 def test_fewer_images_than_requested_warns_and_uses_all(run, digits_dir, tmp_path):
     write_corrupt_image(tmp_path / "cal" / "0" / "bad.png")
     shutil.copytree(digits_dir / "val" / "1", tmp_path / "cal" / "1")
-    result = quantize(run / "model.onnx", tmp_path / "f.onnx", calibration=tmp_path / "cal", method="minmax")
+    result = quantize(
+        run / "model.onnx",
+        tmp_path / "f.onnx",
+        calibration=tmp_path / "cal",
+        eval_dir=digits_dir / "val",
+        method="minmax",
+        max_drop=100,
+        min_agreement=0,
+    )
     assert result.num_calibration == 4 and result.calibration_skipped == 1
 
 
@@ -198,6 +397,8 @@ def test_cli_json(run, digits_dir, tmp_path):
             "6",
             "--max-drop",
             "100",
+            "--min-agreement",
+            "0",
             "--json",
         ],
     )
@@ -211,6 +412,7 @@ def test_cli_json(run, digits_dir, tmp_path):
         "size_ratio",
         "calibration_manifest",
         "method",
+        "gate",
     ):
         assert key in summary
     assert Path(summary["int8_model"]) == out and out.is_file()
@@ -277,6 +479,7 @@ def test_nncf_backend_writes_openvino_ir_with_metadata(run, digits_dir, tmp_path
         method="nncf-fast-bias-correction",
         num_calibration=12,
         max_drop=100,
+        min_agreement=0,
     )
     assert out.is_file() and out.with_suffix(".bin").is_file() and result.backend == "nncf"
     assert result.int8_bytes == out.stat().st_size + out.with_suffix(".bin").stat().st_size

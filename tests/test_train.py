@@ -68,13 +68,33 @@ def interrupted_run(digits_dir, tmp_path_factory):
         mp.setattr(train_module, "_save_last_state", crash_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             train(digits_dir, run, recipe=FROZEN, device="cpu")
-    after_first = load_file(str(run / "last.safetensors"))
+    after_first = {
+        **load_file(str(run / "last.safetensors")),
+        **load_file(str(run / "last.head.safetensors")),
+    }
+    crashed = {p.name: (p.stat().st_size, len(load_file(str(p)))) for p in run.glob("*.safetensors")}
     result = train(digits_dir, run, resume=True, device="cpu")
-    return result, run, after_first
+    return result, run, after_first, crashed
+
+
+def test_cached_feature_epochs_write_only_the_head_and_the_stage_end_joins_them(interrupted_run):
+    _, run, after_first, crashed = interrupted_run
+    full = len(after_first)
+    # killed in a cached-feature stage: the backbone was written once, each epoch wrote only the head
+    assert crashed["last.safetensors"][1] == full
+    assert crashed["last.head.safetensors"][1] == crashed["best.head.safetensors"][1] == 2  # weight, bias
+    assert crashed["last.head.safetensors"][0] * 100 < crashed["last.safetensors"][0]
+    assert "best.safetensors" not in crashed
+    # finished: full checkpoints again, no head files left; best's head is the best epoch's
+    assert sorted(p.name for p in run.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+    best = load_file(str(run / "best.safetensors"))
+    assert len(best) == full and len(load_file(str(run / "last.safetensors"))) == full
+    best_epoch = json.loads((run / "summary.json").read_text())["best_epoch"]
+    assert read_checkpoint_info(run / "best.safetensors").epoch == best_epoch
 
 
 def test_frozen_stage_keeps_backbone_bit_identical_and_trains_head(interrupted_run, pretrained):
-    _, run, after_first = interrupted_run
+    _, run, after_first, _ = interrupted_run
     final = load_file(str(run / "last.safetensors"))
     backbone = {k: v for k, v in final.items() if k.startswith("stages.")}
     # Parameters and BatchNorm running statistics alike.
@@ -83,7 +103,7 @@ def test_frozen_stage_keeps_backbone_bit_identical_and_trains_head(interrupted_r
 
 
 def test_resume_continues_after_the_saved_epoch(interrupted_run):
-    result, run, _ = interrupted_run
+    result, run, _, _ = interrupted_run
     history = json.loads((run / "metrics.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert result.epochs == 3

@@ -1,5 +1,7 @@
 """edgetl-runtime: run edgetl models and bundles on a device with numpy, pillow and onnxruntime."""
 
+from importlib.metadata import version
+
 from .bundle import extract_bundle, open_bundle, verify_bundle
 from .errors import BackendUnavailable, BundleError, EdgetlError, ImageError
 from .manifest import Manifest
@@ -7,7 +9,8 @@ from .modelinfo import ModelInfo, read_model_info
 from .predictor import Prediction, Predictor
 from .preprocess import PreprocessSpec, load_image, preprocess_batch, preprocess_image
 
-__version__ = "0.1.0"
+# The version lives in deploy/pyproject.toml only; the installed distribution carries it as metadata.
+__version__ = version("edgetl-runtime")
 
 __all__ = [
     "BackendUnavailable",

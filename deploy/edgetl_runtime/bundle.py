@@ -3,7 +3,9 @@
 Loading verifies every file against the manifest's sha256 and refuses anything else; extraction
 reads member data itself (never ``tarfile.extract``) and accepts only plain files with plain names
 that the manifest lists, so an archive cannot write outside its folder, plant links or devices, or
-smuggle in extra files. Nothing here unpickles.
+smuggle in extra files. Extraction is bounded: a member larger than the manifest says, or than the
+total cap, is refused from its tar header before a byte of it is written. A folder is held to the
+same rules (no extra files, no links). Nothing here unpickles.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import struct
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -24,12 +26,21 @@ from typing import BinaryIO
 from .errors import BundleError
 from .fileio import atomic_output, sha256_file
 from .manifest import MANIFEST, Manifest
+from .signing import SIGNATURE, TrustedKey, check_signature
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 # The gzip header `write_archive` emits: no name, mtime 0, max compression, OS unknown. Checked on
 # read because gzip's CRC does not cover the header, and a changed byte must never pass unnoticed.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
 _MEMBER_MODE = 0o644
+# Largest bundle (all files together) extraction writes; far above any edge model, far below a disk.
+MAX_BUNDLE_BYTES = 2 << 30
+# Archives list README.md and labels.txt before manifest.json (sorted names): those few small files are
+# all that is written before the manifest's sizes are known.
+_BEFORE_MANIFEST_BYTES = 16 << 20
+_SIGNATURE_BYTES = 4096
+# tar headers, end-of-archive blocks and record padding on top of the files' bytes
+_TAR_OVERHEAD = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class OpenBundle:
     source: Path
     root: Path
     manifest: Manifest
+    signer: str | None = None  # the trusted key id that verified the signature, when trust is configured
+    signed: bool = False
 
     def file(self, name: str) -> Path:
         return self.root / name
@@ -90,8 +103,22 @@ def verify_bundle(folder: str | os.PathLike) -> Manifest:
             f"{folder}: no such bundle folder (give a folder or a .tar.gz from `edgetl package`)"
         )
     manifest = read_manifest(folder)
+    check_no_extras(folder, manifest, folder)
     verify_files(folder, manifest, folder)
     return manifest
+
+
+def check_no_extras(root: Path, manifest: Manifest, source: str | os.PathLike) -> None:
+    """Only the manifest, its signature and the files it lists; no links, no folders, nothing else."""
+    allowed = {MANIFEST, SIGNATURE} | {entry.path for entry in manifest.all_files}
+    for path in sorted(root.iterdir()):
+        if path.is_symlink():
+            raise BundleError(f"{source}: {path.name} is a symbolic link; refusing the bundle")
+        if not path.is_file():
+            raise BundleError(f"{source}: {path.name} is not a regular file; refusing the bundle")
+    extra = sorted({p.name for p in root.iterdir()} - allowed)
+    if extra:
+        raise BundleError(f"{source}: files not in the manifest ({', '.join(extra)}); refusing the bundle")
 
 
 def write_archive(folder: str | os.PathLike, out: str | os.PathLike, mtime: int) -> Path:
@@ -130,8 +157,49 @@ def write_gzip(stream: BinaryIO, out: str | os.PathLike) -> Path:
     return Path(out)
 
 
-def _extract_members(archive: Path, dest: Path) -> None:
-    """Stream the archive's members into `dest`, refusing anything but plain, plainly named files."""
+class _BoundedReader:
+    """Decompressed bytes, at most `limit` of them: a gzip bomb costs neither disk nor unbounded time."""
+
+    def __init__(self, stream: BinaryIO, limit: int, archive: Path) -> None:
+        self.stream, self.left, self.archive = stream, limit, archive
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(self.left + 1 if size < 0 else min(size, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise BundleError(f"{self.archive}: expands beyond the size cap; refusing the bundle")
+        return data
+
+
+def _member_budget(
+    name: str, size: int, sizes: dict[str, int] | None, written: int, archive: Path, cap: int
+) -> None:
+    """Refuse a member from its header, before writing it: unlisted, not the manifest's size, or too big."""
+    if name == SIGNATURE:
+        if size > _SIGNATURE_BYTES:
+            raise BundleError(f"{archive}: {SIGNATURE} of {size} bytes is no signature; refusing the bundle")
+    elif sizes is not None:
+        if name not in sizes:
+            raise BundleError(f"{archive}: member {name!r} is not in the manifest; refusing the bundle")
+        if size != sizes[name]:
+            raise BundleError(
+                f"{archive}: member {name!r} is {size} bytes, the manifest says {sizes[name]}; refusing the bundle"
+            )
+    elif written + size > _BEFORE_MANIFEST_BYTES:
+        raise BundleError(
+            f"{archive}: {written + size} bytes before manifest.json (at most {_BEFORE_MANIFEST_BYTES}); "
+            "not a bundle written by `edgetl package`, refusing it"
+        )
+    if written + size > cap:
+        raise BundleError(
+            f"{archive}: member {name!r} ({size} bytes) takes the bundle past the cap of {cap} bytes; "
+            "refusing it before writing"
+        )
+
+
+def _extract_members(archive: Path, dest: Path, cap: int) -> None:
+    """Stream the archive's members into `dest`, refusing anything but plain, plainly named files,
+    and anything larger than the manifest or `cap` allows."""
     with open(archive, "rb") as raw:
         if raw.read(len(_GZIP_HEADER)) != _GZIP_HEADER:
             raise BundleError(
@@ -139,9 +207,11 @@ def _extract_members(archive: Path, dest: Path) -> None:
                 "refusing it"
             )
         raw.seek(0)
+        written, sizes = 0, None
         try:
             with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-                with tarfile.open(fileobj=gz, mode="r|") as tar:
+                bounded = _BoundedReader(gz, cap + _TAR_OVERHEAD, archive)
+                with tarfile.open(fileobj=bounded, mode="r|") as tar:
                     for member in tar:
                         _check_name(member.name, str(archive))
                         if not member.isreg():
@@ -154,28 +224,32 @@ def _extract_members(archive: Path, dest: Path) -> None:
                             raise BundleError(
                                 f"{archive}: member {member.name!r} appears twice; refusing the bundle"
                             )
+                        _member_budget(member.name, member.size, sizes, written, archive, cap)
                         with tar.extractfile(member) as src, open(target, "xb") as out:
                             shutil.copyfileobj(src, out)
+                        written += member.size
+                        if member.name == MANIFEST:
+                            listed = read_manifest(dest, archive).all_files
+                            sizes = {e.path: e.size for e in listed}
                 # tarfile stops at the end-of-archive marker; reading on makes gzip check its CRC
-                while gz.read(1 << 20):
+                while bounded.read(1 << 20):
                     pass
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise BundleError(f"{archive}: damaged archive ({type(e).__name__}: {e}); refusing it") from None
 
 
-def extract_to(archive: Path, dest: Path) -> Manifest:
+def extract_to(archive: Path, dest: Path, *, max_bytes: int = MAX_BUNDLE_BYTES) -> Manifest:
     """Extract into an existing empty folder and verify; the folder is left partial on failure."""
-    _extract_members(archive, dest)
+    _extract_members(archive, dest, max_bytes)
     manifest = read_manifest(dest, archive)
-    listed = {MANIFEST} | {entry.path for entry in manifest.all_files}
-    extra = sorted({p.name for p in dest.iterdir()} - listed)
-    if extra:
-        raise BundleError(f"{archive}: files not in the manifest ({', '.join(extra)}); refusing the bundle")
+    check_no_extras(dest, manifest, archive)
     verify_files(dest, manifest, archive)
     return manifest
 
 
-def extract_bundle(archive: str | os.PathLike, out: str | os.PathLike) -> Manifest:
+def extract_bundle(
+    archive: str | os.PathLike, out: str | os.PathLike, *, max_bytes: int = MAX_BUNDLE_BYTES
+) -> Manifest:
     """Unpack a bundle archive into the folder `out` (created; must not exist), verified, atomically."""
     archive, out = Path(archive), Path(out)
     if out.exists():
@@ -183,7 +257,7 @@ def extract_bundle(archive: str | os.PathLike, out: str | os.PathLike) -> Manife
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        manifest = extract_to(archive, staging)
+        manifest = extract_to(archive, staging, max_bytes=max_bytes)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -191,18 +265,32 @@ def extract_bundle(archive: str | os.PathLike, out: str | os.PathLike) -> Manife
 
 
 @contextlib.contextmanager
-def open_bundle(path: str | os.PathLike) -> Iterator[OpenBundle]:
-    """Verify a bundle folder or archive and yield it; an archive lives in a temp folder meanwhile."""
+def open_bundle(
+    path: str | os.PathLike,
+    *,
+    trusted: Sequence[TrustedKey] = (),
+    max_bytes: int = MAX_BUNDLE_BYTES,
+) -> Iterator[OpenBundle]:
+    """Verify a bundle folder or archive and yield it; an archive lives in a temp folder meanwhile.
+
+    With `trusted` keys, the manifest must carry a signature by one of them (see signing.py).
+    """
     path = Path(path)
     if not path.exists():
         raise BundleError(f"{path}: no such bundle; build one with `edgetl package RUN --out {path}`")
     if path.is_dir():
-        yield OpenBundle(path, path, verify_bundle(path))
+        yield _checked(path, path, verify_bundle(path), trusted)
         return
     if not is_archive(path):
         raise BundleError(f"{path}: a bundle is a folder or a .tar.gz written by `edgetl package`")
     with tempfile.TemporaryDirectory(prefix="edgetl-bundle-") as tmp:
-        yield OpenBundle(path, Path(tmp), extract_to(path, Path(tmp)))
+        manifest = extract_to(path, Path(tmp), max_bytes=max_bytes)
+        yield _checked(path, Path(tmp), manifest, trusted)
+
+
+def _checked(source: Path, root: Path, manifest: Manifest, trusted: Sequence[TrustedKey]) -> OpenBundle:
+    signer = check_signature(root, str(source), trusted)
+    return OpenBundle(source, root, manifest, signer=signer, signed=(root / SIGNATURE).is_file())
 
 
 def bundle_sha256(path: str | os.PathLike) -> str:

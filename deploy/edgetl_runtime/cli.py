@@ -1,32 +1,63 @@
 """`edgetl-run`: classify images, describe and time a bundle on the device (argparse: no extra deps).
 
-Exit codes: 0 success; 1 nothing could run (bundle refused, backend unavailable, no images);
-2 bad usage; 3 some inputs were unreadable (the others were classified and printed).
-With --json, stdout holds exactly one JSON object, also on failure ({"error": ...}).
+Exit codes (errors.py, shared with `edgetl`): 0 success; 1 nothing could run (bundle refused, backend
+unavailable, no images); 2 bad usage; 3 some inputs were unreadable (the others were classified and
+printed); 70 an internal error (a bug). With --json, stdout holds exactly one JSON object, also on
+failure: {"error": {"message", "option", "path", "kind"}}.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import EdgetlError
-from .fileio import print_json
+from .errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, EdgetlError
+from .fileio import print_json, report_crash, report_error
 from .modelinfo import Precision
 
-EXIT_ERROR, EXIT_USAGE, EXIT_SOME_INPUTS_FAILED = 1, 2, 3
+EXIT_SOME_INPUTS_FAILED = EXIT_PARTIAL
 
-EPILOG = """\
+EPILOG = (
+    """\
 examples:
   edgetl-run predict bundle.tar.gz photo.jpg images/ --top-k 3
   edgetl-run predict bundle/ images/ --json
   edgetl-run info bundle.tar.gz
   edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
+  edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
+  edgetl-run predict model.onnx photo.jpg       # a single model file with edgetl metadata
 
-exit codes: 0 ok, 1 error (nothing ran), 2 usage, 3 some inputs unreadable (rest classified)
+trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
 """
+    + EXIT_CODES_HELP
+    + "\n"
+)
+
+
+class _UsageError(EdgetlError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that lets main() report usage errors in the shared shape instead of exiting itself."""
+
+    def error(self, message: str):
+        named = re.search(r"argument (--[a-z0-9-]+)", message)
+        raise _UsageError(f"{self.prog}: {message}", option=named.group(1) if named else None)
+
+
+def _load_options(args: argparse.Namespace) -> dict:
+    """Trust and size limits shared by every command that opens a bundle."""
+    from .preprocess import set_max_pixels
+    from .signing import trusted_keys_from
+
+    if getattr(args, "max_pixels", None) is not None:
+        set_max_pixels(args.max_pixels)
+    return {"trusted": trusted_keys_from(args.trust), "max_bytes": args.max_bundle_mb << 20}
 
 
 def _expand(inputs: Sequence[str]) -> list[Path]:
@@ -46,15 +77,37 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
     return paths
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _is_model_file(path: Path) -> bool:
+    """A single .onnx file with edgetl metadata stands in for a bundle (no manifest to verify)."""
+    return path.suffix == ".onnx" and path.is_file()
+
+
+def _load(args: argparse.Namespace):
     from .predictor import Predictor
 
+    options = _load_options(args)
+    if not _is_model_file(args.bundle):
+        return Predictor.from_bundle(
+            args.bundle, backend=args.backend, precision=args.precision, threads=args.threads, **options
+        )
+    if options["trusted"]:
+        raise EdgetlError(
+            f"{args.bundle}: a single model file carries no signature, and a trusted key is configured; "
+            "give a signed bundle (edgetl package --sign)"
+        )
+    predictor = Predictor.from_model(args.bundle, backend=args.backend, threads=args.threads)
+    if args.precision not in ("auto", predictor.precision):
+        raise EdgetlError(
+            f"--precision {args.precision}: {args.bundle} is a {predictor.precision} model; drop --precision"
+        )
+    return predictor
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
     paths = _expand(args.images)
     if not paths:
         raise EdgetlError("no images to classify: give image files or folders that contain images")
-    predictor = Predictor.from_bundle(
-        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
-    )
+    predictor = _load(args)
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
@@ -81,18 +134,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_file_info(args: argparse.Namespace) -> int:
+    from .backends import BACKENDS
+    from .modelinfo import read_model_info
+
+    info = read_model_info(args.bundle)
+    backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
+    if args.json:
+        meta = {k.removeprefix("edgetl."): v for k, v in info.to_metadata().items()}
+        meta.update(
+            labels=list(info.labels), preprocess=info.preprocess.to_dict(), quantization=info.quantization
+        )
+        print_json({"model": str(args.bundle), "verified": False, "info": meta, "backends": backends})
+        return 0
+    p = info.preprocess
+    print(f"model       {args.bundle} ({info.precision}; a single file: no manifest, no sha256 check)")
+    print(f"name        {info.backbone}")
+    print(f"labels      {len(info.labels)}: {', '.join(info.labels)}")
+    print(
+        f"preprocess  resize {p.resize} {p.interpolation.value}, crop {p.crop}, mean {list(p.mean)}, "
+        f"std {list(p.std)}, {p.layout}"
+    )
+    print(f"tensors     {info.input_name} -> {info.output_name}")
+    for name, state in backends.items():
+        print(f"backend     {name}: {state}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .bundle import open_bundle
 
-    with open_bundle(args.bundle) as bundle:
+    if _is_model_file(args.bundle):
+        return _model_file_info(args)
+    with open_bundle(args.bundle, **_load_options(args)) as bundle:
         manifest = bundle.manifest
+    if bundle.signer:
+        signature = f"signed by trusted key {bundle.signer}"
+    else:
+        signature = "signed (no trusted key configured to check it)" if bundle.signed else "unsigned"
     backends = {name: b.check() or "available" for name, b in BACKENDS.items()}
     if args.json:
         print_json(
             {
                 "bundle": str(args.bundle),
                 "verified": True,
+                "signed": bundle.signed,
+                "signer": bundle.signer,
                 "manifest": manifest.to_dict(),
                 "backends": backends,
             }
@@ -100,6 +188,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     p = manifest.preprocess
     print(f"bundle      {args.bundle} (verified: every file matches its sha256)")
+    print(f"signature   {signature}")
     print(f"name        {manifest.name}  (created {manifest.created})")
     print(f"labels      {len(manifest.labels)}: {', '.join(manifest.labels)}")
     print(
@@ -122,12 +211,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .predictor import Predictor
     from .timing import measure_latency, peak_rss_mb
 
-    predictor = Predictor.from_bundle(
-        args.bundle, backend=args.backend, precision=args.precision, threads=args.threads
-    )
+    predictor = _load(args)
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
     shape = predictor.preprocess.input_shape(batch)
@@ -159,7 +245,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bundle", type=Path, help="bundle folder or .tar.gz from `edgetl package`")
+    p.add_argument(
+        "bundle",
+        type=Path,
+        help="bundle folder or .tar.gz from `edgetl package`, or an .onnx with edgetl metadata",
+    )
     p.add_argument(
         "--backend", default="auto", help="inference backend (default: auto), e.g. onnxruntime-cpu"
     )
@@ -170,11 +260,27 @@ def _model_options(p: argparse.ArgumentParser) -> None:
         help="model file to use",
     )
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
+    _bundle_options(p)
+
+
+def _bundle_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--trust",
+        action="append",
+        metavar="KEY.pub",
+        help="public key(s) a bundle must be signed with (else EDGETL_TRUSTED_KEYS; none: signatures unchecked)",
+    )
+    p.add_argument(
+        "--max-bundle-mb",
+        type=int,
+        default=2048,
+        help="largest bundle an archive may unpack to, in MiB (default 2048)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgetl-run",
         description="Run an edgetl deploy bundle on this device (no PyTorch needed).",
         epilog=EPILOG,
@@ -190,11 +296,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files and/or folders")
     predict.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=None, help="images per model call (default 8)")
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image (width x height) to decode; larger ones are per-file errors (default 89478485)",
+    )
     predict.set_defaults(run=cmd_predict)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
-    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz")
-    info.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz, or an .onnx with edgetl metadata")
+    _bundle_options(info)
     info.set_defaults(run=cmd_info)
 
     bench = sub.add_parser("bench", help="time the model here (the method of `edgetl benchmark`)")
@@ -208,23 +320,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    for option in ("top_k", "batch_size", "threads", "min_runs"):
-        value = getattr(args, option, None)
-        if value is not None and value < 1:
-            parser.error(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-    for option in ("warmup_s", "min_s"):
-        value = getattr(args, option, None)
-        if value is not None and value < 0:
-            parser.error(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    # an over-limit image is reported as a per-file error; Pillow's warning about it is noise here
+    from PIL import Image
+
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+        args = build_parser().parse_args(argv)
+        for option in ("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"):
+            value = getattr(args, option, None)
+            if value is not None and value < 1:
+                raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        for option in ("warmup_s", "min_s"):
+            value = getattr(args, option, None)
+            if value is not None and value < 0:
+                raise _UsageError(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+    except _UsageError as e:
+        report_error(e, as_json=as_json, kind="usage")
+        raise SystemExit(EXIT_USAGE) from None
     try:
         return args.run(args)
     except EdgetlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        if args.json:
-            print_json({"error": str(e)})
+        report_error(e, as_json=args.json)
         return EXIT_ERROR
+    except Exception as e:  # anything else is a bug: say so in one line, with its own exit code
+        return report_crash(e, as_json=args.json, tool="edgetl-run")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import EdgetlError
+from .errors import EXIT_CRASH, EdgetlError, describe_error
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -108,3 +108,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def report_error(
+    error: BaseException, *, as_json: bool, kind: str = "error", message: str | None = None
+) -> None:
+    """One line on stderr and, with --json, {"error": {...}} as the one object on stdout.
+
+    kind is "error" (handled), "usage" or "crash" (an unexpected exception: a bug).
+    """
+    fields = describe_error(error)
+    if message is not None:
+        fields["message"] = message
+    print(f"error: {fields['message']}", file=sys.stderr)
+    if as_json:
+        print_json({"error": {**fields, "kind": kind}})
+
+
+def report_crash(error: BaseException, *, as_json: bool, tool: str) -> int:
+    """An exception nobody anticipated: one line naming it as a bug (traceback with EDGETL_DEBUG=1)."""
+    if os.environ.get("EDGETL_DEBUG"):
+        import traceback
+
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    first = (str(error).splitlines() or [""])[0]
+    report_error(
+        error,
+        as_json=as_json,
+        kind="crash",
+        message=f"internal error in {tool} ({type(error).__name__}: {first}); this is a bug, please "
+        "report it (EDGETL_DEBUG=1 shows the traceback)",
+    )
+    return EXIT_CRASH

@@ -12,9 +12,16 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import BundleError
-from .preprocess import PreprocessSpec
+from .preprocess import PreprocessSpec, SpecError
 
 PREFIX = "edgetl."
+
+
+class MetadataMissing(BundleError):
+    """A model without edgetl metadata (made elsewhere); malformed metadata is a plain BundleError.
+
+    Callers that fall back to defaults for foreign models catch this one only, never a malformed value.
+    """
 
 
 class Precision(str, Enum):
@@ -60,21 +67,45 @@ class ModelInfo:
         values = {k[len(PREFIX) :]: v for k, v in meta.items() if k.startswith(PREFIX)}
         missing = {"labels", "preprocess", "backbone"} - values.keys()
         if missing:
-            raise BundleError(
+            raise MetadataMissing(
                 f"{source}: no edgetl metadata ({', '.join(sorted(missing))} missing); "
                 "export the model with `edgetl export` so it carries its labels and preprocessing"
             )
+        bad = f"{source}: metadata {PREFIX}"
+        fix = "re-export the model with `edgetl export`"
+        labels = _json_value(values["labels"], f"{bad}labels", fix)
+        if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
+            raise BundleError(f"{bad}labels must be a JSON list of non-empty strings; {fix}")
+        try:
+            spec = PreprocessSpec.from_dict(_json_value(values["preprocess"], f"{bad}preprocess", fix))
+        except SpecError as e:
+            raise BundleError(f"{bad}preprocess: {e}; {fix}") from None
+        quantization = _json_value(values.get("quantization") or "{}", f"{bad}quantization", fix)
+        if not isinstance(quantization, dict):
+            raise BundleError(f"{bad}quantization must be a JSON object; {fix}")
+        precision = values.get("precision", "fp32")
+        if precision not in {p.value for p in Precision}:
+            raise BundleError(
+                f"{bad}precision must be one of {', '.join(p.value for p in Precision)}, got {precision!r}; {fix}"
+            )
         return cls(
-            labels=tuple(json.loads(values["labels"])),
-            preprocess=PreprocessSpec.from_json(values["preprocess"]),
+            labels=tuple(labels),
+            preprocess=spec,
             backbone=values["backbone"],
             input_name=values.get("input_name", "input"),
             output_name=values.get("output_name", "logits"),
-            precision=values.get("precision", "fp32"),
+            precision=precision,
             edgetl_version=values.get("edgetl_version", ""),
             source_sha256=values.get("source_sha256", ""),
-            quantization=json.loads(values.get("quantization") or "{}"),
+            quantization=quantization,
         )
+
+
+def _json_value(text: str, where: str, fix: str):
+    try:
+        return json.loads(text)
+    except (TypeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{where} is not valid JSON ({e}); {fix}") from None
 
 
 def read_model_info(path: str | Path) -> ModelInfo:

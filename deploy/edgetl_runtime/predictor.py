@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image
 
 from .backends import Session, load_session, resolve_backend
-from .bundle import open_bundle
-from .errors import ImageError
+from .bundle import MAX_BUNDLE_BYTES, open_bundle
+from .errors import BundleError, ImageError
 from .manifest import Manifest
 from .modelinfo import read_model_info
 from .preprocess import ImageInput, PreprocessSpec, preprocess_image
+from .signing import TrustedKey
 
 DEFAULT_BATCH = 8
 
@@ -86,6 +87,7 @@ class Predictor:
         model: str = "",
         precision: str = "",
         manifest: Manifest | None = None,
+        signer: str | None = None,
     ) -> None:
         self.session = session
         self.labels = tuple(labels)
@@ -94,6 +96,23 @@ class Predictor:
         self.model = model
         self.precision = precision
         self.manifest = manifest
+        self.signer = signer
+        self._probe()
+
+    def _probe(self) -> None:
+        """One run on zeros at load, so labels that do not fit the model fail here, in one line."""
+        try:
+            out = self.session.run(np.zeros(self.preprocess.input_shape(self.fixed_batch or 1), np.float32))
+        except Exception:  # e.g. a fixed batch this spec does not know: the real run checks it instead
+            return
+        self._check_outputs(out)
+
+    def _check_outputs(self, out: np.ndarray) -> None:
+        if out.ndim != 2 or out.shape[-1] != len(self.labels):
+            raise BundleError(
+                f"{self.model}: the model has {out.shape[-1] if out.ndim else 0} outputs but "
+                f"{len(self.labels)} labels; the labels do not belong to this model, rebuild the bundle"
+            )
 
     @property
     def backend(self) -> str:
@@ -106,14 +125,20 @@ class Predictor:
         backend: str = "auto",
         precision: str = "auto",
         threads: int | None = None,
+        *,
+        trusted: Sequence[TrustedKey] = (),
+        max_bytes: int = MAX_BUNDLE_BYTES,
     ) -> Predictor:
         """Verify a bundle (folder or .tar.gz) and load its model for `backend`.
+
+        With `trusted` public keys (signing.trusted_keys_from), an unsigned bundle or one signed by
+        another key is refused. An archive may unpack to at most `max_bytes`.
 
         precision "auto" takes the first model of the bundle meant for the chosen backend (INT8 on
         CPU when the bundle has it, FP32 on a GPU).
         """
         chosen = resolve_backend(backend)
-        with open_bundle(path) as bundle:
+        with open_bundle(path, trusted=trusted, max_bytes=max_bytes) as bundle:
             manifest = bundle.manifest
             entry = manifest.select_model(precision, chosen.name)
             session = load_session(bundle.file(entry.path), chosen.name, threads)
@@ -125,6 +150,7 @@ class Predictor:
             model=entry.path,
             precision=entry.precision.value,
             manifest=manifest,
+            signer=bundle.signer,
         )
 
     @classmethod
@@ -139,7 +165,9 @@ class Predictor:
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a preprocessed batch, split to the model's fixed batch size if it has one."""
         step = self.fixed_batch or len(batch)
-        return np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        out = np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        self._check_outputs(out)
+        return out
 
     def predict(
         self,

@@ -8,15 +8,16 @@ resize the shorter side to ``resize``, centre-crop ``crop``), so numbers match t
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import EdgetlError, ImageError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -38,6 +39,38 @@ _PIL_FILTERS = {
 }
 
 
+class SpecError(EdgetlError, ValueError):
+    """A preprocessing spec (recipe, checkpoint, model metadata, manifest) has a malformed value.
+
+    `key` is the field at fault ("" for the spec as a whole), so callers can name it in their terms.
+    """
+
+    def __init__(self, message: str, *, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _integer(key: str, value) -> int:
+    # bool is an int in Python; `crop = true` is a mistake, never 1
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"preprocess '{key}' must be an integer, got {value!r}", key=key)
+    return value
+
+
+def _triple(key: str, value) -> tuple[float, float, float]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 3
+    ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or not all(math.isfinite(v) for v in value):
+        raise SpecError(f"preprocess '{key}' must be a list of 3 numbers (R, G, B), got {value!r}", key=key)
+    return tuple(float(v) for v in value)
+
+
+def _one_of(key: str, value, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise SpecError(f"preprocess '{key}' must be one of {', '.join(choices)}, got {value!r}", key=key)
+    return value
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How a model wants its input: resize shorter side, centre crop, scale to [0, 1], normalise.
@@ -54,15 +87,23 @@ class PreprocessSpec:
     channels: str = "RGB"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "interpolation", Interpolation(self.interpolation))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        if self.crop <= 0 or self.resize < self.crop:
-            raise ValueError(
-                f"preprocessing needs 0 < crop <= resize, got crop={self.crop} resize={self.resize}"
+        interpolation = _one_of(
+            "interpolation",
+            getattr(self.interpolation, "value", self.interpolation),
+            [i.value for i in Interpolation],
+        )
+        object.__setattr__(self, "interpolation", Interpolation(interpolation))
+        object.__setattr__(self, "mean", _triple("mean", self.mean))
+        object.__setattr__(self, "std", _triple("std", self.std))
+        if any(v <= 0 for v in self.std):
+            raise SpecError(f"preprocess 'std' must be 3 numbers > 0, got {list(self.std)!r}", key="std")
+        crop, resize = _integer("crop", self.crop), _integer("resize", self.resize)
+        if crop <= 0 or resize < crop:
+            raise SpecError(
+                f"preprocess needs 0 < 'crop' <= 'resize', got crop={crop} resize={resize}", key="crop"
             )
-        if self.layout not in ("NCHW", "NHWC"):
-            raise ValueError(f"layout must be NCHW or NHWC, got {self.layout!r}")
+        _one_of("layout", self.layout, ("NCHW", "NHWC"))
+        _one_of("channels", self.channels, ("RGB",))
 
     @property
     def crop_pct(self) -> float:
@@ -88,21 +129,99 @@ class PreprocessSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        """Strict: a non-table, a missing or unknown key, or a wrong type raises SpecError naming it."""
+        if not isinstance(d, dict):
+            raise SpecError(f"preprocess must be a table of {', '.join(cls.__dataclass_fields__)}, got {d!r}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SpecError(f"preprocess has unknown key(s) {', '.join(map(str, unknown))}")
+        missing = sorted(set(cls.__dataclass_fields__) - set(d))
+        if missing:
+            raise SpecError(f"preprocess lacks key(s) {', '.join(missing)}")
+        return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> PreprocessSpec:
-        return cls.from_dict(json.loads(text))
+        try:
+            d = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise SpecError(f"preprocess is not valid JSON ({e})") from None
+        return cls.from_dict(d)
 
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
 
+# Pillow's own decompression-bomb limit (89.5 Mpx) is the default; set_max_pixels raises or lowers it.
+DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+_SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def set_max_pixels(limit: int) -> None:
+    """Largest image (width x height) any decode in this process accepts; larger ones are unreadable.
+
+    One process-wide value because Pillow checks its own global while opening a file.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise EdgetlError(f"--max-pixels must be an integer >= 1, got {limit!r}")
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit greyscale is scaled (Pillow's convert would clip it to white)."""
+    if image.mode in _SIXTEEN_BIT:
+        wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _over_limit(path: Path, size: str) -> str:
+    return (
+        f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); "
+        "raise it with --max-pixels if the image is genuine"
+    )
+
+
+def _check_size(image: Image.Image, path: Path) -> None:
+    w, h = image.size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise ImageError(_over_limit(path, f"{w}x{h} = {w * h} pixels, "))
+
+
+def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Image:
+    """The one decoder of image files: size limit, EXIF orientation, 16-bit scaling, RGB.
+
+    `short_side` lets a JPEG decode at reduced size (DCT-domain draft, several times faster on
+    full-size photos) when only that many pixels on the shorter side are needed.
+    Raises ImageError naming the file for anything unreadable.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            _check_size(im, path)
+            if short_side is not None:
+                w, h = im.size
+                scale = short_side / min(w, h)
+                if scale < 1:
+                    im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return _to_rgb(im)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder, not an image") from None
+    except Image.DecompressionBombError:
+        raise ImageError(_over_limit(path, "")) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
 def load_image(source: ImageInput) -> Image.Image:
     """Open any supported input as an RGB PIL image; raise ImageError naming the file otherwise."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return _to_rgb(ImageOps.exif_transpose(source))
     if isinstance(source, np.ndarray):
         arr = source
         if arr.ndim == 2:
@@ -112,15 +231,7 @@ def load_image(source: ImageInput) -> Image.Image:
         if arr.dtype != np.uint8:
             raise ImageError(f"array input must be uint8 (0-255), got {arr.dtype}")
         return Image.fromarray(arr).convert("RGB")
-    path = Path(source)
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+    return decode_image(source)
 
 
 def resize_crop(image: Image.Image, spec: PreprocessSpec) -> Image.Image:

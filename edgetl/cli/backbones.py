@@ -12,6 +12,10 @@ from edgetl.cli.common import handle_errors, json_option
 def backbones(pattern: str, as_json: bool) -> None:
     """List the registered backbones (any timm model name also works with --backbone).
 
+    MACs are per image at the backbone's input size (counted from its ONNX graph); latency is
+    relative to efficientnet_lite0 (FP32 ONNX, onnxruntime CPU, batch 1) on the machine and date
+    given in the JSON's `latency_measured`; top-1 is the published ImageNet figure.
+
     \b
     edgetl backbones
     edgetl backbones 'mobilenet*' --json
@@ -21,27 +25,48 @@ def backbones(pattern: str, as_json: bool) -> None:
     from edgetl import backbones as bb
     from edgetl.console import out, print_json
 
-    rows = [
-        {
-            "name": s.name,
-            "source": s.source.value,
-            "arch": s.arch,
-            "parameters": bb.count_parameters(s.name),
-            "input_size": s.preprocess.crop,
-            "offline_weights": s.offline,
-        }
-        for s in bb.list_backbones(pattern)
-    ]
+    measured = bb.zoo_measurements()
+    latency = measured.get("latency", {})
+    rows = []
+    for s in bb.list_backbones(pattern):
+        top1, source = bb.published_top1(s)
+        rows.append(
+            {
+                "name": s.name,
+                "source": s.source.value,
+                "arch": s.arch,
+                "parameters": bb.count_parameters(s.name),
+                "input_size": s.preprocess.crop,
+                "macs": measured.get("macs", {}).get(s.name),
+                "published_top1": top1,
+                "published_top1_source": source,
+                "offline_weights": s.offline,
+                "install": bb.install_hint(s),
+                "latency_vs_lite0": latency.get("relative", {}).get(s.name),
+            }
+        )
+    when = (
+        {k: latency.get(k) for k in ("machine", "measured", "backend", "batch", "method", "note")}
+        if latency
+        else None
+    )
     if as_json:
-        print_json({"backbones": rows, "default": bb.DEFAULT_BACKBONE})
+        print_json({"backbones": rows, "default": bb.DEFAULT_BACKBONE, "latency_measured": when})
         return
-    table = Table("name", "source", "params (M)", "input", "weights offline")
+    table = Table("name", "source", "params (M)", "input", "GMACs", "top-1 %", "latency", "weights offline")
     for r in rows:
         table.add_row(
             r["name"],
             r["source"],
             f"{r['parameters'] / 1e6:.2f}",
             str(r["input_size"]),
-            "yes" if r["offline_weights"] else "download",
+            f"{r['macs'] / 1e9:.2f}" if r["macs"] else "-",
+            f"{r['published_top1']:.1f}" if r["published_top1"] else "-",
+            f"{r['latency_vs_lite0']:.2f}x" if r["latency_vs_lite0"] else "not measured",
+            "yes" if r["offline_weights"] else r["install"] if r["source"] == "embedded" else "download",
         )
     out.print(table)
+    if when:
+        out.print(
+            f"latency: x efficientnet_lite0, {when['backend']} batch {when['batch']}, {when['machine']}, {when['measured']}"
+        )

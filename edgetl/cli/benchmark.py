@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import check_writable
@@ -30,11 +31,19 @@ def _ms(value: float | None) -> str:
 @click.option("--backend", "backends", multiple=True, help="Backend to measure (repeatable; default: all).")
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", type=int, help="CPU threads per backend (default: each library's own default).")
-@click.option("--warmup-s", type=float, default=2.0, show_default=True, help="Warm-up time per row.")
-@click.option("--min-s", type=float, default=5.0, show_default=True, help="Minimum timed seconds per row.")
-@click.option("--min-runs", type=int, default=50, show_default=True, help="Minimum timed calls per row.")
+@click.option("--warmup-s", type=float, default=opt.WARMUP_S, show_default=True, help="Warm-up time per row.")
 @click.option(
-    "--rounds", type=int, default=5, show_default=True, help="Interleaved rounds the time is split into."
+    "--min-s", type=float, default=opt.MIN_S, show_default=True, help="Minimum timed seconds per row."
+)
+@click.option(
+    "--min-runs", type=int, default=opt.MIN_RUNS, show_default=True, help="Minimum timed calls per row."
+)
+@click.option(
+    "--rounds",
+    type=int,
+    default=opt.ROUNDS,
+    show_default=True,
+    help="Interleaved rounds the time is split into.",
 )
 @click.option("--images", type=click.Path(path_type=Path), help="Folder of images for the input pool.")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint for the pytorch baseline.")
@@ -65,8 +74,8 @@ def benchmark(
     edgetl benchmark model.onnx model.int8.onnx --backend onnxruntime-cpu --threads 2
     edgetl benchmark runs/a --batch 1,8 --plot latency.png --json
     """
+    from edgetl.bench_report import plot_report
     from edgetl.benchmark import benchmark as run_benchmark
-    from edgetl.benchmark import plot_report
     from edgetl.console import log, print_json
 
     if len(models) > 1 and any(m.is_dir() for m in models):

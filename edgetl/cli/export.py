@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -16,15 +17,22 @@ from edgetl.cli.common import handle_errors, json_option
     type=click.Path(path_type=Path),
     help="ONNX file to write [default: RUN/model.onnx, or BACKBONE.onnx].",
 )
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option(
+    "--opset", type=int, default=opt.DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer)."
+)
+@click.option(
+    "--precision",
+    type=click.Choice(opt.choices(opt.EXPORT_PRECISIONS)),
+    default=opt.EXPORT_PRECISIONS[0].value,
+    show_default=True,
+)
 @click.option("--optimize", is_flag=True, help="Clean up the graph (onnxruntime basic offline optimiser).")
 @click.option(
     "--format",
     "formats",
-    type=click.Choice(["onnx", "openvino"]),
+    type=click.Choice(opt.choices(opt.ExportFormat)),
     multiple=True,
-    default=("onnx",),
+    default=(opt.ExportFormat.ONNX.value,),
     show_default=True,
     help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file.",
 )
@@ -33,9 +41,17 @@ from edgetl.cli.common import handle_errors, json_option
     type=click.Path(path_type=Path),
     help="Images for the parity check of a bare backbone [default: run's validation split, else sample photos].",
 )
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Max |logit diff| allowed.")
-@click.option("--batch", type=int, default=16, show_default=True, help="Batch size of the parity check.")
-@click.option("--max-check-images", type=int, default=256, show_default=True)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=opt.DEFAULT_TOLERANCE,
+    show_default=True,
+    help="Max |logit diff| allowed.",
+)
+@click.option(
+    "--batch", type=int, default=opt.CHECK_BATCH, show_default=True, help="Batch size of the parity check."
+)
+@click.option("--max-check-images", type=int, default=opt.MAX_CHECK_IMAGES, show_default=True)
 @json_option
 @handle_errors
 def export(

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
 @click.command()
-@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--out",
     "out_path",
@@ -18,15 +19,33 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--precision",
-    type=click.Choice(["int8", "fp32", "both"]),
+    type=click.Choice(opt.choices(opt.PackagePrecision)),
     default=None,
     help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
 )
 @click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
+@click.option(
+    "--sign",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sign the manifest with this ed25519 private key (from `edgetl keygen`).",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace an existing bundle at --out (nothing else is replaced)."
+)
 @json_option
 @handle_errors
-def package(run: Path, out_path: Path, precision: str | None, name: str | None, as_json: bool) -> None:
-    """Bundle a run for a device: model(s), manifest.json, labels.txt, README.
+def package(
+    sources: tuple[Path, ...],
+    out_path: Path,
+    precision: str | None,
+    name: str | None,
+    sign: Path | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Bundle a run (or model files with edgetl metadata) for a device: model(s), manifest.json,
+    labels.txt, README.
 
     The device runs it with `edgetl-run` (pip install edgetl-runtime; no PyTorch).
     Set SOURCE_DATE_EPOCH to pin the creation time; otherwise it is the newest input's mtime.
@@ -34,11 +53,22 @@ def package(run: Path, out_path: Path, precision: str | None, name: str | None, 
     \b
     edgetl package runs/a --out runs/a/bundle.tar.gz
     edgetl package runs/a --out deploy/ --precision fp32 --json
+    edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
     from edgetl.console import out, print_json
-    from edgetl.package import build_bundle
+    from edgetl.errors import EdgetlError
+    from edgetl.package import build_bundle, build_bundle_from_models
 
-    bundle = build_bundle(run, out_path, precision=precision, name=name)
+    if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix != ".onnx"):
+        bundle = build_bundle(
+            sources[0], out_path, precision=precision, name=name, sign=sign, overwrite=overwrite
+        )
+    elif any(s.is_dir() for s in sources):
+        raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
+    elif precision is not None:
+        raise EdgetlError("--precision picks models of a run folder; with model files, give the ones to ship")
+    else:
+        bundle = build_bundle_from_models(list(sources), out_path, name=name, sign=sign, overwrite=overwrite)
     if as_json:
         print_json(bundle.to_dict())
         return

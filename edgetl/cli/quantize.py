@@ -28,10 +28,19 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--max-drop",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.5,
     show_default=True,
-    help="Most top-1 points the INT8 model may lose.",
+    help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
+    "a warning when the gate images cannot tell.",
+)
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
+    "a warning when the images cannot tell.",
 )
 @click.option(
     "--method",
@@ -50,6 +59,11 @@ from edgetl.cli.common import handle_errors, json_option
     "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
 )
 @click.option("--manifest", type=click.Path(path_type=Path), help="Where to write the calibration manifest.")
+@click.option(
+    "--qat",
+    is_flag=True,
+    help="Run quantization-aware fine-tuning of the RUN's model directly (the ladder's last rung).",
+)
 @json_option
 @handle_errors
 def quantize(
@@ -58,15 +72,24 @@ def quantize(
     out: Path | None,
     eval_dir: Path | None,
     max_drop: float,
+    min_agreement: float,
     method: str,
     backend: str,
     num_calibration: int,
     seed: int,
     allow_drop: bool,
     manifest: Path | None,
+    qat: bool,
     as_json: bool,
 ) -> None:
-    """INT8 post-training quantization of MODEL.onnx or a RUN folder, behind an accuracy gate.
+    """INT8 quantization of MODEL.onnx or a RUN folder, behind an accuracy gate.
+
+    The gate measures on images that did not calibrate the model (--eval, a run's val split, or else
+    a seeded third of the --calibration images held out, agreement only) and reports the top-1 drop
+    with its 95% interval: it refuses when the interval lies above --max-drop (or the agreement's
+    below --min-agreement), passes with a warning when the images cannot tell, and passes otherwise.
+    When refused it climbs a ladder, stopping at the first rung that is not: calibration methods,
+    sensitive nodes kept in float, NNCF PTQ, NNCF accuracy control (labels), QAT (a run).
 
     \b
     edgetl quantize runs/a                              # train split calibrates, val split gates
@@ -83,12 +106,14 @@ def quantize(
         calibration=calibration,
         eval_dir=eval_dir,
         max_drop=max_drop,
+        min_agreement=min_agreement,
         method=method,
         num_calibration=num_calibration,
         seed=seed,
         allow_drop=allow_drop,
         backend=backend,
         manifest=manifest,
+        qat=qat,
     )
     if as_json:
         print_json(result.to_dict())
@@ -100,8 +125,13 @@ def quantize(
     console.print(
         f"INT8 model: {result.int8_model} ({result.method}, {result.size_ratio:.2f}x the FP32 size)"
     )
+    gate = result.gate
     console.print(
         f"top-1 FP32 {pct(result.fp32_accuracy)} -> INT8 {pct(result.int8_accuracy)}, "
-        f"agreement {pct(result.agreement)}, {len(result.attempts)} attempt(s)"
+        f"agreement {pct(result.agreement)}, {len(result.attempts)} attempt(s), rung {result.rung}"
+    )
+    console.print(
+        f"gate ({gate['metric']}, {gate['images']} images, {gate['calibration_images']} calibrated): "
+        f"{gate['verdict']}: {gate['reason']}"
     )
     console.print(f"calibration manifest: {result.calibration_manifest}")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -86,14 +87,23 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Validation share when DATA has no val/.",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value, show_default=True
+)
 @click.option(
     "--devices",
     default=None,
     help="Train in N processes (torchrun, one per GPU with --device cuda) or on GPU ids 0,1,...",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors.")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors (same --data)."
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the run in --out: its checkpoints, models and records are removed first.",
+)
 @json_option
 @handle_errors
 def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) -> None:
@@ -104,6 +114,7 @@ def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) 
     edgetl train --data DATA --out runs/a --backbone mobilenet_v3_large --weights mnv3l.pth
     edgetl train --data DATA --out runs/a --frozen-epochs 20 --epochs 3 --unfreeze 3 --no-hflip
     edgetl train --data DATA --out runs/a --resume
+    edgetl train --data DATA --out runs/a --overwrite --seed 1
     edgetl train --data DATA --out runs/a --devices 2            # torchrun, 2 processes
     torchrun --nproc-per-node 2 -m edgetl train --data DATA --out runs/a
     """

@@ -1,0 +1,48 @@
+"""Choices and defaults shared by the Python API and the CLI.
+
+Torch-free on purpose: click reads these while building `edgetl --help`, and the API functions take
+the same values as their keyword defaults, so a default is stated once.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from edgetl_runtime.modelinfo import Precision
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class ExportFormat(str, Enum):
+    ONNX = "onnx"
+    OPENVINO = "openvino"
+
+
+class PackagePrecision(str, Enum):
+    INT8 = "int8"
+    FP32 = "fp32"
+    BOTH = "both"
+
+
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)
+
+# export: the dynamo exporter has no operator implementations below opset 18
+DEFAULT_OPSET = 18
+DEFAULT_TOLERANCE = 1e-4  # max |logit difference| the FP32 parity gate allows
+CHECK_BATCH = 16
+MAX_CHECK_IMAGES = 256
+
+# benchmark: time budget of every row
+WARMUP_S = 2.0
+MIN_S = 5.0
+MIN_RUNS = 50
+ROUNDS = 5
+
+
+def choices(options) -> list[str]:
+    """The values of an enum (or of a sequence of enum members) as click.Choice takes them."""
+    return [o.value for o in options]

@@ -1,0 +1,215 @@
+"""The run folder's guarantees: lineage, safe re-runs, one writer at a time, no temporaries left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edgetl.checkpoint import BEST, load_checkpoint, save_checkpoint
+from edgetl.cli import main
+from edgetl.datasets import write_digits_imagefolder
+from edgetl.errors import EdgetlError
+from edgetl.export import export_onnx
+from edgetl.package import build_bundle
+from edgetl.run import LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
+from edgetl.splits import Splits
+
+TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]
+
+
+def _train(data: Path, out: Path, *extra: str):
+    options = ["--device", "cpu"] if "--resume" in extra else TRAIN
+    return CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(out), "--json", *options, *extra]
+    )
+
+
+def _error(result) -> str:
+    """The one error line (progress and warnings go to stderr before it)."""
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
+
+
+def _temporaries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and p.name != LOCK)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_dir) -> Path:
+    """A run as `edgetl train` leaves it (2 cached-feature epochs at 32 px)."""
+    run = tmp_path_factory.mktemp("runs") / "run"
+    result = _train(digits_dir, run)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture()
+def run_copy(tiny_run, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def test_train_records_the_fingerprint_in_splits_and_checkpoint(trained):
+    splits = Splits.load(trained)
+    assert len(splits.fingerprint) == 64
+    assert load_checkpoint(trained / BEST)[1].data_fingerprint == splits.fingerprint
+    RunFolder(trained).check_for(Stage.PACKAGE)  # a fresh run is consistent
+
+
+def test_train_into_a_run_is_refused_without_resume_or_overwrite(trained, digits_dir):
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    result = _train(digits_dir, trained)
+    assert result.exit_code == 1
+    assert "holds a run already; pass --resume" in _error(result) and "--overwrite" in _error(result)
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before
+    result = _train(digits_dir, trained, "--resume", "--overwrite")
+    assert result.exit_code == 1 and "choose one" in result.output
+
+
+def test_resume_with_other_data_is_one_line_and_leaves_splits_untouched(trained, tmp_path):
+    other = write_digits_imagefolder(tmp_path / "other", size=32, classes=4, per_class=8, val_fraction=0.25)
+    splits = (trained / "splits.json").read_bytes()
+    result = _train(other, trained, "--resume")
+    assert result.exit_code == 1, result.output
+    assert "--resume: --data differs" in _error(result)
+    assert (trained / "splits.json").read_bytes() == splits
+
+
+def test_a_second_writer_is_refused_at_once(trained, digits_dir):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from edgetl.run import RunFolder
+            with RunFolder({str(trained)!r}).lock("train"):
+                print("locked", flush=True)
+                sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = _train(digits_dir, trained, "--resume")
+        assert result.exit_code == 1
+        assert "another edgetl command is writing this run folder" in result.output
+        with pytest.raises(RunLocked, match="before `edgetl package`"):
+            build_bundle(trained, trained.parent / "bundle")
+        assert not (trained.parent / "bundle").exists()
+    finally:
+        holder.communicate("")
+    with RunFolder(trained).lock("train"):  # released with its holder
+        pass
+
+
+def test_quantize_onto_its_input_or_another_kind_is_refused(run_copy, tmp_path):
+    with pytest.raises(EdgetlError, match="own input"):
+        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+    with pytest.raises(EdgetlError, match="holds a FP32/FP16 model, not a INT8 model"):
+        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy])
+    outside = shutil.copyfile(run_copy / "model.onnx", tmp_path / "fp32.onnx")
+    with pytest.raises(EdgetlError, match="holds a FP32/FP16 model"):
+        check_output(outside, Kind.INT8_MODEL)
+    with pytest.raises(EdgetlError, match="holds the run's checkpoint"):
+        check_output(run_copy / "last.safetensors", Kind.INT8_MODEL)
+    check_output(run_copy / "model.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+    check_output(tmp_path / "new.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+    with pytest.raises(EdgetlError, match="holds a INT8 model"):
+        export_onnx(run_copy, run_copy / "model.int8.onnx")
+
+
+def test_retraining_makes_every_older_artifact_stale(run_copy, tmp_path):
+    """Old runs (or copied files) can hold artifacts of two trainings: every stage names the stale one."""
+    build_bundle(run_copy, tmp_path / "ok")
+    model, info = load_checkpoint(run_copy / BEST)
+    torch.manual_seed(1)
+    model.reset_head(len(info.labels))
+    save_checkpoint(model, info, run_copy / BEST)  # "trained again"
+    for stage in (Stage.QUANTIZE, Stage.BENCHMARK, Stage.PACKAGE):
+        with pytest.raises(
+            StaleArtifact, match=r"model.onnx: exported from an older checkpoint.*`edgetl export"
+        ):
+            RunFolder(run_copy).check_for(stage)
+    result = CliRunner().invoke(main, ["package", str(run_copy), "--out", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 1 and "edgetl export" in result.output
+    assert not (tmp_path / "b").exists()
+    export_onnx(run_copy)
+    with pytest.raises(
+        StaleArtifact, match=r"model.int8.onnx: quantized from an older training.*`edgetl quantize"
+    ):
+        build_bundle(run_copy, tmp_path / "b")
+    with pytest.raises(StaleArtifact, match=r"model\.int8\.onnx"):
+        # its quantize.json metrics would go into the manifest: refused too
+        build_bundle(run_copy, tmp_path / "b", precision="fp32")
+    assert not (tmp_path / "b").exists()
+
+
+def test_stale_benchmark_record_is_named(run_copy):
+    folder = RunFolder(run_copy)
+    (run_copy / "benchmark.json").write_text(json.dumps({"rows": [], "sources": {"model.onnx": "0" * 64}}))
+    with pytest.raises(StaleArtifact, match=r"benchmark\.json: timed an older model\.onnx.*edgetl benchmark"):
+        folder.check_for(Stage.PACKAGE)
+    folder.check_for(Stage.BENCHMARK)
+
+
+def test_overwrite_removes_every_artifact_then_package_refuses(trained, tmp_path, digits_dir):
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    export_onnx(run)
+    (run / "quantize.json").write_text("{}")
+    (run / "benchmark.json").write_text("{}")
+    old = (run / BEST).read_bytes()
+    result = _train(digits_dir, run, "--overwrite", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    left = {p.name for p in run.iterdir()}
+    assert not left & {"model.onnx", "export.json", "quantize.json", "benchmark.json"}
+    assert (run / BEST).read_bytes() != old
+    result = CliRunner().invoke(main, ["package", str(run), "--out", str(tmp_path / "b")])
+    assert (
+        result.exit_code == 1 and "model.onnx: missing" in result.output and "edgetl export" in result.output
+    )
+
+
+def test_kill_during_export_then_export_again_leaves_no_temporary(trained, tmp_path):
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    killer = textwrap.dedent(f"""
+        import os, signal
+        import edgetl.export as export
+        saved = export.save_onnx
+        def save_then_die(*args):
+            saved(*args)
+            os.kill(os.getpid(), signal.SIGKILL)
+        export.save_onnx = save_then_die
+        export.export_onnx({str(run)!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=600, check=False)
+    assert done.returncode == -9
+    assert _temporaries(run), "the killed export should have left its temporary file"
+    assert not (run / "model.onnx").exists()
+    export_onnx(run)
+    assert _temporaries(run) == []
+    assert (run / "model.onnx").is_file()
+
+
+def test_train_val_accuracy_equals_runtime_predictions_on_the_fp32_bundle(trained, tmp_path):
+    run = Path(shutil.copytree(trained, tmp_path / "run"))
+    summary = json.loads((run / "summary.json").read_text())
+    export_onnx(run)
+    bundle = build_bundle(run, tmp_path / "bundle", precision="fp32").path
+    splits = Splits.load(run)
+    images = [p for p, _ in splits.val]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [shutil.which("edgetl-run") or "edgetl-run", "predict", str(bundle), *images, "--json"],
+        capture_output=True, text=True, timeout=600, check=True, env=env,
+    )  # fmt: skip
+    predictions = {p["source"]: p["label"] for p in json.loads(done.stdout)["predictions"]}
+    correct = sum(predictions[str(Path(p))] == splits.labels[y] for p, y in splits.val)
+    assert len(images) == summary["num_val"] == 12
+    assert correct / len(images) == summary["best_val_accuracy"]
