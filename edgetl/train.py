@@ -22,7 +22,15 @@ from edgetl_runtime.preprocess import PreprocessSpec
 from .backbones import EdgeModel, create_model, get_backbone
 from .checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, read_checkpoint_info, save_checkpoint
 from .console import log, track, warn
-from .data import ImageData, centre_pixels, eval_tensor, iter_augmented, load_imagefolder, train_transform
+from .data import (
+    ImageData,
+    centre_pixels,
+    eval_tensor,
+    iter_augmented,
+    load_imagefolder,
+    prefetch,
+    train_transform,
+)
 from .errors import EdgetlError
 from .features import PROBE_IMAGES, FrozenCompute, FrozenPart, PrefixCache, Runner
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
@@ -162,12 +170,12 @@ class _Context:
             return tuple(self.model.forward_features(x, 0, stop).shape[1:])
 
 
-def _views(ctx: _Context) -> Iterator[tuple[int, int, torch.Tensor]]:
-    """(view, first image, batch) for the plain view and `cache_views` augmented views of every
-    training image. Call under `_view_rng`: the same views every time, whatever the training RNG."""
+def _views(ctx: _Context, views: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(view, first image, batch) for the plain view and then augmented views (`views` in all) of
+    every training image. Call under `_view_rng`: the same views every time, whatever the training RNG."""
     images, size = ctx.data.train_images, ctx.recipe.batch_size * 2
     augment = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
-    for v in range(1 + ctx.recipe.cache_views):
+    for v in range(views):
         for i in range(0, len(images), size):
             chunk = images[i : i + size]
             if v == 0:
@@ -195,9 +203,7 @@ def _frozen_pass(
     run = ctx.frozen_runner(taps, ctx.probe(), n * want + len(val_x))
     last, steps = [], -(-n // (ctx.recipe.batch_size * 2)) * want
     with _view_rng(ctx):
-        for v, i, x in track(_views(ctx), "caching features", total=steps):
-            if v >= want:
-                break
+        for v, i, x in track(prefetch(_views(ctx, want)), "caching features", total=steps):
             outs = run(x)
             if cache is not None and v < cache.views:
                 cache.write(v, i, outs[0].cpu())
