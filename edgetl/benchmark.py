@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import MetadataMissing, ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
@@ -78,7 +78,8 @@ def _describe_model(path: Path) -> TimedModel:
     try:
         info = ModelInfo.from_metadata(meta, str(path))
         precision, spec = info.precision, info.preprocess
-    except EdgetlError:  # a model from elsewhere: read what the graph says
+    except MetadataMissing:  # a model from elsewhere: read what the graph says (malformed metadata raises)
+        warn(f"{path.name}: no edgetl metadata; timing with ImageNet preprocessing at the graph's input size")
         dims = graph.graph.input[0].type.tensor_type.shape.dim
         size = dims[-1].dim_value if len(dims) == 4 and dims[-1].dim_value else 224
         precision, spec = _graph_precision(graph), PreprocessSpec().with_size(size)
@@ -100,7 +101,8 @@ def _describe_ir(path: Path) -> TimedModel:
     try:
         info = ModelInfo.from_metadata(meta, str(path))
         precision, spec = info.precision, info.preprocess
-    except EdgetlError:
+    except MetadataMissing:
+        warn(f"{path.name}: no edgetl metadata; timing as FP32 with ImageNet preprocessing")
         precision, spec = "fp32", PreprocessSpec()
     return TimedModel(path, precision, spec, None, _model_size_mb(path))
 

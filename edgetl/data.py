@@ -8,10 +8,13 @@ validation numbers are the ones the device will reproduce. Unreadable files are 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Queue
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -32,6 +35,7 @@ from .images import warn_skipped
 from .splits import Splits
 
 Item = tuple[Path, int]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,32 @@ def train_transform(spec: PreprocessSpec, scale: tuple[float, float], hflip: boo
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)]
     return v2.Compose(steps)
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`items` produced by one background thread, up to `depth` ahead, in order.
+
+    Augmentation (PIL resizes release the GIL) then overlaps the frozen forward pass of the previous
+    batch. One producer keeps the order of random draws, so results stay seeded and bit-exact.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                queue.put(item)
+            queue.put(done)
+        except BaseException as e:  # handed to the consumer, raised there
+            queue.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    thread.join()
 
 
 def iter_augmented(

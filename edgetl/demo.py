@@ -52,8 +52,11 @@ def train_model(demo: DemoRun) -> dict:
     from .train import train
 
     demo.run = demo.out / "run"
-    # The embedded default recipe, at a smaller input size; digits must not be mirrored.
-    result = train(demo.data, demo.run, image_size=DEMO_IMAGE_SIZE, hflip=False, seed=demo.seed)
+    # The embedded default recipe, at a smaller input size; digits must not be mirrored. The demo
+    # always starts over: a second `edgetl demo` replaces the first one's run, never mixes with it.
+    result = train(
+        demo.data, demo.run, image_size=DEMO_IMAGE_SIZE, hflip=False, seed=demo.seed, overwrite=True
+    )
     return {
         "run": str(demo.run),
         "checkpoint": str(result.checkpoint),
@@ -103,7 +106,7 @@ def package_and_predict(demo: DemoRun) -> dict:
 
     from .package import build_bundle
 
-    bundle = build_bundle(demo.run, demo.out / "bundle.tar.gz")
+    bundle = build_bundle(demo.run, demo.out / "bundle.tar.gz", overwrite=True)
     held_out = sorted((demo.data / "test").rglob("*.png"))
     predictor = Predictor.from_bundle(bundle.path)
     predictions = predictor.predict(held_out, top_k=1)

@@ -84,8 +84,9 @@ def resolve_preprocess(choice: str | Path, layout: str, size: int | None) -> Pre
     if not isinstance(data, dict) or set(data) - set(PreprocessSpec.__dataclass_fields__):
         keys = ", ".join(PreprocessSpec.__dataclass_fields__)
         raise EdgetlError(f"--preprocess {path}: must be a JSON object with keys among {keys}")
+    # layout comes from the model's input; channel order is RGB unless the file says otherwise
     try:
-        spec = PreprocessSpec.from_dict({"layout": layout, **data})
+        spec = PreprocessSpec.from_dict({"layout": layout, "channels": "RGB", **data})
     except (ValueError, TypeError) as e:
         raise EdgetlError(f"--preprocess {path}: {e}") from None
     if size and spec.crop != size:

@@ -99,6 +99,16 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
+    def min(self, value: float) -> float:
+        """The smallest `value` over ranks (budgets that every rank must agree on)."""
+        if not self.active:
+            return value
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return t.item()
+
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's tensor on every rank (same shape and dtype everywhere)."""
         if not self.active:

@@ -67,11 +67,13 @@ class Kind(str, Enum):
     QUANTIZE_RECORD = "quantization record"
     CALIBRATION = "calibration manifest"
     BENCHMARK_RECORD = "benchmark record"
+    REPORT = "run report"
 
 
 # Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
 # order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
 ARTIFACTS: dict[str, Kind] = {
+    "report.html": Kind.REPORT,
     "benchmark.json": Kind.BENCHMARK_RECORD,
     "benchmark.png": Kind.BENCHMARK_RECORD,
     "quantize.json": Kind.QUANTIZE_RECORD,
@@ -90,6 +92,7 @@ ARTIFACTS: dict[str, Kind] = {
     "curves.png": Kind.TRAIN_RECORD,
     "metrics.json": Kind.TRAIN_RECORD,
     "last_state.pt": Kind.TRAIN_STATE,
+    "frozen_path.json": Kind.TRAIN_STATE,
     "last.head.safetensors": Kind.CHECKPOINT,
     "best.head.safetensors": Kind.CHECKPOINT,
     "last.safetensors": Kind.CHECKPOINT,

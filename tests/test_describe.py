@@ -121,6 +121,13 @@ def test_describe_takes_a_json_spec(plain_onnx, tmp_path):
     )
     result = describe_model(path, tmp_path / "d.onnx", labels=labels, preprocess=spec)
     assert result.info.preprocess.resize == 40 and result.info.preprocess.mean == (0.5, 0.5, 0.5)
-    spec.write_text(json.dumps({"crop": 64}))
+    spec.write_text(json.dumps({"crop": 40}))
+    with pytest.raises(EdgetlError, match="lacks key"):
+        describe_model(path, tmp_path / "e.onnx", labels=labels, preprocess=spec)
+    spec.write_text(
+        json.dumps(
+            {"crop": 64, "resize": 72, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+        )
+    )
     with pytest.raises(EdgetlError, match="crop 64 but the model's input is 32x32"):
         describe_model(path, tmp_path / "e.onnx", labels=labels, preprocess=spec)

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import tempfile
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
-from edgetl_runtime.fileio import check_writable, sha256_file, write_text_atomic
+from edgetl_runtime.fileio import check_writable, sha256_file
 
 from ..calibration import DEFAULT_NUM_CALIBRATION, is_manifest
 from ..console import log, warn
 from ..errors import DataError, EdgetlError, GateError
+from ..run import Kind, QuantizationRecord, RunFolder, Stage, check_output
 from .evaluation import artifact_bytes, check_model, load_eval_set
 from .gate import Attempt, Gate
 from .inputs import (
@@ -163,117 +164,132 @@ def quantize(
         raise EdgetlError(f"--out {inputs.out}: backend {qbackend.value} writes a {quantizer.suffix} file")
     if qat and (inputs.run is None or qbackend is not QuantBackend.ONNXRUNTIME):
         raise EdgetlError("--qat fine-tunes a run's model: pass a RUN folder (and the onnxruntime backend)")
-    info = check_model(inputs.model)
-    model_sha = sha256_file(inputs.model)
-    methods = _methods_to_try(qbackend, method, quantizer.methods)
-    reused = inputs.calibration is not None and is_manifest(inputs.calibration)
-    manifest_path = Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
-    check_writable(inputs.out, "--out")
-    if not reused:
-        # checked now so that a bad --manifest cannot leave the INT8 model written without its record
-        check_writable(manifest_path, "--manifest")
-    hold_out = inputs.eval_source is None and not reused
-    calib = get_calibration(inputs, info.preprocess, model_sha, num_calibration, seed, hold_out)
-    ladder, exclude, search_all = quantizer.ladder, (), method == "auto"
-    if qat:
-        ladder = ("qat",)
-    if reused and calib.manifest.method and method == "auto":
-        # repeat the recorded quantization instead of searching again
-        ladder = (REPEAT_RUNG.get(calib.manifest.method, "calibration"),)
-        methods, search_all = [calib.manifest.method], False
-        exclude = tuple(
-            calib.manifest.settings.get("nodes_to_exclude")
-            or calib.manifest.settings.get("ignored_scope")
-            or ()
+    check_output(inputs.out, Kind.INT8_MODEL, inputs=[inputs.model])
+    folder = RunFolder(inputs.run) if inputs.run is not None else None
+    with folder.lock("quantize") if folder else contextlib.nullcontext():
+        if folder is not None:
+            folder.check_for(Stage.QUANTIZE)
+        info = check_model(inputs.model)
+        model_sha = sha256_file(inputs.model)
+        methods = _methods_to_try(qbackend, method, quantizer.methods)
+        reused = inputs.calibration is not None and is_manifest(inputs.calibration)
+        manifest_path = (
+            Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
         )
-    if inputs.eval_source is not None:
-        calibrated = frozenset(p.resolve() for p in calib.manifest.paths())
-        evalset = load_eval_set(inputs.eval_source, info, inputs.labels, exclude=calibrated)
-        gate_inputs, gate_labels, eval_skipped = evalset.inputs, evalset.labels, evalset.skipped
-    elif calib.holdout is not None:
-        gate_inputs, gate_labels, eval_skipped = calib.holdout, None, 0
-    else:
-        raise DataError(
-            f"{inputs.calibration}: this manifest holds no gate images and no --eval was given; "
-            "pass images that did not calibrate the model with --eval"
-        )
-    gate = Gate(
-        inputs.model,
-        gate_inputs,
-        gate_labels,
-        info.labels,
-        max_drop,
-        min_agreement,
-        quantizer.session_backend,
-        quantizer.suffix,
-        quantizer.max_size_ratio,
-        calibration_images=len(calib),
-        held_out=inputs.eval_source is None,
-    )
-    with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as tmp:
-        ctx = Context(
-            inputs.model,
-            info,
-            calib,
-            calibration_labels(calib, info.labels),
-            gate,
-            Path(tmp),
-            methods,
-            search_all,
-            exclude,
-            inputs.run,
-            seed,
-        )
-        best = climb(ctx, ladder)
-        att, report = best.attempt, best.report
-        if not att.passed and not allow_drop:
-            raise GateError(
-                f"{inputs.model}: the gate refuses INT8 after {len(gate.attempts)} attempts on "
-                f"{len(ladder)} rungs; the best ({att.rung}/{att.method}): {report.reason}; nothing "
-                "written. Use --allow-drop to keep the best anyway"
+        check_writable(inputs.out, "--out")
+        if not reused:
+            # checked now so that a bad --manifest cannot leave the INT8 model written without its record
+            check_writable(manifest_path, "--manifest")
+        hold_out = inputs.eval_source is None and not reused
+        calib = get_calibration(inputs, info.preprocess, model_sha, num_calibration, seed, hold_out)
+        ladder, exclude, search_all = quantizer.ladder, (), method == "auto"
+        if qat:
+            ladder = ("qat",)
+        if reused and calib.manifest.method and method == "auto":
+            # repeat the recorded quantization instead of searching again
+            ladder = (REPEAT_RUNG.get(calib.manifest.method, "calibration"),)
+            methods, search_all = [calib.manifest.method], False
+            exclude = tuple(
+                calib.manifest.settings.get("nodes_to_exclude")
+                or calib.manifest.settings.get("ignored_scope")
+                or ()
             )
-        if not att.passed:
-            warn(f"the gate refuses the best INT8 model ({report.reason}); written anyway (--allow-drop)")
-        elif report.verdict == "warn":
-            warn(f"gate: {report.reason}")
+        if inputs.eval_source is not None:
+            calibrated = frozenset(p.resolve() for p in calib.manifest.paths())
+            evalset = load_eval_set(inputs.eval_source, info, inputs.labels, exclude=calibrated)
+            gate_inputs, gate_labels, eval_skipped = evalset.inputs, evalset.labels, evalset.skipped
+        elif calib.holdout is not None:
+            gate_inputs, gate_labels, eval_skipped = calib.holdout, None, 0
         else:
-            log(f"gate passes: {report.reason}")
-        settings = {**best.settings, "rung": att.rung, "fp32_sha256": model_sha}
-        write_model(best.path, inputs.out, info, settings, att.method)
-    if not reused:
-        calib.manifest.with_(method=att.method, settings=settings).save(manifest_path)
-    ev = best.evaluation
-    per_class = {
-        name: {"fp32": gate.fp32.per_class.get(name), "int8": ev.per_class.get(name)}
-        for name in gate.fp32.per_class
-    }
-    result = QuantResult(
-        int8_model=inputs.out,
-        fp32_model=inputs.model,
-        fp32_sha256=model_sha,
-        backend=qbackend.value,
-        rung=att.rung,
-        method=att.method,
-        settings=settings,
-        fp32_accuracy=gate.fp32.accuracy,
-        int8_accuracy=ev.accuracy,
-        accuracy_drop=att.drop,
-        agreement=ev.agreement,
-        kl=ev.kl,
-        per_class=per_class,
-        size_ratio=att.size_ratio,
-        fp32_bytes=gate.fp32_bytes,
-        int8_bytes=artifact_bytes(inputs.out),
-        calibration_manifest=manifest_path,
-        num_calibration=len(calib),
-        calibration_skipped=calib.manifest.skipped,
-        eval_images=len(gate_inputs),
-        eval_skipped=eval_skipped,
-        max_drop=max_drop,
-        passed=att.passed,
-        gate=report.to_dict(),
-        attempts=tuple(gate.attempts),
-    )
-    if inputs.run is not None:
-        write_text_atomic(inputs.run / QUANT_SUMMARY, json.dumps(result.to_dict(), indent=1) + "\n")
+            raise DataError(
+                f"{inputs.calibration}: this manifest holds no gate images and no --eval was given; "
+                "pass images that did not calibrate the model with --eval"
+            )
+        gate = Gate(
+            inputs.model,
+            gate_inputs,
+            gate_labels,
+            info.labels,
+            max_drop,
+            min_agreement,
+            quantizer.session_backend,
+            quantizer.suffix,
+            quantizer.max_size_ratio,
+            calibration_images=len(calib),
+            held_out=inputs.eval_source is None,
+        )
+        with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as tmp:
+            ctx = Context(
+                inputs.model,
+                info,
+                calib,
+                calibration_labels(calib, info.labels),
+                gate,
+                Path(tmp),
+                methods,
+                search_all,
+                exclude,
+                inputs.run,
+                seed,
+            )
+            best = climb(ctx, ladder)
+            att, report = best.attempt, best.report
+            if not att.passed and not allow_drop:
+                raise GateError(
+                    f"{inputs.model}: the gate refuses INT8 after {len(gate.attempts)} attempts on "
+                    f"{len(ladder)} rungs; the best ({att.rung}/{att.method}): {report.reason}; nothing "
+                    "written. Use --allow-drop to keep the best anyway"
+                )
+            if not att.passed:
+                warn(f"the gate refuses the best INT8 model ({report.reason}); written anyway (--allow-drop)")
+            elif report.verdict == "warn":
+                warn(f"gate: {report.reason}")
+            else:
+                log(f"gate passes: {report.reason}")
+            settings = {**best.settings, "rung": att.rung, "fp32_sha256": model_sha}
+            write_model(best.path, inputs.out, info, settings, att.method)
+        if not reused:
+            calib.manifest.with_(method=att.method, settings=settings).save(manifest_path)
+        ev = best.evaluation
+        per_class = {
+            name: {"fp32": gate.fp32.per_class.get(name), "int8": ev.per_class.get(name)}
+            for name in gate.fp32.per_class
+        }
+        result = QuantResult(
+            int8_model=inputs.out,
+            fp32_model=inputs.model,
+            fp32_sha256=model_sha,
+            backend=qbackend.value,
+            rung=att.rung,
+            method=att.method,
+            settings=settings,
+            fp32_accuracy=gate.fp32.accuracy,
+            int8_accuracy=ev.accuracy,
+            accuracy_drop=att.drop,
+            agreement=ev.agreement,
+            kl=ev.kl,
+            per_class=per_class,
+            size_ratio=att.size_ratio,
+            fp32_bytes=gate.fp32_bytes,
+            int8_bytes=artifact_bytes(inputs.out),
+            calibration_manifest=manifest_path,
+            num_calibration=len(calib),
+            calibration_skipped=calib.manifest.skipped,
+            eval_images=len(gate_inputs),
+            eval_skipped=eval_skipped,
+            max_drop=max_drop,
+            passed=att.passed,
+            gate=report.to_dict(),
+            attempts=tuple(gate.attempts),
+        )
+        if folder is not None:
+            folder.save_quantization(
+                QuantizationRecord(
+                    int8_model=str(inputs.out),
+                    fp32_model=str(inputs.model),
+                    source_sha256=model_sha,
+                    sha256=sha256_file(inputs.out),
+                    details=result.to_dict(),
+                )
+            )
     return result
