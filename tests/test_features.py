@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import edgetl.features as features
-import edgetl.train as train_module
+import edgetl.session as session_module
 from edgetl.recipe import Recipe, StagePlan
 from edgetl.train import train
 
@@ -112,7 +112,7 @@ def test_summary_records_the_chosen_path(uninterrupted):
 def test_resume_inside_partial_unfreeze_is_bit_exact(digits_dir, tmp_path, uninterrupted):
     """Killed after the unfreeze stage's first epoch: the resumed run recomputes the prefix cache
     (on disk this time) and ends with the same weights as the run that was never interrupted."""
-    saved = train_module._save_last_state
+    saved = session_module.save_last_state
 
     def crash_in_stage_two(path, state):
         saved(path, state)
@@ -121,7 +121,7 @@ def test_resume_inside_partial_unfreeze_is_bit_exact(digits_dir, tmp_path, unint
 
     run = tmp_path / "resumed"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_module, "_save_last_state", crash_in_stage_two)
+        mp.setattr(session_module, "save_last_state", crash_in_stage_two)
         mp.setattr(features, "choose_path", choose_channels_last)
         with pytest.raises(KeyboardInterrupt):
             train(digits_dir, run, recipe=TWO_STAGES, device="cpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import edgetl.train as train_module
+import edgetl.session as session_module
 from edgetl.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe
 from edgetl.train import train
 
@@ -27,7 +27,7 @@ SHORT = {
 def record_stages(monkeypatch) -> list[dict]:
     """Wrap make_optimizer: per stage, its optimizer, trainable names, lr per name, and a snapshot."""
     seen: list[dict] = []
-    make = train_module.make_optimizer
+    make = session_module.make_optimizer
 
     def recording(model, stage, recipe, steps):
         optimizer, scheduler = make(model, stage, recipe, steps)
@@ -43,7 +43,7 @@ def record_stages(monkeypatch) -> list[dict]:
         )
         return optimizer, scheduler
 
-    monkeypatch.setattr(train_module, "make_optimizer", recording)
+    monkeypatch.setattr(session_module, "make_optimizer", recording)
     return seen
 
 

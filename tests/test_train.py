@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-import edgetl.train as train_module
+import edgetl.session as session_module
 from edgetl.backbones import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
 from edgetl.checkpoint import load_checkpoint, read_checkpoint_info
 from edgetl.cli import main
@@ -58,14 +58,14 @@ def two_stage_run(digits_dir, tmp_path_factory):
 def interrupted_run(digits_dir, tmp_path_factory):
     """A frozen-only run killed after its first epoch, then resumed with --resume."""
     run = tmp_path_factory.mktemp("runs") / "resumed"
-    saved = train_module._save_last_state
+    saved = session_module.save_last_state
 
     def crash_after_first_epoch(path, state):
         saved(path, state)
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_module, "_save_last_state", crash_after_first_epoch)
+        mp.setattr(session_module, "save_last_state", crash_after_first_epoch)
         with pytest.raises(KeyboardInterrupt):
             train(digits_dir, run, recipe=FROZEN, device="cpu")
     after_first = {
