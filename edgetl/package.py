@@ -1,9 +1,9 @@
 """Package a run for a device: model file(s), manifest.json, labels.txt and a README, as a folder or
 a byte-reproducible .tar.gz that `edgetl-runtime` verifies and runs without PyTorch.
 
-Everything comes from the run folder (model.onnx and model.int8.onnx, or with `format="openvino"` the
-IRs model.xml/.bin and model.int8.xml/.bin; quantize.json, benchmark.json, splits.json, the checkpoint);
-what is missing is left out of the manifest rather than guessed.
+Everything comes from the run folder: the models (bundle_models.py: model.onnx and model.int8.onnx, or
+with `format="openvino"` the IRs model.xml/.bin and model.int8.xml/.bin), quantize.json, benchmark.json,
+splits.json, the checkpoint; what is missing is left out of the manifest rather than guessed.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from pathlib import Path
 
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
-from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, TensorSpec
-from edgetl_runtime.modelfile import BY_NAME, ModelFormat, model_format
+from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
+from edgetl_runtime.modelfile import BY_NAME, model_format
 from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
 from edgetl_runtime.signing import load_private_key, sign_manifest
 
+from .bundle_models import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
 from .errors import BundleError, EdgetlError
 from .options import ExportFormat, PackagePrecision, choices
 from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
@@ -34,29 +35,6 @@ QUANT_SUMMARY = "quantize.json"
 BENCHMARK = "benchmark.json"
 
 
-# Run-folder file stem (the format adds its suffix) and the backends meant to run it, in order of
-# preference, kept to those that read the format: "auto" on a device takes the first model whose list
-# holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
-MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
-    Precision.INT8: ("model.int8", ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu")),
-    Precision.FP32: (
-        "model",
-        ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-openvino", "openvino-cpu", "openvino-gpu"),
-    ),
-}
-# The command that writes each run-folder model, by format
-REBUILD: dict[ExportFormat, dict[Precision, str]] = {
-    ExportFormat.ONNX: {Precision.FP32: "edgetl export {run}", Precision.INT8: "edgetl quantize {run}"},
-    ExportFormat.OPENVINO: {
-        Precision.FP32: "edgetl export {run} --format openvino",
-        Precision.INT8: "edgetl quantize {run} --backend nncf",
-    },
-}
-WANTED = {
-    PackagePrecision.INT8: (Precision.INT8,),
-    PackagePrecision.FP32: (Precision.FP32,),
-    PackagePrecision.BOTH: (Precision.INT8, Precision.FP32),
-}
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
     "backend",
@@ -108,94 +86,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
-
-
-def model_path(run: Path, precision: Precision, fmt: ModelFormat) -> Path:
-    return run / (MODEL_FILES[precision][0] + fmt.suffix)
-
-
-def _models(
-    run: Path, precision: PackagePrecision | None, fmt: ModelFormat, form: ExportFormat
-) -> list[tuple[Precision, Path, tuple[str, ...]]]:
-    if precision is None:
-        has_int8 = model_path(run, Precision.INT8, fmt).is_file()
-        precision = PackagePrecision.BOTH if has_int8 else PackagePrecision.FP32
-    chosen = []
-    for p in WANTED[precision]:
-        path = model_path(run, p, fmt)
-        if not path.is_file():
-            command = REBUILD[form][p].format(run=run)
-            raise EdgetlError(
-                f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
-            )
-        chosen.append((p, path, tuple(b for b in MODEL_FILES[p][1] if b in fmt.backends)))
-    return chosen
-
-
-def _onnx_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-
-    def spec(value) -> TensorSpec:
-        t = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
-
-    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
-
-
-def _ir_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import openvino as ov
-
-    model = ov.Core().read_model(str(path))
-
-    def spec(port) -> TensorSpec:
-        shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-        return TensorSpec(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
-
-    return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
-
-
-TENSORS = {".onnx": _onnx_tensors, ".xml": _ir_tensors}
-
-
-def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
-    inputs, outputs = TENSORS[path.suffix](path)
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise BundleError(
-            f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(outputs)}"
-        )
-    x, y = inputs[0], outputs[0]
-    if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):
-        # a dynamic batch: shape inference (quantization's pre-processing) may rename the output's symbol
-        y = TensorSpec(y.name, (x.shape[0], *y.shape[1:]), y.dtype)
-    return x, y
-
-
-def _inlined_external_data(src: Path, dst: Path) -> bool:
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    if src.suffix != ".onnx":
-        return False
-    proto = onnx.load(str(src), load_external_data=False)
-    if not any(uses_external_data(t) for t in proto.graph.initializer):
-        return False
-    onnx.save(onnx.load(str(src)), str(dst))
-    return True
-
-
-def _copy_model(src: Path, dst: Path) -> None:
-    """Copy a model with its companion files (an IR's .bin); ONNX weights kept in an external .data
-    file are inlined, so the bundle's model is one file."""
-    fmt = model_format(src)
-    for part, target in zip(fmt.files(src)[1:], fmt.files(dst)[1:], strict=True):
-        shutil.copyfile(part, target)
-    if not _inlined_external_data(src, dst):
-        shutil.copyfile(src, dst)
 
 
 def _check_consistent(
@@ -341,12 +231,12 @@ def _stage(
     from .checkpoint import find_checkpoint, read_checkpoint_info
 
     fmt = BY_NAME[form.value]
-    chosen = _models(run, precision, fmt, form)
+    chosen = choose_models(run, precision, form)
     checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
     ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
     infos = {path: read_model_info(path) for _, path, _ in chosen}
     info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
-    specs = {_tensor_specs(path) for _, path, _ in chosen}
+    specs = {tensor_specs(path) for _, path, _ in chosen}
     if len(specs) != 1:
         raise BundleError(
             f"{run}: the FP32 and INT8 models have different inputs or outputs; re-run `edgetl quantize {run}`"
@@ -361,7 +251,7 @@ def _stage(
     models, companions = [], []
     for p, path, backends in chosen:
         target = staging / path.name
-        _copy_model(path, target)
+        copy_model(path, target)
         models.append(FileEntry(path.name, sha256_file(target), target.stat().st_size, p, backends))
         # an IR's .bin is pinned like any bundle file, so a changed weight byte is refused on load
         companions += [f.name for f in fmt.files(target)[1:]]
@@ -544,7 +434,7 @@ def build_bundle_from_models(
         fmt = model_format(paths[0])
         for precision, path in chosen.items():
             target = model_path(run, precision, fmt)
-            _copy_model(path, target)
+            copy_model(path, target)
             for part, copied in zip(fmt.files(path), fmt.files(target), strict=True):
                 stat = part.stat()
                 os.utime(copied, (stat.st_atime, stat.st_mtime))
