@@ -33,7 +33,7 @@ from edgetl_runtime.timing import (
 
 from .bench_report import BenchReport, BenchRow, Status
 from .bench_worker import BENCH_BACKENDS, BenchBackend, Job, Source, TimedModel, Worker
-from .console import log, warn
+from .console import log, track, warn
 from .errors import EdgetlError
 from .images import preprocess_readable
 from .options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
@@ -380,7 +380,7 @@ def _key(worker: Worker, batch: int) -> tuple:
 def _rounds(pairs, warmup_s, min_s, min_runs, rounds, rows) -> dict:
     samples: dict = {pair: [] for pair in pairs}
     per_round_runs = math.ceil(min_runs / rounds)
-    for r in range(rounds):
+    for r in track(range(rounds), "benchmark rounds"):
         # the first round warms up fully; later ones re-warm what another worker's run pushed out of cache
         warm = warmup_s if r == 0 else warmup_s / rounds
         shift = r % len(pairs)

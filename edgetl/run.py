@@ -391,8 +391,9 @@ class RunFolder:
                 f"{what}: quantized from another {self.model.name} than the current one; {rebuild}"
             )
         if record and record.sha256:
+            # a record whose INT8 model was removed describes nothing that can ship: not stale
             path = self.root / Path(record.int8_model).name
-            if not path.is_file() or record.sha256 != sha256_file(path):
+            if path.is_file() and record.sha256 != sha256_file(path):
                 raise StaleArtifact(f"{self.quantize_record}: describes another INT8 model; {rebuild}")
 
     def _check_benchmark(self) -> None:

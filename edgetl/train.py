@@ -654,6 +654,7 @@ def train(
     hflip: bool | None = None,
     image_size: int | None = None,
     val_fraction: float | None = None,
+    cache_views: int | None = None,
 ) -> TrainResult:
     """Fine-tune `backbone` on the ImageFolder `data` into run folder `out`.
 
@@ -669,7 +670,7 @@ def train(
         "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
         "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,
         "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
-        "image_size": image_size, "val_fraction": val_fraction,
+        "image_size": image_size, "val_fraction": val_fraction, "cache_views": cache_views,
     }  # fmt: skip
     run = RunFolder(Path(out))
     _check_fresh(run, resume, overwrite)

@@ -35,7 +35,7 @@ def _train(data: Path, out: Path, *extra: str):
 
 def _error(result) -> str:
     """The one error line (progress and warnings go to stderr before it)."""
-    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.output, result.output
     return errors[0]
 

@@ -56,7 +56,9 @@ def error_fields(message: str, option: str | None = None, path: str | None = Non
         option = m.group(1)
     if path is None and (m := _LEADING_SUBJECT.match(message)):
         subject = m.group(1)
-        if os.path.lexists(subject) or not any(c.isspace() for c in subject):
+        # "--resume: ..." names an option, not a file
+        named_file = os.path.lexists(subject) or not any(c.isspace() for c in subject)
+        if named_file and not subject.startswith("--"):
             path = subject
     return {"message": message, "option": option, "path": path}
 

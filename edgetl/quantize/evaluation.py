@@ -12,7 +12,7 @@ import numpy as np
 from edgetl_runtime.modelinfo import ModelInfo, read_model_info
 
 from ..calibration import list_labelled_images
-from ..console import warn
+from ..console import track, warn
 from ..errors import BundleError, DataError
 from ..images import preprocess_readable
 
@@ -144,7 +144,8 @@ def run_model(path: Path, inputs: np.ndarray, backend: str = "onnxruntime-cpu") 
 
     session = load_session(path, backend)
     batch = batch_size(path) if path.suffix == ".onnx" else 1
-    return np.concatenate([session.run(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
+    starts = track(range(0, len(inputs), batch), f"evaluating {path.name} on {len(inputs)} images")
+    return np.concatenate([session.run(inputs[i : i + batch]) for i in starts])
 
 
 def artifact_bytes(path: Path) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..console import quiet_third_party as _quiet_library
+from ..console import track
 from .evaluation import batch_size
 
 
@@ -89,7 +90,7 @@ def calibrate_ranges(model_path: Path, inputs: np.ndarray, method: Method):
         )
         # one batch per call: histogram calibrators keep every intermediate output of a call in
         # memory, and stack them, which fails on a shorter last batch
-        for start in range(0, len(inputs), batch):
+        for start in track(range(0, len(inputs), batch), f"calibrating ({method.value})"):
             calibrator.collect_data(_ArrayReader(input_name, inputs[start : start + batch], batch))
         return calibrator.compute_data()
 
