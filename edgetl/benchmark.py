@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl_runtime.modelfile import model_format
+from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
@@ -46,7 +46,8 @@ SYNTHETIC_SEED = 0
 
 def _model_size_mb(path: Path) -> float:
     # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
-    parts = [*model_format(path).files(path), path.with_name(path.name + ".data")]
+    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
+    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
     return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,10 @@ def test_benchmark_reads_the_ir_metadata(ir_run):
     assert (timed.precision, timed.preprocess) == ("int8", info.preprocess)
     bin_mb = (ir_run / "model.int8.bin").stat().st_size / 2**20
     assert timed.size_mb > bin_mb
+
+
+def test_a_device_without_the_onnx_package_reads_the_same_metadata(tiny_run, monkeypatch):
+    expected = read_metadata(tiny_run / "model.int8.onnx")
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    assert read_metadata(tiny_run / "model.int8.onnx") == expected
+    assert read_model_info(tiny_run / "model.int8.onnx").precision == "int8"

@@ -3,7 +3,8 @@
 Each entry knows how the format stores edgetl's metadata (flat ``edgetl.*`` str -> str, see
 ModelInfo.to_metadata): ONNX in ``metadata_props``, an IR in ``rt_info["edgetl"]``. Reading, copying
 with new metadata, and the files a model needs beside it (an IR's ``.bin``) all go through here.
-Metadata is read with onnxruntime alone; the onnx package (writing) and openvino are imported lazily.
+Metadata is read with the onnx package where it is installed (edgetl) and with onnxruntime alone on a
+device; onnx (also for writing) and openvino are imported lazily.
 """
 
 from __future__ import annotations
@@ -44,6 +45,19 @@ class ModelFormat:
 
 
 def _read_onnx(path: Path) -> dict[str, str]:
+    try:
+        import onnx
+    except ImportError:  # a device has onnxruntime only
+        return _read_onnx_with_onnxruntime(path)
+    try:
+        # the protobuf alone: a graph onnxruntime cannot run (a custom op) still says what it is
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf and onnx raise assorted types for a bad file
+        raise BundleError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def _read_onnx_with_onnxruntime(path: Path) -> dict[str, str]:
     import onnxruntime as ort
 
     try:
