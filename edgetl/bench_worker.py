@@ -55,28 +55,42 @@ class BenchBackend:
 
 
 class TorchRunner:
-    """Eager PyTorch on the checkpoint; host batch in, host logits out, like the ONNX sessions."""
+    """Eager PyTorch on the checkpoint; host batch in, host logits out, like the ONNX sessions.
+
+    On CUDA it runs as `edgetl train --device cuda` evaluates: channels_last memory layout and
+    autocast (bf16 where the GPU has it, else fp16), the way a PyTorch user would serve it.
+    """
 
     def __init__(self, path: Path, threads: int | None, device: str) -> None:
         import torch
 
         from .checkpoint import load_checkpoint
+        from .cuda import cuda_autocast_dtype
 
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
         self._device = torch.device(device)
         self.model, _ = load_checkpoint(path, self._device)
+        self._amp = cuda_autocast_dtype() if device == "cuda" else None
+        if self._amp is not None:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.threads = torch.get_num_threads() if device == "cpu" else None
-        self.execution_precision = "model"
+        self.execution_precision = (
+            "model" if self._amp is None else f"{str(self._amp).removeprefix('torch.')} (autocast)"
+        )
         self.providers = (f"torch:{device}",)
         # CUDA kernels are asynchronous: a timed call must wait for them to finish
         self.sync = torch.cuda.synchronize if device == "cuda" else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
+        torch = self._torch
+        with (
+            torch.inference_mode(),
+            torch.autocast(self._device.type, self._amp, enabled=self._amp is not None),
+        ):
             # the host-to-device copy is part of the call, as it is for onnxruntime's CUDA provider
-            return self.model(self._torch.from_numpy(batch).to(self._device)).cpu().numpy()
+            return self.model(torch.from_numpy(batch).to(self._device)).float().cpu().numpy()
 
 
 def _torch_reason(device: str) -> str | None:

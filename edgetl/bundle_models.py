@@ -17,10 +17,21 @@ from .options import ExportFormat, PackagePrecision
 # preference, kept to those that read the format: "auto" on a device takes the first model whose list
 # holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
 MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
-    Precision.INT8: ("model.int8", ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu")),
+    # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
+    Precision.INT8: (
+        "model.int8",
+        ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
+    ),
     Precision.FP32: (
         "model",
-        ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-openvino", "openvino-cpu", "openvino-gpu"),
+        (
+            "onnxruntime-cpu",
+            "onnxruntime-cuda",
+            "onnxruntime-openvino",
+            "openvino-cpu",
+            "openvino-gpu",
+            "onnxruntime-tensorrt",
+        ),
     ),
 }
 # The command that writes each run-folder model, by format

@@ -280,7 +280,7 @@ class PrefixCache:
         if folder is None:
             self.data = np.empty((views, n, *shape), dtype=np.float16)
         else:
-            # Deleted with this object (or at exit); a killed run's leftover is removed by the next one.
+            # Deleted with this object (or at exit); a killed run's leftover is swept by the run lock.
             self._tmp = tempfile.TemporaryDirectory(prefix=CACHE_PREFIX, dir=folder)
             file = Path(self._tmp.name) / "prefix.f16"
             self.data = np.lib.format.open_memmap(file, mode="w+", dtype=np.float16, shape=(views, n, *shape))
@@ -295,9 +295,9 @@ class PrefixCache:
         per_view = n * int(np.prod(shape)) * 2
         if views * per_view <= memory_budget():
             return cls(views, n, shape, None)
+        # a killed run's leftover cache is swept by the run lock (its name starts with TMP_PREFIX);
+        # sweeping here would delete the live caches of the other ranks under torchrun
         run.mkdir(parents=True, exist_ok=True)
-        for stale in run.glob(CACHE_PREFIX + "*"):
-            shutil.rmtree(stale, ignore_errors=True)
         fit = min(views, disk_budget(run) // max(per_view, 1))
         return cls(fit, n, shape, run) if fit >= 1 else None
 

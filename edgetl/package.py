@@ -221,6 +221,22 @@ The runtime does this for you from `manifest.json`.
         print(r.source, r.label, r.score)
 
 Every file is checked against the sha256 in `manifest.json` on load: a modified bundle is refused.
+
+## NVIDIA GPUs
+
+x86_64 server: `pip install edgetl-runtime onnxruntime-gpu` (needs the CUDA 12 and cuDNN 9 libraries
+onnxruntime-gpu is built for), then `edgetl-run predict BUNDLE photos/ --backend onnxruntime-cuda`.
+For TensorRT add `pip install tensorrt-cu12-libs` (or a system TensorRT) and use
+`--backend onnxruntime-tensorrt`.
+
+Jetson: install the onnxruntime-gpu wheel built for your JetPack (Jetson Zoo / NVIDIA's Jetson wheel
+index), then `pip install --no-deps edgetl-runtime`; JetPack itself ships CUDA, cuDNN and TensorRT.
+
+`onnxruntime-tensorrt` builds a TensorRT engine on the first run (FP16 kernels; INT8 where the INT8
+model has its QDQ nodes) and keeps it in `~/.cache/edgetl-runtime/tensorrt` (`EDGETL_TRT_CACHE`
+moves it); later runs load it instead of building. The first-run build time is not measured by
+edgetl (it depends on the model, the GPU and TensorRT's tactic search): build it once before
+serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
 """
 
 

@@ -33,6 +33,7 @@ from .checkpoint import (
     with_head,
 )
 from .console import log, track, warn
+from .cuda import cuda_autocast_dtype, place_model, to_device
 from .data import (
     ImageData,
     centre_pixels,
@@ -42,8 +43,9 @@ from .data import (
     prefetch,
     train_transform,
 )
+from .distributed import World, close_world, init_world, launched_rank
 from .errors import EdgetlError
-from .features import PROBE_IMAGES, FrozenCompute, FrozenPart, PrefixCache, Runner
+from .features import PROBE_IMAGES, FrozenCompute, FrozenPart, FrozenPath, PathChoice, PrefixCache, Runner
 from .options import Device
 from .plots import write_training_plots
 from .recipe import Balance, Recipe, StagePlan, recipe_from_dict, resolve_recipe
@@ -82,7 +84,11 @@ class TrainResult:
     backbone: str
     device: str
     stages: tuple[StageResult, ...]
-    frozen_compute: dict | None = None  # features.PathChoice: the frozen path, its features/s, the others'
+    frozen_compute: dict | None = None
+    world_size: int = 1  # training processes (torchrun); 1 without it
+    backend: str | None = (
+        None  # their torch.distributed backend: gloo (CPU) or nccl (CUDA)  # features.PathChoice: the frozen path, its features/s, the others'
+    )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -105,7 +111,7 @@ def resolve_device(choice: str | Device = Device.AUTO) -> tuple[torch.device, to
         if choice is Device.AUTO:
             log(f"device: cpu, because {_cuda_missing_reason()}")
         return torch.device("cpu"), None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = cuda_autocast_dtype()
     log(f"device: cuda ({torch.cuda.get_device_name()}), mixed precision {str(dtype).removeprefix('torch.')}")
     return torch.device("cuda"), dtype
 
@@ -124,6 +130,7 @@ class _Context:
     class_weights: torch.Tensor | None
     sample_weights: torch.Tensor | None
     frozen: FrozenCompute
+    world: World = field(default_factory=World)
 
     def autocast(self):
         if self.amp is None:
@@ -160,13 +167,24 @@ class _Context:
         def predict(h: torch.Tensor) -> torch.Tensor:
             return self.model.head(self.model.forward_features(h, stop)).argmax(1)
 
-        return self.frozen.runner(part, probe, work_images, predict)
+        if not self.world.active or self.frozen.choice is not None:
+            return self.frozen.runner(part, probe, work_images, predict)
+        # rank 0 measures and records the path; the others take its choice, so all compute alike
+        paths = list(FrozenPath)
+        run = self.frozen.runner(part, probe, work_images, predict) if self.world.main else None
+        index = paths.index(self.frozen.choice.path) if run is not None else 0
+        index = int(self.world.broadcast(torch.tensor([index]))[0])
+        if run is None:
+            self.frozen.choice = PathChoice(paths[index], 0.0, reused=True)
+            run = self.frozen.runner(part, probe, work_images, predict)
+        return run
 
     @torch.no_grad()
     def features(self, run: Runner, x: torch.Tensor) -> list[torch.Tensor]:
         """`run` over `x` in batches, one tensor per tap."""
         size = self.recipe.batch_size * 2
-        outs = [run(x[i : i + size]) for i in range(0, len(x), size)]
+        # an empty share (more ranks than images) still yields (0, ...) tensors
+        outs = [run(x[i : i + size]) for i in range(0, max(len(x), 1), size)]
         return [torch.cat(o) for o in zip(*outs, strict=True)]
 
     def probe(self) -> torch.Tensor:
@@ -179,14 +197,14 @@ class _Context:
             return tuple(self.model.forward_features(x, 0, stop).shape[1:])
 
 
-def _views(ctx: _Context, views: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+def _views(ctx: _Context, views: int, lo: int, hi: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(view, first image, batch) for the plain view and then augmented views (`views` in all) of
-    every training image. Call under `_view_rng`: the same views every time, whatever the training RNG."""
+    training images [lo, hi). Call under `_view_rng`: the same views every time, whatever the training RNG."""
     images, size = ctx.data.train_images, ctx.recipe.batch_size * 2
     augment = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
     for v in range(views):
-        for i in range(0, len(images), size):
-            chunk = images[i : i + size]
+        for i in range(lo, hi, size):
+            chunk = images[i : min(i + size, hi)]
             if v == 0:
                 yield v, i, eval_tensor(centre_pixels(chunk, ctx.spec), ctx.spec)
             else:
@@ -207,19 +225,26 @@ def _frozen_pass(
     """Every cached view through stages [0, max(taps)) once: the first tap's outputs go to `cache`,
     the last tap's are returned as (views, images, features) when `keep_last`; plus the validation
     images' outputs at every tap."""
-    n, views = len(ctx.data.train_images), 1 + ctx.recipe.cache_views
+    n, views, world = len(ctx.data.train_images), 1 + ctx.recipe.cache_views, ctx.world
     want = views if keep_last else cache.views
     run = ctx.frozen_runner(taps, ctx.probe(), n * want + len(val_x))
-    last, steps = [], -(-n // (ctx.recipe.batch_size * 2)) * want
+    # under torchrun each rank computes its share of the images; the outputs are gathered once
+    lo, hi = world.bounds(n)
+    last, steps = [], -(-(hi - lo) // (ctx.recipe.batch_size * 2)) * want
     with _view_rng(ctx):
-        for v, i, x in track(prefetch(_views(ctx, want)), "caching features", total=steps):
+        for v, i, x in track(prefetch(_views(ctx, want, lo, hi)), "caching features", total=steps):
             outs = run(x)
             if cache is not None and v < cache.views:
                 cache.write(v, i, outs[0].cpu())
             if keep_last:
                 last.append(outs[-1])
-    train = torch.cat(last).reshape(views, n, -1) if keep_last else None
-    return train, ctx.features(run, val_x)
+    if cache is not None and world.active:
+        share = torch.from_numpy(cache.data[: cache.views, lo:hi].copy())
+        cache.data[: cache.views] = world.gather_rows(share, n, dim=1).numpy()
+    train = world.gather_rows(torch.cat(last).reshape(views, hi - lo, -1), n, dim=1) if keep_last else None
+    vlo, vhi = world.bounds(len(val_x))
+    val = [world.gather_rows(t, len(val_x)) for t in ctx.features(run, val_x[vlo:vhi])]
+    return train, val
 
 
 def _next_cut(ctx: _Context, plan: StagePlan) -> int:
@@ -233,6 +258,13 @@ def _next_cut(ctx: _Context, plan: StagePlan) -> int:
 def _plan_cache(ctx: _Context, first: int) -> PrefixCache | None:
     n, views = len(ctx.data.train_images), 1 + ctx.recipe.cache_views
     cache = PrefixCache.plan(views, n, ctx.prefix_shape(first), ctx.frozen.run)
+    if ctx.world.active:
+        # budgets are measured per process: all ranks keep the views the tightest one can hold,
+        # so they draw the same random numbers and stay in step
+        fit = int(ctx.world.min(0 if cache is None else cache.views))
+        cache = None if fit == 0 else cache
+        if cache is not None:
+            cache.views = fit
     if cache is None:
         log(f"prefix cache: not even the plain view of {n} images fits the memory and disk budget; "
             "partial unfreeze runs the frozen prefix every step")  # fmt: skip
@@ -286,7 +318,8 @@ class _CachedHead:
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
         self.ctx.model.head.eval()
-        return self.ctx.model.head(self.val_features).float()
+        # every rank trained the same head on the same features; rank 0's logits make the decisions
+        return self.ctx.world.broadcast(self.ctx.model.head(self.val_features).float())
 
 
 class _PartialUnfreeze:
@@ -322,44 +355,62 @@ class _PartialUnfreeze:
             self.transform = train_transform(ctx.spec, ctx.recipe.scale, ctx.recipe.hflip)
         self.targets = ctx.data.train_targets
         self.n = len(self.targets)
-        self.steps_per_epoch = -(-self.n // ctx.recipe.batch_size)
+        self.tail = ctx.world.wrap(_Tail(ctx.model, self.first))
+        self.batch = ctx.world.local_batch(ctx.recipe.batch_size)
+        self.steps_per_epoch = -(-len(ctx.world.shard_order(torch.arange(self.n))) // self.batch)
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(prefix outputs, image indices) per step."""
+        """(prefix outputs, image indices) per step: this rank's share of the epoch order."""
         ctx, order = self.ctx, self.ctx.order(self.n)
         if self.cache is not None:
             view = torch.randint(self.cache.views, (self.n,))
-            for start in range(0, self.n, ctx.recipe.batch_size):
-                idx = order[start : start + ctx.recipe.batch_size]
+            order = ctx.world.shard_order(order)
+            for start in range(0, len(order), self.batch):
+                idx = order[start : start + self.batch]
                 yield self.cache.read(view[idx], idx), idx
             return
-        batches = iter_augmented(ctx.data.train_images, order, self.transform, ctx.recipe.batch_size)
+        order = ctx.world.shard_order(order)
+        batches = iter_augmented(ctx.data.train_images, order, self.transform, self.batch)
         for x, idx in batches:
             yield (self.prefix(x)[0] if self.prefix else x), idx
 
     def train_epoch(self, optimizer, scheduler, scaler) -> tuple[float, float]:
         ctx, model = self.ctx, self.ctx.model
         train_mode(model, self.first)
-        total, correct = 0.0, 0
+        total, correct, seen = 0.0, 0, 0
         for h, idx in track(self._batches(), "fine-tuning", total=self.steps_per_epoch):
-            h, y = h.to(ctx.device), self.targets[idx].to(ctx.device)
+            h, y = to_device(h, ctx.device), self.targets[idx].to(ctx.device)
             with ctx.autocast():
-                logits = model.head(model.forward_features(h, self.first))
+                logits = self.tail(h)
             loss, hits = _step(ctx, logits, y, optimizer, scheduler, scaler)
             total += loss * len(idx)
             correct += hits
-        return total / self.n, correct / self.n
+            seen += len(idx)
+        total, correct, seen = ctx.world.sum([total, correct, seen])
+        return total / seen, correct / seen
 
     @torch.no_grad()
     def evaluate(self) -> torch.Tensor:
         ctx = self.ctx
         ctx.model.eval()
         outs = []
-        for i in range(0, len(self.val_prefix), ctx.recipe.batch_size * 2):
-            h = self.val_prefix[i : i + ctx.recipe.batch_size * 2].to(ctx.device)
+        lo, hi = ctx.world.bounds(len(self.val_prefix))
+        for i in range(lo, max(hi, lo + 1), ctx.recipe.batch_size * 2):
+            h = self.val_prefix[i : min(i + ctx.recipe.batch_size * 2, hi)].to(ctx.device)
             with ctx.autocast():
                 outs.append(ctx.model.head(ctx.model.forward_features(h, self.first)).float())
-        return torch.cat(outs)
+        return ctx.world.gather_rows(torch.cat(outs), len(self.val_prefix))
+
+
+class _Tail(torch.nn.Module):
+    """The trainable part, stages [first, ...) and the head, as one module for DistributedDataParallel."""
+
+    def __init__(self, model: EdgeModel, first: int) -> None:
+        super().__init__()
+        self.model, self.first = model, first
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.forward_features(h, self.first))
 
 
 # Stage kind -> how it runs: frozen stages never touch the backbone, so they train on cached features.
@@ -490,7 +541,7 @@ class _Session:
         # Cached-feature epochs change only the head: the backbone is written once, here, and each epoch
         # writes the head alone; the stage's end joins them into full best/last checkpoints again.
         save = save_head if plan.frozen else save_checkpoint
-        if plan.frozen and resume is None:
+        if plan.frozen and resume is None and ctx.world.main:
             save_checkpoint(ctx.model, self.info({}), self.run / LAST)
         for e in range(start_epoch, plan.epochs):
             if bad >= ctx.recipe.patience:
@@ -527,7 +578,8 @@ class _Session:
                     preds.tolist(),
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-                save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
+                if ctx.world.main:  # the other processes hold the same weights and write nothing
+                    save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -535,17 +587,18 @@ class _Session:
                     f"train loss {train_loss:.3f} acc {train_acc:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
                     + (" *" if improved else "")
                 )
-            save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
-            _save_last_state(
-                self.run,
-                {
-                    "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
-                },
-            )  # fmt: skip
-            _write_json(self.run / METRICS, book.history)
-        if plan.frozen:
+            if ctx.world.main:
+                save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
+                _save_last_state(
+                    self.run,
+                    {
+                        "stage": s, "stage_epoch": e + 1, "bad": bad, "seed": ctx.seed, "elapsed": self.elapsed,
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
+                    },
+                )  # fmt: skip
+                _write_json(self.run / METRICS, book.history)
+        if plan.frozen and ctx.world.main:
             self.join_heads()
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
@@ -578,7 +631,6 @@ class _Session:
     def finish(self) -> TrainResult:
         ctx, book = self.ctx, self.book
         confusion = _confusion(ctx.data.labels, self.val_y, book.best_preds)
-        _write_json(self.run / CONFUSION, confusion)
         result = TrainResult(
             run=self.run,
             checkpoint=self.run / BEST,
@@ -594,10 +646,14 @@ class _Session:
             device=ctx.device.type,
             stages=tuple(StageResult(**st) for st in book.stages),
             frozen_compute=ctx.frozen.summary(),
+            world_size=ctx.world.size,
+            backend=ctx.world.to_dict()["backend"],
         )
-        summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
-        _write_json(self.run / SUMMARY, summary)
-        write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
+        if ctx.world.main:
+            _write_json(self.run / CONFUSION, confusion)
+            summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
+            _write_json(self.run / SUMMARY, summary)
+            write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
         log(
             f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"
         )
@@ -673,6 +729,14 @@ def train(
         "image_size": image_size, "val_fraction": val_fraction, "cache_views": cache_views,
     }  # fmt: skip
     run = RunFolder(Path(out))
+    if launched_rank() != 0:
+        # under torchrun, rank 0 checks, locks and writes the run folder; the others only read it
+        try:
+            return _train_locked(
+                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
+            )
+        finally:
+            close_world()
     _check_fresh(run, resume, overwrite)
     created = not run.root.exists()
     try:
@@ -682,6 +746,7 @@ def train(
                 data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
             )
     finally:
+        close_world()
         if created:
             run.discard_if_empty()
 
@@ -689,7 +754,9 @@ def train(
 def _train_locked(
     data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
 ):
-    _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
+    main = launched_rank() == 0
+    if main:
+        _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
             warn("--resume continues with the run's saved recipe; other recipe options are ignored")
@@ -699,6 +766,11 @@ def _train_locked(
         recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
+    world = init_world(cuda=dev.type == "cuda")
+    if world.active:
+        log(f"distributed: {world.size} processes, backend {world.backend.value}")
+        if dev.type == "cuda":
+            dev = torch.device("cuda", world.local_rank)
     torch.manual_seed(seed)
 
     images = load_imagefolder(data, spec, recipe.val_fraction, seed)
@@ -716,19 +788,21 @@ def _train_locked(
         model, _ = load_checkpoint(run.last)
         if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
             model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
-    check_writable(run.root, "--out", folder=True)
-    if overwrite:
-        removed = run.clear()
-        if removed:
-            log(f"--overwrite: removed the old run's {', '.join(removed)}")
-    if state is None:
-        splits.save(run.root)
-    model.to(dev)
+    world.barrier()  # every process has read the old run before rank 0 changes the folder
+    if main:
+        check_writable(run.root, "--out", folder=True)
+        if overwrite:
+            removed = run.clear()
+            if removed:
+                log(f"--overwrite: removed the old run's {', '.join(removed)}")
+        if state is None:
+            splits.save(run.root)
+    place_model(model, dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:
         class_weights = class_weights.to(dev)
     frozen = FrozenCompute(run.root, reuse=state is not None)
-    ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, frozen)
+    ctx = _Context(model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, frozen, world)
     book = _Book(**state["book"]) if state else _Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = _Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)

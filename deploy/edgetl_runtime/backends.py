@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,33 +66,134 @@ def _ort_provider_reason(provider: str, package: str) -> str | None:
     return None
 
 
+def _tensorrt_reason() -> str | None:
+    """onnxruntime-gpu lists TensorrtExecutionProvider whether or not TensorRT is installed: look for
+    libnvinfer itself (system install, JetPack, or the PyPI `tensorrt-cu12-libs` wheel)."""
+    reason = _ort_provider_reason("TensorrtExecutionProvider", "onnxruntime-gpu")
+    if reason:
+        return reason
+    if _load_nvinfer() is None:
+        return "no TensorRT libraries (libnvinfer.so.10/.so.8 not found; pip install tensorrt-cu12-libs or JetPack)"
+    return _cuda_device_reason()
+
+
+def _load_nvinfer() -> str | None:
+    """Load libnvinfer globally so onnxruntime's TensorRT provider finds it; the path tried, or None.
+
+    The PyPI wheel puts it in site-packages/tensorrt_libs, which is not on the loader's path; once it
+    is loaded under its soname, onnxruntime's own dlopen reuses it.
+    """
+    names = ("libnvinfer.so.10", "libnvinfer.so.8", "nvinfer_10.dll", "nvinfer.dll")
+    places = list(names)
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        places += [os.path.join(d, n) for d in spec.submodule_search_locations for n in names]
+    for place in places:
+        try:
+            ctypes.CDLL(place, mode=getattr(ctypes, "RTLD_GLOBAL", 0))
+        except OSError:
+            continue
+        return place
+    return None
+
+
+def tensorrt_cache_dir() -> Path:
+    """Where TensorRT engines are kept, so each (model, GPU, TensorRT version) is built once.
+
+    EDGETL_TRT_CACHE overrides the default under the user's cache folder.
+    """
+    explicit = os.environ.get("EDGETL_TRT_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edgetl-runtime" / "tensorrt"
+
+
+def _has_qdq(path: Path) -> bool:
+    """Whether the model carries QuantizeLinear nodes (an INT8 model from `edgetl quantize`).
+
+    The runtime has no `onnx` package; protobuf stores op_type strings verbatim, and
+    "DequantizeLinear" does not contain "QuantizeLinear" (capital Q).
+    """
+    return b"QuantizeLinear" in Path(path).read_bytes()
+
+
+def tensorrt_options(path: Path, exact: bool) -> tuple[dict[str, object], str]:
+    """TensorRT provider options and the precision the engine computes in.
+
+    FP16 kernels wherever TensorRT finds them faster (not for parity gates: exact=True); INT8 follows
+    the QDQ nodes of a quantized model (explicit quantization, TensorRT keeps their placement).
+    """
+    cache = tensorrt_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    int8 = _has_qdq(path)
+    options = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": not exact,
+        "trt_int8_enable": int8,
+    }
+    precision = ("int8+" if int8 else "") + ("fp32" if exact else "fp16")
+    return options, precision
+
+
 class OrtSession:
-    def __init__(self, path: Path, threads: int | None, provider: str, backend: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None,
+        provider: str,
+        backend: str,
+        *,
+        options: dict[str, object] | None = None,
+        precision: str = "model",
+    ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.log_severity_level = 3
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        session_options.log_severity_level = 3
         if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-        self._session = ort.InferenceSession(str(path), options, providers=providers)
+            session_options.intra_op_num_threads = threads
+            session_options.inter_op_num_threads = 1
+        chain = {
+            "CPUExecutionProvider": [],
+            # nodes TensorRT cannot take go to CUDA, not to the CPU
+            "TensorrtExecutionProvider": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        }.get(provider, ["CPUExecutionProvider"])
+        providers = [(provider, options or {}), *chain]
+        self._session = ort.InferenceSession(str(path), session_options, providers=providers)
         self.providers = tuple(self._session.get_providers())
         if self.providers[0] != provider:
             # onnxruntime falls back to CPU silently; a benchmark row must not claim a GPU it did not use
             raise BackendUnavailable(
-                f"{backend}: {provider} failed to initialise (missing CUDA/cuDNN libraries?)"
+                f"{backend}: {provider} failed to initialise and onnxruntime fell back to "
+                f"{self.providers[0]} (missing CUDA/cuDNN/TensorRT libraries?)"
             )
         self.backend = backend
         # 0 (unset) means one thread per physical core in onnxruntime
         self.threads = threads or physical_cores()
-        self.execution_precision = "model"  # onnxruntime runs each op in the model's own precision
+        # "model": onnxruntime runs each op in the model's own precision; TensorRT says what it chose
+        self.execution_precision = precision
         self.input_name = self._session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self.input_name: batch})[0]
+
+
+def _load_tensorrt(path: Path, threads: int | None, exact: bool = False) -> OrtSession:
+    options, precision = tensorrt_options(path, exact)
+    return OrtSession(
+        path,
+        threads,
+        "TensorrtExecutionProvider",
+        "onnxruntime-tensorrt",
+        options=options,
+        precision=precision,
+    )
 
 
 class OpenVinoSession:
@@ -150,6 +252,12 @@ BACKENDS: dict[str, Backend] = {
             "gpu",
             _cuda_reason,
             lambda p, t, exact=False: OrtSession(p, t, "CUDAExecutionProvider", "onnxruntime-cuda"),
+        ),
+        Backend(
+            "onnxruntime-tensorrt",
+            "gpu",
+            _tensorrt_reason,
+            lambda p, t, exact=False: _load_tensorrt(p, t, exact),
         ),
         Backend(
             "onnxruntime-openvino",

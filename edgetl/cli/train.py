@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -89,6 +90,11 @@ from edgetl.cli.common import handle_errors, json_option
 @click.option(
     "--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value, show_default=True
 )
+@click.option(
+    "--devices",
+    default=None,
+    help="Train in N processes (torchrun, one per GPU with --device cuda) or on GPU ids 0,1,...",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors (same --data)."
@@ -100,7 +106,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @json_option
 @handle_errors
-def train(data: Path, out: Path, as_json: bool, **options) -> None:
+def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) -> None:
     """Fine-tune a pretrained backbone: frozen head training on cached features, then partial unfreeze.
 
     \b
@@ -109,14 +115,37 @@ def train(data: Path, out: Path, as_json: bool, **options) -> None:
     edgetl train --data DATA --out runs/a --frozen-epochs 20 --epochs 3 --unfreeze 3 --no-hflip
     edgetl train --data DATA --out runs/a --resume
     edgetl train --data DATA --out runs/a --overwrite --seed 1
+    edgetl train --data DATA --out runs/a --devices 2            # torchrun, 2 processes
+    torchrun --nproc-per-node 2 -m edgetl train --data DATA --out runs/a
     """
     from edgetl.console import print_json
+    from edgetl.distributed import launched_rank
     from edgetl.train import train as run_training
 
+    if devices is not None:
+        _relaunch(devices, as_json)
+        return
     result = run_training(data, out, **options)
+    if launched_rank() != 0:
+        return  # the result is rank 0's to print
     if as_json:
         print_json(result.to_dict())
     else:
         click.echo(
             f"best val accuracy {result.best_val_accuracy:.3f} in {result.train_seconds:.1f}s -> {result.checkpoint}"
         )
+
+
+def _relaunch(devices: str, as_json: bool) -> None:
+    """The same command under torchrun; rank 0's stdout (the JSON object or the result line) is ours."""
+    from edgetl.distributed import relaunch
+    from edgetl.errors import EdgetlError
+
+    done = relaunch(devices, sys.argv[1:])
+    sys.stdout.write(done.stdout)
+    if done.returncode and not done.stdout.strip():
+        raise EdgetlError(
+            f"--devices {devices}: the training processes failed (torchrun exit {done.returncode}); see above"
+        )
+    if done.returncode:
+        sys.exit(done.returncode)

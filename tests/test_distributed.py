@@ -1,0 +1,197 @@
+"""Multi-process training through torchrun (gloo on CPU) and the sharding helpers it relies on."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgetl.distributed import (
+    LAUNCHER,
+    CommBackend,
+    World,
+    launch_command,
+    parse_devices,
+    relaunch,
+    strip_option,
+    world_from_env,
+)
+from edgetl.errors import EdgetlError
+from edgetl.train import train
+
+ARGS = [
+    "--frozen-epochs",
+    "3",
+    "--epochs",
+    "2",
+    "--image-size",
+    "32",
+    "--no-hflip",
+    "--device",
+    "cpu",
+    "--batch-size",
+    "8",
+]
+
+
+@pytest.mark.parametrize("n,size", [(10, 2), (11, 2), (7, 3), (1, 2)])
+def test_shard_order_covers_every_index_with_equal_shares(n, size):
+    order = torch.randperm(n)
+    shards = [World(r, r, size, CommBackend.GLOO).shard_order(order) for r in range(size)]
+    assert len({len(s) for s in shards}) == 1  # equal step counts: DDP collectives stay matched
+    assert set(torch.cat(shards).tolist()) == set(range(n))
+    assert sum(len(s) for s in shards) - n < size  # padding only to a multiple of the world size
+
+
+@pytest.mark.parametrize("n,size", [(10, 2), (11, 3), (1, 2), (0, 2)])
+def test_bounds_partition_the_rows(n, size):
+    parts = [World(r, r, size, CommBackend.GLOO).bounds(n) for r in range(size)]
+    assert parts[0][0] == 0 and parts[-1][1] == n
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+
+
+def test_single_process_world_is_a_no_op():
+    w = World()
+    x = torch.arange(6.0).reshape(3, 2)
+    assert not w.active and w.main
+    assert w.gather_rows(x, 3) is x and w.broadcast(x) is x and w.sum([1.0, 2.0]) == [1.0, 2.0]
+    assert w.local_batch(32) == 32 and w.to_dict() == {"world_size": 1, "backend": None}
+    module = torch.nn.Linear(2, 2)
+    assert w.wrap(module) is module
+
+
+def test_world_from_env_picks_nccl_on_gpus_and_gloo_on_cpu():
+    env = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}
+    assert world_from_env(env, cuda=True) == World(3, 1, 4, CommBackend.NCCL)
+    assert world_from_env(env, cuda=False).backend is CommBackend.GLOO
+    assert world_from_env({}, cuda=True) == World()
+    assert World(0, 0, 2, CommBackend.GLOO).local_batch(32) == 16
+
+
+@pytest.mark.parametrize(
+    "text,expected", [("2", (2, None)), ("0,1", (2, (0, 1))), ("3,", (1, (3,))), ("1,3,5", (3, (1, 3, 5)))]
+)
+def test_parse_devices(text, expected):
+    assert parse_devices(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "two", "0,0", ",", "1,-2"])
+def test_parse_devices_refuses_nonsense(text):
+    with pytest.raises(EdgetlError, match="--devices"):
+        parse_devices(text)
+
+
+def test_launch_command_drops_devices_and_runs_edgetl_under_torchrun():
+    argv = ["train", "--data", "d", "--devices", "0,1", "--out", "r", "--devices=2", "--json"]
+    assert strip_option(argv, "--devices") == ["train", "--data", "d", "--out", "r", "--json"]
+    cmd = launch_command(2, argv)
+    assert cmd[:4] == [sys.executable, "-m", LAUNCHER, "--standalone"]
+    assert "--nproc-per-node=2" in cmd
+    assert cmd[cmd.index("-m", 3) :] == ["-m", "edgetl", "train", "--data", "d", "--out", "r", "--json"]
+
+
+def test_relaunch_restricts_visible_gpus_to_the_listed_ids(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    seen = {}
+
+    def fake_run(cmd, env, **kw):
+        seen.update(cmd=cmd, env=env)
+        return subprocess.CompletedProcess(cmd, 0, "{}\n")
+
+    relaunch("1,3", ["train", "--devices", "1,3"], run=fake_run)
+    assert seen["env"]["CUDA_VISIBLE_DEVICES"] == "1,3" and "--nproc-per-node=2" in seen["cmd"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(EdgetlError, match="already running under torchrun"):
+        relaunch("2", ["train"], run=fake_run)
+
+
+def _edgetl(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return subprocess.run(
+        [sys.executable, "-m", "edgetl", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def two_process_run(digits_dir, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    done = _edgetl("train", "--data", str(digits_dir), "--out", str(run), "--devices", "2", "--json", *ARGS)
+    return run, done
+
+
+def test_two_processes_on_gloo_match_one_process(two_process_run, digits_dir, tmp_path):
+    run, done = two_process_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # exactly one JSON object: rank 0's
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo"
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in run.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+    # logs are rank 0's alone: each epoch line once
+    assert done.stderr.count("stage 2/2 epoch 2/2") == 1
+    single = train(
+        digits_dir,
+        tmp_path / "one",
+        device="cpu",
+        frozen_epochs=3,
+        epochs=2,
+        image_size=32,
+        hflip=False,
+        batch_size=8,
+    )
+    assert single.world_size == 1 and single.backend is None
+    # 12 validation images: the two runs see different augmentations and batch splits, so allow 2 images
+    assert abs(summary["best_val_accuracy"] - single.best_val_accuracy) * single.num_val <= 2 + 1e-6
+
+
+def _rank_pids(marker: str, rank: str) -> list[int]:
+    """Processes whose command line holds `marker` and whose environment says RANK=`rank`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if marker.encode() in cmdline and f"RANK={rank}".encode() in env:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find the rank")
+def test_resume_after_killing_one_rank(digits_dir, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(digits_dir), "--out", str(run), "--devices", "2", "--json", *ARGS]
+    args += ["--epochs", "8", "--patience", "20"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    proc = subprocess.Popen([sys.executable, "-m", "edgetl", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        rows = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else []
+        if len(rows) >= 4:  # inside the partial-unfreeze stage
+            break
+        time.sleep(0.05)
+    pids = _rank_pids(str(run), "1")
+    assert pids, "rank 1 not found"
+    os.kill(pids[0], signal.SIGKILL)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    done = len(json.loads((run / "metrics.json").read_text()))
+    assert 4 <= done < 11
+    again = _edgetl(
+        "train", "--data", str(digits_dir), "--out", str(run), "--resume", "--devices", "2", "--json"
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads(again.stdout)
+    history = json.loads((run / "metrics.json").read_text())
+    assert summary["epochs"] == 11 and summary["world_size"] == 2
+    assert [r["epoch"] for r in history] == list(range(1, 12))
