@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgetl_runtime.modelinfo import MetadataMissing, ModelInfo
+from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
@@ -45,7 +46,8 @@ SYNTHETIC_SEED = 0
 
 def _model_size_mb(path: Path) -> float:
     # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
-    parts = [path, path.with_suffix(".bin") if path.suffix == ".xml" else path.with_name(path.name + ".data")]
+    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
+    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
     return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
 
 
@@ -74,9 +76,8 @@ def _describe_model(path: Path) -> TimedModel:
         graph = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise EdgetlError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    meta = {p.key: p.value for p in graph.metadata_props}
     try:
-        info = ModelInfo.from_metadata(meta, str(path))
+        info = read_model_info(path)
         precision, spec = info.precision, info.preprocess
     except MetadataMissing:  # a model from elsewhere: read what the graph says (malformed metadata raises)
         warn(f"{path.name}: no edgetl metadata; timing with ImageNet preprocessing at the graph's input size")
@@ -94,12 +95,8 @@ def _describe_model(path: Path) -> TimedModel:
 
 
 def _describe_ir(path: Path) -> TimedModel:
-    import openvino as ov
-
-    rt_info = ov.Core().read_model(str(path)).get_rt_info()
-    meta = {k: str(v) for k, v in rt_info.items() if k.startswith("edgetl.")}
     try:
-        info = ModelInfo.from_metadata(meta, str(path))
+        info = read_model_info(path)
         precision, spec = info.precision, info.preprocess
     except MetadataMissing:
         warn(f"{path.name}: no edgetl metadata; timing as FP32 with ImageNet preprocessing")

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from edgetl_runtime.fileio import atomic_output
-from edgetl_runtime.modelinfo import PREFIX, ModelInfo
+from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelinfo import ModelInfo
 
 from .backbones import EdgeModel
 from .errors import EdgetlError
@@ -123,15 +124,6 @@ def to_fp16(proto):
     return onnx_ir.to_proto(converted)
 
 
-def set_metadata(proto, info: ModelInfo) -> None:
-    import onnx
-
-    keep = [p for p in proto.metadata_props if not p.key.startswith(PREFIX)]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in keep}, **info.to_metadata()})
-
-
 def save_onnx(proto, path: Path, final_name: str, stack: contextlib.ExitStack) -> int:
     """Write the model (inline below 2 GB) and return its size in bytes, side file included."""
     import onnx
@@ -154,8 +146,7 @@ def write_openvino(
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
-    for key, value in info.to_metadata().items():
-        model.set_rt_info(value, ["edgetl", key.removeprefix(PREFIX)])
+    FORMATS[".xml"].embed(model, info.to_metadata())
     xml_tmp = stack.enter_context(atomic_output(xml))
     bin_of_tmp = xml_tmp.with_suffix(".bin")  # OpenVINO pairs the files by name
     stack.callback(bin_of_tmp.unlink, missing_ok=True)
@@ -164,17 +155,6 @@ def write_openvino(
     parity = check(xml_tmp, "openvino-cpu")
     os.replace(bin_of_tmp, stack.enter_context(atomic_output(xml.with_suffix(".bin"))))
     return parity
-
-
-def read_openvino_info(xml: str | Path) -> ModelInfo:
-    """The edgetl metadata of an OpenVINO IR written by `edgetl export --format openvino`."""
-    import openvino as ov
-
-    model = ov.Core().read_model(str(xml))
-    if not model.has_rt_info(["edgetl"]):
-        return ModelInfo.from_metadata({}, source=str(xml))
-    values = model.get_rt_info(["edgetl"]).astype(dict)
-    return ModelInfo.from_metadata({PREFIX + k: v.astype(str) for k, v in values.items()}, source=str(xml))
 
 
 # one entry per format beyond ONNX: name -> (output suffix, writer)

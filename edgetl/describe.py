@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl_runtime.fileio import atomic_output, sha256_file
-from edgetl_runtime.modelinfo import PREFIX, ModelInfo, Precision
+from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import Interpolation, PreprocessSpec
 
 from . import __version__
@@ -117,15 +118,6 @@ def _input_layout(model_path: Path, shape: tuple) -> tuple[str, int | None]:
     return layout, (fixed[0] if fixed else None)
 
 
-def write_metadata(proto, info: ModelInfo) -> None:
-    """Replace the model's edgetl.* metadata_props with `info`; other keys stay."""
-    import onnx
-
-    keep = {p.key: p.value for p in proto.metadata_props if not p.key.startswith(PREFIX)}
-    del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**keep, **info.to_metadata()})
-
-
 def describe_model(
     model: str | Path,
     out: str | Path,
@@ -181,7 +173,7 @@ def describe_model(
         edgetl_version=__version__,
         source_sha256=sha256_file(src),
     )
-    write_metadata(proto, info)
+    FORMATS[".onnx"].embed(proto, info.to_metadata())
     with atomic_output(out, "--out") as tmp:
         onnx.save(proto, str(tmp))
         try:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
+from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
@@ -27,7 +28,7 @@ from . import __version__
 from .backbones import EdgeModel, create_model, get_backbone
 from .checkpoint import find_checkpoint, load_checkpoint
 from .console import log, warn
-from .conversion import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, set_metadata, to_fp16, to_onnx
+from .conversion import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, to_fp16, to_onnx
 from .errors import EdgetlError
 from .images import preprocess_readable
 from .options import (
@@ -301,7 +302,7 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
             proto = to_fp16(proto)
-        set_metadata(proto, info)
+        FORMATS[".onnx"].embed(proto, info.to_metadata())
         nodes = len(proto.graph.node)
         size = save_onnx(proto, tmp, out.name, stack)
         checks = [check(tmp, "onnxruntime-cpu")]

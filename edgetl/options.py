@@ -22,6 +22,13 @@ class ExportFormat(str, Enum):
     OPENVINO = "openvino"
 
 
+class Balance(str, Enum):
+    AUTO = "auto"  # class-weighted loss when the largest class is 1.5x the smallest or more
+    LOSS = "loss"  # always class-weighted loss
+    SAMPLER = "sampler"  # class-balanced sampling of batches
+    NONE = "none"
+
+
 class PackagePrecision(str, Enum):
     INT8 = "int8"
     FP32 = "fp32"

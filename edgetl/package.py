@@ -1,8 +1,9 @@
 """Package a run for a device: model file(s), manifest.json, labels.txt and a README, as a folder or
 a byte-reproducible .tar.gz that `edgetl-runtime` verifies and runs without PyTorch.
 
-Everything comes from the run folder (model.onnx, model.int8.onnx, quantize.json, benchmark.json,
-splits.json, the checkpoint); what is missing is left out of the manifest rather than guessed.
+Everything comes from the run folder: the models (bundle_models.py: model.onnx and model.int8.onnx, or
+with `format="openvino"` the IRs model.xml/.bin and model.int8.xml/.bin), quantize.json, benchmark.json,
+splits.json, the checkpoint; what is missing is left out of the manifest rather than guessed.
 """
 
 from __future__ import annotations
@@ -20,45 +21,20 @@ from pathlib import Path
 
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
-from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest, TensorSpec
+from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
+from edgetl_runtime.modelfile import BY_NAME, model_format
 from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
 from edgetl_runtime.signing import load_private_key, sign_manifest
 
+from .bundle_models import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
 from .errors import BundleError, EdgetlError
-from .options import PackagePrecision
+from .options import ExportFormat, PackagePrecision, choices
 from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
 
-FP32_MODEL = "model.onnx"
-INT8_MODEL = "model.int8.onnx"
 QUANT_SUMMARY = "quantize.json"
 BENCHMARK = "benchmark.json"
 
 
-# Run-folder file and the backends meant to run it, in order of preference: "auto" on a device takes
-# the first model whose list holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
-MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
-    # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
-    Precision.INT8: (
-        INT8_MODEL,
-        ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
-    ),
-    Precision.FP32: (
-        FP32_MODEL,
-        (
-            "onnxruntime-cpu",
-            "onnxruntime-cuda",
-            "onnxruntime-openvino",
-            "openvino-cpu",
-            "openvino-gpu",
-            "onnxruntime-tensorrt",
-        ),
-    ),
-}
-WANTED = {
-    PackagePrecision.INT8: (Precision.INT8,),
-    PackagePrecision.FP32: (Precision.FP32,),
-    PackagePrecision.BOTH: (Precision.INT8, Precision.FP32),
-}
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
     "backend",
@@ -112,57 +88,6 @@ def _read_json(path: Path) -> dict | None:
         raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
 
 
-def _models(run: Path, precision: PackagePrecision | None) -> list[tuple[Precision, Path, tuple[str, ...]]]:
-    if precision is None:
-        precision = PackagePrecision.BOTH if (run / INT8_MODEL).is_file() else PackagePrecision.FP32
-    chosen = []
-    for p in WANTED[precision]:
-        name, backends = MODEL_FILES[p]
-        if not (run / name).is_file():
-            stage = "edgetl quantize" if p is Precision.INT8 else "edgetl export"
-            raise EdgetlError(
-                f"{run / name}: missing for --precision {precision.value}; run `{stage} {run}` first"
-            )
-        chosen.append((p, run / name, backends))
-    return chosen
-
-
-def _tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-
-    def spec(value) -> TensorSpec:
-        t = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
-
-    inputs = [v for v in graph.input if v.name not in initializers]
-    if len(inputs) != 1 or len(graph.output) != 1:
-        raise BundleError(
-            f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(graph.output)}"
-        )
-    x, y = spec(inputs[0]), spec(graph.output[0])
-    if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):
-        # a dynamic batch: shape inference (quantization's pre-processing) may rename the output's symbol
-        y = TensorSpec(y.name, (x.shape[0], *y.shape[1:]), y.dtype)
-    return x, y
-
-
-def _copy_model(src: Path, dst: Path) -> None:
-    """Copy a model as one self-contained file (weights kept in external .data files are inlined)."""
-    import onnx
-    from onnx.external_data_helper import uses_external_data
-
-    proto = onnx.load(str(src), load_external_data=False)
-    if any(uses_external_data(t) for t in proto.graph.initializer):
-        onnx.save(onnx.load(str(src)), str(dst))
-    else:
-        shutil.copyfile(src, dst)
-
-
 def _check_consistent(
     run: Path, infos: dict[Path, ModelInfo], checkpoint_labels: tuple[str, ...] | None
 ) -> ModelInfo:
@@ -179,12 +104,13 @@ def _check_consistent(
     return first
 
 
-def _quantization(run: Path, info: ModelInfo | None) -> tuple[dict, dict]:
+def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
     """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
     summary = _read_json(run / QUANT_SUMMARY)
     settings = dict(info.quantization) if info is not None else {}
     metrics: dict = {}
-    if summary is None:
+    if summary is None or (int8 is not None and Path(summary.get("int8_model") or "").name != int8.name):
+        # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
         return settings, metrics
     metrics = {
         k: summary.get(k)
@@ -258,7 +184,15 @@ def _creation_epoch(sources: list[Path]) -> int:
     return max(int(p.stat().st_mtime) for p in sources)
 
 
-def _readme(manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry]) -> str:
+INSTALL = {
+    ExportFormat.ONNX: "pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch",
+    ExportFormat.OPENVINO: "pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
+}
+
+
+def _readme(
+    manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry], form: ExportFormat
+) -> str:
     p = info.preprocess
     files = "\n".join(f"- `{m.path}`: {m.precision.value}, for {', '.join(m.backends)}" for m in models)
     return f"""# {manifest_name}: an edgetl deploy bundle
@@ -273,7 +207,7 @@ The runtime does this for you from `manifest.json`.
 
 ## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
 
-    pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch
+    {INSTALL[form]}
 
 ## Run
 
@@ -306,35 +240,43 @@ serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
 """
 
 
-def _stage(run: Path, staging: Path, precision: PackagePrecision | None, name: str) -> tuple[Manifest, int]:
+def _stage(
+    run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
+) -> tuple[Manifest, int]:
     """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
     from .checkpoint import find_checkpoint, read_checkpoint_info
 
-    chosen = _models(run, precision)
+    fmt = BY_NAME[form.value]
+    chosen = choose_models(run, precision, form)
     checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
     ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
     infos = {path: read_model_info(path) for _, path, _ in chosen}
     info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
-    specs = {_tensor_specs(path) for _, path, _ in chosen}
+    specs = {tensor_specs(path) for _, path, _ in chosen}
     if len(specs) != 1:
         raise BundleError(
             f"{run}: the FP32 and INT8 models have different inputs or outputs; re-run `edgetl quantize {run}`"
         )
     (input_spec, output_spec) = specs.pop()
-    int8_info = next((infos[path] for p, path, _ in chosen if p is Precision.INT8), None)
-    quantization, metrics = _quantization(run, int8_info)
+    int8 = next((path for p, path, _ in chosen if p is Precision.INT8), None)
+    quantization, metrics = _quantization(run, infos.get(int8), int8)
     if ckpt_info is not None and ckpt_info.metrics:
         metrics["train"] = ckpt_info.metrics
     epoch = _creation_epoch([path for _, path, _ in chosen] + ([checkpoint] if checkpoint else []))
 
-    models = []
+    models, companions = [], []
     for p, path, backends in chosen:
-        _copy_model(path, staging / path.name)
         target = staging / path.name
+        copy_model(path, target)
         models.append(FileEntry(path.name, sha256_file(target), target.stat().st_size, p, backends))
+        # an IR's .bin is pinned like any bundle file, so a changed weight byte is refused on load
+        companions += [f.name for f in fmt.files(target)[1:]]
     (staging / LABELS).write_text("".join(f"{label}\n" for label in info.labels), encoding="utf-8")
-    (staging / README).write_text(_readme(name, info.labels, info, models), encoding="utf-8")
-    files = [FileEntry(f, sha256_file(staging / f), (staging / f).stat().st_size) for f in (LABELS, README)]
+    (staging / README).write_text(_readme(name, info.labels, info, models, form), encoding="utf-8")
+    files = [
+        FileEntry(f, sha256_file(staging / f), (staging / f).stat().st_size)
+        for f in (*companions, LABELS, README)
+    ]
 
     manifest = Manifest(
         name=name,
@@ -413,6 +355,7 @@ def build_bundle(
     out: str | os.PathLike,
     *,
     precision: str | PackagePrecision | None = None,
+    format: str | ExportFormat = ExportFormat.ONNX,
     name: str | None = None,
     sign: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -420,6 +363,8 @@ def build_bundle(
     """Package a run folder into `out`: a folder, or a reproducible archive when it ends in .tar.gz/.tgz.
 
     precision: "int8", "fp32" or "both"; default both when the run has an INT8 model, else fp32.
+    format: "onnx" (model.onnx, model.int8.onnx) or "openvino" (the IRs model.xml and model.int8.xml,
+    each with its .bin; `edgetl-run` runs them with OpenVINO).
     The same inputs always give the same archive bytes (the creation time comes from the inputs or
     SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`. An existing bundle at
     `out` is replaced only with `overwrite`; any other existing file or non-empty folder is refused.
@@ -434,8 +379,13 @@ def build_bundle(
         try:
             precision = PackagePrecision(precision)
         except ValueError:
-            choices = ", ".join(p.value for p in PackagePrecision)
-            raise EdgetlError(f"--precision {precision!r}: choose one of {choices}") from None
+            raise EdgetlError(
+                f"--precision {precision!r}: choose one of {', '.join(choices(PackagePrecision))}"
+            ) from None
+    try:
+        form = ExportFormat(format)
+    except ValueError:
+        raise EdgetlError(f"--format {format!r}: choose one of {', '.join(choices(ExportFormat))}") from None
     name = name or run.resolve().name
     signing_key = load_private_key(sign) if sign else None
     archive = is_archive(out)
@@ -448,7 +398,7 @@ def build_bundle(
             tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
         )
         try:
-            manifest, epoch = _stage(run, staging, precision, name)
+            manifest, epoch = _stage(run, staging, precision, name, form)
             if signing_key is not None:
                 sign_manifest(staging, signing_key, epoch)
             if archive:
@@ -472,14 +422,18 @@ def build_bundle_from_models(
     """Package model files that carry edgetl metadata (`edgetl export`, or `edgetl describe` for a
     model from elsewhere): an FP32 model and/or its INT8 model, told apart by their metadata.
 
-    They are laid out as a run folder's model.onnx / model.int8.onnx (mtimes kept, so the archive is
-    as reproducible as a run's) and packaged like one.
+    They are laid out as a run folder's model.onnx / model.int8.onnx (or model.xml / model.int8.xml
+    for OpenVINO IRs; mtimes kept, so the archive is as reproducible as a run's) and packaged like one.
     """
     paths = [Path(m) for m in models]
     chosen: dict[Precision, Path] = {}
     for path in paths:
         if not path.is_file():
-            raise EdgetlError(f"{path}: no such model file; give ONNX files or one run folder")
+            raise EdgetlError(
+                f"{path}: no such model file; give ONNX or OpenVINO .xml files, or one run folder"
+            )
+        if model_format(path) is not model_format(paths[0]):
+            raise EdgetlError(f"{path}: not a {paths[0].suffix} file like {paths[0].name}; give one format")
         precision = Precision(read_model_info(path).precision)
         if precision not in MODEL_FILES:
             raise EdgetlError(
@@ -493,13 +447,21 @@ def build_bundle_from_models(
     with tempfile.TemporaryDirectory(prefix=".edgetl-models-") as tmp:
         run = Path(tmp) / (name or paths[0].stem)
         run.mkdir()
+        fmt = model_format(paths[0])
         for precision, path in chosen.items():
-            target = run / MODEL_FILES[precision][0]
-            _copy_model(path, target)
-            stat = path.stat()
-            os.utime(target, (stat.st_atime, stat.st_mtime))
+            target = model_path(run, precision, fmt)
+            copy_model(path, target)
+            for part, copied in zip(fmt.files(path), fmt.files(target), strict=True):
+                stat = part.stat()
+                os.utime(copied, (stat.st_atime, stat.st_mtime))
         both = len(chosen) == 2
         precision = PackagePrecision.BOTH if both else PackagePrecision(next(iter(chosen)).value)
         return build_bundle(
-            run, out, precision=precision, name=name or paths[0].stem, sign=sign, overwrite=overwrite
+            run,
+            out,
+            precision=precision,
+            format=fmt.name,
+            name=name or paths[0].stem,
+            sign=sign,
+            overwrite=overwrite,
         )

@@ -26,6 +26,7 @@ from edgetl_runtime.preprocess import PreprocessSpec, SpecError
 
 from .backbones import DEFAULT_BACKBONE
 from .errors import EdgetlError
+from .options import Balance
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -53,13 +54,6 @@ class Optimizer(str, Enum):
 class LrSchedule(str, Enum):
     COSINE = "cosine"  # warmup, then cosine decay to 1% within each stage
     CONSTANT = "constant"  # warmup, then the stage's learning rates unchanged (Keras' default)
-
-
-class Balance(str, Enum):
-    AUTO = "auto"  # class-weighted loss when the largest class is 1.5x the smallest or more
-    LOSS = "loss"  # always class-weighted loss
-    SAMPLER = "sampler"  # class-balanced sampling of batches
-    NONE = "none"
 
 
 @dataclass(frozen=True)

@@ -196,10 +196,6 @@ def dataset_fingerprint(splits: Splits) -> str:
 
 def _model_source(path: Path) -> str:
     """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
-    if path.suffix == ".xml":
-        from .conversion import read_openvino_info
-
-        return read_openvino_info(path).source_sha256
     from edgetl_runtime.modelinfo import read_model_info
 
     return read_model_info(path).source_sha256
@@ -425,7 +421,9 @@ def _kind_of(path: Path) -> Kind | None:
     """The kind of an existing file: by its run-folder name, else by an edgetl model's precision."""
     if path.name in ARTIFACTS and path.parent.joinpath(SPLITS).is_file():
         return ARTIFACTS[path.name]
-    if path.suffix == ".onnx" and path.is_file():
+    from edgetl_runtime.modelfile import is_model_file
+
+    if is_model_file(path):
         from edgetl_runtime.modelinfo import read_model_info
 
         try:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from edgetl.backbones import create_model, get_backbone
 from edgetl.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
 from edgetl.cli import main
-from edgetl.conversion import opset_range, read_openvino_info
+from edgetl.conversion import opset_range
 from edgetl.datasets import write_corrupt_image
 from edgetl.errors import GateError
 from edgetl.export import export_onnx
@@ -112,7 +112,7 @@ def test_onnx_metadata_round_trip_and_dynamic_batch(tiny_run, exported):
 def test_openvino_ir_carries_metadata_and_matches(tiny_run, exported):
     xml = tiny_run / "model.xml"
     assert exported["openvino"] == str(xml)
-    assert read_openvino_info(xml) == read_model_info(tiny_run / "model.onnx")
+    assert read_model_info(xml) == read_model_info(tiny_run / "model.onnx")
     batch = _val_batch(tiny_run)
     ov_logits = load_session(xml, "openvino-cpu", exact=True).run(batch)
     ort_logits = load_session(tiny_run / "model.onnx", "onnxruntime-cpu").run(batch)

@@ -78,8 +78,11 @@ def _expand(inputs: Sequence[str]) -> list[Path]:
 
 
 def _is_model_file(path: Path) -> bool:
-    """A single .onnx file with edgetl metadata stands in for a bundle (no manifest to verify)."""
-    return path.suffix == ".onnx" and path.is_file()
+    """A single model file (.onnx, OpenVINO .xml) with edgetl metadata stands in for a bundle (no manifest
+    to verify)."""
+    from .modelfile import is_model_file
+
+    return is_model_file(path)
 
 
 def _load(args: argparse.Namespace):

@@ -1,7 +1,7 @@
 """What a model file says about itself: labels, preprocessing, names, provenance.
 
-edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys;
-the runtime reads it back through onnxruntime alone, so an exported file is enough to run inference.
+edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys
+(modelfile.py holds the formats); this module parses it, so an exported file is enough to run inference.
 """
 
 from __future__ import annotations
@@ -109,16 +109,7 @@ def _json_value(text: str, where: str, fix: str):
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """Read edgetl metadata from an ONNX file (via onnxruntime, no onnx package needed)."""
-    import onnxruntime as ort
+    """The edgetl metadata of a model file (ONNX via onnxruntime alone, or OpenVINO IR)."""
+    from .modelfile import read_metadata
 
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: no such model file")
-    try:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises several unrelated types for a bad file
-        raise BundleError(f"{path}: not a loadable ONNX model ({e})") from None
-    return ModelInfo.from_metadata(session.get_modelmeta().custom_metadata_map, source=str(path))
+    return ModelInfo.from_metadata(read_metadata(path), source=str(path))

@@ -14,15 +14,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import Session, load_session, resolve_backend
+from .backends import AUTO_ORDER, BACKENDS, Backend, Session, load_session, resolve_backend
 from .bundle import MAX_BUNDLE_BYTES, open_bundle
 from .errors import BundleError, ImageError
 from .manifest import Manifest
+from .modelfile import model_format
 from .modelinfo import read_model_info
 from .preprocess import ImageInput, PreprocessSpec, preprocess_image
 from .signing import TrustedKey
 
 DEFAULT_BATCH = 8
+
+
+def pick_backend(name: str, runnable: Sequence[str]) -> Backend:
+    """A named backend must be available; "auto" takes the first available one of AUTO_ORDER that
+    can run the model (`runnable`: the backends its bundle lists or its format allows), else the
+    first available of `runnable`, so an OpenVINO IR gets openvino-cpu and an ONNX model onnxruntime."""
+    if name != "auto":
+        return resolve_backend(name)
+    for candidate in dict.fromkeys((*AUTO_ORDER, *runnable)):
+        if candidate in runnable and candidate in BACKENDS and BACKENDS[candidate].check() is None:
+            return BACKENDS[candidate]
+    # none is usable here: the model's first backend says why (e.g. openvino not installed)
+    return resolve_backend(runnable[0] if runnable else "auto")
 
 
 @dataclass(frozen=True)
@@ -137,9 +151,9 @@ class Predictor:
         precision "auto" takes the first model of the bundle meant for the chosen backend (INT8 on
         CPU when the bundle has it, FP32 on a GPU).
         """
-        chosen = resolve_backend(backend)
         with open_bundle(path, trusted=trusted, max_bytes=max_bytes) as bundle:
             manifest = bundle.manifest
+            chosen = pick_backend(backend, [b for m in manifest.models for b in m.backends])
             entry = manifest.select_model(precision, chosen.name)
             session = load_session(bundle.file(entry.path), chosen.name, threads)
         return cls(
@@ -157,9 +171,10 @@ class Predictor:
     def from_model(
         cls, path: str | os.PathLike, backend: str = "auto", threads: int | None = None
     ) -> Predictor:
-        """Load an exported ONNX file; labels and preprocessing come from its edgetl metadata."""
+        """Load an exported model file (ONNX or OpenVINO IR); labels and preprocessing come from its
+        edgetl metadata."""
         info = read_model_info(path)
-        session = load_session(path, backend, threads)
+        session = load_session(path, pick_backend(backend, model_format(path).backends).name, threads)
         return cls(session, info.labels, info.preprocess, model=Path(path).name, precision=info.precision)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:

@@ -23,6 +23,15 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Model file(s) to ship [default: both when the run has an INT8 model, else fp32].",
 )
+@click.option(
+    "--format",
+    "model_format",
+    type=click.Choice(opt.choices(opt.ExportFormat)),
+    default=opt.ExportFormat.ONNX.value,
+    show_default=True,
+    help="Models of a run folder to ship: ONNX, or the OpenVINO IRs (`edgetl export --format openvino`, "
+    "`edgetl quantize --backend nncf`).",
+)
 @click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
 @click.option(
     "--sign",
@@ -39,6 +48,7 @@ def package(
     sources: tuple[Path, ...],
     out_path: Path,
     precision: str | None,
+    model_format: str,
     name: str | None,
     sign: Path | None,
     overwrite: bool,
@@ -53,20 +63,32 @@ def package(
     \b
     edgetl package runs/a --out runs/a/bundle.tar.gz
     edgetl package runs/a --out deploy/ --precision fp32 --json
+    edgetl package runs/a --out runs/a/bundle-ir.tar.gz --format openvino
     edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
     from edgetl.console import out, print_json
     from edgetl.errors import EdgetlError
     from edgetl.package import build_bundle, build_bundle_from_models
+    from edgetl_runtime.modelfile import FORMATS
 
-    if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix != ".onnx"):
+    if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix not in FORMATS):
         bundle = build_bundle(
-            sources[0], out_path, precision=precision, name=name, sign=sign, overwrite=overwrite
+            sources[0],
+            out_path,
+            precision=precision,
+            format=model_format,
+            name=name,
+            sign=sign,
+            overwrite=overwrite,
         )
     elif any(s.is_dir() for s in sources):
         raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
     elif precision is not None:
         raise EdgetlError("--precision picks models of a run folder; with model files, give the ones to ship")
+    elif model_format != opt.ExportFormat.ONNX.value:
+        raise EdgetlError(
+            "--format picks models of a run folder; model files are shipped in their own format"
+        )
     else:
         bundle = build_bundle_from_models(list(sources), out_path, name=name, sign=sign, overwrite=overwrite)
     if as_json:

@@ -70,7 +70,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--balance",
-    type=click.Choice(["auto", "loss", "sampler", "none"]),
+    type=click.Choice(opt.choices(opt.Balance)),
     default=None,
     help="Class-imbalance handling.",
 )

@@ -3,15 +3,13 @@ and the INT8 model written atomically with the FP32 metadata, its settings and i
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgetl_runtime.fileio import atomic_output
+from edgetl_runtime.modelfile import write_metadata
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -129,29 +127,4 @@ def get_calibration(
 def write_model(candidate: Path, out: Path, info: ModelInfo, settings: dict, method: str) -> None:
     """Copy the chosen candidate to `out` atomically, carrying the FP32 metadata plus the settings."""
     meta = info.with_(precision="int8", quantization={**settings, "method": method}).to_metadata()
-    if out.suffix == ".xml":
-        import openvino as ov
-
-        model = ov.Core().read_model(str(candidate))
-        for key, value in meta.items():
-            model.set_rt_info(value, ["edgetl", key.removeprefix("edgetl.")])
-        with tempfile.TemporaryDirectory(prefix="edgetl-ir-") as tmp:
-            xml = Path(tmp) / "model.xml"
-            ov.save_model(model, str(xml), compress_to_fp16=False)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(out.with_suffix(".bin")) as tmp_bin:
-                shutil.copyfile(xml.with_suffix(".bin"), tmp_bin)
-            with atomic_output(out) as tmp_xml:
-                # the .xml names its weights file by the .xml's own name, so it must end as out
-                shutil.copyfile(xml, tmp_xml)
-        return
-    import onnx
-
-    proto = onnx.load(str(candidate))
-    kept = {p.key: p.value for p in proto.metadata_props if not p.key.startswith("edgetl.")}
-    del proto.metadata_props[:]
-    for key, value in {**kept, **meta}.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    with atomic_output(out) as tmp:
-        onnx.save(proto, str(tmp))
+    write_metadata(candidate, out, meta)
