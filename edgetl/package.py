@@ -8,7 +8,6 @@ splits.json, the checkpoint; what is missing is left out of the manifest rather 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -29,11 +28,7 @@ from edgetl_runtime.signing import load_private_key, sign_manifest
 from .bundle_models import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
 from .errors import BundleError, EdgetlError
 from .options import ExportFormat, PackagePrecision, choices
-from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
-
-QUANT_SUMMARY = "quantize.json"
-BENCHMARK = "benchmark.json"
-
+from .run import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint, read_record
 
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
@@ -79,15 +74,6 @@ class Bundle:
         }
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
-
-
 def _check_consistent(
     run: Path, infos: dict[Path, ModelInfo], checkpoint_labels: tuple[str, ...] | None
 ) -> ModelInfo:
@@ -106,7 +92,7 @@ def _check_consistent(
 
 def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
     """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
-    summary = _read_json(run / QUANT_SUMMARY)
+    summary = read_record(RunFolder(run).quantize_record)
     settings = dict(info.quantization) if info is not None else {}
     metrics: dict = {}
     if summary is None or (int8 is not None and Path(summary.get("int8_model") or "").name != int8.name):
@@ -127,7 +113,7 @@ def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple
 
 
 def _benchmark_summary(run: Path) -> dict | None:
-    report = _read_json(run / BENCHMARK)
+    report = read_record(RunFolder(run).benchmark_record)
     if report is None:
         return None
     rows = [

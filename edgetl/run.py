@@ -106,7 +106,7 @@ RUN_MARKERS = (SPLITS, "best.safetensors", "last.safetensors", "last_state.pt")
 # --- records ----------------------------------------------------------------------------------------
 
 
-def _read_record(path: Path) -> dict | None:
+def read_record(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -236,28 +236,28 @@ class RunFolder:
         return Splits.load(self.root)
 
     def load_export(self) -> ExportRecord | None:
-        d = _read_record(self.export_record)
+        d = read_record(self.export_record)
         return ExportRecord.from_dict(d) if d is not None else None
 
     def save_export(self, record: ExportRecord) -> Path:
         return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
 
     def load_quantization(self) -> QuantizationRecord | None:
-        d = _read_record(self.quantize_record)
+        d = read_record(self.quantize_record)
         return QuantizationRecord.from_dict(d) if d is not None else None
 
     def save_quantization(self, record: QuantizationRecord) -> Path:
         return write_text_atomic(self.quantize_record, json.dumps(record.to_dict(), indent=1) + "\n")
 
     def load_benchmark(self) -> BenchmarkRecord | None:
-        d = _read_record(self.benchmark_record)
+        d = read_record(self.benchmark_record)
         return BenchmarkRecord.from_dict(d) if d is not None else None
 
     def save_benchmark(self, record: BenchmarkRecord) -> Path:
         return write_text_atomic(self.benchmark_record, json.dumps(record.to_dict(), indent=1))
 
     def load_summary(self) -> dict | None:
-        return _read_record(self.summary)
+        return read_record(self.summary)
 
     # locking and cleaning
     @contextlib.contextmanager
@@ -385,7 +385,7 @@ class RunFolder:
             )
         made_from = record.source_sha256 if record else ""
         if not made_from and self.calibration.is_file():
-            made_from = str((_read_record(self.calibration) or {}).get("model_sha256") or "")
+            made_from = str((read_record(self.calibration) or {}).get("model_sha256") or "")
         if made_from and made_from != model_sha:
             raise StaleArtifact(
                 f"{what}: quantized from another {self.model.name} than the current one; {rebuild}"

@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.ort_compat import has_range_cache, quantize_static_with_ranges
 from edgetl.quantize.ort import CALIBRATORS, ORT_SETTINGS, Method, calibrate_ranges, quantize_with_ranges
+from edgetl.quantize.ort_compat import has_range_cache, quantize_static_with_ranges
 
 
 def _tiny_cnn(path):

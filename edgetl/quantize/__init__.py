@@ -1,19 +1,19 @@
 """INT8 post-training quantization behind a statistically honest accuracy gate.
 
 api: `quantize()` and its result; gate: the paired-outcome interval and verdict; ladder: the one
-search loop over the recovery rungs; ort / nncf_backend / qat: how candidates are made; evaluation
-and inputs: what the gate runs on and what is written.
+search loop over the recovery rungs; ort (with its onnxruntime-version shim ort_compat) /
+nncf_backend / qat: how candidates are made; evaluation and inputs: what the gate runs on and what
+is written.
 """
 
 from __future__ import annotations
 
-from .api import QUANT_SUMMARY, QuantBackend, QuantResult, quantize
+from .api import QuantBackend, QuantResult, quantize
 from .evaluation import EvalSet, check_model, load_eval_set, map_eval_classes, run_model
 from .gate import Attempt, Evaluation, GateReport, compare_logits, judge, paired_drop_ci, resolvable_drop
 from .ort import Method, calibrate_ranges, quantize_with_ranges
 
 __all__ = [
-    "QUANT_SUMMARY",
     "Attempt",
     "EvalSet",
     "Evaluation",

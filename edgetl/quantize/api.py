@@ -27,7 +27,6 @@ from .ladder import ONNX_LADDER, Context, climb
 from .nncf_backend import OPENVINO_VARIANTS
 from .ort import AUTO_ORDER, Method
 
-QUANT_SUMMARY = "quantize.json"
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
 # ahead of their FakeQuantize, and its graph as XML: 0.34x on efficientnet_lite0, against an FP32 IR.

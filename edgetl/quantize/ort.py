@@ -101,7 +101,7 @@ def quantize_with_ranges(
     """QDQ model from ranges of calibrate_ranges (same ranges, same model on every onnxruntime)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-    from ..ort_compat import quantize_static_with_ranges
+    from .ort_compat import quantize_static_with_ranges
 
     with _quiet_library():
         return quantize_static_with_ranges(
