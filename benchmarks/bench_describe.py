@@ -31,7 +31,7 @@ def plain_export(path: Path) -> None:
     import timm
     import torch
 
-    from edgetl.backbones import _load_embedded
+    from edgetl.backbones.registry import _load_embedded
 
     model = timm.create_model("tf_efficientnet_lite0").eval()
     _load_embedded(model, "tf_efficientnet_lite0")
@@ -68,8 +68,8 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"{args.data}: not found (the shared photo set is absent); nothing measured")
-    from edgetl.export import _imagenet_labels
-    from edgetl.quantize import map_eval_classes
+    from edgetl.exporter.export import _imagenet_labels
+    from edgetl.quantizer import map_eval_classes
     from edgetl_runtime.preprocess import list_images
 
     work = args.work

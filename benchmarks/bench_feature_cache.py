@@ -26,9 +26,15 @@ import torch.nn.functional as F
 
 def measure_split(data: Path, spec, recipe) -> dict:
     """Milliseconds per training image of decode, augment and the frozen forward pass."""
-    from edgetl import features
-    from edgetl.backbones import create_model
-    from edgetl.data import _decode_all, centre_pixels, decode_for_training, eval_tensor, train_transform
+    from edgetl.backbones.registry import create_model
+    from edgetl.data.imagefolder import (
+        _decode_all,
+        centre_pixels,
+        decode_for_training,
+        eval_tensor,
+        train_transform,
+    )
+    from edgetl.trainer import frozen as features
     from edgetl_runtime.preprocess import list_images
 
     files = [p for d in sorted((data / "train").iterdir()) for p in list_images(d)]
@@ -65,11 +71,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/edgetl-bench-cache"))
     args = ap.parse_args()
 
-    from edgetl.backbones import create_model, get_backbone
-    from edgetl.data import iter_augmented, load_imagefolder, train_transform
-    from edgetl.datasets import write_digits_imagefolder
-    from edgetl.recipe import Recipe, StagePlan
-    from edgetl.train import train
+    from edgetl.backbones.registry import create_model, get_backbone
+    from edgetl.data.imagefolder import iter_augmented, load_imagefolder, train_transform
+    from edgetl.data.samples import write_digits_imagefolder
+    from edgetl.trainer.recipe import Recipe, StagePlan
+    from edgetl.trainer.train import train
 
     data = write_digits_imagefolder(
         args.out / "data", size=args.size, classes=2, per_class=round(args.per_class / 0.8), val_fraction=0.2

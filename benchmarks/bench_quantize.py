@@ -49,7 +49,7 @@ def by_hand_onnxruntime(fp32: Path, x: np.ndarray, out: Path) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgetl.quantize.ort import _ArrayReader
+    from edgetl.quantizer.ort import _ArrayReader
 
     name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
     pre = out.with_suffix(".pre.onnx")
@@ -103,7 +103,7 @@ def rows(
 ) -> list[dict]:
     from filelock import FileLock
 
-    from edgetl.quantize import compare_logits, paired_drop_ci, run_model
+    from edgetl.quantizer import compare_logits, paired_drop_ci, run_model
 
     ref = run_model(fp32, x)
     ok = ref.argmax(1) == labels
@@ -142,7 +142,7 @@ def rows(
 
 
 def case_imagenet(work: Path, lock: Path) -> list[dict]:
-    from edgetl.quantize import map_eval_classes, quantize
+    from edgetl.quantizer import map_eval_classes, quantize
     from edgetl_runtime.modelinfo import read_model_info
     from edgetl_runtime.preprocess import list_images, preprocess_image
 
@@ -173,8 +173,8 @@ def case_imagenet(work: Path, lock: Path) -> list[dict]:
 
 
 def case_digits(work: Path, lock: Path) -> list[dict]:
-    from edgetl.quantize import quantize
-    from edgetl.splits import Splits
+    from edgetl.quantizer import quantize
+    from edgetl.runfolder.splits import Splits
     from edgetl_runtime.modelinfo import read_model_info
     from edgetl_runtime.preprocess import preprocess_image
 

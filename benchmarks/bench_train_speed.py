@@ -12,7 +12,7 @@ Datasets: `demo` (the README demo's data: 1000 scikit-learn digits at 128 px, 10
 
     uv run python benchmarks/bench_train_speed.py --data sign-digits [--train-only] [--paths-only]
 
-`--train-only` needs nothing beyond `edgetl.train.train`, so the same script measures an older
+`--train-only` needs nothing beyond `edgetl.trainer.train.train`, so the same script measures an older
 checkout: `cd OLD && uv run --frozen python NEW/benchmarks/bench_train_speed.py --train-only ...`.
 """
 
@@ -38,7 +38,7 @@ def cpu_seconds() -> float:
 def prepare(name: str, out: Path) -> tuple[Path, int | None]:
     """(ImageFolder root, image size override) for a dataset name or path."""
     if name == "demo":
-        from edgetl.datasets import write_digits_imagefolder
+        from edgetl.data.samples import write_digits_imagefolder
 
         root = write_digits_imagefolder(
             out / "demo", size=128, classes=10, per_class=100, val_fraction=0.2, test_fraction=0.1, seed=0
@@ -63,9 +63,9 @@ def prepare(name: str, out: Path) -> tuple[Path, int | None]:
 def measure_paths(root: Path, image_size: int | None, probe: int) -> dict:
     import torch
 
-    from edgetl import features as F
-    from edgetl.backbones import create_model, get_backbone
-    from edgetl.data import centre_pixels, decode_for_training, eval_tensor
+    from edgetl.backbones.registry import create_model, get_backbone
+    from edgetl.data.imagefolder import centre_pixels, decode_for_training, eval_tensor
+    from edgetl.trainer import frozen as F
     from edgetl_runtime.preprocess import list_images
 
     spec = get_backbone("efficientnet_lite0").preprocess
@@ -93,7 +93,7 @@ def measure_paths(root: Path, image_size: int | None, probe: int) -> dict:
 
 
 def measure_train(root: Path, out: Path, image_size: int | None, hflip: bool) -> dict:
-    from edgetl.train import train
+    from edgetl.trainer.train import train
 
     overrides = {"hflip": hflip}
     if image_size:

@@ -56,7 +56,7 @@ def by_hand(data: Path, epochs: int = 10, unfreeze: int = 2, workers: int = 2) -
     """The seed documents' recipe, written plainly."""
     from torchvision import datasets, transforms
 
-    from edgetl.backbones import create_model, get_backbone
+    from edgetl.backbones.registry import create_model, get_backbone
 
     started, cpu = time.perf_counter(), cpu_seconds()
     spec = get_backbone("efficientnet_lite0").preprocess
@@ -116,7 +116,7 @@ def by_hand(data: Path, epochs: int = 10, unfreeze: int = 2, workers: int = 2) -
 
 
 def edgetl_defaults(data: Path, run: Path) -> dict:
-    from edgetl.train import train
+    from edgetl.trainer.train import train
 
     started, cpu = time.perf_counter(), cpu_seconds()
     result = train(data, run, device="cpu")

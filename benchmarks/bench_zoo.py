@@ -4,8 +4,8 @@
     uv run --frozen python benchmarks/bench_zoo.py --top1 ../shared/data/imagenet-dev
 
 --table: every registered backbone is built with random weights (the graph, not the weights, sets
-MACs and latency), exported to ONNX at its own input size, counted with edgetl.macs and timed with
-edgetl.benchmark (onnxruntime-cpu, batch 1, interleaved rounds); latency is stored relative to
+MACs and latency), exported to ONNX at its own input size, counted with edgetl.bench.macs and timed with
+edgetl.bench.benchmark (onnxruntime-cpu, batch 1, interleaved rounds); latency is stored relative to
 efficientnet_lite0 with the machine and date. --top1: FP32 top-1 of the embedded backbones (real
 weights) on an ImageNet folder named by synset (imagenet-dev: 750 photos, 150 classes).
 """
@@ -27,10 +27,10 @@ import torch
 
 def count_macs_torch(name: str) -> int:
     """Conv2d and Linear multiply-accumulates for one image at the backbone's input size (the layers
-    edgetl.macs counts in ONNX), from forward hooks on the randomly initialised model."""
+    edgetl.bench.macs counts in ONNX), from forward hooks on the randomly initialised model."""
     from torch import nn
 
-    from edgetl.backbones import create_model, get_backbone
+    from edgetl.backbones.registry import create_model, get_backbone
 
     size = get_backbone(name).preprocess.crop
     model = create_model(name, weights="none").eval()
@@ -58,8 +58,8 @@ def export_edgetl(name: str, folder: Path) -> Path:
     """The backbone with random weights through edgetl's own exporter (dynamo, dynamic batch)."""
     import onnx
 
-    from edgetl.backbones import create_model, get_backbone
-    from edgetl.export import to_onnx
+    from edgetl.backbones.registry import create_model, get_backbone
+    from edgetl.exporter.export import to_onnx
     from edgetl_runtime.modelinfo import ModelInfo
 
     spec = get_backbone(name).preprocess
@@ -73,8 +73,8 @@ def export_edgetl(name: str, folder: Path) -> Path:
 
 
 def write_table(out: Path, min_s: float) -> dict:
-    from edgetl.backbones import DEFAULT_BACKBONE, EMBEDDED_NAMES, list_backbones
-    from edgetl.benchmark import benchmark
+    from edgetl.backbones.registry import DEFAULT_BACKBONE, EMBEDDED_NAMES, list_backbones
+    from edgetl.bench.benchmark import benchmark
 
     macs = {s.name: count_macs_torch(s.name) for s in list_backbones()}
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +95,7 @@ def write_table(out: Path, min_s: float) -> dict:
             "batch": 1,
             "machine": f"{env.get('cpu') or platform.processor() or platform.machine()}, shared 2-core dev machine",
             "measured": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "method": "benchmarks/bench_zoo.py --table (edgetl.benchmark, FP32 ONNX from edgetl's exporter)",
+            "method": "benchmarks/bench_zoo.py --table (edgetl.bench.benchmark, FP32 ONNX from edgetl's exporter)",
         },
     }
     out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
@@ -103,8 +103,8 @@ def write_table(out: Path, min_s: float) -> dict:
 
 
 def top1(folder: Path, names: list[str]) -> dict:
-    from edgetl.backbones import create_model, get_backbone
-    from edgetl.quantize import map_eval_classes
+    from edgetl.backbones.registry import create_model, get_backbone
+    from edgetl.quantizer import map_eval_classes
     from edgetl_runtime.preprocess import list_images, preprocess_image
 
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())

@@ -61,7 +61,7 @@ def main() -> int:
         return 0
     html = args.run / "report.html"
     if not args.no_build:
-        from edgetl.report import build_report
+        from edgetl.reporting.report import build_report
 
         html = build_report(args.run).path
     shot = screenshot(html, args.shot or args.run / "report.png", height=args.height)

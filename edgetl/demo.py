@@ -11,9 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgetl.console import log
 from edgetl_runtime.fileio import check_writable
-
-from .console import log
 
 # Big enough to be a real task (10 classes, 1000 real scans, 128 px so INT8's speed-up shows), small
 # enough that the whole demo takes about 2 minutes on 2 CPU cores.
@@ -33,7 +32,7 @@ class DemoRun:
 
 
 def write_data(demo: DemoRun) -> dict:
-    from .datasets import write_digits_imagefolder
+    from edgetl.data.samples import write_digits_imagefolder
 
     demo.data = write_digits_imagefolder(
         demo.out / "data",
@@ -49,7 +48,7 @@ def write_data(demo: DemoRun) -> dict:
 
 
 def train_model(demo: DemoRun) -> dict:
-    from .train import train
+    from edgetl.trainer.train import train
 
     demo.run = demo.out / "run"
     # The embedded default recipe, at a smaller input size; digits must not be mirrored. The demo
@@ -66,14 +65,14 @@ def train_model(demo: DemoRun) -> dict:
 
 
 def export_model(demo: DemoRun) -> dict:
-    from .export import export_onnx
+    from edgetl.exporter.export import export_onnx
 
     result = export_onnx(demo.run)
     return {k: result.to_dict()[k] for k in ("onnx", "max_abs_diff", "top1_agreement", "size_bytes")}
 
 
 def quantize_model(demo: DemoRun) -> dict:
-    from .quantize import quantize
+    from edgetl.quantizer import quantize
 
     r = quantize(demo.run)
     return {
@@ -87,7 +86,7 @@ def quantize_model(demo: DemoRun) -> dict:
 
 
 def benchmark_models(demo: DemoRun) -> dict:
-    from .benchmark import benchmark
+    from edgetl.bench.benchmark import benchmark
 
     # Short timings keep the demo under 5 minutes; `edgetl benchmark RUN` measures with the full method.
     report = benchmark(demo.run, warmup_s=0.5, min_s=1.0, min_runs=20, rounds=2)
@@ -102,9 +101,8 @@ def benchmark_models(demo: DemoRun) -> dict:
 
 
 def package_and_predict(demo: DemoRun) -> dict:
+    from edgetl.bundler.package import build_bundle
     from edgetl_runtime import Predictor
-
-    from .package import build_bundle
 
     bundle = build_bundle(demo.run, demo.out / "bundle.tar.gz", overwrite=True)
     held_out = sorted((demo.data / "test").rglob("*.png"))
@@ -121,7 +119,7 @@ def package_and_predict(demo: DemoRun) -> dict:
 
 
 def write_report(demo: DemoRun) -> dict:
-    from .report import build_report
+    from edgetl.reporting.report import build_report
 
     bundle = demo.results.get("package", {}).get("bundle")
     return build_report(demo.run, bundle=bundle).to_dict()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetl.datasets import write_digits_imagefolder
+from edgetl.data.samples import write_digits_imagefolder
 
 torch.set_num_threads(2)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgetl.backbones import TORCHVISION_NAMES, create_model, get_backbone, list_backbones
+from edgetl.backbones.registry import TORCHVISION_NAMES, create_model, get_backbone, list_backbones
 from edgetl.errors import WeightsError
 from edgetl_runtime.preprocess import preprocess_image
 
@@ -39,7 +39,7 @@ def test_zoo_weights_are_real_imagenet_weights(name):
 
 
 def test_missing_zoo_package_is_not_offline_and_says_how_to_install(monkeypatch):
-    from edgetl import backbones as bb
+    from edgetl.backbones import registry as bb
 
     monkeypatch.setattr(bb.EmbeddedWeights, "path", lambda self: None)
     spec = get_backbone("efficientnet_lite2")

@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.bench_report import BenchReport, Status, plot_report
-from edgetl.bench_worker import BENCH_BACKENDS
-from edgetl.benchmark import benchmark
+from edgetl.bench.benchmark import benchmark
+from edgetl.bench.macs import count_macs
+from edgetl.bench.results import BenchReport, Status, plot_report
+from edgetl.bench.worker import BENCH_BACKENDS
 from edgetl.cli import main
-from edgetl.datasets import write_corrupt_image
+from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import EdgetlError
-from edgetl.macs import count_macs
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec

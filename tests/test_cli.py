@@ -27,7 +27,7 @@ def test_backbones_json_is_one_object():
 
 
 def test_unknown_backbone_is_one_line_error():
-    from edgetl.backbones import get_backbone
+    from edgetl.backbones.registry import get_backbone
     from edgetl.errors import WeightsError
 
     try:

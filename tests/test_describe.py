@@ -11,8 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.describe import describe_model
 from edgetl.errors import EdgetlError
+from edgetl.exporter.describe import describe_model
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelinfo import read_model_info

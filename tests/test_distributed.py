@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgetl.distributed import (
+from edgetl.errors import EdgetlError
+from edgetl.trainer.distributed import (
     LAUNCHER,
     CommBackend,
     World,
@@ -22,8 +23,7 @@ from edgetl.distributed import (
     strip_option,
     world_from_env,
 )
-from edgetl.errors import EdgetlError
-from edgetl.train import train
+from edgetl.trainer.train import train
 
 ARGS = [
     "--frozen-epochs",

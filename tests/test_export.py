@@ -12,16 +12,16 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgetl.backbones import create_model, get_backbone
-from edgetl.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
+from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.cli import main
-from edgetl.conversion import opset_range
-from edgetl.datasets import write_corrupt_image
+from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import GateError
-from edgetl.export import export_onnx
-from edgetl.parity import FP16_RELATIVE_TOLERANCE
-from edgetl.run import LOCK
-from edgetl.splits import Splits
+from edgetl.exporter.convert import opset_range
+from edgetl.exporter.export import export_onnx
+from edgetl.exporter.parity import FP16_RELATIVE_TOLERANCE
+from edgetl.runfolder.folder import LOCK
+from edgetl.runfolder.splits import Splits
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelinfo import read_model_info
@@ -121,7 +121,7 @@ def test_openvino_ir_carries_metadata_and_matches(tiny_run, exported):
 
 def test_gate_failure_writes_nothing(tiny_run, exported, tmp_path, monkeypatch):
     """A conversion that changes the numbers (one bias shifted) must be caught and leave no file."""
-    import edgetl.export as ex
+    import edgetl.exporter.export as ex
 
     good = onnx.load(tiny_run / "model.onnx")
     bias = next(t for t in good.graph.initializer if t.dims == [3])

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import edgetl.features as features
-import edgetl.session as session_module
-from edgetl.recipe import Recipe, StagePlan
-from edgetl.train import train
+import edgetl.trainer.frozen as features
+import edgetl.trainer.session as session_module
+from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.trainer.train import train
 
 TINY = {"image_size": 32, "hflip": False, "batch_size": 16, "cache_views": 1}
 TWO_STAGES = Recipe(

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import edgetl_runtime.backends as rb
-from edgetl.benchmark import BENCH_BACKENDS
-from edgetl.cuda import cuda_autocast_dtype, place_model, to_device
-from edgetl.package import MODEL_FILES
-from edgetl.train import resolve_device
+from edgetl.bench.benchmark import BENCH_BACKENDS
+from edgetl.bundler.package import MODEL_FILES
+from edgetl.device import cuda_autocast_dtype, place_model, to_device
+from edgetl.trainer.train import resolve_device
 from edgetl_runtime.errors import BackendUnavailable
 from edgetl_runtime.manifest import Precision
 

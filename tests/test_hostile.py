@@ -25,10 +25,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from edgetl.bundler.package import build_bundle
 from edgetl.cli import main as edgetl_main
-from edgetl.data import decode_for_training, load_imagefolder
-from edgetl.images import preprocess_readable
-from edgetl.package import build_bundle
+from edgetl.data.imagefolder import decode_for_training, load_imagefolder
+from edgetl.data.images import preprocess_readable
 from edgetl_runtime import BundleError
 from edgetl_runtime.bundle import MAX_BUNDLE_BYTES, extract_to, write_gzip
 from edgetl_runtime.cli import main as run_main

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
-from edgetl.package import build_bundle
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.bundle import open_bundle
 from edgetl_runtime.cli import EXIT_ERROR
@@ -185,7 +185,7 @@ def test_openvino_package_checks_lineage_and_missing_irs(ir_run, tiny_run, tmp_p
 
 
 def test_benchmark_reads_the_ir_metadata(ir_run):
-    from edgetl.benchmark import _describe_model
+    from edgetl.bench.benchmark import _describe_model
 
     timed = _describe_model(ir_run / "model.int8.xml")
     info = read_model_info(ir_run / "model.int8.xml")

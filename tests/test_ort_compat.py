@@ -12,8 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.quantize.ort import CALIBRATORS, ORT_SETTINGS, Method, calibrate_ranges, quantize_with_ranges
-from edgetl.quantize.ort_compat import has_range_cache, quantize_static_with_ranges
+from edgetl.quantizer.ort import CALIBRATORS, ORT_SETTINGS, Method, calibrate_ranges, quantize_with_ranges
+from edgetl.quantizer.ort_compat import has_range_cache, quantize_static_with_ranges
 
 
 def _tiny_cnn(path):
@@ -76,7 +76,7 @@ def test_ranges_give_the_model_quantize_static_calibrates_itself(tmp_path):
     calibration on the same images (MinMax, so the ranges are exact)."""
     from onnxruntime.quantization import quantize_static
 
-    from edgetl.quantize.ort import _ArrayReader
+    from edgetl.quantizer.ort import _ArrayReader
 
     model, inputs = _tiny_cnn(tmp_path / "m.onnx"), _inputs()
     ranges = calibrate_ranges(model, inputs, Method.MINMAX)

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgetl.checkpoint import read_checkpoint_info
+from edgetl.backbones.checkpoint import read_checkpoint_info
+from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
 from edgetl.errors import EdgetlError
-from edgetl.package import build_bundle
-from edgetl.run import dataset_fingerprint
-from edgetl.splits import Splits
+from edgetl.runfolder.folder import dataset_fingerprint
+from edgetl.runfolder.splits import Splits
 from edgetl_runtime.bundle import verify_bundle
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.manifest import SCHEMA_VERSION, Manifest

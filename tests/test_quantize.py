@@ -12,11 +12,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from edgetl.calibration import CalibrationManifest
 from edgetl.cli import main
-from edgetl.datasets import write_corrupt_image
+from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import BundleError, DataError, EdgetlError, GateError
-from edgetl.quantize import (
+from edgetl.quantizer import (
     compare_logits,
     judge,
     load_eval_set,
@@ -26,8 +25,9 @@ from edgetl.quantize import (
     resolvable_drop,
     run_model,
 )
-from edgetl.quantize import ladder as ladder_module
-from edgetl.quantize.gate import score
+from edgetl.quantizer import ladder as ladder_module
+from edgetl.quantizer.calibration import CalibrationManifest
+from edgetl.quantizer.gate import score
 from edgetl_runtime.modelinfo import read_model_info
 
 
@@ -265,8 +265,8 @@ def test_no_gate_image_is_a_calibration_image(run, digits_dir, tmp_path):
 def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
     import torch
 
-    from edgetl.checkpoint import find_checkpoint, load_checkpoint
-    from edgetl.quantize import qat
+    from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+    from edgetl.quantizer import qat
 
     model, _ = load_checkpoint(find_checkpoint(run))
     model.eval()
@@ -294,7 +294,7 @@ def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
 
 def test_nncf_ptq_rung_writes_qdq_onnx_that_onnxruntime_runs(run, digits_dir, tmp_path):
     pytest.importorskip("nncf")
-    from edgetl.quantize import nncf_backend
+    from edgetl.quantizer import nncf_backend
 
     x = np.random.default_rng(0).standard_normal((8, 3, 32, 32)).astype(np.float32)
     out = nncf_backend.quantize_onnx(run / "model.onnx", x, tmp_path / "n.onnx")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetl.recipe import RecipeError, recipe_names, resolve_recipe
+from edgetl.trainer.recipe import RecipeError, recipe_names, resolve_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def test_named_recipe_resolves_from_an_installed_wheel(tmp_path):
         capture_output=True,
     )
     probe = (
-        "import json, edgetl, edgetl.recipe as r; "
+        "import json, edgetl, edgetl.trainer.recipe as r; "
         "rec = r.resolve_recipe('resnet18'); "
         "print(json.dumps({'module': edgetl.__file__, 'models': str(r.MODELS_DIR), "
         "'unfreeze': [s.unfreeze for s in rec.stages], 'names': r.recipe_names()}))"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-import edgetl.session as session_module
-from edgetl.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe
-from edgetl.train import train
+import edgetl.trainer.session as session_module
+from edgetl.trainer.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe
+from edgetl.trainer.train import train
 
 SHORT = {
     "weights": "none",

@@ -12,12 +12,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgetl import plots
+from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
-from edgetl.package import build_bundle
-from edgetl.recipe import Recipe, StagePlan
-from edgetl.report import build_report
-from edgetl.train import train
+from edgetl.reporting import plots
+from edgetl.reporting.report import build_report
+from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Recipe(

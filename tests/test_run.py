@@ -14,14 +14,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgetl.checkpoint import BEST, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import BEST, load_checkpoint, save_checkpoint
+from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
-from edgetl.datasets import write_digits_imagefolder
+from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
-from edgetl.export import export_onnx
-from edgetl.package import build_bundle
-from edgetl.run import LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
-from edgetl.splits import Splits
+from edgetl.exporter.export import export_onnx
+from edgetl.runfolder.folder import LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
+from edgetl.runfolder.splits import Splits
 
 TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]
 
@@ -88,7 +88,7 @@ def test_a_second_writer_is_refused_at_once(trained, digits_dir):
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
-            from edgetl.run import RunFolder
+            from edgetl.runfolder.folder import RunFolder
             with RunFolder({str(trained)!r}).lock("train"):
                 print("locked", flush=True)
                 sys.stdin.read()
@@ -180,7 +180,7 @@ def test_kill_during_export_then_export_again_leaves_no_temporary(trained, tmp_p
     run = Path(shutil.copytree(trained, tmp_path / "run"))
     killer = textwrap.dedent(f"""
         import os, signal
-        import edgetl.export as export
+        import edgetl.exporter.export as export
         saved = export.save_onnx
         def save_then_die(*args):
             saved(*args)

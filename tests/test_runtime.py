@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from edgetl.checkpoint import load_checkpoint
-from edgetl.datasets import write_corrupt_image
-from edgetl.package import build_bundle
+from edgetl.backbones.checkpoint import load_checkpoint
+from edgetl.bundler.package import build_bundle
+from edgetl.data.samples import write_corrupt_image
 from edgetl_runtime import BundleError, Predictor
 from edgetl_runtime.bundle import extract_bundle, verify_bundle, write_gzip
 from edgetl_runtime.cli import EXIT_ERROR, EXIT_SOME_INPUTS_FAILED

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_hostile import assert_json_error, assert_one_line, invoke
 
-from edgetl.package import build_bundle
+from edgetl.bundler.package import build_bundle
 from edgetl_runtime import BundleError, Predictor
 from edgetl_runtime.bundle import open_bundle
 from edgetl_runtime.errors import EXIT_ERROR

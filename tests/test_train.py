@@ -11,15 +11,15 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-import edgetl.session as session_module
-from edgetl.backbones import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
-from edgetl.checkpoint import load_checkpoint, read_checkpoint_info
+import edgetl.trainer.session as session_module
+from edgetl.backbones.checkpoint import load_checkpoint, read_checkpoint_info
+from edgetl.backbones.registry import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
 from edgetl.cli import main
-from edgetl.datasets import write_corrupt_image
-from edgetl.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe, resolve_recipe
-from edgetl.schedule import WarmupCosine, param_groups
-from edgetl.splits import Splits
-from edgetl.train import resolve_device, train
+from edgetl.data.samples import write_corrupt_image
+from edgetl.runfolder.splits import Splits
+from edgetl.trainer.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe, resolve_recipe
+from edgetl.trainer.schedule import WarmupCosine, param_groups
+from edgetl.trainer.train import resolve_device, train
 
 TINY = {"image_size": 32, "hflip": False, "batch_size": 16, "cache_views": 1}
 FROZEN = Recipe(stages=(StagePlan(epochs=3, unfreeze=0, lr=1e-2),), **TINY)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.backbones import create_model, get_backbone
-from edgetl.checkpoint import BEST, CheckpointInfo, save_checkpoint
-from edgetl.export import export_onnx
-from edgetl.quantize import quantize
-from edgetl.splits import Splits
+from edgetl.backbones.checkpoint import BEST, CheckpointInfo, save_checkpoint
+from edgetl.backbones.registry import create_model, get_backbone
+from edgetl.exporter.export import export_onnx
+from edgetl.quantizer import quantize
+from edgetl.runfolder.splits import Splits
 from edgetl_runtime.preprocess import list_images
 
 BACKBONE = "efficientnet_lite0"

@@ -22,7 +22,7 @@ def backbones(pattern: str, as_json: bool) -> None:
     """
     from rich.table import Table
 
-    from edgetl import backbones as bb
+    from edgetl.backbones import registry as bb
     from edgetl.console import out, print_json
 
     measured = bb.zoo_measurements()

@@ -74,8 +74,8 @@ def benchmark(
     edgetl benchmark model.onnx model.int8.onnx --backend onnxruntime-cpu --threads 2
     edgetl benchmark runs/a --batch 1,8 --plot latency.png --json
     """
-    from edgetl.bench_report import plot_report
-    from edgetl.benchmark import benchmark as run_benchmark
+    from edgetl.bench.benchmark import benchmark as run_benchmark
+    from edgetl.bench.results import plot_report
     from edgetl.console import log, print_json
 
     if len(models) > 1 and any(m.is_dir() for m in models):

@@ -38,7 +38,7 @@ def describe(
     edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
     from edgetl.console import out, print_json
-    from edgetl.describe import describe_model
+    from edgetl.exporter.describe import describe_model
 
     result = describe_model(model, out_path, labels=labels, preprocess=preprocess, name=name)
     if as_json:

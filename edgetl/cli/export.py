@@ -77,7 +77,7 @@ def export(
     """
     from edgetl.console import out as stdout
     from edgetl.console import print_json
-    from edgetl.export import export_onnx
+    from edgetl.exporter.export import export_onnx
 
     result = export_onnx(
         run,

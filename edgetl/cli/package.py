@@ -66,9 +66,9 @@ def package(
     edgetl package runs/a --out runs/a/bundle-ir.tar.gz --format openvino
     edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
+    from edgetl.bundler.package import build_bundle, build_bundle_from_models
     from edgetl.console import out, print_json
     from edgetl.errors import EdgetlError
-    from edgetl.package import build_bundle, build_bundle_from_models
     from edgetl_runtime.modelfile import FORMATS
 
     if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix not in FORMATS):

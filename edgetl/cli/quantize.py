@@ -98,7 +98,7 @@ def quantize(
     """
     from edgetl.console import out as console
     from edgetl.console import print_json
-    from edgetl.quantize import quantize as run_quantize
+    from edgetl.quantizer import quantize as run_quantize
 
     result = run_quantize(
         model,

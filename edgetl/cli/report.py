@@ -33,7 +33,7 @@ def report(
     """
     from edgetl.console import out as stdout
     from edgetl.console import print_json
-    from edgetl.report import build_report
+    from edgetl.reporting.report import build_report
 
     result = build_report(run, out, bundle=bundle, gallery_limit=gallery)
     if open_browser:

@@ -119,8 +119,8 @@ def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) 
     torchrun --nproc-per-node 2 -m edgetl train --data DATA --out runs/a
     """
     from edgetl.console import print_json
-    from edgetl.distributed import launched_rank
-    from edgetl.train import train as run_training
+    from edgetl.trainer.distributed import launched_rank
+    from edgetl.trainer.train import train as run_training
 
     if devices is not None:
         _relaunch(devices, as_json)
@@ -138,8 +138,8 @@ def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) 
 
 def _relaunch(devices: str, as_json: bool) -> None:
     """The same command under torchrun; rank 0's stdout (the JSON object or the result line) is ours."""
-    from edgetl.distributed import relaunch
     from edgetl.errors import EdgetlError
+    from edgetl.trainer.distributed import relaunch
 
     done = relaunch(devices, sys.argv[1:])
     sys.stdout.write(done.stdout)

@@ -1,0 +1,1 @@
+"""Pretrained backbones: the registry, checkpoints."""

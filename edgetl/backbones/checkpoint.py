@@ -1,0 +1,120 @@
+"""Checkpoints: safetensors weights plus a JSON header (labels, backbone, preprocessing, recipe).
+
+No pickle: loading never executes code from the file. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from edgetl.backbones.registry import EdgeModel, Weights, create_model
+from edgetl.errors import EdgetlError
+from edgetl_runtime.fileio import atomic_output
+from edgetl_runtime.preprocess import PreprocessSpec
+
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+# Head-only companions, written by cached-feature epochs where nothing but the head changes.
+BEST_HEAD = "best.head.safetensors"
+LAST_HEAD = "last.head.safetensors"
+HEAD_PREFIX = "head."
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    backbone: str
+    labels: tuple[str, ...]
+    preprocess: PreprocessSpec
+    epoch: int = 0
+    recipe: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    data_fingerprint: str = ""  # the splits' fingerprint: which data trained these weights
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        d["preprocess"] = self.preprocess.to_dict()
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointInfo:
+        d = json.loads(text)
+        d["labels"] = tuple(d["labels"])
+        d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
+        return cls(**d)
+
+
+def save_state(state: dict, info: CheckpointInfo, path: str | Path) -> Path:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"edgetl": info.to_json()})
+    return Path(path)
+
+
+def save_checkpoint(model: EdgeModel, info: CheckpointInfo, path: str | Path) -> Path:
+    return save_state(model.state_dict(), info, path)
+
+
+def save_head(model: EdgeModel, info: CheckpointInfo, path: str | Path) -> Path:
+    """Only the head's tensors: what a cached-feature epoch changes (KBs instead of the backbone's MBs)."""
+    return save_state({k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIX)}, info, path)
+
+
+def with_head(state: dict, path: str | Path) -> dict:
+    """`state` with its head replaced by the head-only checkpoint at `path`."""
+    head = load_file(str(path))
+    if not head or set(head) - {k for k in state if k.startswith(HEAD_PREFIX)}:
+        raise EdgetlError(f"{path}: not a head checkpoint of this model; start over with --overwrite")
+    # copies: the result must not alias the live parameters a later stage goes on training
+    return {**{k: v.detach().clone() for k, v in state.items()}, **head}
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgetlError(f"{path}: no such checkpoint; train first with `edgetl train`")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
+    if "edgetl" not in meta:
+        raise EdgetlError(f"{path}: not an edgetl checkpoint (no edgetl header)")
+    return CheckpointInfo.from_json(meta["edgetl"])
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EdgeModel, CheckpointInfo]:
+    """Rebuild the model of a checkpoint (architecture without downloading weights) and load it."""
+    info = read_checkpoint_info(path)
+    hidden = tuple(info.recipe.get("head_hidden", ()))
+    model = create_model(
+        info.backbone, num_classes=len(info.labels), weights=Weights.NONE, head_hidden=hidden
+    )
+    try:
+        model.load_state_dict(load_file(str(path), device=str(device)))
+    except RuntimeError as e:
+        raise EdgetlError(
+            f"{path}: weights do not fit backbone {info.backbone} ({str(e).splitlines()[0]})"
+        ) from None
+    return model.to(device).eval(), info
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A run folder's best checkpoint, or the file itself when given one."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise EdgetlError(f"{run}: no such run folder; train one with `edgetl train --data DIR --out {run}`")
+    for name in (BEST, LAST):
+        if (run / name).is_file():
+            return run / name
+    raise EdgetlError(f"{run}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?")

@@ -1,0 +1,1 @@
+"""Latency benchmark: backends, the timing worker, results and MACs."""

@@ -1,0 +1,400 @@
+"""Latency and throughput of models on every backend, with the method stated so a figure can be checked.
+
+Method (also recorded in every report):
+- each (backend, model) runs in its own spawned worker process, so the peak resident memory is that
+  backend's alone and one backend's threads or allocator state cannot slow another;
+- session creation is timed on its own; inputs are a pool of distinct preprocessed images (the run's
+  validation images, a folder, or seeded synthetic images), prepared before any timing;
+- the parent interleaves timing rounds across workers (round-robin, order rotated every round) so
+  drift on a shared machine does not favour one backend; each round re-warms by time, then times
+  single calls with ``time.perf_counter_ns`` (``edgetl_runtime.timing``, the device runtime's method);
+- samples of all rounds are pooled; a row whose coefficient of variation exceeds ``NOISY_CV`` is
+  measured again and the steadier attempt kept, with a warning if it stays noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.bench.results import BenchReport, BenchRow, Status
+from edgetl.bench.worker import BENCH_BACKENDS, BenchBackend, Job, Source, TimedModel, Worker
+from edgetl.console import log, track, warn
+from edgetl.data.images import preprocess_readable
+from edgetl.errors import EdgetlError
+from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
+from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
+from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
+from edgetl_runtime.timing import (
+    NOISY_CV,
+    describe_environment,
+    stats_from_samples,
+)
+
+RUN_MODELS = ("model.onnx", "model.int8.onnx")
+POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
+SYNTHETIC_SEED = 0
+
+
+def _model_size_mb(path: Path) -> float:
+    # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
+    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
+    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
+    return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
+
+
+def _graph_precision(model) -> str:
+    """Precision of a model without edgetl metadata, from what its graph contains."""
+    import onnx
+
+    quantized = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
+    if any(n.op_type in quantized for n in model.graph.node):
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _describe_model(path: Path) -> TimedModel:
+    if not path.is_file():
+        raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
+    if path.suffix == ".xml":
+        return _describe_ir(path)
+    import onnx
+
+    from edgetl.bench.macs import count_macs
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise EdgetlError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    try:
+        info = read_model_info(path)
+        precision, spec = info.precision, info.preprocess
+    except MetadataMissing:  # a model from elsewhere: read what the graph says (malformed metadata raises)
+        warn(f"{path.name}: no edgetl metadata; timing with ImageNet preprocessing at the graph's input size")
+        dims = graph.graph.input[0].type.tensor_type.shape.dim
+        size = dims[-1].dim_value if len(dims) == 4 and dims[-1].dim_value else 224
+        precision, spec = _graph_precision(graph), PreprocessSpec().with_size(size)
+    try:
+        macs = count_macs(graph)
+    except EdgetlError as e:
+        warn(f"{path.name}: {e}; GOPS left out")
+        macs = None
+    elem_type = graph.graph.input[0].type.tensor_type.elem_type
+    dtype = "float16" if elem_type == onnx.TensorProto.FLOAT16 else "float32"
+    return TimedModel(path, precision, spec, macs, _model_size_mb(path), dtype)
+
+
+def _describe_ir(path: Path) -> TimedModel:
+    try:
+        info = read_model_info(path)
+        precision, spec = info.precision, info.preprocess
+    except MetadataMissing:
+        warn(f"{path.name}: no edgetl metadata; timing as FP32 with ImageNet preprocessing")
+        precision, spec = "fp32", PreprocessSpec()
+    return TimedModel(path, precision, spec, None, _model_size_mb(path))
+
+
+def _input_pools(
+    spec: PreprocessSpec, dtype: str, batches: Sequence[int], images: Sequence[Path], required: bool
+) -> tuple[dict[int, list[np.ndarray]], str]:
+    """Distinct preprocessed batches per batch size, made once before any timing.
+
+    Without readable images the pool is seeded synthetic input, unless the user asked for images.
+    """
+    needed = POOL_BATCHES * max(batches)
+    arrays, _, skipped = preprocess_readable(images, spec, "benchmark", limit=needed)
+    if not arrays and required:
+        raise EdgetlError(f"--images: none of the {len(images)} images is readable; give readable images")
+    if arrays:
+        source = f"{len(arrays)} real images" + (f" ({skipped} unreadable skipped)" if skipped else "")
+    else:
+        rng = np.random.default_rng(SYNTHETIC_SEED)
+        arrays = [
+            preprocess_image(rng.integers(0, 256, (spec.crop, spec.crop, 3), dtype=np.uint8), spec)
+            for _ in range(needed)
+        ]
+        source = f"{needed} synthetic images (seed {SYNTHETIC_SEED})"
+    n = len(arrays)
+    pools = {
+        b: [np.stack([arrays[(k * b + j) % n] for j in range(b)]).astype(dtype) for k in range(POOL_BATCHES)]
+        for b in batches
+    }
+    return pools, source
+
+
+def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
+    models = [run / name for name in RUN_MODELS if (run / name).is_file()]
+    checkpoint = None
+    for name in ("best.safetensors", "last.safetensors"):
+        if (run / name).is_file():
+            checkpoint = run / name
+            break
+    if not models and checkpoint is None:
+        raise EdgetlError(
+            f"{run}: no model.onnx, model.int8.onnx or checkpoint; run `edgetl export {run}` first"
+        )
+    images: list[Path] = []
+    if (run / "splits.json").is_file():
+        from edgetl.runfolder.splits import Splits
+
+        images = [Path(p) for p, _ in Splits.load(run).val]
+    return models, checkpoint, images
+
+
+def benchmark(
+    models: Sequence[str | Path] | str | Path,
+    *,
+    backends: Sequence[str] | None = None,
+    batches: Sequence[int] = (1,),
+    threads: int | None = None,
+    warmup_s: float = WARMUP_S,
+    min_s: float = MIN_S,
+    min_runs: int = MIN_RUNS,
+    rounds: int = ROUNDS,
+    repeats: int = 1,
+    checkpoint: str | Path | None = None,
+    images: str | Path | Sequence[str | Path] | None = None,
+) -> BenchReport:
+    """Time every model on every backend (all of BENCH_BACKENDS when ``backends`` is None).
+
+    ``models`` is a list of ONNX (or OpenVINO .xml) files, or a run folder: then its model.onnx and
+    model.int8.onnx, its checkpoint for the ``pytorch`` baseline and its validation images are used,
+    and the report is also written to RUN/benchmark.json. ``threads`` None keeps each library's
+    default (the effective count is reported); ``images`` a folder or list of images for the input
+    pool (default: the run's validation images, else seeded synthetic images). Each row gets at least
+    ``min_s`` seconds and ``min_runs`` timed calls, split over ``rounds`` interleaved rounds; a noisy
+    row is measured up to ``repeats`` more times.
+    """
+    run = None
+    image_paths: list[Path] = []
+    if isinstance(models, (str, Path)) and Path(models).is_dir():
+        run = Path(models)
+        model_paths, found_checkpoint, image_paths = _resolve_run(run)
+        checkpoint = checkpoint or found_checkpoint
+    else:
+        model_paths = [Path(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
+    if images is not None:
+        image_paths = list_images(images) if isinstance(images, (str, Path)) else [Path(p) for p in images]
+        if not image_paths:
+            # an explicit pool that silently became synthetic input would misreport what was measured
+            problem = "no such folder" if not Path(str(images)).is_dir() else "no images found in it"
+            raise EdgetlError(f"--images {images}: {problem}; give a folder of images, or drop --images")
+    _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
+    with contextlib.ExitStack() as stack:
+        if run is not None:
+            # held while timing too, so the models cannot be replaced under the measurement
+            folder = stack.enter_context(RunFolder(run).lock("benchmark"))
+            folder.check_for(Stage.BENCHMARK)
+        _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
+        names = list(backends) if backends else list(BENCH_BACKENDS)
+        described = [_describe_model(p) for p in model_paths]
+        checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
+
+        rows, workers, pool_source = _plan(
+            names,
+            described,
+            checkpoint_model,
+            batches,
+            threads,
+            image_paths,
+            images_required=images is not None,
+        )
+        try:
+            _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows)
+        finally:
+            for w in workers:
+                rss = w.close()
+                for key in [k for k in rows if k[:2] == (w.backend.name, str(w.model.path))]:
+                    rows[key] = replace(rows[key], peak_rss_mb=rss)
+        report = BenchReport(
+            rows=tuple(rows.values()),
+            method={
+                "timer": "time.perf_counter_ns around one call (+ device synchronisation on GPU)",
+                "process": "one spawned worker process per (backend, model); peak RSS is that process's",
+                "warmup_s": warmup_s,
+                "min_s": min_s,
+                "min_runs": min_runs,
+                "rounds": rounds,
+                "interleaved": "round-robin across workers, order rotated each round, re-warm before each round",
+                "repeats_when_noisy": repeats,
+                "noisy_cv": NOISY_CV,
+                "inputs": pool_source,
+                "pool_batches": POOL_BATCHES,
+                "threads_requested": threads,
+                "batches": list(batches),
+            },
+            environment=describe_environment(("numpy", "onnxruntime", "openvino", "torch", "edgetl")),
+        )
+        for r in report.rows:
+            if r.noisy:
+                warn(
+                    f"{r.backend} {r.model} batch {r.batch}: noisy (cv {r.cv:.2f} > {NOISY_CV}) after {r.attempts} attempts; treat its figures with care"
+                )
+        if run is not None:
+            measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
+            folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
+    return report
+
+
+def _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds) -> None:
+    unknown = [b for b in backends or () if b not in BENCH_BACKENDS]
+    if unknown:
+        raise EdgetlError(f"unknown backend {', '.join(unknown)}; choose from: {', '.join(BENCH_BACKENDS)}")
+    if not batches or any(int(b) < 1 for b in batches):
+        raise EdgetlError(f"batch sizes must be positive integers, got {list(batches)}")
+    if threads is not None and threads < 1:
+        raise EdgetlError(f"--threads must be at least 1, got {threads}")
+    if warmup_s < 0 or min_s < 0 or min_runs < 1 or rounds < 1:
+        raise EdgetlError("warm-up and minimum times must be >= 0, minimum runs and rounds >= 1")
+
+
+def _describe_checkpoint(path: Path, models: list[TimedModel]) -> TimedModel:
+    from edgetl.backbones.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(path)
+    # the same network as its FP32 export, so that export's MAC count is the checkpoint's
+    macs = next((m.macs for m in models if m.precision == "fp32"), None)
+    return TimedModel(path, "fp32", info.preprocess, macs, _model_size_mb(path))
+
+
+def _plan(names, models, checkpoint, batches, threads, image_paths, images_required):
+    """A row for every (backend, model, batch); a worker for every pair that can run."""
+    rows: dict = {}
+    workers: list[Worker] = []
+    pools_by_spec: dict = {}
+    pool_source = ""
+    for name in names:
+        backend = BENCH_BACKENDS[name]
+        targets = [checkpoint] if backend.source == Source.CHECKPOINT else models
+        if backend.source == Source.CHECKPOINT and checkpoint is None:
+            for b in batches:
+                rows[(name, "", b)] = BenchRow(
+                    name, "-", "fp32", b, Status.SKIPPED, "no checkpoint: give a run folder or checkpoint="
+                )
+            continue
+        reason = backend.check()
+        for model in targets:
+            status, why = _applicability(backend, model, reason)
+            for b in batches:
+                rows[(name, str(model.path), b)] = BenchRow(
+                    name,
+                    model.path.name,
+                    model.precision,
+                    b,
+                    status,
+                    why,
+                    model_path=str(model.path),
+                    device=backend.device,
+                    macs=model.macs,
+                    model_size_mb=model.size_mb,
+                )
+            if status != Status.OK:
+                continue
+            pool_key = (model.preprocess, model.input_dtype)
+            if pool_key not in pools_by_spec:
+                pools_by_spec[pool_key] = _input_pools(*pool_key, batches, image_paths, images_required)
+            pools, pool_source = pools_by_spec[pool_key]
+            log(f"loading {name} {model.path.name}")
+            worker = Worker(backend, model, Job(name, str(model.path), threads, pools))
+            kind, value = worker.receive()
+            if kind != "ready":
+                worker.error = str(value)
+                for b in batches:
+                    rows[(name, str(model.path), b)] = replace(
+                        rows[(name, str(model.path), b)], status=Status.FAILED, reason=worker.error
+                    )
+            else:
+                worker.info = value
+                for b in batches:
+                    key = (name, str(model.path), b)
+                    rows[key] = replace(
+                        rows[key],
+                        threads=value["threads"],
+                        execution_precision=value["execution_precision"],
+                        load_s=value["load_s"],
+                        rss_before_load_mb=value["rss_before_load_mb"],
+                        status=Status.FAILED if b in value["errors"] else Status.OK,
+                        reason=value["errors"].get(b, ""),
+                    )
+            workers.append(worker)
+    return rows, workers, pool_source
+
+
+def _applicability(backend: BenchBackend, model: TimedModel, reason: str | None) -> tuple[Status, str]:
+    if reason:
+        return Status.UNAVAILABLE, reason
+    if model.path.suffix not in backend.formats:
+        return Status.SKIPPED, f"{backend.name} reads {', '.join(backend.formats)} files"
+    if model.precision == "fp16" and backend.device != "gpu":
+        # CPUs without native FP16 arithmetic convert every layer back to FP32: the figure would
+        # measure the conversion, not the model
+        return Status.SKIPPED, "FP16 models are benchmarked on GPU backends only"
+    return Status.OK, ""
+
+
+def _measure(workers, batches, warmup_s, min_s, min_runs, rounds, repeats, rows) -> None:
+    """Interleaved rounds over all runnable (worker, batch) pairs; noisy rows measured again."""
+    pending = [
+        (w, b) for w in workers if not w.error for b in batches if rows[_key(w, b)].status == Status.OK
+    ]
+    for attempt in range(1 + repeats):
+        if not pending:
+            return
+        if attempt:
+            log(f"measuring {len(pending)} noisy row(s) again (attempt {attempt + 1})")
+        samples = _rounds(pending, warmup_s, min_s, min_runs, rounds, rows)
+        for pair, values in samples.items():
+            key = _key(*pair)
+            if rows[key].status != Status.OK:
+                continue
+            stats = stats_from_samples(values, pair[1])
+            row = rows[key]
+            if not row.attempts or stats.cv < row.cv:
+                row = replace(
+                    row,
+                    **{k: v for k, v in stats.to_dict().items() if k != "batch"},
+                    gops=2 * row.macs * stats.throughput / 1e9 if row.macs else None,
+                    noisy=stats.noisy,
+                )
+            rows[key] = replace(
+                row, attempts=row.attempts + 1, attempt_p50_ms=(*row.attempt_p50_ms, stats.p50_ms)
+            )
+        pending = [
+            pair for pair in pending if rows[_key(*pair)].status == Status.OK and rows[_key(*pair)].noisy
+        ]
+
+
+def _key(worker: Worker, batch: int) -> tuple:
+    return (worker.backend.name, str(worker.model.path), batch)
+
+
+def _rounds(pairs, warmup_s, min_s, min_runs, rounds, rows) -> dict:
+    samples: dict = {pair: [] for pair in pairs}
+    per_round_runs = math.ceil(min_runs / rounds)
+    for r in track(range(rounds), "benchmark rounds"):
+        # the first round warms up fully; later ones re-warm what another worker's run pushed out of cache
+        warm = warmup_s if r == 0 else warmup_s / rounds
+        shift = r % len(pairs)
+        for worker, batch in pairs[shift:] + pairs[:shift]:
+            if rows[_key(worker, batch)].status != Status.OK:
+                continue
+            kind, value = worker.ask(
+                (batch, warm, min_s / rounds, per_round_runs, len(samples[(worker, batch)]))
+            )
+            if kind == "samples":
+                samples[(worker, batch)].extend(value)
+            else:
+                rows[_key(worker, batch)] = replace(
+                    rows[_key(worker, batch)], status=Status.FAILED, reason=str(value)
+                )
+        log(f"round {r + 1}/{rounds} done")
+    return {pair: v for pair, v in samples.items() if v}

@@ -1,0 +1,1 @@
+"""Deploy bundle: the run's model files, manifest, signature."""

@@ -1,0 +1,457 @@
+"""Package a run for a device: model file(s), manifest.json, labels.txt and a README, as a folder or
+a byte-reproducible .tar.gz that `edgetl-runtime` verifies and runs without PyTorch.
+
+Everything comes from the run folder: the models (bundle_models.py: model.onnx and model.int8.onnx, or
+with `format="openvino"` the IRs model.xml/.bin and model.int8.xml/.bin), quantize.json, benchmark.json,
+splits.json, the checkpoint; what is missing is left out of the manifest rather than guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from edgetl.bundler.model_files import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
+from edgetl.errors import BundleError, EdgetlError
+from edgetl.options import ExportFormat, PackagePrecision, choices
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint, read_record
+from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
+from edgetl_runtime.fileio import check_writable, sha256_file
+from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
+from edgetl_runtime.modelfile import BY_NAME, model_format
+from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
+from edgetl_runtime.signing import load_private_key, sign_manifest
+
+# The benchmark row fields worth carrying to the device; the full report stays in the run.
+BENCH_FIELDS = (
+    "backend",
+    "model",
+    "precision",
+    "batch",
+    "device",
+    "threads",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "throughput",
+    "peak_rss_mb",
+    "model_size_mb",
+)
+VERSIONED = ("edgetl", "edgetl-runtime", "torch", "onnx", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A written bundle: where it is, what it holds, and a sha256 that identifies it."""
+
+    path: Path
+    manifest: Manifest
+    archive: bool
+    sha256: str  # of the archive, or of the folder's manifest.json (which pins every file)
+    size_bytes: int
+
+    @property
+    def artifact(self) -> Path:
+        """The bundle archive or folder."""
+        return self.path
+
+    def to_dict(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "format": "tar.gz" if self.archive else "folder",
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "name": m.name,
+            "created": m.created,
+            "labels": list(m.labels),
+            "models": [e.to_dict() for e in m.models],
+            "metrics": m.metrics,
+            "dataset_fingerprint": (m.provenance.get("dataset") or {}).get("fingerprint"),
+        }
+
+
+def _check_consistent(
+    run: Path, infos: dict[Path, ModelInfo], checkpoint_labels: tuple[str, ...] | None
+) -> ModelInfo:
+    (first_path, first), *rest = infos.items()
+    for path, info in rest:
+        if info.labels != first.labels or info.preprocess != first.preprocess:
+            raise BundleError(
+                f"{path}: labels or preprocessing differ from {first_path.name}; re-run `edgetl quantize {run}`"
+            )
+    if checkpoint_labels is not None and checkpoint_labels != first.labels:
+        raise BundleError(
+            f"{first_path}: exported from another checkpoint (labels differ); re-run `edgetl export {run}`"
+        )
+    return first
+
+
+def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
+    """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
+    summary = read_record(RunFolder(run).quantize_record)
+    settings = dict(info.quantization) if info is not None else {}
+    metrics: dict = {}
+    if summary is None or (int8 is not None and Path(summary.get("int8_model") or "").name != int8.name):
+        # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
+        return settings, metrics
+    metrics = {
+        k: summary.get(k)
+        for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "agreement", "eval_images")
+    }
+    if info is None:
+        return settings, metrics
+    settings |= {k: summary[k] for k in ("backend", "method", "num_calibration", "max_drop") if k in summary}
+    calibration = summary.get("calibration_manifest")
+    if calibration and Path(calibration).is_file():
+        settings["calibration_manifest"] = Path(calibration).name
+        settings["calibration_manifest_sha256"] = sha256_file(calibration)
+    return settings, metrics
+
+
+def _benchmark_summary(run: Path) -> dict | None:
+    report = read_record(RunFolder(run).benchmark_record)
+    if report is None:
+        return None
+    rows = [
+        {k: r.get(k) for k in BENCH_FIELDS if k in r}
+        for r in report.get("rows", [])
+        if r.get("status") == "ok"
+    ]
+    return {"rows": rows, "environment": report.get("environment", {})}
+
+
+def _dataset(run: RunFolder) -> dict | None:
+    """The split's fingerprint as train recorded it (recomputed for runs made before it was recorded)."""
+    if not run.splits.is_file():
+        return None
+    splits = run.load_splits()
+    missing = sum(not Path(p).is_file() for p, _ in (*splits.train, *splits.val))
+    return {
+        "fingerprint": splits.fingerprint or dataset_fingerprint(splits),
+        "train_images": len(splits.train),
+        "val_images": len(splits.val),
+        "missing_images": missing,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (done.stdout.strip() or None) if done.returncode == 0 else None
+
+
+def _versions() -> dict:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _creation_epoch(sources: list[Path]) -> int:
+    """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
+    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    return max(int(p.stat().st_mtime) for p in sources)
+
+
+INSTALL = {
+    ExportFormat.ONNX: "pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch",
+    ExportFormat.OPENVINO: "pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
+}
+
+
+def _readme(
+    manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry], form: ExportFormat
+) -> str:
+    p = info.preprocess
+    files = "\n".join(f"- `{m.path}`: {m.precision.value}, for {', '.join(m.backends)}" for m in models)
+    return f"""# {manifest_name}: an edgetl deploy bundle
+
+Image classifier ({info.backbone}), {len(labels)} classes: {", ".join(labels)}.
+
+{files}
+
+Input: RGB, shorter side resized to {p.resize} ({p.interpolation.value}), centre crop {p.crop}x{p.crop},
+scaled to [0, 1], normalised with mean {list(p.mean)} and std {list(p.std)}, {p.layout} float32.
+The runtime does this for you from `manifest.json`.
+
+## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
+
+    {INSTALL[form]}
+
+## Run
+
+    edgetl-run info BUNDLE
+    edgetl-run predict BUNDLE photo.jpg photos/ --top-k 3 [--json]
+    edgetl-run bench BUNDLE
+
+    from edgetl_runtime import Predictor
+    predictor = Predictor.from_bundle("BUNDLE")     # this folder or its .tar.gz
+    for r in predictor.predict(["photo.jpg"]):
+        print(r.source, r.label, r.score)
+
+Every file is checked against the sha256 in `manifest.json` on load: a modified bundle is refused.
+
+## NVIDIA GPUs
+
+x86_64 server: `pip install edgetl-runtime onnxruntime-gpu` (needs the CUDA 12 and cuDNN 9 libraries
+onnxruntime-gpu is built for), then `edgetl-run predict BUNDLE photos/ --backend onnxruntime-cuda`.
+For TensorRT add `pip install tensorrt-cu12-libs` (or a system TensorRT) and use
+`--backend onnxruntime-tensorrt`.
+
+Jetson: install the onnxruntime-gpu wheel built for your JetPack (Jetson Zoo / NVIDIA's Jetson wheel
+index), then `pip install --no-deps edgetl-runtime`; JetPack itself ships CUDA, cuDNN and TensorRT.
+
+`onnxruntime-tensorrt` builds a TensorRT engine on the first run (FP16 kernels; INT8 where the INT8
+model has its QDQ nodes) and keeps it in `~/.cache/edgetl-runtime/tensorrt` (`EDGETL_TRT_CACHE`
+moves it); later runs load it instead of building. The first-run build time is not measured by
+edgetl (it depends on the model, the GPU and TensorRT's tactic search): build it once before
+serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
+"""
+
+
+def _stage(
+    run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
+) -> tuple[Manifest, int]:
+    """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
+    from edgetl.backbones.checkpoint import find_checkpoint, read_checkpoint_info
+
+    fmt = BY_NAME[form.value]
+    chosen = choose_models(run, precision, form)
+    checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
+    ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
+    infos = {path: read_model_info(path) for _, path, _ in chosen}
+    info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
+    specs = {tensor_specs(path) for _, path, _ in chosen}
+    if len(specs) != 1:
+        raise BundleError(
+            f"{run}: the FP32 and INT8 models have different inputs or outputs; re-run `edgetl quantize {run}`"
+        )
+    (input_spec, output_spec) = specs.pop()
+    int8 = next((path for p, path, _ in chosen if p is Precision.INT8), None)
+    quantization, metrics = _quantization(run, infos.get(int8), int8)
+    if ckpt_info is not None and ckpt_info.metrics:
+        metrics["train"] = ckpt_info.metrics
+    epoch = _creation_epoch([path for _, path, _ in chosen] + ([checkpoint] if checkpoint else []))
+
+    models, companions = [], []
+    for p, path, backends in chosen:
+        target = staging / path.name
+        copy_model(path, target)
+        models.append(FileEntry(path.name, sha256_file(target), target.stat().st_size, p, backends))
+        # an IR's .bin is pinned like any bundle file, so a changed weight byte is refused on load
+        companions += [f.name for f in fmt.files(target)[1:]]
+    (staging / LABELS).write_text("".join(f"{label}\n" for label in info.labels), encoding="utf-8")
+    (staging / README).write_text(_readme(name, info.labels, info, models, form), encoding="utf-8")
+    files = [
+        FileEntry(f, sha256_file(staging / f), (staging / f).stat().st_size)
+        for f in (*companions, LABELS, README)
+    ]
+
+    manifest = Manifest(
+        name=name,
+        labels=info.labels,
+        preprocess=info.preprocess,
+        input=input_spec,
+        output=output_spec,
+        models=tuple(models),
+        files=tuple(files),
+        created=datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        quantization=quantization,
+        metrics=metrics,
+        benchmark=_benchmark_summary(run),
+        provenance={
+            "backbone": info.backbone,
+            "versions": _versions(),
+            "git_commit": _git_commit(),
+            "dataset": _dataset(RunFolder(run)),
+            "recipe": ckpt_info.recipe if ckpt_info else None,
+            "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
+            # each model's own source: the checkpoint for FP32, the FP32 model for INT8 (run lineage)
+            "models": {
+                m.path: {"sha256": m.sha256, "source_sha256": infos[path].source_sha256}
+                for m, (_, path, _) in zip(models, chosen, strict=True)
+            },
+        },
+    )
+    (staging / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
+    for path in staging.iterdir():
+        os.utime(path, (epoch, epoch))
+    verify_bundle(staging)
+    return manifest, epoch
+
+
+def _is_bundle(path: Path) -> bool:
+    if path.is_dir():
+        return (path / MANIFEST).is_file()
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            return MANIFEST in tar.getnames()
+    except (OSError, tarfile.TarError, EOFError):
+        return False
+
+
+def _check_out(run: Path, out: Path, archive: bool, overwrite: bool) -> None:
+    """Refused before any work: the run folder itself, a folder where an archive goes (or the reverse),
+    anything that is not a bundle, and an existing bundle unless `overwrite`."""
+    if out.exists() and out.resolve() == run.resolve():
+        raise EdgetlError(f"--out {out}: is the run folder itself; give a new path such as {run / 'bundle'}")
+    if archive and out.is_dir():
+        raise EdgetlError(f"--out {out}: is a folder; give a new .tar.gz path")
+    if not archive and out.exists() and not out.is_dir():
+        raise EdgetlError(f"--out {out}: exists and is not a folder; choose another path")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not _is_bundle(out):
+        raise EdgetlError(f"--out {out}: exists and is not a bundle; choose another path")
+    if not overwrite:
+        raise EdgetlError(f"--out {out}: holds a bundle already; pass --overwrite to replace it")
+
+
+def _publish_folder(staging: Path, out: Path) -> None:
+    """Swap the finished folder in, replacing an older bundle."""
+    old = out.with_name(f"{TMP_PREFIX}{out.name}.old") if out.exists() else None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    staging.chmod(0o755)  # mkdtemp made it private; a bundle is meant to be read by others
+    staging.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def build_bundle(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    precision: str | PackagePrecision | None = None,
+    format: str | ExportFormat = ExportFormat.ONNX,
+    name: str | None = None,
+    sign: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Package a run folder into `out`: a folder, or a reproducible archive when it ends in .tar.gz/.tgz.
+
+    precision: "int8", "fp32" or "both"; default both when the run has an INT8 model, else fp32.
+    format: "onnx" (model.onnx, model.int8.onnx) or "openvino" (the IRs model.xml and model.int8.xml,
+    each with its .bin; `edgetl-run` runs them with OpenVINO).
+    The same inputs always give the same archive bytes (the creation time comes from the inputs or
+    SOURCE_DATE_EPOCH). Written atomically: a failure leaves nothing at `out`. An existing bundle at
+    `out` is replaced only with `overwrite`; any other existing file or non-empty folder is refused.
+    The run's lineage is checked first (StaleArtifact), so a bundle never mixes two trainings.
+    sign: an ed25519 private key file (`edgetl keygen`); the manifest is signed (manifest.sig).
+    """
+    run, out = Path(run), Path(out)
+    if not run.is_dir():
+        problem = "not a folder" if run.exists() else "no such run folder"
+        raise EdgetlError(f"{run}: {problem}; give the folder `edgetl train --out` wrote")
+    if precision is not None:
+        try:
+            precision = PackagePrecision(precision)
+        except ValueError:
+            raise EdgetlError(
+                f"--precision {precision!r}: choose one of {', '.join(choices(PackagePrecision))}"
+            ) from None
+    try:
+        form = ExportFormat(format)
+    except ValueError:
+        raise EdgetlError(f"--format {format!r}: choose one of {', '.join(choices(ExportFormat))}") from None
+    name = name or run.resolve().name
+    signing_key = load_private_key(sign) if sign else None
+    archive = is_archive(out)
+    _check_out(run, out, archive, overwrite)
+    check_writable(out.parent, "--out", folder=True)
+    folder = RunFolder(run)
+    with folder.lock("package", read_only_ok=True):
+        folder.check_for(Stage.PACKAGE)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
+        )
+        try:
+            manifest, epoch = _stage(run, staging, precision, name, form)
+            if signing_key is not None:
+                sign_manifest(staging, signing_key, epoch)
+            if archive:
+                write_archive(staging, out, epoch)
+            else:
+                _publish_folder(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    size = out.stat().st_size if archive else sum(p.stat().st_size for p in out.iterdir())
+    return Bundle(out, manifest, archive, bundle_sha256(out), size)
+
+
+def build_bundle_from_models(
+    models: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    sign: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Package model files that carry edgetl metadata (`edgetl export`, or `edgetl describe` for a
+    model from elsewhere): an FP32 model and/or its INT8 model, told apart by their metadata.
+
+    They are laid out as a run folder's model.onnx / model.int8.onnx (or model.xml / model.int8.xml
+    for OpenVINO IRs; mtimes kept, so the archive is as reproducible as a run's) and packaged like one.
+    """
+    paths = [Path(m) for m in models]
+    chosen: dict[Precision, Path] = {}
+    for path in paths:
+        if not path.is_file():
+            raise EdgetlError(
+                f"{path}: no such model file; give ONNX or OpenVINO .xml files, or one run folder"
+            )
+        if model_format(path) is not model_format(paths[0]):
+            raise EdgetlError(f"{path}: not a {paths[0].suffix} file like {paths[0].name}; give one format")
+        precision = Precision(read_model_info(path).precision)
+        if precision not in MODEL_FILES:
+            raise EdgetlError(
+                f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"
+            )
+        if precision in chosen:
+            raise EdgetlError(
+                f"{path}: a second {precision.value} model (first: {chosen[precision]}); give one of each"
+            )
+        chosen[precision] = path
+    with tempfile.TemporaryDirectory(prefix=".edgetl-models-") as tmp:
+        run = Path(tmp) / (name or paths[0].stem)
+        run.mkdir()
+        fmt = model_format(paths[0])
+        for precision, path in chosen.items():
+            target = model_path(run, precision, fmt)
+            copy_model(path, target)
+            for part, copied in zip(fmt.files(path), fmt.files(target), strict=True):
+                stat = part.stat()
+                os.utime(copied, (stat.st_atime, stat.st_mtime))
+        both = len(chosen) == 2
+        precision = PackagePrecision.BOTH if both else PackagePrecision(next(iter(chosen)).value)
+        return build_bundle(
+            run,
+            out,
+            precision=precision,
+            format=fmt.name,
+            name=name or paths[0].stem,
+            sign=sign,
+            overwrite=overwrite,
+        )

@@ -1,0 +1,1 @@
+"""Reading datasets and the small sample sets the demo and tests make."""

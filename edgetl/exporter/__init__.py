@@ -1,0 +1,1 @@
+"""Export: checkpoint -> ONNX (and OpenVINO IR) with a parity gate; describe a foreign model."""

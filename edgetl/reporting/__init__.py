@@ -1,0 +1,1 @@
+"""The run's HTML report, its plots and the misclassified-example gallery."""

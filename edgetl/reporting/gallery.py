@@ -1,0 +1,111 @@
+"""Which validation images the model gets wrong, and small pictures of them for the report.
+
+Predictions come from RUN/model.onnx through the device runtime (torch-free, what the device will
+compute) when it exists, else from the best checkpoint with the runtime's preprocessing. Either way
+the input pixels are the runtime's, so the gallery shows what deployment would get wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# A report must stay quick: beyond this many validation images a seeded sample is classified.
+MAX_EVAL_IMAGES = 2000
+THUMBNAIL_PX = 128
+
+
+@dataclass(frozen=True)
+class Miss:
+    path: str
+    true: str
+    predicted: str
+    score: float  # softmax probability of the wrong prediction
+    true_score: float
+
+
+@dataclass(frozen=True)
+class Misses:
+    source: str  # what made the predictions, in words
+    evaluated: int
+    sampled: bool
+    unreadable: int
+    misses: tuple[Miss, ...]  # worst (most confident) first
+
+
+def _probabilities_onnx(model: Path, paths: list[str]) -> tuple[np.ndarray, list[int]]:
+    from edgetl_runtime import Predictor
+
+    predictor = Predictor.from_model(model, backend="onnxruntime-cpu")
+    results = predictor.predict(paths, top_k=len(predictor.labels))
+    kept = [i for i, r in enumerate(results) if r.ok]
+    probs = np.zeros((len(kept), len(predictor.labels)), dtype=np.float32)
+    for row, i in enumerate(kept):
+        for _, index, p in results[i].top_k:
+            probs[row, index] = p
+    return probs, kept
+
+
+def _probabilities_checkpoint(checkpoint: Path, paths: list[str]) -> tuple[np.ndarray, list[int]]:
+    import torch
+
+    from edgetl.backbones.checkpoint import load_checkpoint
+    from edgetl.data.images import preprocess_readable
+    from edgetl_runtime.predictor import softmax
+
+    model, info = load_checkpoint(checkpoint)
+    arrays, kept, _ = preprocess_readable(paths, info.preprocess, "validation")
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(arrays), 64):
+            logits.append(model(torch.from_numpy(np.stack(arrays[i : i + 64]))).float().numpy())
+    return softmax(np.concatenate(logits)) if logits else np.zeros((0, len(info.labels))), kept
+
+
+def find_misses(run: Path, labels: list[str], val: list[tuple[str, int]], *, seed: int = 0) -> Misses:
+    """Classify the run's validation images and return the misclassified ones, most confident first."""
+    sampled = len(val) > MAX_EVAL_IMAGES
+    if sampled:
+        val = random.Random(seed).sample(val, MAX_EVAL_IMAGES)
+    paths = [p for p, _ in val]
+    if (run / "model.onnx").is_file():
+        probs, kept = _probabilities_onnx(run / "model.onnx", paths)
+        source = "model.onnx on onnxruntime-cpu (edgetl-runtime preprocessing)"
+    else:
+        from edgetl.backbones.checkpoint import find_checkpoint
+
+        checkpoint = find_checkpoint(run)
+        probs, kept = _probabilities_checkpoint(checkpoint, paths)
+        source = f"{checkpoint.name} in PyTorch (edgetl-runtime preprocessing)"
+    misses = []
+    for row, i in enumerate(kept):
+        truth = val[i][1]
+        guess = int(probs[row].argmax())
+        if guess != truth:
+            misses.append(
+                Miss(
+                    paths[i], labels[truth], labels[guess], float(probs[row, guess]), float(probs[row, truth])
+                )
+            )
+    misses.sort(key=lambda m: (-m.score, m.path))
+    return Misses(source, len(kept), sampled, len(paths) - len(kept), tuple(misses))
+
+
+def thumbnail_data_uri(path: str | Path, size: int = THUMBNAIL_PX) -> str | None:
+    """A small JPEG of the image as a data: URI (None when it cannot be read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=85)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -1,0 +1,58 @@
+"""`edgetl report RUN`: one self-contained HTML page about a run (no network, images as data URIs).
+
+Each section is a function over the run's files (SECTIONS); a section whose artifact is missing
+says which command writes it instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from html import escape
+from pathlib import Path
+
+from edgetl import __version__
+from edgetl.errors import EdgetlError
+from edgetl.reporting.html import page
+from edgetl.reporting.records import GALLERY_LIMIT, REPORT_HTML, RunFiles, Section
+from edgetl.reporting.sections import SECTIONS
+from edgetl_runtime.fileio import write_text_atomic
+
+
+@dataclass(frozen=True)
+class Report:
+    path: Path
+    sections: tuple[Section, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "report": str(self.path),
+            "sections": [s.name for s in self.sections if s.missing is None],
+            "missing": {s.name: s.missing for s in self.sections if s.missing is not None},
+        }
+
+
+def build_report(
+    run: str | Path,
+    out: str | Path | None = None,
+    *,
+    bundle: str | Path | None = None,
+    gallery_limit: int = GALLERY_LIMIT,
+) -> Report:
+    """Write RUN/report.html (or `out`) from whatever the run folder holds."""
+    run = Path(run)
+    if not run.is_dir():
+        raise EdgetlError(f"{run}: no such run folder; give the folder `edgetl train --out` wrote")
+    if not (run / "splits.json").is_file() and not (run / "summary.json").is_file():
+        raise EdgetlError(
+            f"{run}: not a run folder (no splits.json or summary.json); train with `edgetl train --out {run}`"
+        )
+    out = Path(out) if out else run / REPORT_HTML
+    files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
+    sections = tuple(section(files) for section in SECTIONS)
+    title = f"edgetl report: {run.resolve().name}"
+    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_text_atomic(
+        out, page(title, f"{escape(str(run))} · generated {generated} by edgetl {__version__}", sections)
+    )
+    return Report(out, sections)

@@ -1,0 +1,458 @@
+"""The run folder: every path of a run in one place, its lineage, its lock and its temporary files.
+
+A run is a chain of artifacts, each made from the one before and recording that one's identity:
+
+    splits.json (dataset fingerprint) -> best.safetensors (fingerprint) -> model.onnx (checkpoint
+    sha256) -> model.int8.onnx / quantize.json (model.onnx sha256) -> benchmark.json (sha256 of every
+    model it timed) -> bundle manifest (all of them)
+
+`RunFolder.check_for(stage)` walks the links a stage consumes and raises `StaleArtifact`, a one-line
+error naming the artifact and the command that rebuilds it, so no stage mixes two trainings. Writing
+commands hold `RunFolder.lock()`; a second writer fails at once. Temporary files of interrupted
+commands (kill -9) are swept under the lock by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from edgetl.errors import EdgetlError
+from edgetl.runfolder.splits import SPLITS, Splits
+from edgetl_runtime.fileio import sha256_file, write_text_atomic
+from edgetl_runtime.modelinfo import ModelInfo
+
+LOCK = ".edgetl.lock"
+# Temporary names edgetl itself picks (work folders, bundle staging) start with this.
+TMP_PREFIX = ".edgetl-tmp-"
+# atomic_output's temporaries: ".<name>.<8 random chars>.tmp<suffix>" (tempfile.mkstemp).
+_ATOMIC_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+class StaleArtifact(EdgetlError):
+    """An artifact was made from something that has changed since; the message says how to rebuild it."""
+
+
+class RunLocked(EdgetlError):
+    """Another edgetl command is writing the run folder."""
+
+
+class Stage(str, Enum):
+    TRAIN = "train"
+    EXPORT = "export"
+    QUANTIZE = "quantize"
+    BENCHMARK = "benchmark"
+    PACKAGE = "package"
+
+
+class Kind(str, Enum):
+    """What an artifact is; no command writes one kind over another."""
+
+    SPLITS = "splits"
+    CHECKPOINT = "checkpoint"
+    TRAIN_STATE = "train state"
+    TRAIN_RECORD = "training record"
+    FP32_MODEL = "FP32/FP16 model"
+    INT8_MODEL = "INT8 model"
+    EXPORT_RECORD = "export record"
+    QUANTIZE_RECORD = "quantization record"
+    CALIBRATION = "calibration manifest"
+    BENCHMARK_RECORD = "benchmark record"
+    REPORT = "run report"
+
+
+# Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
+# order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
+ARTIFACTS: dict[str, Kind] = {
+    "report.html": Kind.REPORT,
+    "benchmark.json": Kind.BENCHMARK_RECORD,
+    "benchmark.png": Kind.BENCHMARK_RECORD,
+    "quantize.json": Kind.QUANTIZE_RECORD,
+    "calibration.json": Kind.CALIBRATION,
+    "model.int8.onnx": Kind.INT8_MODEL,
+    "model.int8.xml": Kind.INT8_MODEL,
+    "model.int8.bin": Kind.INT8_MODEL,
+    "export.json": Kind.EXPORT_RECORD,
+    "model.onnx": Kind.FP32_MODEL,
+    "model.onnx.data": Kind.FP32_MODEL,
+    "model.xml": Kind.FP32_MODEL,
+    "model.bin": Kind.FP32_MODEL,
+    "summary.json": Kind.TRAIN_RECORD,
+    "confusion.json": Kind.TRAIN_RECORD,
+    "confusion.png": Kind.TRAIN_RECORD,
+    "curves.png": Kind.TRAIN_RECORD,
+    "metrics.json": Kind.TRAIN_RECORD,
+    "last_state.pt": Kind.TRAIN_STATE,
+    "frozen_path.json": Kind.TRAIN_STATE,
+    "last.head.safetensors": Kind.CHECKPOINT,
+    "best.head.safetensors": Kind.CHECKPOINT,
+    "last.safetensors": Kind.CHECKPOINT,
+    "best.safetensors": Kind.CHECKPOINT,
+    SPLITS: Kind.SPLITS,
+}
+# What marks a folder as holding a run (train refuses to start over it silently).
+RUN_MARKERS = (SPLITS, "best.safetensors", "last.safetensors", "last_state.pt")
+
+
+# --- records ----------------------------------------------------------------------------------------
+
+
+def read_record(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
+    if not isinstance(d, dict):
+        raise EdgetlError(f"{path}: not an edgetl record (a JSON object is expected)")
+    return d
+
+
+@dataclass(frozen=True)
+class ExportRecord:
+    """RUN/export.json: what model.onnx was made from (`source_sha256`: the checkpoint's sha256)."""
+
+    onnx: str
+    source: str
+    source_sha256: str
+    sha256: str  # of the ONNX file written
+    details: dict = field(default_factory=dict)  # the full ExportResult summary
+
+    def to_dict(self) -> dict:
+        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ExportRecord:
+        keys = ("onnx", "source", "source_sha256", "sha256")
+        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
+
+
+@dataclass(frozen=True)
+class QuantizationRecord:
+    """RUN/quantize.json: the INT8 model, the FP32 model it was made from, and the gate's figures.
+
+    `source_sha256` is the sha256 of the FP32 model.onnx quantized; `sha256` that of the INT8 file.
+    Records written before these fields existed leave them empty and the lineage falls back to the
+    calibration manifest's `model_sha256`.
+    """
+
+    int8_model: str
+    fp32_model: str
+    source_sha256: str = ""
+    sha256: str = ""
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantizationRecord:
+        keys = ("int8_model", "fp32_model", "source_sha256", "sha256")
+        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
+
+
+@dataclass(frozen=True)
+class BenchmarkRecord:
+    """RUN/benchmark.json: the report plus the sha256 of every model file (and checkpoint) it timed."""
+
+    sources: dict  # file name -> sha256
+    report: dict
+
+    def to_dict(self) -> dict:
+        return {**self.report, "sources": dict(self.sources)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BenchmarkRecord:
+        return cls(
+            sources=dict(d.get("sources") or {}), report={k: v for k, v in d.items() if k != "sources"}
+        )
+
+
+def dataset_fingerprint(splits: Splits) -> str:
+    """sha256 over the split: labels, then each image's split, path relative to the data root, label
+    and content. Equal fingerprints mean the same images with the same labels in the same splits."""
+    digest = hashlib.sha256(json.dumps(list(splits.labels)).encode())
+    for split, items in (("train", splits.train), ("val", splits.val)):
+        for path, label in items:
+            p = Path(path)
+            rel = os.path.relpath(p, splits.data_root) if splits.data_root else p.name
+            content = sha256_file(p) if p.is_file() else "missing"
+            digest.update(f"{split}\t{Path(rel).as_posix()}\t{label}\t{content}\n".encode())
+    return digest.hexdigest()
+
+
+# --- the folder ---------------------------------------------------------------------------------------
+
+
+def _model_source(path: Path) -> str:
+    """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
+    from edgetl_runtime.modelinfo import read_model_info
+
+    return read_model_info(path).source_sha256
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # paths
+    splits = property(lambda self: self.root / SPLITS)
+    best = property(lambda self: self.root / "best.safetensors")
+    last = property(lambda self: self.root / "last.safetensors")
+    last_state = property(lambda self: self.root / "last_state.pt")
+    metrics = property(lambda self: self.root / "metrics.json")
+    confusion = property(lambda self: self.root / "confusion.json")
+    summary = property(lambda self: self.root / "summary.json")
+    model = property(lambda self: self.root / "model.onnx")
+    model_xml = property(lambda self: self.root / "model.xml")
+    int8 = property(lambda self: self.root / "model.int8.onnx")
+    int8_xml = property(lambda self: self.root / "model.int8.xml")
+    export_record = property(lambda self: self.root / "export.json")
+    quantize_record = property(lambda self: self.root / "quantize.json")
+    calibration = property(lambda self: self.root / "calibration.json")
+    benchmark_record = property(lambda self: self.root / "benchmark.json")
+
+    def holds_run(self) -> bool:
+        return any((self.root / name).exists() for name in RUN_MARKERS)
+
+    def checkpoint(self) -> Path | None:
+        return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    # records
+    def load_splits(self) -> Splits:
+        return Splits.load(self.root)
+
+    def load_export(self) -> ExportRecord | None:
+        d = read_record(self.export_record)
+        return ExportRecord.from_dict(d) if d is not None else None
+
+    def save_export(self, record: ExportRecord) -> Path:
+        return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
+
+    def load_quantization(self) -> QuantizationRecord | None:
+        d = read_record(self.quantize_record)
+        return QuantizationRecord.from_dict(d) if d is not None else None
+
+    def save_quantization(self, record: QuantizationRecord) -> Path:
+        return write_text_atomic(self.quantize_record, json.dumps(record.to_dict(), indent=1) + "\n")
+
+    def load_benchmark(self) -> BenchmarkRecord | None:
+        d = read_record(self.benchmark_record)
+        return BenchmarkRecord.from_dict(d) if d is not None else None
+
+    def save_benchmark(self, record: BenchmarkRecord) -> Path:
+        return write_text_atomic(self.benchmark_record, json.dumps(record.to_dict(), indent=1))
+
+    def load_summary(self) -> dict | None:
+        return read_record(self.summary)
+
+    # locking and cleaning
+    @contextlib.contextmanager
+    def lock(self, command: str, *, read_only_ok: bool = False) -> Iterator[RunFolder]:
+        """Hold the folder's write lock for `command`; fail at once if another command holds it.
+
+        Temporary files left by an interrupted command are removed once the lock is held. With
+        `read_only_ok` (commands that only read the run), a folder nobody may write to is used unlocked:
+        no edgetl command can be writing it either.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.root / LOCK), timeout=0)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except PermissionError as e:
+            if read_only_ok:
+                yield self
+                return
+            raise EdgetlError(
+                f"{self.root}: cannot write to this run folder ({e.strerror}); `edgetl {command}` needs to"
+            ) from None
+        except Timeout:
+            raise RunLocked(
+                f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "
+                f"before `edgetl {command}`, or use another folder"
+            ) from None
+        try:
+            self.sweep()
+            yield self
+        finally:
+            lock.release()
+
+    def discard_if_empty(self) -> None:
+        """Remove a folder this command created when nothing but its lock file ended up in it."""
+        if self.root.is_dir() and {p.name for p in self.root.iterdir()} <= {LOCK}:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def sweep(self) -> list[Path]:
+        """Remove temporaries of interrupted commands (call with the lock held)."""
+        removed = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(TMP_PREFIX) or (entry.is_file() and _ATOMIC_TMP.match(entry.name)):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        return removed
+
+    def clear(self) -> list[str]:
+        """Remove every artifact of the run (call with the lock held), last stage first, so an
+        interruption leaves an older but consistent chain, never a newer artifact without its source."""
+        removed = []
+        for name in ARTIFACTS:
+            path = self.root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(name)
+        return removed
+
+    # lineage
+    def check_for(self, stage: Stage | str) -> None:
+        """Check the links of the chain that `stage` consumes; StaleArtifact names the first stale one.
+
+        Links whose records predate lineage (no sha256 recorded) are not checked.
+        """
+        stage = Stage(stage)
+        run = self.root
+        splits = self.load_splits() if self.splits.is_file() else None
+        checkpoint = self.checkpoint()
+        if stage is Stage.TRAIN or checkpoint is None:
+            return
+        if self.last_state.is_file() and not self.summary.is_file():
+            raise StaleArtifact(
+                f"{run}: training was interrupted ({self.summary.name} missing); finish it with "
+                f"`edgetl train --data DATA --out {run} --resume`"
+            )
+        if splits is not None and splits.fingerprint:
+            from edgetl.backbones.checkpoint import read_checkpoint_info
+
+            trained_on = read_checkpoint_info(checkpoint).data_fingerprint
+            if trained_on and trained_on != splits.fingerprint:
+                raise StaleArtifact(
+                    f"{checkpoint}: trained on other data than {self.splits} records; retrain with "
+                    f"`edgetl train --data DATA --out {run} --overwrite`"
+                )
+        if stage is Stage.EXPORT:
+            return
+        checkpoint_sha = sha256_file(checkpoint)
+        fp32 = [p for p in (self.model, self.model_xml) if p.is_file()]
+        for path in fp32:
+            if _model_source(path) not in ("", checkpoint_sha):
+                raise StaleArtifact(
+                    f"{path}: exported from an older checkpoint than {checkpoint.name}; "
+                    f"rebuild it with `edgetl export {run}`"
+                )
+        if stage is Stage.QUANTIZE:
+            return
+        model_sha = sha256_file(self.model) if self.model.is_file() else None
+        self._check_int8(checkpoint_sha, model_sha)
+        if stage is Stage.BENCHMARK:
+            return
+        self._check_benchmark()
+
+    def _check_int8(self, checkpoint_sha: str, model_sha: str | None) -> None:
+        run = self.root
+        int8 = [p for p in (self.int8, self.int8_xml) if p.is_file()]
+        rebuild = f"rebuild it with `edgetl quantize {run}`"
+        for path in int8:
+            if _model_source(path) not in ("", checkpoint_sha):
+                raise StaleArtifact(f"{path}: quantized from an older training; {rebuild}")
+        record = self.load_quantization()
+        if not int8 and record is None:
+            return
+        what = int8[0] if int8 else self.quantize_record
+        if model_sha is None:
+            raise StaleArtifact(
+                f"{what}: its FP32 model {self.model} is gone; run `edgetl export {run}`, then quantize"
+            )
+        made_from = record.source_sha256 if record else ""
+        if not made_from and self.calibration.is_file():
+            made_from = str((read_record(self.calibration) or {}).get("model_sha256") or "")
+        if made_from and made_from != model_sha:
+            raise StaleArtifact(
+                f"{what}: quantized from another {self.model.name} than the current one; {rebuild}"
+            )
+        if record and record.sha256:
+            # a record whose INT8 model was removed describes nothing that can ship: not stale
+            path = self.root / Path(record.int8_model).name
+            if path.is_file() and record.sha256 != sha256_file(path):
+                raise StaleArtifact(f"{self.quantize_record}: describes another INT8 model; {rebuild}")
+
+    def _check_benchmark(self) -> None:
+        record = self.load_benchmark()
+        if record is None:
+            return
+        for name, sha in record.sources.items():
+            path = self.root / name
+            if path.is_file() and sha256_file(path) != sha:
+                raise StaleArtifact(
+                    f"{self.benchmark_record}: timed an older {name}; rebuild it with `edgetl benchmark {self.root}`"
+                )
+
+    def sources(self, files: Sequence[Path]) -> dict[str, str]:
+        """name -> sha256 of the run-folder files among `files` (what a benchmark record pins)."""
+        return {
+            p.name: sha256_file(p) for p in files if p.parent.resolve() == self.root.resolve() and p.is_file()
+        }
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+
+def _kind_of(path: Path) -> Kind | None:
+    """The kind of an existing file: by its run-folder name, else by an edgetl model's precision."""
+    if path.name in ARTIFACTS and path.parent.joinpath(SPLITS).is_file():
+        return ARTIFACTS[path.name]
+    from edgetl_runtime.modelfile import is_model_file
+
+    if is_model_file(path):
+        from edgetl_runtime.modelinfo import read_model_info
+
+        try:
+            info: ModelInfo = read_model_info(path)
+        except EdgetlError:
+            return None
+        return Kind.INT8_MODEL if info.precision == "int8" else Kind.FP32_MODEL
+    return None
+
+
+def check_output(
+    out: str | Path, kind: Kind, *, inputs: Sequence[str | Path] = (), option: str = "--out"
+) -> None:
+    """Refuse to write `out` over one of the command's `inputs` or over an artifact of another kind.
+
+    quantize calls check_output(out, Kind.INT8_MODEL, inputs=[model]): `--out RUN/model.onnx` is
+    refused instead of replacing the FP32 model with INT8 weights.
+    """
+    out = Path(out)
+    target = out.resolve()
+    for source in inputs:
+        if Path(source).exists() and Path(source).resolve() == target:
+            raise EdgetlError(f"{option} {out}: is this command's own input; choose another path")
+    if not out.exists():
+        named = ARTIFACTS.get(out.name) if out.parent.joinpath(SPLITS).is_file() else None
+        if named is not None and named is not kind:
+            raise EdgetlError(f"{option} {out}: that name holds the run's {named.value}; choose another path")
+        return
+    existing = _kind_of(out)
+    if existing is not None and existing is not kind:
+        raise EdgetlError(
+            f"{option} {out}: holds a {existing.value}, not a {kind.value}; choose another path"
+        )

@@ -1,0 +1,55 @@
+"""The run folder's record of which images trained and validated the model (RUN/splits.json).
+
+Export, quantization and packaging read it to evaluate on the run's own validation images and to
+calibrate on its training images, without the user repeating --data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from edgetl.errors import EdgetlError
+from edgetl_runtime.fileio import write_text_atomic
+
+SPLITS = "splits.json"
+
+
+@dataclass(frozen=True)
+class Splits:
+    labels: tuple[str, ...]
+    train: tuple[tuple[str, int], ...]  # (absolute image path, label index)
+    val: tuple[tuple[str, int], ...]
+    data_root: str = ""
+    skipped: int = 0  # unreadable files left out, reported in summaries
+    fingerprint: str = ""  # run.dataset_fingerprint, computed once when train reads the data
+
+    def with_fingerprint(self, fingerprint: str) -> Splits:
+        return replace(self, fingerprint=fingerprint)
+
+    def save(self, run: str | Path) -> Path:
+        d = {
+            "labels": list(self.labels),
+            "data_root": self.data_root,
+            "skipped": self.skipped,
+            "fingerprint": self.fingerprint,
+            "train": [list(x) for x in self.train],
+            "val": [list(x) for x in self.val],
+        }
+        return write_text_atomic(Path(run) / SPLITS, json.dumps(d, indent=1))
+
+    @classmethod
+    def load(cls, run: str | Path) -> Splits:
+        path = Path(run) / SPLITS
+        if not path.is_file():
+            raise EdgetlError(f"{path}: missing; the run folder was not written by `edgetl train`")
+        d = json.loads(path.read_text())
+        return cls(
+            labels=tuple(d["labels"]),
+            train=tuple((p, int(i)) for p, i in d["train"]),
+            val=tuple((p, int(i)) for p, i in d["val"]),
+            data_root=d.get("data_root", ""),
+            skipped=int(d.get("skipped", 0)),
+            fingerprint=str(d.get("fingerprint", "")),
+        )
