@@ -21,14 +21,15 @@ from .timing import physical_cores
 
 
 class Session(Protocol):
-    """A loaded model ready to run: NCHW float32 batch in, logits out."""
+    """A loaded model ready to run: a batch in (an image model's one array, or a text model's named
+    arrays), logits out."""
 
     backend: str
     providers: tuple[str, ...]
     threads: int | None  # the effective CPU thread count (None where the work is not on CPU threads)
     execution_precision: str  # what the backend computes in ("model" = the model's own types)
 
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
+    def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,8 @@ class OrtSession:
         self.execution_precision = precision
         self.input_name = self._session.get_inputs()[0].name
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self.input_name: batch})[0]
+    def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        return self._session.run(None, batch if isinstance(batch, dict) else {self.input_name: batch})[0]
 
 
 def _load_tensorrt(path: Path, threads: int | None, exact: bool = False) -> OrtSession:
@@ -218,8 +219,8 @@ class OpenVinoSession:
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS")) if device == "CPU" else None
         self.execution_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        self._request.infer({0: batch})
+    def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        self._request.infer(batch if isinstance(batch, dict) else {0: batch})
         return self._request.get_output_tensor(0).data.copy()
 
 

@@ -60,21 +60,32 @@ def _load_options(args: argparse.Namespace) -> dict:
     return {"trusted": trusted_keys_from(args.trust), "max_bytes": args.max_bundle_mb << 20}
 
 
-def _expand(inputs: Sequence[str]) -> list[Path]:
-    """Files as given (bad ones fail per file later), folders as their images, sorted."""
-    from .preprocess import list_images
+def _expand(predictor, arguments: Sequence[str], lines: Sequence[Path]) -> list:
+    """Inputs as the model's kind reads arguments (files as given, folders as their files, sorted;
+    for text anything that is not a path is the text itself), then the lines of --lines files and of
+    stdin ("-")."""
+    from .inputs import TextInput
 
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = list_images(path)
-            if not found:
-                print(f"warning: {path}: no images in this folder", file=sys.stderr)
-            paths.extend(found)
-        else:
-            paths.append(path)
-    return paths
+    items: list = []
+    for argument in arguments:
+        if argument == "-":
+            items += _lines(sys.stdin.read(), "stdin")
+            continue
+        found = predictor.kind.from_argument(argument)
+        if not found and Path(argument).is_dir():
+            print(f"warning: {argument}: no {predictor.kind.noun} files in this folder", file=sys.stderr)
+        items.extend(found)
+    for path in lines:
+        from .textinput import read_text
+
+        items += _lines(read_text(path)[0], str(path))
+    return [i for i in items if not isinstance(i, TextInput) or i.text.strip()]
+
+
+def _lines(text: str, source: str) -> list:
+    from .inputs import TextInput
+
+    return [TextInput(f"{source}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
 def _is_model_file(path: Path) -> bool:
@@ -107,10 +118,15 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    paths = _expand(args.images)
-    if not paths:
-        raise EdgetlError("no images to classify: give image files or folders that contain images")
+    from .modality import Modality
+
     predictor = _load(args)
+    if args.lines and predictor.modality is not Modality.TEXT:
+        raise EdgetlError(f"--lines: {args.bundle} classifies {predictor.kind.noun}s; --lines is for text models")
+    paths = _expand(predictor, args.images, args.lines)
+    if not paths:
+        noun = predictor.kind.noun
+        raise EdgetlError(f"no {noun}s to classify: give {noun} files or folders that contain them")
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
@@ -150,14 +166,10 @@ def _model_file_info(args: argparse.Namespace) -> int:
         )
         print_json({"model": str(args.bundle), "verified": False, "info": meta, "backends": backends})
         return 0
-    p = info.preprocess
     print(f"model       {args.bundle} ({info.precision}; a single file: no manifest, no sha256 check)")
     print(f"name        {info.backbone}")
     print(f"labels      {len(info.labels)}: {', '.join(info.labels)}")
-    print(
-        f"preprocess  resize {p.resize} {p.interpolation.value}, crop {p.crop}, mean {list(p.mean)}, "
-        f"std {list(p.std)}, {p.layout}"
-    )
+    print(f"preprocess  {info.modality.value}: {info.preprocess.describe()}")
     print(f"tensors     {info.input_name} -> {info.output_name}")
     for name, state in backends.items():
         print(f"backend     {name}: {state}")
@@ -189,15 +201,11 @@ def cmd_info(args: argparse.Namespace) -> int:
             }
         )
         return 0
-    p = manifest.preprocess
     print(f"bundle      {args.bundle} (verified: every file matches its sha256)")
     print(f"signature   {signature}")
     print(f"name        {manifest.name}  (created {manifest.created})")
     print(f"labels      {len(manifest.labels)}: {', '.join(manifest.labels)}")
-    print(
-        f"preprocess  resize {p.resize} {p.interpolation.value}, crop {p.crop}, mean {list(p.mean)}, "
-        f"std {list(p.std)}, {p.layout}"
-    )
+    print(f"preprocess  {manifest.modality.value}: {manifest.preprocess.describe()}")
     print(f"input       {manifest.input.name} {list(manifest.input.shape)} {manifest.input.dtype}")
     print(f"output      {manifest.output.name} {list(manifest.output.shape)} {manifest.output.dtype}")
     for m in manifest.models:
@@ -219,9 +227,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     predictor = _load(args)
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
-    shape = predictor.preprocess.input_shape(batch)
     # a few distinct inputs so no figure comes from one cached tensor (the benchmark's method)
-    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    pool = [predictor.kind.sample(predictor.preprocess, batch, rng) for _ in range(4)]
     stats = measure_latency(
         predictor.session.run, pool, warmup_s=args.warmup_s, min_s=args.min_s, min_runs=args.min_runs
     )
@@ -294,9 +301,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgetl-runtime {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    predict = sub.add_parser("predict", help="classify images or folders of images")
+    predict = sub.add_parser("predict", help="classify images or texts (files, folders, lines, stdin)")
     _model_options(predict)
-    predict.add_argument("images", nargs="+", help="image files and/or folders")
+    predict.add_argument(
+        "images",
+        nargs="*",
+        metavar="INPUT",
+        help="image files and/or folders; for a text model also texts themselves, .txt files, "
+        "folders of .txt files, and - (stdin, one text per line)",
+    )
+    predict.add_argument(
+        "--lines",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="text models: a file holding one text per line (repeatable)",
+    )
     predict.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
     predict.add_argument("--batch-size", type=int, default=None, help="images per model call (default 8)")
     predict.add_argument(
@@ -335,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, option, None)
             if value is not None and value < 1:
                 raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
+        if args.command == "predict" and not args.images and not args.lines:
+            raise _UsageError("predict: give inputs to classify: files, folders, texts, --lines FILE or - (stdin)")
         for option in ("warmup_s", "min_s"):
             value = getattr(args, option, None)
             if value is not None and value < 0:

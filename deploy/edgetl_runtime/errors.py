@@ -33,8 +33,16 @@ class EdgetlError(Exception):
         self.path = None if path is None else str(path)
 
 
-class ImageError(EdgetlError):
+class InputError(EdgetlError):
+    """One input (an image, a text) cannot be read; the others of a batch still run."""
+
+
+class ImageError(InputError):
     """An input file is not a readable image."""
+
+
+class TextError(InputError):
+    """An input is not readable text (binary, empty, undecodable)."""
 
 
 class BundleError(EdgetlError):

@@ -12,8 +12,9 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import BundleError
+from .inputs import InputSpec, parse_modality, parse_spec
+from .modality import Modality
 from .modelinfo import Precision
-from .preprocess import PreprocessSpec
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -71,7 +72,7 @@ class FileEntry:
 class Manifest:
     name: str
     labels: tuple[str, ...]
-    preprocess: PreprocessSpec
+    preprocess: InputSpec
     input: TensorSpec
     output: TensorSpec
     models: tuple[FileEntry, ...]  # preferred first: "auto" takes the first one the backend can run
@@ -82,6 +83,7 @@ class Manifest:
     benchmark: dict | None = None
     provenance: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    modality: Modality = Modality.IMAGE  # absent in bundles made before text: images
 
     @property
     def all_files(self) -> tuple[FileEntry, ...]:
@@ -112,6 +114,7 @@ class Manifest:
             "created": self.created,
             "labels": list(self.labels),
             "preprocess": self.preprocess.to_dict(),
+            "modality": self.modality.value,
             "input": self.input.to_dict(),
             "output": self.output.to_dict(),
             "models": [m.to_dict() for m in self.models],
@@ -135,10 +138,12 @@ class Manifest:
                 "install the edgetl-runtime release that matches the edgetl that built the bundle"
             )
         try:
+            modality = parse_modality(d.get("modality"), MANIFEST)
             return cls(
                 name=d["name"],
                 labels=tuple(d["labels"]),
-                preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+                modality=modality,
+                preprocess=parse_spec(modality, d["preprocess"]),
                 input=TensorSpec.from_dict(d["input"]),
                 output=TensorSpec.from_dict(d["output"]),
                 models=tuple(FileEntry.from_dict(m) for m in d["models"]),

@@ -12,7 +12,9 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import BundleError
-from .preprocess import PreprocessSpec, SpecError
+from .inputs import InputSpec, parse_modality, parse_spec
+from .modality import Modality
+from .preprocess import SpecError
 
 PREFIX = "edgetl."
 
@@ -35,7 +37,7 @@ class Precision(str, Enum):
 @dataclass(frozen=True)
 class ModelInfo:
     labels: tuple[str, ...]
-    preprocess: PreprocessSpec
+    preprocess: InputSpec  # PreprocessSpec for images, TextSpec for text (see inputs.INPUT_KINDS)
     backbone: str
     input_name: str = "input"
     output_name: str = "logits"
@@ -43,6 +45,7 @@ class ModelInfo:
     edgetl_version: str = ""
     source_sha256: str = ""
     quantization: dict = field(default_factory=dict)
+    modality: Modality = Modality.IMAGE
 
     def with_(self, **changes) -> ModelInfo:
         return replace(self, **changes)
@@ -59,6 +62,7 @@ class ModelInfo:
             "edgetl_version": self.edgetl_version,
             "source_sha256": self.source_sha256,
             "quantization": json.dumps(self.quantization, sort_keys=True),
+            "modality": self.modality.value,
         }
         return {PREFIX + k: v for k, v in values.items()}
 
@@ -76,8 +80,9 @@ class ModelInfo:
         labels = _json_value(values["labels"], f"{bad}labels", fix)
         if not (isinstance(labels, list) and labels and all(isinstance(x, str) and x for x in labels)):
             raise BundleError(f"{bad}labels must be a JSON list of non-empty strings; {fix}")
+        modality = parse_modality(values.get("modality"), f"{source}: metadata {PREFIX}modality")
         try:
-            spec = PreprocessSpec.from_dict(_json_value(values["preprocess"], f"{bad}preprocess", fix))
+            spec = parse_spec(modality, _json_value(values["preprocess"], f"{bad}preprocess", fix))
         except SpecError as e:
             raise BundleError(f"{bad}preprocess: {e}; {fix}") from None
         quantization = _json_value(values.get("quantization") or "{}", f"{bad}quantization", fix)
@@ -98,6 +103,7 @@ class ModelInfo:
             edgetl_version=values.get("edgetl_version", ""),
             source_sha256=values.get("source_sha256", ""),
             quantization=quantization,
+            modality=modality,
         )
 
 

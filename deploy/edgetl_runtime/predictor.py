@@ -1,7 +1,8 @@
-"""Classify images with a bundle or an exported model: the device-side API.
+"""Classify images or texts with a bundle or an exported model: the device-side API.
 
-The preprocessing is `edgetl_runtime.preprocess` with the spec stored in the manifest (or the model's
-metadata), the same code edgetl evaluates with, so device and training agree by construction.
+The preprocessing is the model's input kind (`inputs.INPUT_KINDS`: `preprocess` for images, the
+model's own tokenizer for text) with the spec stored in the manifest (or the model's metadata), the
+same code edgetl evaluates with, so device and training agree by construction.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from PIL import Image
 
 from .backends import AUTO_ORDER, BACKENDS, Backend, Session, load_session, resolve_backend
 from .bundle import MAX_BUNDLE_BYTES, open_bundle
-from .errors import BundleError, ImageError
+from .errors import BundleError, InputError
+from .inputs import InputSpec, batch_size_of, input_kind, slice_feed
 from .manifest import Manifest
+from .modality import Modality
 from .modelfile import model_format
 from .modelinfo import read_model_info
-from .preprocess import ImageInput, PreprocessSpec, preprocess_image
+from .preprocess import ImageInput
 from .signing import TrustedKey
 
 DEFAULT_BATCH = 8
@@ -73,15 +76,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _describe(item: ImageInput, position: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return str(item)
-    return f"<{type(item).__name__} #{position}>"
-
-
 def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
-    """One image or many; a 4-D array is a batch of HxWxC images."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    """One input or many; a 4-D array is a batch of HxWxC images."""
+    from .inputs import TextInput
+
+    if isinstance(images, (str, os.PathLike, Image.Image, TextInput)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
@@ -95,8 +94,9 @@ class Predictor:
         self,
         session: Session,
         labels: Sequence[str],
-        preprocess: PreprocessSpec,
+        preprocess: InputSpec,
         *,
+        modality: Modality = Modality.IMAGE,
         fixed_batch: int | None = None,
         model: str = "",
         precision: str = "",
@@ -106,6 +106,8 @@ class Predictor:
         self.session = session
         self.labels = tuple(labels)
         self.preprocess = preprocess
+        self.modality = Modality(modality)
+        self.kind = input_kind(self.modality)
         self.fixed_batch = fixed_batch
         self.model = model
         self.precision = precision
@@ -116,7 +118,7 @@ class Predictor:
     def _probe(self) -> None:
         """One run on zeros at load, so labels that do not fit the model fail here, in one line."""
         try:
-            out = self.session.run(np.zeros(self.preprocess.input_shape(self.fixed_batch or 1), np.float32))
+            out = self.session.run(self.kind.example(self.preprocess, self.fixed_batch or 1))
         except Exception:  # e.g. a fixed batch this spec does not know: the real run checks it instead
             return
         self._check_outputs(out)
@@ -160,6 +162,7 @@ class Predictor:
             session,
             manifest.labels,
             manifest.preprocess,
+            modality=manifest.modality,
             fixed_batch=manifest.input.fixed_batch,
             model=entry.path,
             precision=entry.precision.value,
@@ -175,12 +178,20 @@ class Predictor:
         edgetl metadata."""
         info = read_model_info(path)
         session = load_session(path, pick_backend(backend, model_format(path).backends).name, threads)
-        return cls(session, info.labels, info.preprocess, model=Path(path).name, precision=info.precision)
+        return cls(
+            session,
+            info.labels,
+            info.preprocess,
+            modality=info.modality,
+            model=Path(path).name,
+            precision=info.precision,
+        )
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         """Raw model output for a preprocessed batch, split to the model's fixed batch size if it has one."""
-        step = self.fixed_batch or len(batch)
-        out = np.concatenate([self.session.run(batch[i : i + step]) for i in range(0, len(batch), step)])
+        n = batch_size_of(batch)
+        step = self.fixed_batch or n
+        out = np.concatenate([self.session.run(slice_feed(batch, i, i + step)) for i in range(0, n, step)])
         self._check_outputs(out)
         return out
 
@@ -190,7 +201,8 @@ class Predictor:
         top_k: int = 5,
         batch_size: int | None = None,
     ) -> list[Prediction]:
-        """Classify paths, PIL images or HxWxC uint8 arrays; one Prediction per input, in order.
+        """Classify inputs, one Prediction per input, in order: for an image model paths, PIL images
+        or HxWxC uint8 arrays; for a text model strings (the text itself), TextInput or Path (a file).
 
         An unreadable input gets a Prediction with `error` set; the others are still classified.
         """
@@ -202,14 +214,14 @@ class Predictor:
             arrays, readable = [], []
             for i in range(start, min(start + size, len(items))):
                 try:
-                    arrays.append(preprocess_image(items[i], self.preprocess))
+                    arrays.append(self.kind.load(items[i], self.preprocess))
                     readable.append(i)
-                except ImageError as e:
-                    results[i] = Prediction(_describe(items[i], i), error=str(e))
+                except InputError as e:
+                    results[i] = Prediction(self.kind.name(items[i], i), error=str(e))
             if arrays:
-                probs = softmax(self.logits(np.stack(arrays)))
+                probs = softmax(self.logits(self.kind.collate(arrays, self.preprocess)))
                 for i, p in zip(readable, probs, strict=True):
-                    results[i] = self._decode(_describe(items[i], i), p, k)
+                    results[i] = self._decode(self.kind.name(items[i], i), p, k)
         return results
 
     def _decode(self, source: str, probs: np.ndarray, k: int) -> Prediction:
@@ -225,5 +237,14 @@ class Predictor:
             "providers": list(self.session.providers),
             "threads": getattr(self.session, "threads", None),
             "labels": list(self.labels),
-            "preprocess": self.preprocess.to_dict(),
+            "modality": self.modality.value,
+            "preprocess": self._preprocess_summary(),
         }
+
+    def _preprocess_summary(self) -> dict:
+        summary = self.preprocess.to_dict()
+        if "tokenizer" in summary:  # the whole vocabulary is no summary: say which one it is
+            import hashlib
+
+            summary["tokenizer"] = "sha256:" + hashlib.sha256(summary["tokenizer"].encode()).hexdigest()[:16]
+        return summary

@@ -118,6 +118,12 @@ class PreprocessSpec:
             return (batch, 3, self.crop, self.crop)
         return (batch, self.crop, self.crop, 3)
 
+    def describe(self) -> str:
+        return (
+            f"resize {self.resize} {self.interpolation.value}, crop {self.crop}, mean {list(self.mean)}, "
+            f"std {list(self.std)}, {self.layout}"
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["interpolation"] = self.interpolation.value

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from edgetl.backbones.registry import EdgeModel, Weights, create_model
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
-from edgetl_runtime.preprocess import PreprocessSpec
+from edgetl_runtime.inputs import InputSpec, parse_modality, parse_spec
+from edgetl_runtime.modality import Modality
 
 BEST = "best.safetensors"
 LAST = "last.safetensors"
@@ -30,23 +31,27 @@ HEAD_PREFIX = "head."
 class CheckpointInfo:
     backbone: str
     labels: tuple[str, ...]
-    preprocess: PreprocessSpec
+    preprocess: InputSpec
     epoch: int = 0
     recipe: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     data_fingerprint: str = ""  # the splits' fingerprint: which data trained these weights
+    modality: Modality = Modality.IMAGE  # absent in checkpoints written before text: images
+    architecture: dict = field(default_factory=dict)  # a text encoder's Hugging Face config
 
     def to_json(self) -> str:
         d = asdict(self)
         d["labels"] = list(self.labels)
         d["preprocess"] = self.preprocess.to_dict()
+        d["modality"] = self.modality.value
         return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> CheckpointInfo:
         d = json.loads(text)
         d["labels"] = tuple(d["labels"])
-        d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
+        d["modality"] = parse_modality(d.get("modality"), "checkpoint")
+        d["preprocess"] = parse_spec(d["modality"], d["preprocess"])
         return cls(**d)
 
 
@@ -91,13 +96,25 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     return CheckpointInfo.from_json(meta["edgetl"])
 
 
+def _image_architecture(info: CheckpointInfo) -> torch.nn.Module:
+    hidden = tuple(info.recipe.get("head_hidden", ()))
+    return create_model(info.backbone, num_classes=len(info.labels), weights=Weights.NONE, head_hidden=hidden)
+
+
+def _text_architecture(info: CheckpointInfo) -> torch.nn.Module:
+    from edgetl.backbones.text import TextClassifier, build_encoder
+
+    return TextClassifier(build_encoder(info.architecture), len(info.labels), info.preprocess.pooling)
+
+
+# how each modality's checkpoint rebuilds its architecture without downloading weights
+ARCHITECTURES = {Modality.IMAGE: _image_architecture, Modality.TEXT: _text_architecture}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EdgeModel, CheckpointInfo]:
     """Rebuild the model of a checkpoint (architecture without downloading weights) and load it."""
     info = read_checkpoint_info(path)
-    hidden = tuple(info.recipe.get("head_hidden", ()))
-    model = create_model(
-        info.backbone, num_classes=len(info.labels), weights=Weights.NONE, head_hidden=hidden
-    )
+    model = ARCHITECTURES[info.modality](info)
     try:
         model.load_state_dict(load_file(str(path), device=str(device)))
     except RuntimeError as e:

@@ -104,9 +104,11 @@ TENSORS = {".onnx": _onnx_tensors, ".xml": _ir_tensors}
 
 def tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
     inputs, outputs = TENSORS[path.suffix](path)
-    if len(inputs) != 1 or len(outputs) != 1:
+    # an image classifier has one input; a text one its token ids first, then the attention mask
+    if not (len(inputs) == 1 or inputs[0].name == "input_ids") or len(outputs) != 1:
         raise BundleError(
-            f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(outputs)}"
+            f"{path}: a classifier has one input (token ids and mask for text) and one output; "
+            f"this model has {len(inputs)} and {len(outputs)}"
         )
     x, y = inputs[0], outputs[0]
     if y.shape and isinstance(y.shape[0], str) and x.shape and isinstance(x.shape[0], str):

@@ -183,16 +183,14 @@ INSTALL = {
 def _readme(
     manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry], form: ExportFormat
 ) -> str:
-    p = info.preprocess
     files = "\n".join(f"- `{m.path}`: {m.precision.value}, for {', '.join(m.backends)}" for m in models)
     return f"""# {manifest_name}: an edgetl deploy bundle
 
-Image classifier ({info.backbone}), {len(labels)} classes: {", ".join(labels)}.
+{info.modality.value.capitalize()} classifier ({info.backbone}), {len(labels)} classes: {", ".join(labels)}.
 
 {files}
 
-Input: RGB, shorter side resized to {p.resize} ({p.interpolation.value}), centre crop {p.crop}x{p.crop},
-scaled to [0, 1], normalised with mean {list(p.mean)} and std {list(p.std)}, {p.layout} float32.
+Input ({info.modality.value}): {info.preprocess.describe()}.
 The runtime does this for you from `manifest.json`.
 
 ## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)

@@ -91,6 +91,7 @@ ARTIFACTS: dict[str, Kind] = {
     "curves.png": Kind.TRAIN_RECORD,
     "metrics.json": Kind.TRAIN_RECORD,
     "last_state.pt": Kind.TRAIN_STATE,
+    "last_state.json": Kind.TRAIN_STATE,  # a text run's (no optimizer tensors to keep)
     "frozen_path.json": Kind.TRAIN_STATE,
     "last.head.safetensors": Kind.CHECKPOINT,
     "best.head.safetensors": Kind.CHECKPOINT,

@@ -105,6 +105,7 @@ class Recipe:
     val_fraction: float = 0.2  # used when DATA has no val/ folder
     image_size: int | None = None  # None: the backbone's own input size
     preprocess: dict = field(default_factory=dict)  # overrides of the backbone's PreprocessSpec fields
+    max_length: int = 128  # text: tokens per sequence; longer texts are truncated (and counted)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "balance", _choice(Balance, self.balance, "balance"))
@@ -241,6 +242,7 @@ def _validate(r: Recipe) -> None:
         _number(s.lr_backbone, f"stages[{i}].lr_backbone", "> 0", lambda v: v > 0)
         _integer(s.warmup, f"stages[{i}].warmup", 0)
     _number(r.lr_decay, "lr_decay", "in (0, 1]", lambda v: 0 < v <= 1)
+    _integer(r.max_length, "max_length", 2)
     _integer(r.batch_size, "batch_size", 1)
     _number(r.weight_decay, "weight_decay", ">= 0", lambda v: v >= 0)
     _number(r.label_smoothing, "label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, with_head
+from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, read_checkpoint_info, with_head
 from edgetl.backbones.registry import create_model, get_backbone
+from edgetl.backbones.text import modality_of
 from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
 from edgetl.device import cuda_autocast_dtype, place_model
@@ -26,9 +27,10 @@ from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
 from edgetl.trainer.frozen import FrozenCompute
 from edgetl.trainer.phases import StageContext
-from edgetl.trainer.recipe import Balance, Recipe, resolve_recipe
+from edgetl.trainer.recipe import Balance, Recipe, recipe_from_dict, resolve_recipe
 from edgetl.trainer.session import Book, Session, StageResult, TrainResult, load_resume_state
 from edgetl_runtime.fileio import check_writable
+from edgetl_runtime.modality import Modality
 
 __all__ = ["StageResult", "TrainResult", "resolve_device", "train"]
 
@@ -155,12 +157,40 @@ def train(
             run.discard_if_empty()
 
 
+def _train_text(data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides):
+    from edgetl.trainer.text import train_text
+
+    if launched_rank() != 0 or init_world(cuda=False).active:
+        raise EdgetlError("--devices: a text model trains in one process; drop --devices")
+    if resume:
+        info = read_checkpoint_info(run.last)
+        recipe = recipe_from_dict(info.recipe, source=str(run.last))
+    else:
+        recipe = resolve_recipe(recipe, backbone).with_overrides(**overrides)
+    return train_text(data, run, recipe, seed=seed, resume=resume, overwrite=overwrite, started=started)
+
+
+def _run_modality(run: RunFolder, resume: bool, recipe, backbone) -> Modality:
+    """What the run trains: a resumed run's checkpoint says; else the recipe's backbone."""
+    if resume and run.last.is_file():
+        return read_checkpoint_info(run.last).modality
+    return modality_of(resolve_recipe(recipe, backbone).backbone)
+
+
 def _train_locked(
     data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
 ):
     main = launched_rank() == 0
     if main:
         _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
+    trainer = TRAINERS[_run_modality(run, resume, recipe, backbone)]
+    return trainer(data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides)
+
+
+def _train_images(
+    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
+):
+    main = launched_rank() == 0
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
             warn("--resume continues with the run's saved recipe; other recipe options are ignored")
@@ -218,3 +248,7 @@ def _train_locked(
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
         session.run_stage(s, state if state and s == state["stage"] else None)
     return session.finish()
+
+
+# one trainer per modality, chosen by the model (see edgetl/modality)
+TRAINERS = {Modality.IMAGE: _train_images, Modality.TEXT: _train_text}

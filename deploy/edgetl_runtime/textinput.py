@@ -1,0 +1,188 @@
+"""Text input: the one tokenizer path used for training, export checks, calibration and on the device.
+
+The model's own ``tokenizer.json`` travels in its metadata (and its bundle) and is run by Hugging Face
+``tokenizers`` (a Rust wheel, no torch), so the device produces the token ids training saw, by
+construction. Sequences are truncated to the spec's ``max_length`` and padded to the longest in
+the batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from .errors import EdgetlError, TextError
+from .preprocess import SpecError
+
+TEXT_SUFFIXES = frozenset({".txt"})
+# A NUL byte in the first block marks a binary file renamed .txt (text never holds one).
+BINARY_PROBE = 8192
+# Tried in order; latin-1 maps every byte, so decoding always ends somewhere.
+FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+
+
+class Pooling(str, Enum):
+    MEAN = "mean"  # average of the token states under the attention mask (sentence-transformers)
+    CLS = "cls"
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    """How a text model wants its input: its tokenizer, the longest sequence, the pooling it was
+    trained with, and the names of its inputs. Saved as JSON in checkpoints, ONNX metadata and
+    bundle manifests."""
+
+    tokenizer: str  # the tokenizer.json document
+    max_length: int = 128
+    pooling: Pooling = Pooling.MEAN
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
+            raise SpecError("preprocess 'tokenizer' must be a tokenizer.json document", key="tokenizer")
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise SpecError(f"preprocess 'max_length' must be an integer >= 2, got {self.max_length!r}", key="max_length")
+        try:
+            object.__setattr__(self, "pooling", Pooling(getattr(self.pooling, "value", self.pooling)))
+        except ValueError:
+            raise SpecError(
+                f"preprocess 'pooling' must be one of {', '.join(p.value for p in Pooling)}, got {self.pooling!r}",
+                key="pooling",
+            ) from None
+        names = tuple(self.inputs)
+        if not names or names[0] != "input_ids" or not all(isinstance(n, str) for n in names):
+            raise SpecError(f"preprocess 'inputs' must start with input_ids, got {self.inputs!r}", key="inputs")
+        object.__setattr__(self, "inputs", names)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pooling"], d["inputs"] = self.pooling.value, list(self.inputs)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def describe(self) -> str:
+        return f"tokenizer.json, max_length {self.max_length}, {self.pooling.value} pooling, inputs {', '.join(self.inputs)}"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TextSpec:
+        """Strict: a non-table, a missing or unknown key, or a wrong type raises SpecError naming it."""
+        if not isinstance(d, dict):
+            raise SpecError(f"preprocess must be a table of {', '.join(cls.__dataclass_fields__)}, got {type(d).__name__}")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise SpecError(f"preprocess has unknown key(s) {', '.join(map(str, unknown))}")
+        if "tokenizer" not in d:
+            raise SpecError("preprocess lacks key(s) tokenizer")
+        return cls(**{**d, "inputs": tuple(d.get("inputs", cls.inputs))})
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized batch: (N, L) int64 ids and mask, L the longest sequence after truncation."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+    truncated: int  # texts cut at max_length
+
+    def feed(self, spec: TextSpec) -> dict[str, np.ndarray]:
+        arrays = {"input_ids": self.ids, "attention_mask": self.mask, "token_type_ids": np.zeros_like(self.ids)}
+        return {name: arrays[name] for name in spec.inputs}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(document: str, max_length: int):
+    try:
+        from tokenizers import Tokenizer
+    except ModuleNotFoundError:
+        raise EdgetlError(
+            "this is a text model: install tokenizers (pip install 'edgetl-runtime[text]')"
+        ) from None
+    try:
+        tok = Tokenizer.from_str(document)
+    except Exception as e:
+        raise SpecError(f"preprocess 'tokenizer' is not a readable tokenizer.json ({e})", key="tokenizer") from None
+    # padding is ours (to the longest of a batch); truncation is the spec's, whatever the file said
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+def pad_id(spec: TextSpec) -> int:
+    tok = _tokenizer(spec.tokenizer, spec.max_length)
+    for token in ("[PAD]", "<pad>"):
+        found = tok.token_to_id(token)
+        if found is not None:
+            return found
+    return 0
+
+
+def encode_texts(texts: Sequence[str], spec: TextSpec) -> Encoded:
+    """Tokenize, truncate to max_length, pad to the longest: the same ids in training and on the device."""
+    tok = _tokenizer(spec.tokenizer, spec.max_length)
+    encodings = tok.encode_batch(list(texts))
+    length = max((len(e.ids) for e in encodings), default=1) or 1
+    ids = np.full((len(encodings), length), pad_id(spec), np.int64)
+    mask = np.zeros((len(encodings), length), np.int64)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e.ids)] = e.ids
+        mask[i, : len(e.ids)] = 1
+    return Encoded(ids, mask, sum(1 for e in encodings if e.overflowing))
+
+
+def example_feed(
+    spec: TextSpec, batch: int = 1, length: int = 16, rng: np.random.Generator | None = None
+) -> dict[str, np.ndarray]:
+    """A well-formed input of `batch` x `length` tokens (all ones in the mask) for probes and timing."""
+    rng = rng or np.random.default_rng(0)
+    vocab = _tokenizer(spec.tokenizer, spec.max_length).get_vocab_size()
+    ids = rng.integers(min(1000, vocab - 1), vocab, size=(batch, length), dtype=np.int64)
+    return Encoded(ids, np.ones_like(ids), 0).feed(spec)
+
+
+def decode_bytes(data: bytes, source: str) -> tuple[str, str]:
+    """(text, encoding): UTF-8 (with or without BOM), else the first fallback that decodes."""
+    if b"\x00" in data[:BINARY_PROBE]:
+        raise TextError(f"{source}: a binary file, not text (NUL bytes); give a UTF-8 or Latin-1 text file")
+    for encoding in ("utf-8-sig", *FALLBACK_ENCODINGS):
+        try:
+            return data.decode(encoding), encoding.removesuffix("-sig")
+        except UnicodeDecodeError:
+            continue
+    raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def read_text(path: str | Path) -> tuple[str, str]:
+    """One text file as (text, encoding); TextError naming the file when it is not usable text."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TextError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TextError(f"{path}: is a folder, not a text file") from None
+    except OSError as e:
+        raise TextError(f"{path}: cannot be read ({e.strerror or e})") from None
+    text, encoding = decode_bytes(data, str(path))
+    if not text.strip():
+        raise TextError(f"{path}: empty (no text to classify)")
+    return text, encoding
+
+
+def list_texts(folder: str | Path) -> list[Path]:
+    """.txt files under `folder` (recursive), sorted; hidden files skipped."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in TEXT_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
