@@ -38,6 +38,7 @@ from edgetl.options import (
 from edgetl.runfolder.folder import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
+from edgetl_runtime.modality import Modality
 from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
@@ -273,6 +274,12 @@ def export_onnx(
     if batch < 1 or max_images < 1:
         raise EdgetlError("--batch and --max-check-images must be at least 1")
     check_opset(opset)
+    if source is not None and _source_modality(source) is Modality.TEXT:
+        from edgetl.exporter.text import export_text
+
+        if extra or precision is not Precision.FP32 or optimize:
+            raise EdgetlError("a text model exports to FP32 ONNX only: drop --format, --precision and --optimize")
+        return export_text(source, out, opset=opset, tolerance=tolerance, batch=batch, max_images=max_images)
     loaded = load_source(source, backbone=backbone, check_images=check_images, max_images=max_images)
     out = Path(out) if out is not None else _default_out(loaded)
     if loaded.run is None:
@@ -281,6 +288,12 @@ def export_onnx(
     with run.lock("export"):
         run.check_for(Stage.EXPORT)
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+
+
+def _source_modality(source) -> Modality:
+    from edgetl.backbones.checkpoint import read_checkpoint_info
+
+    return read_checkpoint_info(find_checkpoint(source)).modality
 
 
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
