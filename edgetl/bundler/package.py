@@ -269,6 +269,7 @@ def _stage(
     manifest = Manifest(
         name=name,
         labels=info.labels,
+        modality=info.modality,
         preprocess=info.preprocess,
         input=input_spec,
         output=output_spec,

@@ -127,6 +127,20 @@ def _methods_to_try(backend: QuantBackend, method: str, order: tuple[str, ...]) 
     return [chosen.value, *(m for m in order if m != chosen.value)]
 
 
+def _is_text_run(source) -> bool:
+    """A run folder whose model.onnx classifies text (text quantization needs the run's texts)."""
+    from edgetl_runtime.modality import Modality
+    from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+
+    model = RunFolder(Path(source)).model
+    if not Path(source).is_dir() or not model.is_file():
+        return False
+    try:
+        return read_model_info(model).modality is Modality.TEXT
+    except MetadataMissing:
+        return False
+
+
 def quantize(
     model_onnx: str | Path,
     out: str | Path | None = None,
@@ -161,6 +175,13 @@ def quantize(
         ) from None
     if not 0 <= min_agreement <= 1:
         raise EdgetlError(f"--min-agreement {min_agreement}: a share between 0 and 1")
+    if _is_text_run(model_onnx):
+        from edgetl.quantizer.text import quantize_text
+
+        return quantize_text(
+            Path(model_onnx), Path(out) if out else None, max_drop=max_drop, min_agreement=min_agreement,
+            num_calibration=num_calibration, seed=seed, method=method, allow_drop=allow_drop,
+        )  # fmt: skip
     quantizer = QUANTIZERS[qbackend]
     inputs = resolve_inputs(model_onnx, out, calibration, eval_dir, quantizer.suffix)
     if inputs.out.suffix != quantizer.suffix:

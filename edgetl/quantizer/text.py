@@ -1,0 +1,214 @@
+"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, and static QDQ limited
+to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and the embedding gathers stay float),
+calibrated on training texts; the same paired gate as for images judges each on the validation texts
+(none of which calibrated), and the best passing candidate by agreement and KL is kept."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgetl.console import log, quiet_third_party
+from edgetl.data.texts import read_recorded
+from edgetl.errors import EdgetlError, GateError
+from edgetl.quantizer.gate import Verdict, compare_logits, judge
+from edgetl.quantizer.inputs import write_model
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl.runfolder.splits import Splits
+from edgetl_runtime.backends import load_session
+from edgetl_runtime.fileio import check_writable, sha256_file
+from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.textinput import TextSpec, encode_texts
+
+QUANTIZED_OPS = ["MatMul", "Gemm"]
+LATENCY_LENGTH = 128
+BATCH = 16
+# the embedding tables stay float by design (a gather's INT8 saves bytes, not time, and costs
+# accuracy): all-MiniLM-L6-v2 ends near 0.6x, a tiny test model near 0.8x; only a file that did not
+# shrink at all is refused
+TEXT_MAX_SIZE_RATIO = 0.95
+
+
+@dataclass(frozen=True)
+class TextCandidate:
+    method: str
+    agreement: float
+    kl: float
+    accuracy: float | None
+    drop: float | None
+    drop_ci95: tuple[float, float] | None
+    size_ratio: float
+    latency_ms: float  # batch 1, LATENCY_LENGTH tokens, one thread
+    verdict: str
+
+
+def _logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
+    session = load_session(path, "onnxruntime-cpu")
+    order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
+    out = np.zeros((len(texts), 0), np.float32)
+    parts = {}
+    for start in range(0, len(texts), BATCH):
+        index = order[start : start + BATCH]
+        parts[start] = (index, session.run(encode_texts([texts[i] for i in index], spec).feed(spec)))
+    out = np.zeros((len(texts), next(iter(parts.values()))[1].shape[1]), np.float32)
+    for index, logits in parts.values():
+        out[index] = logits
+    return out
+
+
+def latency_ms(path: Path, spec: TextSpec, length: int = LATENCY_LENGTH, runs: int = 20) -> float:
+    from edgetl_runtime.textinput import example_feed
+
+    session = load_session(path, "onnxruntime-cpu", threads=1)
+    feed = example_feed(spec, 1, min(length, spec.max_length))
+    for _ in range(3):
+        session.run(feed)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        session.run(feed)
+        times.append(time.perf_counter() - t)
+    return 1000 * float(np.median(times))
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over tokenized training texts."""
+
+    def __init__(self, texts: list[str], spec: TextSpec) -> None:
+        # histogram calibrators stack every batch: one shape for all (8 texts padded to max_length)
+        self.feeds = iter(_padded(texts[i : i + 8], spec) for i in range(0, len(texts) - 7, 8))
+
+    def get_next(self):
+        return next(self.feeds, None)
+
+
+def _without_value_info(src: Path, dst: Path) -> Path:
+    """The exporter's recorded intermediate shapes conflict with onnx's own inference on a dynamic
+    sequence axis (and symbolic inference cannot finish on the attention mask's arithmetic): drop
+    them, the quantizer infers what it needs."""
+    import onnx
+
+    proto = onnx.load(str(src))
+    del proto.graph.value_info[:]
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def _padded(texts: list[str], spec: TextSpec) -> dict[str, np.ndarray]:
+    feed = encode_texts(texts, spec).feed(spec)
+    pad = spec.max_length - feed["input_ids"].shape[1]
+    return {k: np.pad(v, ((0, 0), (0, pad))) for k, v in feed.items()}
+
+
+def _dynamic(src: Path, dst: Path, texts, spec) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=QUANTIZED_OPS, per_channel=True, weight_type=QuantType.QInt8)
+
+
+def _static_qdq(src: Path, dst: Path, texts, spec) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(src), str(dst), _Reader(texts, spec), quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99},
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TextQuantResult:
+    """What `edgetl quantize` reports for a text model (the keys of RUN/quantize.json)."""
+
+    int8_model: Path
+    method: str
+    size_ratio: float
+    fp32_accuracy: float
+    int8_accuracy: float | None
+    agreement: float
+    gate: dict
+    attempts: tuple[TextCandidate, ...]
+    summary: dict
+    rung: str = "text"
+    calibration_manifest: str = "the run's training texts (seeded)"
+
+    @property
+    def artifact(self) -> Path:
+        return self.int8_model
+
+    def to_dict(self) -> dict:
+        return self.summary
+
+
+# the ladder for transformers, cheapest first; "auto" measures every rung and keeps the best
+TEXT_METHODS = {"dynamic": _dynamic, "static-qdq-matmul": _static_qdq}
+
+
+def quantize_text(run: Path, out: Path | None, *, max_drop: float, min_agreement: float, num_calibration: int, seed: int, method: str = "auto", allow_drop: bool = False) -> TextQuantResult:
+    """The text half of `edgetl quantize` on a run folder (its summary is RUN/quantize.json)."""
+    folder = RunFolder(run)
+    fp32 = folder.model
+    out = out or folder.int8
+    if method not in ("auto", *TEXT_METHODS):
+        raise EdgetlError(f"--method {method}: a text model takes auto, {', '.join(TEXT_METHODS)}")
+    info = read_model_info(fp32)
+    spec = info.preprocess
+    splits = Splits.load(run)
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.permutation(len(splits.train))[:num_calibration].tolist())
+    calib = read_recorded([splits.train[i][0] for i in picks])
+    gate_texts = read_recorded([p for p, _ in splits.val])
+    labels = np.array([y for _, y in splits.val])
+    check_output(out, Kind.INT8_MODEL, inputs=[fp32])
+    check_writable(out, "--out")
+    with folder.lock("quantize"):
+        folder.check_for(Stage.QUANTIZE)
+        reference = _logits(fp32, gate_texts, spec)
+        fp32_ms = latency_ms(fp32, spec)
+        fp32_bytes = fp32.stat().st_size
+        log(f"quantizing {fp32} (text): {len(calib)} calibration texts (train), gate on {len(gate_texts)} val texts; FP32 {fp32_ms:.2f} ms at {LATENCY_LENGTH} tokens")
+        candidates, files = [], {}
+        with tempfile.TemporaryDirectory(prefix=".edgetl-quantize.", dir=run) as work:
+            prepared = _without_value_info(fp32, Path(work) / "prepared.onnx")
+            for name in TEXT_METHODS if method == "auto" else (method,):
+                path = Path(work) / f"{name}.onnx"
+                with quiet_third_party():
+                    TEXT_METHODS[name](prepared, path, calib, spec)
+                logits = _logits(path, gate_texts, spec)
+                ev = compare_logits(reference, logits, labels, info.labels)
+                ratio = path.stat().st_size / fp32_bytes
+                report = judge(
+                    reference.argmax(1), logits.argmax(1), labels, max_drop=max_drop, min_agreement=min_agreement,
+                    size_ratio=ratio, max_size_ratio=TEXT_MAX_SIZE_RATIO, calibration_images=len(calib), held_out=True,
+                )  # fmt: skip
+                c = TextCandidate(name, ev.agreement, ev.kl, ev.accuracy, report.drop, report.drop_ci95, ratio, latency_ms(path, spec), report.verdict)
+                log(f"  {name}: agreement {100 * c.agreement:.2f}%, KL {c.kl:.5f}, top-1 {100 * (c.accuracy or 0):.2f}%, size {ratio:.3f}x, {c.latency_ms:.2f} ms -> {c.verdict}")
+                candidates.append((c, report))
+                files[name] = path
+            rank = {Verdict.PASS.value: 0, Verdict.WARN.value: 1, Verdict.FAIL.value: 2}
+            best, report = min(candidates, key=lambda cr: (rank[cr[0].verdict], -cr[0].agreement, cr[0].kl))
+            if best.verdict == Verdict.FAIL.value and not allow_drop:
+                raise GateError(f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway")
+            settings = {"method": best.method, "op_types": QUANTIZED_OPS, "num_calibration": len(calib), "seed": seed}
+            write_model(files[best.method], out, info, settings, best.method)
+        fp32_acc = float(np.mean(reference.argmax(1) == labels))
+        summary = {
+            "int8_model": str(out), "fp32_model": str(fp32), "backend": "onnxruntime", "method": best.method,
+            "fp32_accuracy": fp32_acc, "int8_accuracy": best.accuracy, "accuracy_drop": best.drop,
+            "agreement": best.agreement, "kl": best.kl, "eval_images": len(gate_texts), "num_calibration": len(calib),
+            "max_drop": max_drop, "fp32_latency_ms": fp32_ms, "int8_latency_ms": best.latency_ms,
+            "latency_ratio": best.latency_ms / fp32_ms, "passed": best.verdict != Verdict.FAIL.value,
+            "gate": report.to_dict(), "attempts": [asdict(c) for c, _ in candidates],
+        }  # fmt: skip
+        folder.save_quantization(QuantizationRecord(str(out), str(fp32), sha256_file(fp32), sha256_file(out), summary))
+    log(f"INT8 ({best.method}): agreement {100 * best.agreement:.2f}%, {best.latency_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms -> {out}")
+    return TextQuantResult(
+        out, best.method, best.size_ratio, fp32_acc, best.accuracy, best.agreement, summary["gate"],
+        tuple(c for c, _ in candidates), summary,
+    )  # fmt: skip
+
+
