@@ -63,7 +63,9 @@ def by_hand(run: Path, lr: float, epochs: int, seed: int) -> tuple[float, float]
     spec = TextSpec(files.tokenizer, 128)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(train) / 16)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / max(1, steps // 10)) * max(0.0, 1 - k / steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / max(1, steps // 10)) * max(0.0, 1 - k / steps)
+    )
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         model.train()

@@ -122,7 +122,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = _load(args)
     if args.lines and predictor.modality is not Modality.TEXT:
-        raise EdgetlError(f"--lines: {args.bundle} classifies {predictor.kind.noun}s; --lines is for text models")
+        raise EdgetlError(
+            f"--lines: {args.bundle} classifies {predictor.kind.noun}s; --lines is for text models"
+        )
     paths = _expand(predictor, args.images, args.lines)
     if not paths:
         noun = predictor.kind.noun
@@ -357,7 +359,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if value is not None and value < 1:
                 raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
         if args.command == "predict" and not args.images and not args.lines:
-            raise _UsageError("predict: give inputs to classify: files, folders, texts, --lines FILE or - (stdin)")
+            raise _UsageError(
+                "predict: give inputs to classify: files, folders, texts, --lines FILE or - (stdin)"
+            )
         for option in ("warmup_s", "min_s"):
             value = getattr(args, option, None)
             if value is not None and value < 0:

@@ -154,5 +154,3 @@ def parse_spec(modality: Modality, d: dict) -> InputSpec:
 
 
 __all__ = ["INPUT_KINDS", "Feed", "InputKind", "InputSpec", "TextInput", "input_kind", "parse_modality"]
-
-

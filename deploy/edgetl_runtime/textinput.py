@@ -47,7 +47,9 @@ class TextSpec:
         if not isinstance(self.tokenizer, str) or not self.tokenizer.strip():
             raise SpecError("preprocess 'tokenizer' must be a tokenizer.json document", key="tokenizer")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
-            raise SpecError(f"preprocess 'max_length' must be an integer >= 2, got {self.max_length!r}", key="max_length")
+            raise SpecError(
+                f"preprocess 'max_length' must be an integer >= 2, got {self.max_length!r}", key="max_length"
+            )
         try:
             object.__setattr__(self, "pooling", Pooling(getattr(self.pooling, "value", self.pooling)))
         except ValueError:
@@ -57,7 +59,9 @@ class TextSpec:
             ) from None
         names = tuple(self.inputs)
         if not names or names[0] != "input_ids" or not all(isinstance(n, str) for n in names):
-            raise SpecError(f"preprocess 'inputs' must start with input_ids, got {self.inputs!r}", key="inputs")
+            raise SpecError(
+                f"preprocess 'inputs' must start with input_ids, got {self.inputs!r}", key="inputs"
+            )
         object.__setattr__(self, "inputs", names)
 
     def to_dict(self) -> dict:
@@ -75,7 +79,9 @@ class TextSpec:
     def from_dict(cls, d: dict) -> TextSpec:
         """Strict: a non-table, a missing or unknown key, or a wrong type raises SpecError naming it."""
         if not isinstance(d, dict):
-            raise SpecError(f"preprocess must be a table of {', '.join(cls.__dataclass_fields__)}, got {type(d).__name__}")
+            raise SpecError(
+                f"preprocess must be a table of {', '.join(cls.__dataclass_fields__)}, got {type(d).__name__}"
+            )
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise SpecError(f"preprocess has unknown key(s) {', '.join(map(str, unknown))}")
@@ -93,7 +99,11 @@ class Encoded:
     truncated: int  # texts cut at max_length
 
     def feed(self, spec: TextSpec) -> dict[str, np.ndarray]:
-        arrays = {"input_ids": self.ids, "attention_mask": self.mask, "token_type_ids": np.zeros_like(self.ids)}
+        arrays = {
+            "input_ids": self.ids,
+            "attention_mask": self.mask,
+            "token_type_ids": np.zeros_like(self.ids),
+        }
         return {name: arrays[name] for name in spec.inputs}
 
 
@@ -108,7 +118,9 @@ def _tokenizer(document: str, max_length: int):
     try:
         tok = Tokenizer.from_str(document)
     except Exception as e:
-        raise SpecError(f"preprocess 'tokenizer' is not a readable tokenizer.json ({e})", key="tokenizer") from None
+        raise SpecError(
+            f"preprocess 'tokenizer' is not a readable tokenizer.json ({e})", key="tokenizer"
+        ) from None
     # padding is ours (to the longest of a batch); truncation is the spec's, whatever the file said
     tok.no_padding()
     tok.enable_truncation(max_length)

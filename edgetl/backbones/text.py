@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from edgetl.errors import WeightsError
-from edgetl_runtime.modality import Modality
 from edgetl_runtime.textinput import Pooling
 
 ENCODER_FILES = ("config.json", "model.safetensors", "tokenizer.json")
@@ -60,11 +59,6 @@ TEXT_BACKBONES: dict[str, TextBackbone] = {
 }
 
 
-def modality_of(backbone: str) -> Modality:
-    """The modality a backbone name stands for: the text encoders here, images for every other name."""
-    return Modality.TEXT if backbone in TEXT_BACKBONES else Modality.IMAGE
-
-
 @dataclass(frozen=True)
 class EncoderFiles:
     """What builds an encoder: its Hugging Face config, its weights, its tokenizer document."""
@@ -77,12 +71,16 @@ class EncoderFiles:
 def _from_archive(backbone: TextBackbone) -> EncoderFiles:
     path = backbone.archive()
     if path is None:
-        raise WeightsError(f"the weights of {backbone.name} come from package {backbone.package}: {backbone.install}")
+        raise WeightsError(
+            f"the weights of {backbone.name} come from package {backbone.package}: {backbone.install}"
+        )
     from safetensors.torch import load
 
     with zipfile.ZipFile(path) as z:
         return EncoderFiles(
-            json.loads(z.read("config.json")), load(z.read("model.safetensors")), z.read("tokenizer.json").decode()
+            json.loads(z.read("config.json")),
+            load(z.read("model.safetensors")),
+            z.read("tokenizer.json").decode(),
         )
 
 
@@ -93,7 +91,9 @@ def _from_folder(folder: Path) -> EncoderFiles:
         )
     missing = [f for f in ENCODER_FILES if not (folder / f).is_file()]
     if missing:
-        raise WeightsError(f"--weights {folder}: lacks {', '.join(missing)}; a BERT-family folder holds {', '.join(ENCODER_FILES)}")
+        raise WeightsError(
+            f"--weights {folder}: lacks {', '.join(missing)}; a BERT-family folder holds {', '.join(ENCODER_FILES)}"
+        )
     from safetensors.torch import load_file
 
     try:
@@ -115,12 +115,16 @@ def build_encoder(config: dict) -> nn.Module:
     """The architecture from its config alone (no weights, no network)."""
     from transformers import AutoConfig, AutoModel
 
-    settings = {k: v for k, v in config.items() if k not in ("_name_or_path", "architectures", "transformers_version")}
+    settings = {
+        k: v for k, v in config.items() if k not in ("_name_or_path", "architectures", "transformers_version")
+    }
     model_type = settings.pop("model_type", "bert")
     try:
         hf_config = AutoConfig.for_model(model_type, **settings)
     except (KeyError, ValueError) as e:
-        raise WeightsError(f"encoder config: model_type {model_type!r} is not a known architecture ({e})") from None
+        raise WeightsError(
+            f"encoder config: model_type {model_type!r} is not a known architecture ({e})"
+        ) from None
     hf_config._attn_implementation = "eager"  # exports to plain ONNX ops on every torch version
     return AutoModel.from_config(hf_config, add_pooling_layer=False)
 
@@ -158,7 +162,9 @@ def load_encoder_state(encoder: nn.Module, state: dict[str, torch.Tensor], where
     missing = [k for k in own if k not in kept and not k.endswith("position_ids")]
     bad = [k for k, v in kept.items() if v.shape != own[k].shape]
     if missing or bad:
-        raise WeightsError(f"{where}: weights do not fit the encoder's config ({len(missing)} missing, {len(bad)} of another shape, e.g. {(missing + bad)[0]})")
+        raise WeightsError(
+            f"{where}: weights do not fit the encoder's config ({len(missing)} missing, {len(bad)} of another shape, e.g. {(missing + bad)[0]})"
+        )
     encoder.load_state_dict(kept, strict=False)
 
 

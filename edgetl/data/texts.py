@@ -131,7 +131,7 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); one object per line") from None
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{n}: not a JSON object; one {{\"text\": ..., \"label\": ...}} per line")
+                raise DataError(f'{path}:{n}: not a JSON object; one {{"text": ..., "label": ...}} per line')
             rows.append((n, row))
         columns = set().union(*(r.keys() for _, r in rows)) if rows else set()
     else:
@@ -160,7 +160,9 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
             reader.counts["empty"] += 1
             reader.problems.append(f"{path}{ROW_MARK}{n}: empty text")
             continue
-        classes.setdefault(_check_label(label, f"{path}{ROW_MARK}{n}"), []).append((f"{path.resolve()}{ROW_MARK}{n}", text))
+        classes.setdefault(_check_label(label, f"{path}{ROW_MARK}{n}"), []).append(
+            (f"{path.resolve()}{ROW_MARK}{n}", text)
+        )
     return dict(sorted(classes.items()))
 
 
@@ -169,7 +171,9 @@ def _split(classes: dict, val_fraction: float, seed: int, where: str):
     train, val = {}, {}
     for name, items in classes.items():
         if len(items) < 2:
-            raise DataError(f"{where}/{name}: only {len(items)} readable text; without a val split each class needs at least 2")
+            raise DataError(
+                f"{where}/{name}: only {len(items)} readable text; without a val split each class needs at least 2"
+            )
         order = rng.permutation(len(items))
         n_val = min(len(items) - 1, max(1, round(len(items) * val_fraction)))
         val[name] = [items[j] for j in sorted(order[:n_val])]
@@ -202,30 +206,45 @@ def load_texts(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Te
         if (root / "val").is_dir():
             val = _class_texts(root / "val", reader)
             if set(val) != set(train):
-                raise DataError(f"{root / 'val'}: class folders differ from {base}; use the same class folders in both")
+                raise DataError(
+                    f"{root / 'val'}: class folders differ from {base}; use the same class folders in both"
+                )
         else:
             train, val = _split(train, val_fraction, seed, str(base))
     else:
-        problem = "no such file or folder" if not root.exists() else "neither a folder nor a .csv/.tsv/.jsonl file"
-        raise DataError(f"--data {root}: {problem}; give a folder of class folders of .txt files, or a table with text and label columns")
+        problem = (
+            "no such file or folder" if not root.exists() else "neither a folder nor a .csv/.tsv/.jsonl file"
+        )
+        raise DataError(
+            f"--data {root}: {problem}; give a folder of class folders of .txt files, or a table with text and label columns"
+        )
     if len(train) < 2:
         raise DataError(f"--data {root}: found {len(train)} class(es) with texts; need at least 2")
     for split, classes in (("train", train), ("val", val)):
         for name, items in classes.items():
             if not items:
-                raise DataError(f"{root}: class {name} has no readable texts in {split}; add texts or remove it")
+                raise DataError(
+                    f"{root}: class {name} has no readable texts in {split}; add texts or remove it"
+                )
     labels = tuple(train)
-    flat = {s: [(p, labels.index(n), t) for n in labels for p, t in c[n]] for s, c in (("train", train), ("val", val))}
+    flat = {
+        s: [(p, labels.index(n), t) for n in labels for p, t in c[n]]
+        for s, c in (("train", train), ("val", val))
+    }
     seen = {_normal(t) for _, _, t in flat["train"]}
     duplicates = sum(1 for _, _, t in flat["val"] if _normal(t) in seen)
     stats = reader.stats(duplicates)
     skipped = stats.empty + stats.unreadable + stats.unlabelled
     if skipped:
-        warn(f"skipped {skipped} of {stats.files} texts ({stats.empty} empty, {stats.unreadable} unreadable, {stats.unlabelled} unlabelled): {'; '.join(stats.problems[:3])}")
+        warn(
+            f"skipped {skipped} of {stats.files} texts ({stats.empty} empty, {stats.unreadable} unreadable, {stats.unlabelled} unlabelled): {'; '.join(stats.problems[:3])}"
+        )
     if stats.fallback_decoded:
         warn(f"{stats.fallback_decoded} text(s) were not UTF-8 and were decoded as cp1252/latin-1")
     if duplicates:
-        warn(f"{duplicates} validation text(s) also occur in train (kept; validation accuracy is optimistic by up to that many)")
+        warn(
+            f"{duplicates} validation text(s) also occur in train (kept; validation accuracy is optimistic by up to that many)"
+        )
     splits = Splits(
         labels=labels,
         train=tuple((p, y) for p, y, _ in flat["train"]),
@@ -233,7 +252,9 @@ def load_texts(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Te
         data_root=str(root.resolve()),
         skipped=skipped,
     )
-    fingerprint = text_fingerprint(labels, [(y, t) for _, y, t in flat["train"]], [(y, t) for _, y, t in flat["val"]])
+    fingerprint = text_fingerprint(
+        labels, [(y, t) for _, y, t in flat["train"]], [(y, t) for _, y, t in flat["val"]]
+    )
     return TextData(
         splits.with_fingerprint(fingerprint),
         tuple(t for _, _, t in flat["train"]),
@@ -251,7 +272,9 @@ def read_recorded(sources: list[str]) -> list[str]:
             table = source.rsplit(ROW_MARK, 1)[0]
             if table not in tables:
                 reader = _Reader()
-                tables[table] = {p: t for items in _read_table(Path(table), reader).values() for p, t in items}
+                tables[table] = {
+                    p: t for items in _read_table(Path(table), reader).values() for p, t in items
+                }
             if source not in tables[table]:
                 raise DataError(f"{source}: this row is gone from the table; re-train on the current data")
             out.append(tables[table][source])

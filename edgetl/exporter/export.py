@@ -24,6 +24,7 @@ from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
 from edgetl.backbones.registry import EdgeModel, create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
+from edgetl.data.modality import source_modality
 from edgetl.errors import EdgetlError
 from edgetl.exporter.convert import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, to_fp16, to_onnx
 from edgetl.exporter.parity import Parity, gate, gate_tolerance, torch_logits
@@ -274,26 +275,58 @@ def export_onnx(
     if batch < 1 or max_images < 1:
         raise EdgetlError("--batch and --max-check-images must be at least 1")
     check_opset(opset)
-    if source is not None and _source_modality(source) is Modality.TEXT:
-        from edgetl.exporter.text import export_text
+    request = ExportRequest(
+        source, None if out is None else Path(out), backbone, opset, precision, optimize, tuple(extra),
+        check_images, tolerance, batch, max_images, start,
+    )  # fmt: skip
+    return EXPORTERS[source_modality(source)](request)
 
-        if extra or precision is not Precision.FP32 or optimize:
-            raise EdgetlError("a text model exports to FP32 ONNX only: drop --format, --precision and --optimize")
-        return export_text(source, out, opset=opset, tolerance=tolerance, batch=batch, max_images=max_images)
-    loaded = load_source(source, backbone=backbone, check_images=check_images, max_images=max_images)
-    out = Path(out) if out is not None else _default_out(loaded)
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """`export_onnx`'s checked options, handed to the exporter of the model's modality."""
+
+    source: str | Path | None
+    out: Path | None
+    backbone: str | None
+    opset: int
+    precision: Precision
+    optimize: bool
+    extra: tuple[ExportFormat, ...]
+    check_images: str | Path | None
+    tolerance: float
+    batch: int
+    max_images: int
+    start: float
+
+
+def _export_images(r: ExportRequest) -> ExportResult:
+    loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
+    out = r.out if r.out is not None else _default_out(loaded)
+    args = (loaded, out, r.start, r.opset, r.precision, r.optimize, list(r.extra), r.tolerance, r.batch)
     if loaded.run is None:
-        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+        return _export(*args)
     run = RunFolder(loaded.run)
     with run.lock("export"):
         run.check_for(Stage.EXPORT)
-        return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
+        return _export(*args)
 
 
-def _source_modality(source) -> Modality:
-    from edgetl.backbones.checkpoint import read_checkpoint_info
+def _export_text(r: ExportRequest) -> ExportResult:
+    from edgetl.exporter.text import export_text
 
-    return read_checkpoint_info(find_checkpoint(source)).modality
+    if r.extra or r.precision is not Precision.FP32 or r.optimize or r.check_images or r.backbone:
+        raise EdgetlError(
+            "a text model exports to FP32 ONNX from its run, checked on its own validation texts: "
+            "drop --format, --precision, --optimize, --check-images and --backbone"
+        )
+    return export_text(
+        r.source, r.out, opset=r.opset, tolerance=r.tolerance, batch=r.batch, max_images=r.max_images
+    )
+
+
+# one exporter per modality, chosen by the model (edgetl/data/modality.py)
+EXPORTERS = {Modality.IMAGE: _export_images, Modality.TEXT: _export_text}
 
 
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):

@@ -62,7 +62,9 @@ def text_to_onnx(model, spec: TextSpec, opset: int, info: ModelInfo):
                 verbose=False,
             )
     except Exception as e:
-        raise EdgetlError(f"ONNX export of {info.backbone} failed ({type(e).__name__}: {str(e).strip().splitlines()[0]})") from None
+        raise EdgetlError(
+            f"ONNX export of {info.backbone} failed ({type(e).__name__}: {str(e).strip().splitlines()[0]})"
+        ) from None
     return program.model_proto
 
 
@@ -75,7 +77,9 @@ def check_texts(run: Path | None, limit: int) -> tuple[list[str], str]:
     return list(EXAMPLE_TEXTS) * 4, "built-in example texts"
 
 
-def text_parity(path: Path, model, texts: list[str], spec: TextSpec, tolerance: float, batch: int) -> list[Parity]:
+def text_parity(
+    path: Path, model, texts: list[str], spec: TextSpec, tolerance: float, batch: int
+) -> list[Parity]:
     """onnxruntime against PyTorch at each check length: max |logit diff| and top-1 flips."""
     from edgetl_runtime.backends import load_session
 
@@ -92,7 +96,9 @@ def text_parity(path: Path, model, texts: list[str], spec: TextSpec, tolerance: 
             diffs.append(float(np.abs(ref - got).max()))
             flips += int((ref.argmax(1) != got.argmax(1)).sum())
         diff = max(diffs)
-        checks.append(Parity(f"onnxruntime-cpu@{length}", len(texts), diff, 1 - flips / len(texts), tolerance, flips, 0))
+        checks.append(
+            Parity(f"onnxruntime-cpu@{length}", len(texts), diff, 1 - flips / len(texts), tolerance, flips, 0)
+        )
     return checks
 
 
@@ -128,7 +134,9 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
             size = save_onnx(proto, tmp, out.name, stack)
             checks = text_parity(tmp, model, texts, spec, tolerance, batch)
             for c in checks:
-                log(f"  parity {c.runtime}: max |diff| {c.max_abs_diff:.2e}, top-1 agreement {c.top1_agreement:.4f}")
+                log(
+                    f"  parity {c.runtime}: max |diff| {c.max_abs_diff:.2e}, top-1 agreement {c.top1_agreement:.4f}"
+                )
             failed = [c for c in checks if not c.passed]
             if failed:
                 raise GateError(

@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 
 from edgetl.console import log, warn
+from edgetl.data.modality import source_modality
 from edgetl.errors import DataError, EdgetlError, GateError
 from edgetl.quantizer.calibration import DEFAULT_NUM_CALIBRATION, is_manifest
 from edgetl.quantizer.evaluation import artifact_bytes, check_model, load_eval_set
@@ -25,6 +26,7 @@ from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
 from edgetl_runtime.fileio import check_writable, sha256_file
+from edgetl_runtime.modality import Modality
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -127,20 +129,6 @@ def _methods_to_try(backend: QuantBackend, method: str, order: tuple[str, ...]) 
     return [chosen.value, *(m for m in order if m != chosen.value)]
 
 
-def _is_text_run(source) -> bool:
-    """A run folder whose model.onnx classifies text (text quantization needs the run's texts)."""
-    from edgetl_runtime.modality import Modality
-    from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
-
-    model = RunFolder(Path(source)).model
-    if not Path(source).is_dir() or not model.is_file():
-        return False
-    try:
-        return read_model_info(model).modality is Modality.TEXT
-    except MetadataMissing:
-        return False
-
-
 def quantize(
     model_onnx: str | Path,
     out: str | Path | None = None,
@@ -175,13 +163,35 @@ def quantize(
         ) from None
     if not 0 <= min_agreement <= 1:
         raise EdgetlError(f"--min-agreement {min_agreement}: a share between 0 and 1")
-    if _is_text_run(model_onnx):
-        from edgetl.quantizer.text import quantize_text
+    options = dict(
+        calibration=calibration, eval_dir=eval_dir, max_drop=max_drop, min_agreement=min_agreement,
+        method=method, num_calibration=num_calibration, seed=seed, allow_drop=allow_drop, backend=qbackend,
+        manifest=manifest, qat=qat,
+    )  # fmt: skip
+    return QUANTIZERS_BY_MODALITY[source_modality(model_onnx)](model_onnx, out, **options)
 
-        return quantize_text(
-            Path(model_onnx), Path(out) if out else None, max_drop=max_drop, min_agreement=min_agreement,
-            num_calibration=num_calibration, seed=seed, method=method, allow_drop=allow_drop,
-        )  # fmt: skip
+
+def _quantize_text(model_onnx, out, *, calibration, eval_dir, backend, manifest, qat, **options):
+    from edgetl.quantizer.text import quantize_text
+
+    if calibration or eval_dir or manifest or qat or backend is not QuantBackend.ONNXRUNTIME:
+        raise EdgetlError(
+            "a text model calibrates on its run's training texts and is gated on its validation texts with "
+            "onnxruntime: drop --calibration, --eval, --manifest, --qat and --backend"
+        )
+    run = Path(model_onnx)
+    if not run.is_dir():
+        raise EdgetlError(
+            f"{run}: a text model is quantized from its run folder (its texts calibrate it); give RUN"
+        )
+    return quantize_text(run, Path(out) if out else None, **options)
+
+
+def _quantize_images(
+    model_onnx, out, *, calibration, eval_dir, max_drop, min_agreement, method, num_calibration, seed,
+    allow_drop, backend, manifest, qat,
+) -> QuantResult:  # fmt: skip
+    qbackend = backend
     quantizer = QUANTIZERS[qbackend]
     inputs = resolve_inputs(model_onnx, out, calibration, eval_dir, quantizer.suffix)
     if inputs.out.suffix != quantizer.suffix:
@@ -317,3 +327,7 @@ def quantize(
                 )
             )
     return result
+
+
+# one quantizer per modality, chosen by the model (edgetl/data/modality.py)
+QUANTIZERS_BY_MODALITY = {Modality.IMAGE: _quantize_images, Modality.TEXT: _quantize_text}

@@ -107,7 +107,9 @@ def _padded(texts: list[str], spec: TextSpec) -> dict[str, np.ndarray]:
 def _dynamic(src: Path, dst: Path, texts, spec) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=QUANTIZED_OPS, per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(src), str(dst), op_types_to_quantize=QUANTIZED_OPS, per_channel=True, weight_type=QuantType.QInt8
+    )
 
 
 def _static_qdq(src: Path, dst: Path, texts, spec) -> None:
@@ -148,7 +150,17 @@ class TextQuantResult:
 TEXT_METHODS = {"dynamic": _dynamic, "static-qdq-matmul": _static_qdq}
 
 
-def quantize_text(run: Path, out: Path | None, *, max_drop: float, min_agreement: float, num_calibration: int, seed: int, method: str = "auto", allow_drop: bool = False) -> TextQuantResult:
+def quantize_text(
+    run: Path,
+    out: Path | None,
+    *,
+    max_drop: float,
+    min_agreement: float,
+    num_calibration: int,
+    seed: int,
+    method: str = "auto",
+    allow_drop: bool = False,
+) -> TextQuantResult:
     """The text half of `edgetl quantize` on a run folder (its summary is RUN/quantize.json)."""
     folder = RunFolder(run)
     fp32 = folder.model
@@ -170,7 +182,9 @@ def quantize_text(run: Path, out: Path | None, *, max_drop: float, min_agreement
         reference = _logits(fp32, gate_texts, spec)
         fp32_ms = latency_ms(fp32, spec)
         fp32_bytes = fp32.stat().st_size
-        log(f"quantizing {fp32} (text): {len(calib)} calibration texts (train), gate on {len(gate_texts)} val texts; FP32 {fp32_ms:.2f} ms at {LATENCY_LENGTH} tokens")
+        log(
+            f"quantizing {fp32} (text): {len(calib)} calibration texts (train), gate on {len(gate_texts)} val texts; FP32 {fp32_ms:.2f} ms at {LATENCY_LENGTH} tokens"
+        )
         candidates, files = [], {}
         with tempfile.TemporaryDirectory(prefix=".edgetl-quantize.", dir=run) as work:
             prepared = _without_value_info(fp32, Path(work) / "prepared.onnx")
@@ -185,15 +199,34 @@ def quantize_text(run: Path, out: Path | None, *, max_drop: float, min_agreement
                     reference.argmax(1), logits.argmax(1), labels, max_drop=max_drop, min_agreement=min_agreement,
                     size_ratio=ratio, max_size_ratio=TEXT_MAX_SIZE_RATIO, calibration_images=len(calib), held_out=True,
                 )  # fmt: skip
-                c = TextCandidate(name, ev.agreement, ev.kl, ev.accuracy, report.drop, report.drop_ci95, ratio, latency_ms(path, spec), report.verdict)
-                log(f"  {name}: agreement {100 * c.agreement:.2f}%, KL {c.kl:.5f}, top-1 {100 * (c.accuracy or 0):.2f}%, size {ratio:.3f}x, {c.latency_ms:.2f} ms -> {c.verdict}")
+                c = TextCandidate(
+                    name,
+                    ev.agreement,
+                    ev.kl,
+                    ev.accuracy,
+                    report.drop,
+                    report.drop_ci95,
+                    ratio,
+                    latency_ms(path, spec),
+                    report.verdict,
+                )
+                log(
+                    f"  {name}: agreement {100 * c.agreement:.2f}%, KL {c.kl:.5f}, top-1 {100 * (c.accuracy or 0):.2f}%, size {ratio:.3f}x, {c.latency_ms:.2f} ms -> {c.verdict}"
+                )
                 candidates.append((c, report))
                 files[name] = path
             rank = {Verdict.PASS.value: 0, Verdict.WARN.value: 1, Verdict.FAIL.value: 2}
             best, report = min(candidates, key=lambda cr: (rank[cr[0].verdict], -cr[0].agreement, cr[0].kl))
             if best.verdict == Verdict.FAIL.value and not allow_drop:
-                raise GateError(f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway")
-            settings = {"method": best.method, "op_types": QUANTIZED_OPS, "num_calibration": len(calib), "seed": seed}
+                raise GateError(
+                    f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway"
+                )
+            settings = {
+                "method": best.method,
+                "op_types": QUANTIZED_OPS,
+                "num_calibration": len(calib),
+                "seed": seed,
+            }
             write_model(files[best.method], out, info, settings, best.method)
         fp32_acc = float(np.mean(reference.argmax(1) == labels))
         summary = {
@@ -204,11 +237,13 @@ def quantize_text(run: Path, out: Path | None, *, max_drop: float, min_agreement
             "latency_ratio": best.latency_ms / fp32_ms, "passed": best.verdict != Verdict.FAIL.value,
             "gate": report.to_dict(), "attempts": [asdict(c) for c, _ in candidates],
         }  # fmt: skip
-        folder.save_quantization(QuantizationRecord(str(out), str(fp32), sha256_file(fp32), sha256_file(out), summary))
-    log(f"INT8 ({best.method}): agreement {100 * best.agreement:.2f}%, {best.latency_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms -> {out}")
+        folder.save_quantization(
+            QuantizationRecord(str(out), str(fp32), sha256_file(fp32), sha256_file(out), summary)
+        )
+    log(
+        f"INT8 ({best.method}): agreement {100 * best.agreement:.2f}%, {best.latency_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms -> {out}"
+    )
     return TextQuantResult(
         out, best.method, best.size_ratio, fp32_acc, best.accuracy, best.agreement, summary["gate"],
         tuple(c for c, _ in candidates), summary,
     )  # fmt: skip
-
-

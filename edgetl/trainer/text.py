@@ -103,7 +103,9 @@ def cache_states(model: TextClassifier, tokens: Tokens, first: int, pad: int) ->
     cached = []
     for index in length_buckets([len(t) for t in tokens.ids], EVAL_BATCH):
         ids, mask = tokens.batch(index, pad)
-        states = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[first]
+        states = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[
+            first
+        ]
         kept = pool(states, mask, model) if first == len(model.layers) else states
         cached.append((torch.from_numpy(index), kept, mask))
     return cached
@@ -143,8 +145,17 @@ def _evaluate(model, cached, targets: torch.Tensor, first: int, frozen: bool):
 
 
 class TextSession:
-    def __init__(self, model, data: TextData, recipe: Recipe, spec: TextSpec, run: Path, seed: int, files) -> None:
-        self.model, self.data, self.recipe, self.spec, self.run, self.seed = model, data, recipe, spec, run, seed
+    def __init__(
+        self, model, data: TextData, recipe: Recipe, spec: TextSpec, run: Path, seed: int, files
+    ) -> None:
+        self.model, self.data, self.recipe, self.spec, self.run, self.seed = (
+            model,
+            data,
+            recipe,
+            spec,
+            run,
+            seed,
+        )
         self.architecture = files.config
         self.pad = 0
         self.train_tokens = Tokens.of(data.train_texts, spec)
@@ -172,11 +183,15 @@ class TextSession:
         t0 = time.perf_counter()
         train_cache = cache_states(model, self.train_tokens, first, self.pad)
         val_cache = cache_states(model, self.val_tokens, first, self.pad)
-        log(f"stage {s + 1}: cached {'pooled outputs' if frozen else f'states entering layer {first + 1}'} in {time.perf_counter() - t0:.1f}s")
+        log(
+            f"stage {s + 1}: cached {'pooled outputs' if frozen else f'states entering layer {first + 1}'} in {time.perf_counter() - t0:.1f}s"
+        )
         groups = _trainable(model, first, plan, self.recipe.lr_decay)
         optimizer = torch.optim.AdamW(groups, weight_decay=self.recipe.weight_decay)
         steps = plan.epochs * len(train_cache)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps))
+        )
         targets = torch.from_numpy(self.data.train_targets)
         val_y = torch.from_numpy(self.data.val_targets)
         weights = _class_weights(self.data.train_targets, len(self.data.labels), self.recipe.balance)
@@ -205,13 +220,18 @@ class TextSession:
             metrics = {"val_accuracy": val_acc, "val_loss": val_loss}
             improved = _score(val_acc, val_loss) > self.best
             if improved:
-                self.best, self.best_epoch, self.best_preds = _score(val_acc, val_loss), len(self.history), preds.tolist()
+                self.best, self.best_epoch, self.best_preds = (
+                    _score(val_acc, val_loss),
+                    len(self.history),
+                    preds.tolist(),
+                )
                 save_checkpoint(model, self.info(len(self.history), metrics), self.run / BEST)
             bad = 0 if improved else bad + 1
             if not frozen or improved or e + 1 == plan.epochs:
                 log(
                     f"stage {s + 1}/{len(self.recipe.stages)} epoch {e + 1}/{plan.epochs}: train loss {loss_sum / total:.3f} "
-                    f"acc {correct / total:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}" + (" *" if improved else "")
+                    f"acc {correct / total:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
+                    + (" *" if improved else "")
                 )
             save_checkpoint(model, self.info(len(self.history), metrics), self.run / LAST)
             self.save_state(s, e + 1)
@@ -236,7 +256,11 @@ class TextSession:
 
     def restore(self, state: dict) -> None:
         self.history, self.best = state["history"], tuple(state["best"])
-        self.best_epoch, self.best_preds, self.stages = state["best_epoch"], state["best_preds"], state["stages"]
+        self.best_epoch, self.best_preds, self.stages = (
+            state["best_epoch"],
+            state["best_preds"],
+            state["stages"],
+        )
 
     def finish(self, seconds: float, device: str) -> TrainResult:
         labels = self.data.labels
@@ -257,24 +281,32 @@ class TextSession:
         return result
 
 
-def train_text(data, run: RunFolder, recipe: Recipe, *, seed: int, resume: bool, overwrite: bool, started: float) -> TrainResult:
+def train_text(
+    data, run: RunFolder, recipe: Recipe, *, seed: int, resume: bool, overwrite: bool, started: float
+) -> TrainResult:
     """The text half of `edgetl train` (called with the run folder locked and checked)."""
     torch.manual_seed(seed)
     texts = load_texts(data, recipe.val_fraction, seed)
-    log(f"data: {len(texts.labels)} classes, {len(texts.train_texts)} train / {len(texts.val_texts)} val texts")
+    log(
+        f"data: {len(texts.labels)} classes, {len(texts.train_texts)} train / {len(texts.val_texts)} val texts"
+    )
     state = None
     if resume:
         if not (run.root / TEXT_STATE).is_file():
             raise EdgetlError(f"--resume: {run.root} has no {TEXT_STATE}; start over with --overwrite")
         state = json.loads((run.root / TEXT_STATE).read_text())
         if run.load_splits().fingerprint != texts.splits.fingerprint:
-            raise EdgetlError(f"--resume: --data differs from the data {run.root} was trained on; resume with that --data")
+            raise EdgetlError(
+                f"--resume: --data differs from the data {run.root} was trained on; resume with that --data"
+            )
         model, info = load_checkpoint(run.last)
         from edgetl.backbones.text import EncoderFiles
 
         files = EncoderFiles(info.architecture, None, info.preprocess.tokenizer)
     else:
-        model, files = create_text_model(recipe.backbone, len(texts.labels), weights=recipe.weights, dropout=recipe.dropout)
+        model, files = create_text_model(
+            recipe.backbone, len(texts.labels), weights=recipe.weights, dropout=recipe.dropout
+        )
     check_writable(run.root, "--out", folder=True)
     if overwrite:
         removed = run.clear()

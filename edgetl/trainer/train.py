@@ -16,9 +16,9 @@ import torch
 
 from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, read_checkpoint_info, with_head
 from edgetl.backbones.registry import create_model, get_backbone
-from edgetl.backbones.text import modality_of
 from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
+from edgetl.data.modality import backbone_modality
 from edgetl.device import cuda_autocast_dtype, place_model
 from edgetl.errors import EdgetlError
 from edgetl.options import Device
@@ -174,7 +174,7 @@ def _run_modality(run: RunFolder, resume: bool, recipe, backbone) -> Modality:
     """What the run trains: a resumed run's checkpoint says; else the recipe's backbone."""
     if resume and run.last.is_file():
         return read_checkpoint_info(run.last).modality
-    return modality_of(resolve_recipe(recipe, backbone).backbone)
+    return backbone_modality(resolve_recipe(recipe, backbone).backbone)
 
 
 def _train_locked(
@@ -250,5 +250,5 @@ def _train_images(
     return session.finish()
 
 
-# one trainer per modality, chosen by the model (see edgetl/modality)
+# one trainer per modality, chosen by the model (see edgetl/data/modality.py)
 TRAINERS = {Modality.IMAGE: _train_images, Modality.TEXT: _train_text}
