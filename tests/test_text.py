@@ -287,3 +287,11 @@ def test_text_spec_is_strict(bert):
         with pytest.raises(SpecError):
             TextSpec.from_dict(bad)
     assert np.array_equal(spec.inputs, ("input_ids", "attention_mask"))
+
+
+def test_report_shows_misclassified_texts_as_snippets(text_run, tmp_path):
+    import edgetl
+
+    page = edgetl.report(text_run, tmp_path / "report.html").path.read_text()
+    assert "Misclassified validation texts" in page
+    assert 'class="snippet"' in page or "No mistakes." in page

@@ -10,10 +10,13 @@ from __future__ import annotations
 import base64
 import io
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgetl_runtime.modality import Modality
 
 # A report must stay quick: beyond this many validation images a seeded sample is classified.
 MAX_EVAL_IMAGES = 2000
@@ -42,7 +45,8 @@ def _probabilities_onnx(model: Path, paths: list[str]) -> tuple[np.ndarray, list
     from edgetl_runtime import Predictor
 
     predictor = Predictor.from_model(model, backend="onnxruntime-cpu")
-    results = predictor.predict(paths, top_k=len(predictor.labels))
+    inputs = VIEWS[predictor.modality].inputs(paths)
+    results = predictor.predict(inputs, top_k=len(predictor.labels))
     kept = [i for i, r in enumerate(results) if r.ok]
     probs = np.zeros((len(kept), len(predictor.labels)), dtype=np.float32)
     for row, i in enumerate(kept):
@@ -55,15 +59,16 @@ def _probabilities_checkpoint(checkpoint: Path, paths: list[str]) -> tuple[np.nd
     import torch
 
     from edgetl.backbones.checkpoint import load_checkpoint
-    from edgetl.data.images import preprocess_readable
     from edgetl_runtime.predictor import softmax
 
     model, info = load_checkpoint(checkpoint)
-    arrays, kept, _ = preprocess_readable(paths, info.preprocess, "validation")
+    arrays, kept = VIEWS[info.modality].checkpoint_inputs(paths, info.preprocess)
     logits = []
     with torch.no_grad():
         for i in range(0, len(arrays), 64):
-            logits.append(model(torch.from_numpy(np.stack(arrays[i : i + 64]))).float().numpy())
+            logits.append(
+                model(*VIEWS[info.modality].tensors(arrays[i : i + 64], info.preprocess)).float().numpy()
+            )
     return softmax(np.concatenate(logits)) if logits else np.zeros((0, len(info.labels))), kept
 
 
@@ -109,3 +114,83 @@ def thumbnail_data_uri(path: str | Path, size: int = THUMBNAIL_PX) -> str | None
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- how each modality's validation examples are read and shown ---------------------------------------
+
+
+def _image_checkpoint_inputs(paths: list[str], spec) -> tuple[list, list[int]]:
+    from edgetl.data.images import preprocess_readable
+
+    arrays, kept, _ = preprocess_readable(paths, spec, "validation")
+    return arrays, kept
+
+
+def _image_tensors(arrays: list, spec) -> tuple:
+    import torch
+
+    return (torch.from_numpy(np.stack(arrays)),)
+
+
+def _image_card(miss: Miss, caption: str) -> str:
+    from html import escape
+
+    uri = thumbnail_data_uri(miss.path)
+    picture = (
+        f'<img alt="{escape(Path(miss.path).name)}" src="{uri}">'
+        if uri
+        else '<div class="noimg">unreadable</div>'
+    )
+    return f'<figure title="{escape(miss.path)}">{picture}{caption}</figure>'
+
+
+def _text_inputs(paths: list[str]) -> list:
+    from edgetl.data.texts import read_recorded
+    from edgetl_runtime.inputs import TextInput
+
+    return [TextInput(p, t) for p, t in zip(paths, read_recorded(paths), strict=True)]
+
+
+def _text_checkpoint_inputs(paths: list[str], spec) -> tuple[list, list[int]]:
+    from edgetl.data.texts import read_recorded
+
+    return read_recorded(paths), list(range(len(paths)))
+
+
+def _text_tensors(texts: list, spec) -> tuple:
+    import torch
+
+    from edgetl_runtime.textinput import encode_texts
+
+    encoded = encode_texts(texts, spec)
+    return torch.from_numpy(encoded.ids), torch.from_numpy(encoded.mask)
+
+
+def _text_card(miss: Miss, caption: str) -> str:
+    from html import escape
+
+    from edgetl.data.texts import read_recorded
+
+    text = " ".join(read_recorded([miss.path])[0].split())
+    snippet = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
+    return f'<figure class="snippet" title="{escape(miss.path)}"><blockquote>{escape(snippet)}</blockquote>{caption}</figure>'
+
+
+SNIPPET_CHARS = 280
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    """How a modality's validation examples reach a model and appear on the report page."""
+
+    noun: str  # "images", "texts"
+    inputs: Callable[[list[str]], list]  # recorded sources -> what Predictor.predict takes
+    checkpoint_inputs: Callable  # (sources, spec) -> (prepared, indices kept)
+    tensors: Callable  # (prepared batch, spec) -> the PyTorch model's arguments
+    card: Callable[[Miss, str], str]  # one misclassified example as HTML, around its caption
+
+
+VIEWS = {
+    Modality.IMAGE: ExampleView("images", list, _image_checkpoint_inputs, _image_tensors, _image_card),
+    Modality.TEXT: ExampleView("texts", _text_inputs, _text_checkpoint_inputs, _text_tensors, _text_card),
+}

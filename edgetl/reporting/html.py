@@ -53,6 +53,8 @@ figure img { width:100%; max-width:112px; aspect-ratio:1; object-fit:contain; im
 figcaption { font-size:12px; line-height:1.3; margin-top:4px; word-break:break-word; }
 figcaption b { color:var(--bad); }
 figcaption .true { color:var(--muted); }
+figure.snippet { grid-column:span 3; text-align:left; }
+figure.snippet blockquote { margin:0; font-size:12px; line-height:1.35; }
 .noimg { height:128px; display:flex; align-items:center; justify-content:center; color:var(--muted); }
 ul.reasons { font-size:13px; color:var(--muted); margin:4px 0; padding-left:20px; }
 """

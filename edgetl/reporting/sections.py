@@ -313,7 +313,8 @@ def section_quantization(f: RunFiles) -> Section:
 
 
 def section_gallery(f: RunFiles) -> Section:
-    from edgetl.reporting.gallery import find_misses, thumbnail_data_uri
+    from edgetl.data.modality import source_modality
+    from edgetl.reporting.gallery import VIEWS, find_misses
 
     splits = f.splits
     if splits is None or (not (f.run / "model.onnx").is_file() and f.checkpoint_header is None):
@@ -324,22 +325,19 @@ def section_gallery(f: RunFiles) -> Section:
             "validation split and model",
         )
     found = find_misses(f.run, splits["labels"], [(p, int(i)) for p, i in splits["val"]])
+    view = VIEWS[source_modality(f.run)]
     shown = found.misses[: f.gallery_limit]
-    cards = []
-    for m in shown:
-        uri = thumbnail_data_uri(m.path)
-        picture = (
-            f'<img alt="{escape(Path(m.path).name)}" src="{uri}">'
-            if uri
-            else '<div class="noimg">unreadable</div>'
+    cards = [
+        view.card(
+            m,
+            f"<figcaption><b>{escape(m.predicted)}</b> {m.score:.0%}"
+            f'<br><span class="true">true: {escape(m.true)} ({m.true_score:.0%})</span></figcaption>',
         )
-        cards.append(
-            f'<figure title="{escape(m.path)}">{picture}<figcaption><b>{escape(m.predicted)}</b> {m.score:.0%}'
-            f'<br><span class="true">true: {escape(m.true)} ({m.true_score:.0%})</span></figcaption></figure>'
-        )
+        for m in shown
+    ]
     sample = f", a seeded sample of {found.evaluated}" if found.sampled else ""
     lead = (
-        f"{len(found.misses)} of {found.evaluated} validation images misclassified{sample} "
+        f"{len(found.misses)} of {found.evaluated} validation {view.noun} misclassified{sample} "
         f"({escape(found.source)}); most confident mistakes first"
         + (f", first {len(shown)} shown" if len(shown) < len(found.misses) else "")
         + (f"; {found.unreadable} unreadable skipped" if found.unreadable else "")
@@ -348,7 +346,7 @@ def section_gallery(f: RunFiles) -> Section:
     body = f'<p class="note">{lead}</p>' + (
         f'<div class="gallery">{"".join(cards)}</div>' if cards else "<p>No mistakes.</p>"
     )
-    return Section("gallery", "Misclassified validation images", body)
+    return Section("gallery", f"Misclassified validation {view.noun}", body)
 
 
 def section_latency(f: RunFiles) -> Section:
