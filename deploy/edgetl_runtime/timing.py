@@ -137,7 +137,8 @@ def measure_latency(
     """Warm up, then time ``run`` on the input pool; every input must have the same batch size."""
     if not inputs:
         raise ValueError("the input pool is empty")
-    batch = int(inputs[0].shape[0])
+    first = inputs[0]  # an image model's array, or a text model's named arrays
+    batch = int((next(iter(first.values())) if isinstance(first, dict) else first).shape[0])
     warm_up(run, inputs, warmup_s, sync)
     return stats_from_samples(time_runs(run, inputs, min_s=min_s, min_runs=min_runs, sync=sync), batch)
 

@@ -26,9 +26,11 @@ from edgetl.bench.results import BenchReport, BenchRow, Status
 from edgetl.bench.worker import BENCH_BACKENDS, BenchBackend, Job, Source, TimedModel, Worker
 from edgetl.console import log, track, warn
 from edgetl.data.images import preprocess_readable
+from edgetl.data.modality import source_modality
 from edgetl.errors import EdgetlError
 from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
+from edgetl_runtime.modality import Modality
 from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
@@ -150,7 +152,44 @@ def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
     return models, checkpoint, images
 
 
-def benchmark(
+def benchmark(models: Sequence[str | Path] | str | Path, **options):
+    """Time a run's models (or model files) with the benchmark of their modality (see `_benchmark_images`
+    for images, `edgetl.bench.text` for text)."""
+    first = models if isinstance(models, (str, Path)) else (models[0] if models else None)
+    return BENCHMARKS[source_modality(first)](models, **options)
+
+
+def _benchmark_text(
+    models, *, backends=None, batches=None, threads=None, warmup_s=None, min_s=None, min_runs=None, **rest
+):
+    from edgetl.bench.text import BATCHES, benchmark_text
+    from edgetl.data.texts import read_recorded
+    from edgetl.exporter.text import EXAMPLE_TEXTS
+    from edgetl.runfolder.splits import Splits
+
+    if rest.get("images") or rest.get("checkpoint"):
+        raise EdgetlError(
+            "--images and --checkpoint are for image models; a text model is timed on token batches"
+        )
+    run = Path(models) if isinstance(models, (str, Path)) and Path(models).is_dir() else None
+    if run is not None:
+        folder = RunFolder(run)
+        paths = [p for p in (folder.model, folder.int8) if p.is_file()]
+        val = Splits.load(run).val[:32]
+        texts = read_recorded([p for p, _ in val]) or list(EXAMPLE_TEXTS)
+    else:
+        paths = [Path(m) for m in ([models] if isinstance(models, (str, Path)) else models)]
+        texts = list(EXAMPLE_TEXTS)
+    timing = {
+        k: v for k, v in (("warmup_s", warmup_s), ("min_s", min_s), ("min_runs", min_runs)) if v is not None
+    }
+    return benchmark_text(
+        paths, run=run, texts=texts, backends=backends, batches=tuple(batches) if batches and tuple(batches) != (1,) else BATCHES,
+        threads=threads, **timing,
+    )  # fmt: skip
+
+
+def _benchmark_images(
     models: Sequence[str | Path] | str | Path,
     *,
     backends: Sequence[str] | None = None,
@@ -243,6 +282,10 @@ def benchmark(
             measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
             folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
     return report
+
+
+# one benchmark per modality, chosen by the model (edgetl/data/modality.py)
+BENCHMARKS = {Modality.IMAGE: _benchmark_images, Modality.TEXT: _benchmark_text}
 
 
 def _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds) -> None:
