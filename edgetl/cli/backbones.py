@@ -10,7 +10,7 @@ from edgetl.cli.common import handle_errors, json_option
 @json_option
 @handle_errors
 def backbones(pattern: str, as_json: bool) -> None:
-    """List the registered backbones (any timm model name also works with --backbone).
+    """List the registered backbones, image and text (any timm model name also works with --backbone).
 
     MACs are per image at the backbone's input size (counted from its ONNX graph); latency is
     relative to efficientnet_lite0 (FP32 ONNX, onnxruntime CPU, batch 1) on the machine and date
@@ -20,9 +20,12 @@ def backbones(pattern: str, as_json: bool) -> None:
     edgetl backbones
     edgetl backbones 'mobilenet*' --json
     """
+    import fnmatch
+
     from rich.table import Table
 
     from edgetl.backbones import registry as bb
+    from edgetl.backbones.text import TEXT_BACKBONES
     from edgetl.console import out, print_json
 
     measured = bb.zoo_measurements()
@@ -33,6 +36,7 @@ def backbones(pattern: str, as_json: bool) -> None:
         rows.append(
             {
                 "name": s.name,
+                "modality": "image",
                 "source": s.source.value,
                 "arch": s.arch,
                 "parameters": bb.count_parameters(s.name),
@@ -45,6 +49,16 @@ def backbones(pattern: str, as_json: bool) -> None:
                 "latency_vs_lite0": latency.get("relative", {}).get(s.name),
             }
         )
+    for t in TEXT_BACKBONES.values():
+        if fnmatch.fnmatch(t.name, pattern):
+            rows.append(
+                {
+                    "name": t.name, "modality": "text", "source": "embedded", "arch": "BertModel",
+                    "parameters": t.parameters, "input_size": None, "macs": None, "published_top1": None,
+                    "published_top1_source": None, "offline_weights": t.offline,
+                    "install": None if t.offline else t.install, "latency_vs_lite0": None,
+                }
+            )  # fmt: skip
     when = (
         {k: latency.get(k) for k in ("machine", "measured", "backend", "batch", "method", "note")}
         if latency
@@ -53,13 +67,16 @@ def backbones(pattern: str, as_json: bool) -> None:
     if as_json:
         print_json({"backbones": rows, "default": bb.DEFAULT_BACKBONE, "latency_measured": when})
         return
-    table = Table("name", "source", "params (M)", "input", "GMACs", "top-1 %", "latency", "weights offline")
+    table = Table(
+        "name", "modality", "source", "params (M)", "input", "GMACs", "top-1 %", "latency", "weights offline"
+    )
     for r in rows:
         table.add_row(
             r["name"],
+            r["modality"],
             r["source"],
             f"{r['parameters'] / 1e6:.2f}",
-            str(r["input_size"]),
+            str(r["input_size"] or "tokens"),
             f"{r['macs'] / 1e9:.2f}" if r["macs"] else "-",
             f"{r['published_top1']:.1f}" if r["published_top1"] else "-",
             f"{r['latency_vs_lite0']:.2f}x" if r["latency_vs_lite0"] else "not measured",
