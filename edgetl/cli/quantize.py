@@ -46,7 +46,7 @@ from edgetl.cli.common import handle_errors, json_option
     "--method",
     default="auto",
     show_default=True,
-    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction.",
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
 )
 @click.option(
     "--backend", type=click.Choice(["onnxruntime", "nncf"]), default="onnxruntime", show_default=True

