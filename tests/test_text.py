@@ -332,3 +332,34 @@ def test_the_embedded_encoder_is_listed_and_loads_offline():
         == TEXT_BACKBONES["all-minilm-l6-v2"].parameters
     )
     assert files.config["hidden_size"] == 384 and len(model.layers) == 6
+
+
+def test_cli_train_resumes_an_interrupted_text_run_and_refuses_devices(bert, tmp_path):
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+
+    data = write_text_folder(tmp_path / "data", per_class=6)
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--backbone", "all-minilm-l6-v2", "--weights", str(bert)]
+    args += ["--out", str(run), "--frozen-epochs", "2", "--epochs", "1", "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["stages"][1]["epochs_run"] == 1
+    # as if stopped after the frozen stage: --resume trains stage 2 again, from the saved state
+    state = json.loads((run / "last_state.json").read_text())
+    state["history"] = [r for r in state["history"] if r["stage"] == 1]
+    state.update(stage=1, stage_epoch=0, stages=state["stages"][:1])
+    (run / "last_state.json").write_text(json.dumps(state))
+    resumed = CliRunner().invoke(
+        main, ["train", "--data", str(data), "--out", str(run), "--resume", "--json"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert [s["index"] for s in summary["stages"]] == [1, 2] and summary["epochs"] == 3
+    assert [r["stage"] for r in json.loads((run / "metrics.json").read_text())] == [1, 1, 2]
+    other = write_text_folder(tmp_path / "other", per_class=6, seed=5)
+    changed = CliRunner().invoke(
+        main, ["train", "--data", str(other), "--out", str(run), "--resume", "--json"]
+    )
+    assert changed.exit_code == 1 and "differs" in json.loads(changed.stdout)["error"]["message"]

@@ -14,7 +14,7 @@ from edgetl.cli.common import handle_errors, json_option
     "--data",
     type=click.Path(path_type=Path),
     required=True,
-    help="ImageFolder: DATA/train/<class>/*, optional DATA/val/<class>/*.",
+    help="ImageFolder: DATA/train/<class>/*, optional DATA/val/<class>/*; for text also DATA/<class>/*.txt or a .csv/.tsv/.jsonl with text,label.",
 )
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Run folder for checkpoints and metrics."
@@ -22,13 +22,15 @@ from edgetl.cli.common import handle_errors, json_option
 @click.option(
     "--backbone",
     default=None,
-    help="Registered backbone or timm model name [default: the recipe's, efficientnet_lite0].",
+    help="Registered backbone (image or text, see `edgetl backbones`) or timm model name [default: the recipe's, efficientnet_lite0].",
 )
 @click.option(
     "--recipe", default=None, help="Recipe TOML file or a name in models/ [default: models/<backbone>.toml]."
 )
 @click.option(
-    "--weights", default=None, help="Pretrained weights: default, none, or a local state_dict file."
+    "--weights",
+    default=None,
+    help="Pretrained weights: default, none, or a local state_dict file (text: a Hugging Face BERT-family folder).",
 )
 @click.option(
     "--frozen-epochs",
@@ -114,6 +116,7 @@ def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) 
     edgetl train --data DATA --out runs/a --backbone mobilenet_v3_large --weights mnv3l.pth
     edgetl train --data DATA --out runs/a --frozen-epochs 20 --epochs 3 --unfreeze 3 --no-hflip
     edgetl train --data DATA --out runs/a --resume
+    edgetl train --data TEXTS --out runs/t --backbone all-minilm-l6-v2   # .txt per class, or .csv/.tsv/.jsonl
     edgetl train --data DATA --out runs/a --overwrite --seed 1
     edgetl train --data DATA --out runs/a --devices 2            # torchrun, 2 processes
     torchrun --nproc-per-node 2 -m edgetl train --data DATA --out runs/a

@@ -247,6 +247,8 @@ class TextSession:
         # the next stage starts from this stage's best weights, as for images
         best, _ = load_checkpoint(self.run / BEST)
         model.load_state_dict(best.state_dict())
+        save_checkpoint(model, self.info(len(self.history), {}), self.run / LAST)
+        self.save_state(s + 1, 0)  # this stage is done: --resume starts the next one
 
     def save_state(self, stage: int, epoch: int) -> None:
         state = {"stage": stage, "stage_epoch": epoch, "seed": self.seed, "history": self.history, "best": list(self.best),
@@ -320,8 +322,6 @@ def train_text(
     if state is not None:
         session.restore(state)
         first_stage, first_epoch = state["stage"], state["stage_epoch"]
-        if first_epoch >= recipe.stages[first_stage].epochs:
-            first_stage, first_epoch = first_stage + 1, 0
     for s in range(first_stage, len(recipe.stages)):
         session.run_stage(s, first_epoch if s == first_stage else 0)
     if not session.history:
