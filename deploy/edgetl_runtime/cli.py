@@ -164,7 +164,7 @@ def _model_file_info(args: argparse.Namespace) -> int:
     if args.json:
         meta = {k.removeprefix("edgetl."): v for k, v in info.to_metadata().items()}
         meta.update(
-            labels=list(info.labels), preprocess=info.preprocess.to_dict(), quantization=info.quantization
+            labels=list(info.labels), preprocess=info.preprocess.summary(), quantization=info.quantization
         )
         print_json({"model": str(args.bundle), "verified": False, "info": meta, "backends": backends})
         return 0

@@ -238,13 +238,5 @@ class Predictor:
             "threads": getattr(self.session, "threads", None),
             "labels": list(self.labels),
             "modality": self.modality.value,
-            "preprocess": self._preprocess_summary(),
+            "preprocess": self.preprocess.summary(),
         }
-
-    def _preprocess_summary(self) -> dict:
-        summary = self.preprocess.to_dict()
-        if "tokenizer" in summary:  # the whole vocabulary is no summary: say which one it is
-            import hashlib
-
-            summary["tokenizer"] = "sha256:" + hashlib.sha256(summary["tokenizer"].encode()).hexdigest()[:16]
-        return summary

@@ -124,6 +124,9 @@ class PreprocessSpec:
             f"std {list(self.std)}, {self.layout}"
         )
 
+    def summary(self) -> dict:
+        return self.to_dict()
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["interpolation"] = self.interpolation.value

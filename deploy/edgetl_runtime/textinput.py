@@ -72,6 +72,15 @@ class TextSpec:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def summary(self) -> dict:
+        """to_dict with the tokenizer named by its digest: the whole vocabulary is no summary."""
+        import hashlib
+
+        return {
+            **self.to_dict(),
+            "tokenizer": "sha256:" + hashlib.sha256(self.tokenizer.encode()).hexdigest()[:16],
+        }
+
     def describe(self) -> str:
         return f"tokenizer.json, max_length {self.max_length}, {self.pooling.value} pooling, inputs {', '.join(self.inputs)}"
 
