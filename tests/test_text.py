@@ -298,6 +298,7 @@ def test_report_shows_misclassified_texts_as_snippets(text_run, tmp_path):
     page = edgetl.report(text_run, tmp_path / "report.html").path.read_text()
     assert "Misclassified validation texts" in page
     assert 'class="snippet"' in page or "No mistakes." in page
+    assert "up to 128 tokens (mean pooling)" in page
 
 
 def test_benchmark_at_sequence_lengths_with_tokenization_apart(text_run):

@@ -14,6 +14,8 @@ from pathlib import Path
 from edgetl.reporting import plots
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
 from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.inputs import INPUT_KINDS, parse_modality
+from edgetl_runtime.modality import Modality
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -64,12 +66,22 @@ def mib(size: int) -> str:
 # ----------------------------------------------------------------------------------------- sections
 
 
+# the run summary's "input" line, per modality (from the checkpoint header's spec)
+INPUT_LINES = {
+    Modality.IMAGE: lambda spec: f"{spec.get('crop', '–')} px ({escape(str(spec.get('interpolation', '')))})",
+    Modality.TEXT: lambda spec: (
+        f"up to {spec.get('max_length', '–')} tokens ({escape(str(spec.get('pooling', '')))} pooling)"
+    ),
+}
+
+
 def section_summary(f: RunFiles) -> Section:
     s, header, splits = f.summary, f.checkpoint_header or {}, f.splits
     if s is None and not header:
         return missing("summary", "Run", f"edgetl train --data DATA --out {f.run}", "training summary")
     s, history = s or {}, f.metrics or []
     spec = header.get("preprocess", {})
+    modality = parse_modality(header.get("modality"), "checkpoint")
     labels = s.get("labels") or header.get("labels") or []
     num_train = s.get("num_train", len(splits["train"]) if splits else "–")
     num_val = s.get("num_val", len(splits["val"]) if splits else "–")
@@ -84,9 +96,9 @@ def section_summary(f: RunFiles) -> Section:
         trained = f"{sum(r.get('seconds', 0) for r in history):.0f} s in {len(history)} epochs (not finished)"
     items = [
         ("backbone", escape(str(s.get("backbone") or header.get("backbone", "–")))),
-        ("input", f"{spec.get('crop', '–')} px ({escape(str(spec.get('interpolation', '')))})"),
+        ("input", INPUT_LINES[modality](spec)),
         ("classes", str(len(labels))),
-        ("images", f"{num_train} train / {num_val} val"),
+        (f"{INPUT_KINDS[modality].noun}s", f"{num_train} train / {num_val} val"),
         ("unreadable skipped", str(s.get("skipped", splits.get("skipped", 0) if splits else "–"))),
         ("best val accuracy", best),
         ("training", trained),
