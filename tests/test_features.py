@@ -11,6 +11,7 @@ from torch import nn
 
 import edgetl.trainer.frozen as features
 import edgetl.trainer.session as session_module
+from edgetl.runfolder.folder import RunFolder
 from edgetl.trainer.recipe import Recipe, StagePlan
 from edgetl.trainer.train import train
 
@@ -105,7 +106,7 @@ def uninterrupted(digits_dir, tmp_path_factory):
 def test_summary_records_the_chosen_path(uninterrupted):
     result, run = uninterrupted
     assert result.frozen_compute["path"] == "channels_last"
-    assert (run / features.CHOICE_FILE).is_file()
+    assert RunFolder(run).frozen_choice.is_file()
     assert not list(run.glob(features.CACHE_PREFIX + "*"))
 
 

@@ -265,8 +265,9 @@ def test_no_gate_image_is_a_calibration_image(run, digits_dir, tmp_path):
 def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
     import torch
 
-    from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+    from edgetl.backbones.checkpoint import load_checkpoint
     from edgetl.quantizer import qat
+    from edgetl.runfolder.folder import find_checkpoint
 
     model, _ = load_checkpoint(find_checkpoint(run))
     model.eval()

@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgetl.backbones.checkpoint import BEST, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint, save_checkpoint
 from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
 from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
 from edgetl.exporter.export import export_onnx
-from edgetl.runfolder.folder import LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
+from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
 from edgetl.runfolder.splits import Splits
 
 TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]

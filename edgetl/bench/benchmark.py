@@ -38,7 +38,6 @@ from edgetl_runtime.timing import (
     stats_from_samples,
 )
 
-RUN_MODELS = ("model.onnx", "model.int8.onnx")
 POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
 SYNTHETIC_SEED = 0
 
@@ -132,21 +131,15 @@ def _input_pools(
 
 
 def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
-    models = [run / name for name in RUN_MODELS if (run / name).is_file()]
-    checkpoint = None
-    for name in ("best.safetensors", "last.safetensors"):
-        if (run / name).is_file():
-            checkpoint = run / name
-            break
+    folder = RunFolder(run)
+    models, checkpoint = folder.onnx_models(), folder.checkpoint()
     if not models and checkpoint is None:
         raise EdgetlError(
             f"{run}: no model.onnx, model.int8.onnx or checkpoint; run `edgetl export {run}` first"
         )
     images: list[Path] = []
-    if (run / "splits.json").is_file():
-        from edgetl.runfolder.splits import Splits
-
-        images = [Path(p) for p, _ in Splits.load(run).val]
+    if folder.splits.is_file():
+        images = [Path(p) for p, _ in folder.load_splits().val]
     return models, checkpoint, images
 
 

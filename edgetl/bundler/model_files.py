@@ -8,29 +8,24 @@ from pathlib import Path
 
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision
+from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.manifest import TensorSpec
-from edgetl_runtime.modelfile import BY_NAME, ModelFormat, model_format
+from edgetl_runtime.modelfile import BY_NAME, model_format
 from edgetl_runtime.modelinfo import Precision
 
-# Run-folder file stem (the format adds its suffix) and the backends meant to run it, in order of
-# preference, kept to those that read the format: "auto" on a device takes the first model whose list
-# holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
-MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
+# The backends meant to run each precision's model, in order of preference, kept to those that read
+# the format: "auto" on a device takes the first model whose list holds its backend, so INT8 serves
+# CPUs and FP32 serves GPUs.
+MODEL_BACKENDS: dict[Precision, tuple[str, ...]] = {
     # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
-    Precision.INT8: (
-        "model.int8",
-        ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
-    ),
+    Precision.INT8: ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
     Precision.FP32: (
-        "model",
-        (
-            "onnxruntime-cpu",
-            "onnxruntime-cuda",
-            "onnxruntime-openvino",
-            "openvino-cpu",
-            "openvino-gpu",
-            "onnxruntime-tensorrt",
-        ),
+        "onnxruntime-cpu",
+        "onnxruntime-cuda",
+        "onnxruntime-openvino",
+        "openvino-cpu",
+        "openvino-gpu",
+        "onnxruntime-tensorrt",
     ),
 }
 # The command that writes each run-folder model, by format
@@ -48,27 +43,23 @@ WANTED = {
 }
 
 
-def model_path(run: Path, precision: Precision, fmt: ModelFormat) -> Path:
-    return run / (MODEL_FILES[precision][0] + fmt.suffix)
-
-
 def choose_models(
     run: Path, precision: PackagePrecision | None, form: ExportFormat
 ) -> list[tuple[Precision, Path, tuple[str, ...]]]:
     """(precision, run-folder file, backends meant to run it) of each model to ship, preferred first."""
-    fmt = BY_NAME[form.value]
+    fmt, folder = BY_NAME[form.value], RunFolder(run)
     if precision is None:
-        has_int8 = model_path(run, Precision.INT8, fmt).is_file()
+        has_int8 = folder.model_file(Precision.INT8, fmt.suffix).is_file()
         precision = PackagePrecision.BOTH if has_int8 else PackagePrecision.FP32
     chosen = []
     for p in WANTED[precision]:
-        path = model_path(run, p, fmt)
+        path = folder.model_file(p, fmt.suffix)
         if not path.is_file():
             command = REBUILD[form][p].format(run=run)
             raise EdgetlError(
                 f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
             )
-        chosen.append((p, path, tuple(b for b in MODEL_FILES[p][1] if b in fmt.backends)))
+        chosen.append((p, path, tuple(b for b in MODEL_BACKENDS[p] if b in fmt.backends)))
     return chosen
 
 

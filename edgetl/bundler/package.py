@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from edgetl.bundler.model_files import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
+from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
 from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint, read_record
@@ -234,11 +234,11 @@ def _stage(
     run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
 ) -> tuple[Manifest, int]:
     """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
-    from edgetl.backbones.checkpoint import find_checkpoint, read_checkpoint_info
+    from edgetl.backbones.checkpoint import read_checkpoint_info
 
     fmt = BY_NAME[form.value]
     chosen = choose_models(run, precision, form)
-    checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
+    checkpoint = RunFolder(run).checkpoint()
     ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
     infos = {path: read_model_info(path) for _, path, _ in chosen}
     info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
@@ -425,7 +425,7 @@ def build_bundle_from_models(
         if model_format(path) is not model_format(paths[0]):
             raise EdgetlError(f"{path}: not a {paths[0].suffix} file like {paths[0].name}; give one format")
         precision = Precision(read_model_info(path).precision)
-        if precision not in MODEL_FILES:
+        if precision not in MODEL_BACKENDS:
             raise EdgetlError(
                 f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"
             )
@@ -439,7 +439,7 @@ def build_bundle_from_models(
         run.mkdir()
         fmt = model_format(paths[0])
         for precision, path in chosen.items():
-            target = model_path(run, precision, fmt)
+            target = RunFolder(run).model_file(precision, fmt.suffix)
             copy_model(path, target)
             for part, copied in zip(fmt.files(path), fmt.files(target), strict=True):
                 stat = part.stat()

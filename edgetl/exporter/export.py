@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edgetl import __version__
-from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint
 from edgetl.backbones.registry import EdgeModel, create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
@@ -35,14 +35,21 @@ from edgetl.options import (
     MAX_CHECK_IMAGES,
     ExportFormat,
 )
-from edgetl.runfolder.folder import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import (
+    TMP_PREFIX,
+    ExportRecord,
+    Kind,
+    RunFolder,
+    Stage,
+    check_output,
+    find_checkpoint,
+)
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
-DEFAULT_ONNX = "model.onnx"
 SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
 
@@ -221,7 +228,7 @@ def load_source(
 
 def _default_out(loaded: LoadedSource) -> Path:
     if loaded.run is not None:
-        return loaded.run / DEFAULT_ONNX
+        return RunFolder(loaded.run).model
     if loaded.checkpoint is not None:
         return loaded.checkpoint.with_suffix(".onnx")
     return Path(f"{loaded.info.backbone}.onnx")
@@ -230,7 +237,7 @@ def _default_out(loaded: LoadedSource) -> Path:
 def _check_writable(out: Path) -> None:
     """Fail before the slow export, not after it."""
     if out.is_dir():
-        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {out / DEFAULT_ONNX}")
+        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {RunFolder(out).model}")
     if out.suffix != ".onnx":
         raise EdgetlError(f"--out {out}: the file name must end in .onnx")
     check_writable(out, "--out")

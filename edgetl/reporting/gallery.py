@@ -73,13 +73,14 @@ def find_misses(run: Path, labels: list[str], val: list[tuple[str, int]], *, see
     if sampled:
         val = random.Random(seed).sample(val, MAX_EVAL_IMAGES)
     paths = [p for p, _ in val]
-    if (run / "model.onnx").is_file():
-        probs, kept = _probabilities_onnx(run / "model.onnx", paths)
+    from edgetl.runfolder.folder import RunFolder
+
+    folder = RunFolder(run)
+    if folder.model.is_file():
+        probs, kept = _probabilities_onnx(folder.model, paths)
         source = "model.onnx on onnxruntime-cpu (edgetl-runtime preprocessing)"
     else:
-        from edgetl.backbones.checkpoint import find_checkpoint
-
-        checkpoint = find_checkpoint(run)
+        checkpoint = folder.require_checkpoint()
         probs, kept = _probabilities_checkpoint(checkpoint, paths)
         source = f"{checkpoint.name} in PyTorch (edgetl-runtime preprocessing)"
     misses = []

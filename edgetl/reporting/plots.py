@@ -15,8 +15,6 @@ from pathlib import Path
 from edgetl.console import warn
 from edgetl_runtime.fileio import atomic_output
 
-CURVES_PNG = "curves.png"
-CONFUSION_PNG = "confusion.png"
 # Beyond this many classes a matrix's cells and names get too small to read: show the worst pairs.
 MAX_MATRIX_CLASSES = 40
 TOP_PAIRS = 25
@@ -280,15 +278,18 @@ def write_training_plots(run: str | Path) -> list[Path]:
     Called when training ends: by then the run is complete on disk, and a plotting problem (a broken
     matplotlib, a full disk) must not turn a good run into a failed command.
     """
+    from edgetl.runfolder.folder import RunFolder
+
     run = Path(run)
+    folder = RunFolder(run)
     written = []
     try:
-        history = read_json(run / "metrics.json")
-        summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
-        written.append(save_png(curves_figure(history, summary.get("best_epoch")), run / CURVES_PNG))
-        confusion = read_json(run / "confusion.json")
+        history = read_json(folder.metrics)
+        summary = read_json(folder.summary) if folder.summary.is_file() else {}
+        written.append(save_png(curves_figure(history, summary.get("best_epoch")), folder.curves_png))
+        confusion = read_json(folder.confusion)
         written.append(
-            save_png(confusion_figure(confusion["labels"], confusion["matrix"]), run / CONFUSION_PNG)
+            save_png(confusion_figure(confusion["labels"], confusion["matrix"]), folder.confusion_png)
         )
     except Exception as e:  # plots are a bonus, the finished run is the result
         warn(

@@ -5,14 +5,13 @@ section (`Section`).
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.folder import RunFolder
 
-REPORT_HTML = "report.html"
 GALLERY_LIMIT = 20
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "timm", "onnx", "onnxruntime", "openvino", "matplotlib")
 
@@ -31,9 +30,9 @@ class RunFiles:
 
     def __init__(self, run: Path, bundle: Path | None = None, gallery_limit: int = GALLERY_LIMIT) -> None:
         self.run, self.bundle_path, self.gallery_limit = run, bundle, gallery_limit
+        self.folder = RunFolder(run)
 
-    def json(self, name: str):
-        path = self.run / name
+    def json(self, path: Path):
         if not path.is_file():
             return None
         try:
@@ -43,39 +42,42 @@ class RunFiles:
 
     @cached_property
     def summary(self) -> dict | None:
-        return self.json("summary.json")
+        return self.json(self.folder.summary)
 
     @cached_property
     def metrics(self) -> list | None:
-        return self.json("metrics.json")
+        return self.json(self.folder.metrics)
 
     @cached_property
     def confusion(self) -> dict | None:
-        return self.json("confusion.json")
+        return self.json(self.folder.confusion)
 
     @cached_property
     def splits(self) -> dict | None:
-        return self.json("splits.json")
+        return self.json(self.folder.splits)
 
     @cached_property
     def quantize(self) -> dict | None:
-        return self.json("quantize.json")
+        return self.json(self.folder.quantize_record)
 
     @cached_property
     def benchmark(self) -> dict | None:
-        return self.json("benchmark.json")
+        return self.json(self.folder.benchmark_record)
 
     @cached_property
     def checkpoint_header(self) -> dict | None:
-        """The edgetl header of the best checkpoint, read without torch (safetensors' JSON header)."""
-        for name in ("best.safetensors", "last.safetensors"):
-            path = self.run / name
-            if path.is_file():
-                with path.open("rb") as f:
-                    (size,) = struct.unpack("<Q", f.read(8))
-                    header = json.loads(f.read(size))
-                return json.loads(header.get("__metadata__", {}).get("edgetl", "{}"))
-        return None
+        """The edgetl header of the run's checkpoint (best, else last), read without loading weights."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self.folder.checkpoint()
+        if path is None:
+            return None
+        try:
+            with safe_open(str(path), "numpy") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
+        return json.loads(meta.get("edgetl", "{}"))
 
     @cached_property
     def bundle(self):

@@ -186,9 +186,9 @@ def _lineage(f: RunFiles) -> str:
         )
         if recorded.get("model_sha256"):
             rows.append(["FP32 model calibrated", recorded["model_sha256"], "calibration manifest"])
-    for name in ("best.safetensors", "model.onnx", "model.int8.onnx"):
-        if (f.run / name).is_file():
-            rows.append([name, sha256_file(f.run / name), "sha256 of the file now"])
+    for path in (f.folder.best, f.folder.model, f.folder.int8):
+        if path.is_file():
+            rows.append([path.name, sha256_file(path), "sha256 of the file now"])
     if rows:
         out += table(["what", "sha256", "recorded in"], [[escape(a), f"<code>{escape(b)}</code>", escape(c)] for a, b, c in rows], numeric_from=9, cls="hashes")  # fmt: skip
     return out
@@ -316,7 +316,7 @@ def section_gallery(f: RunFiles) -> Section:
     from edgetl.reporting.gallery import find_misses, thumbnail_data_uri
 
     splits = f.splits
-    if splits is None or (not (f.run / "model.onnx").is_file() and f.checkpoint_header is None):
+    if splits is None or (not f.folder.model.is_file() and f.checkpoint_header is None):
         return missing(
             "gallery",
             "Misclassified validation images",

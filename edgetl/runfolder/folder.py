@@ -28,9 +28,30 @@ from pathlib import Path
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 LOCK = ".edgetl.lock"
+# The run folder's file names: spelled here only; everything else asks RunFolder.
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+# Head-only companions, written by cached-feature epochs where nothing but the head changes.
+BEST_HEAD = "best.head.safetensors"
+LAST_HEAD = "last.head.safetensors"
+LAST_STATE = "last_state.pt"
+FROZEN_CHOICE = "frozen_path.json"
+METRICS = "metrics.json"
+CONFUSION = "confusion.json"
+SUMMARY = "summary.json"
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion.png"
+FP32_STEM = "model"  # model.onnx, model.xml (+ .bin); the format adds its suffix
+INT8_STEM = "model.int8"
+EXPORT_JSON = "export.json"
+QUANTIZE_JSON = "quantize.json"
+CALIBRATION_JSON = "calibration.json"
+BENCHMARK_JSON = "benchmark.json"
+BENCHMARK_PNG = "benchmark.png"
+REPORT_HTML = "report.html"
 # Temporary names edgetl itself picks (work folders, bundle staging) start with this.
 TMP_PREFIX = ".edgetl-tmp-"
 # atomic_output's temporaries: ".<name>.<8 random chars>.tmp<suffix>" (tempfile.mkstemp).
@@ -72,34 +93,34 @@ class Kind(str, Enum):
 # Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
 # order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
 ARTIFACTS: dict[str, Kind] = {
-    "report.html": Kind.REPORT,
-    "benchmark.json": Kind.BENCHMARK_RECORD,
-    "benchmark.png": Kind.BENCHMARK_RECORD,
-    "quantize.json": Kind.QUANTIZE_RECORD,
-    "calibration.json": Kind.CALIBRATION,
-    "model.int8.onnx": Kind.INT8_MODEL,
-    "model.int8.xml": Kind.INT8_MODEL,
-    "model.int8.bin": Kind.INT8_MODEL,
-    "export.json": Kind.EXPORT_RECORD,
-    "model.onnx": Kind.FP32_MODEL,
-    "model.onnx.data": Kind.FP32_MODEL,
-    "model.xml": Kind.FP32_MODEL,
-    "model.bin": Kind.FP32_MODEL,
-    "summary.json": Kind.TRAIN_RECORD,
-    "confusion.json": Kind.TRAIN_RECORD,
-    "confusion.png": Kind.TRAIN_RECORD,
-    "curves.png": Kind.TRAIN_RECORD,
-    "metrics.json": Kind.TRAIN_RECORD,
-    "last_state.pt": Kind.TRAIN_STATE,
-    "frozen_path.json": Kind.TRAIN_STATE,
-    "last.head.safetensors": Kind.CHECKPOINT,
-    "best.head.safetensors": Kind.CHECKPOINT,
-    "last.safetensors": Kind.CHECKPOINT,
-    "best.safetensors": Kind.CHECKPOINT,
+    REPORT_HTML: Kind.REPORT,
+    BENCHMARK_JSON: Kind.BENCHMARK_RECORD,
+    BENCHMARK_PNG: Kind.BENCHMARK_RECORD,
+    QUANTIZE_JSON: Kind.QUANTIZE_RECORD,
+    CALIBRATION_JSON: Kind.CALIBRATION,
+    f"{INT8_STEM}.onnx": Kind.INT8_MODEL,
+    f"{INT8_STEM}.xml": Kind.INT8_MODEL,
+    f"{INT8_STEM}.bin": Kind.INT8_MODEL,
+    EXPORT_JSON: Kind.EXPORT_RECORD,
+    f"{FP32_STEM}.onnx": Kind.FP32_MODEL,
+    f"{FP32_STEM}.onnx.data": Kind.FP32_MODEL,
+    f"{FP32_STEM}.xml": Kind.FP32_MODEL,
+    f"{FP32_STEM}.bin": Kind.FP32_MODEL,
+    SUMMARY: Kind.TRAIN_RECORD,
+    CONFUSION: Kind.TRAIN_RECORD,
+    CONFUSION_PNG: Kind.TRAIN_RECORD,
+    CURVES_PNG: Kind.TRAIN_RECORD,
+    METRICS: Kind.TRAIN_RECORD,
+    LAST_STATE: Kind.TRAIN_STATE,
+    FROZEN_CHOICE: Kind.TRAIN_STATE,
+    LAST_HEAD: Kind.CHECKPOINT,
+    BEST_HEAD: Kind.CHECKPOINT,
+    LAST: Kind.CHECKPOINT,
+    BEST: Kind.CHECKPOINT,
     SPLITS: Kind.SPLITS,
 }
 # What marks a folder as holding a run (train refuses to start over it silently).
-RUN_MARKERS = (SPLITS, "best.safetensors", "last.safetensors", "last_state.pt")
+RUN_MARKERS = (SPLITS, BEST, LAST, LAST_STATE)
 
 
 # --- records ----------------------------------------------------------------------------------------
@@ -209,26 +230,53 @@ class RunFolder:
 
     # paths
     splits = property(lambda self: self.root / SPLITS)
-    best = property(lambda self: self.root / "best.safetensors")
-    last = property(lambda self: self.root / "last.safetensors")
-    last_state = property(lambda self: self.root / "last_state.pt")
-    metrics = property(lambda self: self.root / "metrics.json")
-    confusion = property(lambda self: self.root / "confusion.json")
-    summary = property(lambda self: self.root / "summary.json")
-    model = property(lambda self: self.root / "model.onnx")
-    model_xml = property(lambda self: self.root / "model.xml")
-    int8 = property(lambda self: self.root / "model.int8.onnx")
-    int8_xml = property(lambda self: self.root / "model.int8.xml")
-    export_record = property(lambda self: self.root / "export.json")
-    quantize_record = property(lambda self: self.root / "quantize.json")
-    calibration = property(lambda self: self.root / "calibration.json")
-    benchmark_record = property(lambda self: self.root / "benchmark.json")
+    best = property(lambda self: self.root / BEST)
+    last = property(lambda self: self.root / LAST)
+    best_head = property(lambda self: self.root / BEST_HEAD)
+    last_head = property(lambda self: self.root / LAST_HEAD)
+    last_state = property(lambda self: self.root / LAST_STATE)
+    frozen_choice = property(lambda self: self.root / FROZEN_CHOICE)
+    metrics = property(lambda self: self.root / METRICS)
+    confusion = property(lambda self: self.root / CONFUSION)
+    summary = property(lambda self: self.root / SUMMARY)
+    curves_png = property(lambda self: self.root / CURVES_PNG)
+    confusion_png = property(lambda self: self.root / CONFUSION_PNG)
+    model = property(lambda self: self.root / f"{FP32_STEM}.onnx")
+    model_xml = property(lambda self: self.root / f"{FP32_STEM}.xml")
+    int8 = property(lambda self: self.root / f"{INT8_STEM}.onnx")
+    int8_xml = property(lambda self: self.root / f"{INT8_STEM}.xml")
+    export_record = property(lambda self: self.root / EXPORT_JSON)
+    quantize_record = property(lambda self: self.root / QUANTIZE_JSON)
+    calibration = property(lambda self: self.root / CALIBRATION_JSON)
+    benchmark_record = property(lambda self: self.root / BENCHMARK_JSON)
+    report_html = property(lambda self: self.root / REPORT_HTML)
+
+    def model_file(self, precision: Precision | str, suffix: str = ".onnx") -> Path:
+        """The run's FP32 or INT8 model in the format of `suffix` (".onnx", ".xml")."""
+        stem = INT8_STEM if Precision(precision) is Precision.INT8 else FP32_STEM
+        return self.root / f"{stem}{suffix}"
+
+    def onnx_models(self) -> list[Path]:
+        """The run's ONNX models that exist, FP32 first."""
+        return [p for p in (self.model, self.int8) if p.is_file()]
 
     def holds_run(self) -> bool:
         return any((self.root / name).exists() for name in RUN_MARKERS)
 
     def checkpoint(self) -> Path | None:
+        """The run's checkpoint: the best one, else the last (an interrupted run)."""
         return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def require_checkpoint(self) -> Path:
+        """checkpoint(), or a one-line error saying how to get one."""
+        if not self.root.is_dir():
+            raise EdgetlError(
+                f"{self.root}: no such run folder; train one with `edgetl train --data DIR --out {self.root}`"
+            )
+        checkpoint = self.checkpoint()
+        if checkpoint is None:
+            raise EdgetlError(f"{self.root}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?")
+        return checkpoint
 
     # records
     def load_splits(self) -> Splits:
@@ -456,3 +504,9 @@ def check_output(
         raise EdgetlError(
             f"{option} {out}: holds a {existing.value}, not a {kind.value}; choose another path"
         )
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A run folder's checkpoint (best, else last), or the file itself when given one."""
+    run = Path(run)
+    return run if run.is_file() else RunFolder(run).require_checkpoint()

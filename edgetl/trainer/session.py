@@ -12,10 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from edgetl.backbones.checkpoint import (
-    BEST,
-    BEST_HEAD,
-    LAST,
-    LAST_HEAD,
     CheckpointInfo,
     load_checkpoint,
     read_checkpoint_info,
@@ -27,15 +23,11 @@ from edgetl.backbones.checkpoint import (
 from edgetl.console import log
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
+from edgetl.runfolder.folder import RunFolder
 from edgetl.trainer.phases import STAGE_RUNNERS, StageContext
 from edgetl.trainer.recipe import Recipe, recipe_from_dict
 from edgetl.trainer.schedule import make_optimizer
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
-
-LAST_STATE = "last_state.pt"
-METRICS = "metrics.json"
-CONFUSION = "confusion.json"
-SUMMARY = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -85,7 +77,7 @@ def _score(accuracy: float, loss: float) -> tuple[float, float]:
 
 def save_last_state(run: Path, state: dict) -> None:
     """Optimizer, scheduler, RNG and bookkeeping of the last epoch, beside last.safetensors (--resume)."""
-    with atomic_output(run / LAST_STATE) as tmp:
+    with atomic_output(RunFolder(run).last_state) as tmp:
         torch.save(state, tmp)
 
 
@@ -112,11 +104,14 @@ def _confusion(labels: tuple[str, ...], targets: torch.Tensor, preds: list[int])
 
 
 def load_resume_state(run: Path) -> tuple[Recipe, dict]:
-    if not (run / LAST).is_file() or not (run / LAST_STATE).is_file():
-        raise EdgetlError(f"--resume: {run} has no {LAST} and {LAST_STATE}; start without --resume")
-    info = read_checkpoint_info(run / LAST)
-    state = torch.load(run / LAST_STATE, map_location="cpu", weights_only=True)
-    return recipe_from_dict(info.recipe, source=str(run / LAST)), state
+    folder = RunFolder(run)
+    if not folder.last.is_file() or not folder.last_state.is_file():
+        raise EdgetlError(
+            f"--resume: {run} has no {folder.last.name} and {folder.last_state.name}; start without --resume"
+        )
+    info = read_checkpoint_info(folder.last)
+    state = torch.load(folder.last_state, map_location="cpu", weights_only=True)
+    return recipe_from_dict(info.recipe, source=str(folder.last)), state
 
 
 @dataclass
@@ -141,6 +136,7 @@ class Session:
         self, ctx: StageContext, run: Path, val_x: torch.Tensor, book: Book, elapsed: float, fingerprint: str
     ) -> None:
         self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
+        self.folder = RunFolder(run)
         self.fingerprint = fingerprint
         self.val_y = ctx.data.val_targets
         self.best_weights: dict | None = None
@@ -163,7 +159,7 @@ class Session:
         stage_start = time.perf_counter()
         if resume is None and book.best is not None:
             # Each stage starts from the best weights so far, not from an over-trained last epoch.
-            best = self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict()
+            best = self.best_weights or load_checkpoint(self.folder.best)[0].state_dict()
             ctx.model.load_state_dict(best)
         runner = STAGE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
         optimizer, scheduler = make_optimizer(ctx.model, plan, ctx.recipe, runner.steps_per_epoch)
@@ -181,7 +177,7 @@ class Session:
         # writes the head alone; the stage's end joins them into full best/last checkpoints again.
         save = save_head if plan.frozen else save_checkpoint
         if plan.frozen and resume is None and ctx.world.main:
-            save_checkpoint(ctx.model, self.info({}), self.run / LAST)
+            save_checkpoint(ctx.model, self.info({}), self.folder.last)
         for e in range(start_epoch, plan.epochs):
             if bad >= ctx.recipe.patience:
                 stopped = True
@@ -218,7 +214,7 @@ class Session:
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
                 if ctx.world.main:  # the other processes hold the same weights and write nothing
-                    save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
+                    save(ctx.model, self.info(metrics), self.folder.best_head if plan.frozen else self.folder.best)
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -227,7 +223,7 @@ class Session:
                     + (" *" if improved else "")
                 )
             if ctx.world.main:
-                save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
+                save(ctx.model, self.info(metrics), self.folder.last_head if plan.frozen else self.folder.last)
                 save_last_state(
                     self.run,
                     {
@@ -236,7 +232,7 @@ class Session:
                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
                     },
                 )  # fmt: skip
-                _write_json(self.run / METRICS, book.history)
+                _write_json(self.folder.metrics, book.history)
         if plan.frozen and ctx.world.main:
             self.join_heads()
         rows = [r for r in book.history if r["stage"] == s + 1]
@@ -255,13 +251,12 @@ class Session:
 
     def join_heads(self) -> None:
         """Turn a cached-feature stage's head-only checkpoints into full ones (the backbone is the model's)."""
-        for head, full in ((BEST_HEAD, BEST), (LAST_HEAD, LAST)):
-            if (self.run / head).is_file():
-                state = self.best_weights if head == BEST_HEAD else self.ctx.model.state_dict()
-                save_state(
-                    with_head(state, self.run / head), read_checkpoint_info(self.run / head), self.run / full
-                )
-                (self.run / head).unlink()
+        folder = self.folder
+        for head, full in ((folder.best_head, folder.best), (folder.last_head, folder.last)):
+            if head.is_file():
+                state = self.best_weights if head == folder.best_head else self.ctx.model.state_dict()
+                save_state(with_head(state, head), read_checkpoint_info(head), full)
+                head.unlink()
 
     @property
     def elapsed(self) -> float:
@@ -272,7 +267,7 @@ class Session:
         confusion = _confusion(ctx.data.labels, self.val_y, book.best_preds)
         result = TrainResult(
             run=self.run,
-            checkpoint=self.run / BEST,
+            checkpoint=self.folder.best,
             best_val_accuracy=book.best[0],
             best_epoch=book.best_epoch,
             train_seconds=self.elapsed,
@@ -289,9 +284,9 @@ class Session:
             backend=ctx.world.to_dict()["backend"],
         )
         if ctx.world.main:
-            _write_json(self.run / CONFUSION, confusion)
+            _write_json(self.folder.confusion, confusion)
             summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
-            _write_json(self.run / SUMMARY, summary)
+            _write_json(self.folder.summary, summary)
             write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
         log(
             f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"

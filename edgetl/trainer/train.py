@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, with_head
+from edgetl.backbones.checkpoint import load_checkpoint, with_head
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
@@ -190,8 +190,8 @@ def _train_locked(
     else:
         _check_same_data(run, splits)
         model, _ = load_checkpoint(run.last)
-        if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
-            model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
+        if run.last_head.is_file():  # interrupted in a cached-feature stage
+            model.load_state_dict(with_head(model.state_dict(), run.last_head))
     world.barrier()  # every process has read the old run before rank 0 changes the folder
     if main:
         check_writable(run.root, "--out", folder=True)
@@ -212,9 +212,9 @@ def _train_locked(
     book = Book(**state["book"]) if state else Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
-    if state is not None and (run.root / BEST_HEAD).is_file():
+    if state is not None and run.best_head.is_file():
         # the interrupted stage's best so far: its backbone is the stage's, which the model holds
-        session.best_weights = with_head(model.state_dict(), run.root / BEST_HEAD)
+        session.best_weights = with_head(model.state_dict(), run.best_head)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
         session.run_stage(s, state if state and s == state["stage"] else None)
     return session.finish()
