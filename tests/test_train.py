@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from badfiles import write_corrupt_image
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -15,7 +16,6 @@ import edgetl.trainer.session as session_module
 from edgetl.backbones.checkpoint import load_checkpoint, read_checkpoint_info
 from edgetl.backbones.registry import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
 from edgetl.cli import main
-from edgetl.data.samples import write_corrupt_image
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe, resolve_recipe
 from edgetl.trainer.schedule import WarmupCosine, param_groups

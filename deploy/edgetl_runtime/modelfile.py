@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import BundleError
 from .fileio import atomic_output
-from .modelinfo import PREFIX
+from .modelinfo import PREFIX, ModelInfo
 
 IR_SECTION = "edgetl"  # rt_info holds the keys without the prefix, under this section
 
@@ -154,6 +154,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise BundleError(f"{path}: no such model file")
     return {k: v for k, v in fmt.read(path).items() if k.startswith(PREFIX)}
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The edgetl metadata of a model file (ONNX via onnxruntime alone, or OpenVINO IR)."""
+    return ModelInfo.from_metadata(read_metadata(path), source=str(path))
 
 
 def write_metadata(src: str | Path, dst: str | Path, meta: dict[str, str]) -> None:

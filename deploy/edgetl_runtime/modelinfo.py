@@ -1,7 +1,8 @@
 """What a model file says about itself: labels, preprocessing, names, provenance.
 
 edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys
-(modelfile.py holds the formats); this module parses it, so an exported file is enough to run inference.
+(modelfile.py holds the formats and reads a file's ModelInfo); this module parses it, so an exported
+file is enough to run inference.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from pathlib import Path
 
 from .errors import BundleError
 from .preprocess import PreprocessSpec, SpecError
@@ -107,9 +107,3 @@ def _json_value(text: str, where: str, fix: str):
     except (TypeError, json.JSONDecodeError) as e:
         raise BundleError(f"{where} is not valid JSON ({e}); {fix}") from None
 
-
-def read_model_info(path: str | Path) -> ModelInfo:
-    """The edgetl metadata of a model file (ONNX via onnxruntime alone, or OpenVINO IR)."""
-    from .modelfile import read_metadata
-
-    return ModelInfo.from_metadata(read_metadata(path), source=str(path))

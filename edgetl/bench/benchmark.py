@@ -29,8 +29,8 @@ from edgetl.data.images import preprocess_readable
 from edgetl.errors import EdgetlError
 from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
-from edgetl_runtime.modelfile import FORMATS
-from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+from edgetl_runtime.modelfile import FORMATS, read_model_info
+from edgetl_runtime.modelinfo import MetadataMissing
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
@@ -187,7 +187,6 @@ def benchmark(
             # held while timing too, so the models cannot be replaced under the measurement
             folder = stack.enter_context(RunFolder(run).lock("benchmark"))
             folder.check_for(Stage.BENCHMARK)
-        _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
         names = list(backends) if backends else list(BENCH_BACKENDS)
         described = [_describe_model(p) for p in model_paths]
         checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None

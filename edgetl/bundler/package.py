@@ -25,8 +25,8 @@ from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_finger
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
-from edgetl_runtime.modelfile import BY_NAME, model_format
-from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
+from edgetl_runtime.modelfile import BY_NAME, model_format, read_model_info
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.signing import load_private_key, sign_manifest
 
 # The benchmark row fields worth carrying to the device; the full report stays in the run.

@@ -13,7 +13,8 @@ from edgetl.console import track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import BundleError, DataError
 from edgetl.quantizer.calibration import list_labelled_images
-from edgetl_runtime.modelinfo import ModelInfo, read_model_info
+from edgetl_runtime.modelfile import read_model_info
+from edgetl_runtime.modelinfo import ModelInfo
 
 QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 QUANTIZED_OP_PREFIXES = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm")

@@ -83,7 +83,6 @@ class RunFiles:
     def bundle(self):
         """(path, manifest) of the run's bundle: --bundle, or one inside the run folder."""
         from edgetl_runtime.bundle import open_bundle
-        from edgetl_runtime.errors import EdgetlError as RuntimeError_
 
         candidates = [self.bundle_path] if self.bundle_path else []
         candidates += sorted(self.run.glob("*.tar.gz")) + sorted(
@@ -93,7 +92,7 @@ class RunFiles:
             try:
                 with open_bundle(path) as opened:
                     return path, opened.manifest
-            except (RuntimeError_, OSError) as e:
+            except (EdgetlError, OSError) as e:
                 if path == self.bundle_path:
                     raise EdgetlError(f"--bundle {path}: {e}") from None
         return None

@@ -216,7 +216,7 @@ def dataset_fingerprint(splits: Splits) -> str:
 
 def _model_source(path: Path) -> str:
     """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
 
     return read_model_info(path).source_sha256
 
@@ -281,10 +281,6 @@ class RunFolder:
     # records
     def load_splits(self) -> Splits:
         return Splits.load(self.root)
-
-    def load_export(self) -> ExportRecord | None:
-        d = read_record(self.export_record)
-        return ExportRecord.from_dict(d) if d is not None else None
 
     def save_export(self, record: ExportRecord) -> Path:
         return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
@@ -471,7 +467,7 @@ def _kind_of(path: Path) -> Kind | None:
     from edgetl_runtime.modelfile import is_model_file
 
     if is_model_file(path):
-        from edgetl_runtime.modelinfo import read_model_info
+        from edgetl_runtime.modelfile import read_model_info
 
         try:
             info: ModelInfo = read_model_info(path)
