@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
 from edgetl import __version__
@@ -55,6 +54,6 @@ def build_report(
     title = f"edgetl report: {run.resolve().name}"
     generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     write_text_atomic(
-        out, page(title, f"{escape(str(run))} · generated {generated} by edgetl {__version__}", sections)
+        out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections)
     )
     return Report(out, sections)
