@@ -9,6 +9,7 @@ from pathlib import Path
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision
 from edgetl.runfolder.folder import RunFolder
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.manifest import TensorSpec
 from edgetl_runtime.modelfile import BY_NAME, model_format
 from edgetl_runtime.modelinfo import Precision
@@ -16,16 +17,21 @@ from edgetl_runtime.modelinfo import Precision
 # The backends meant to run each precision's model, in order of preference, kept to those that read
 # the format: "auto" on a device takes the first model whose list holds its backend, so INT8 serves
 # CPUs and FP32 serves GPUs.
-MODEL_BACKENDS: dict[Precision, tuple[str, ...]] = {
+MODEL_BACKENDS: dict[Precision, tuple[BackendName, ...]] = {
     # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
-    Precision.INT8: ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
+    Precision.INT8: (
+        BackendName.ORT_CPU,
+        BackendName.ORT_OPENVINO,
+        BackendName.OPENVINO_CPU,
+        BackendName.ORT_TENSORRT,
+    ),
     Precision.FP32: (
-        "onnxruntime-cpu",
-        "onnxruntime-cuda",
-        "onnxruntime-openvino",
-        "openvino-cpu",
-        "openvino-gpu",
-        "onnxruntime-tensorrt",
+        BackendName.ORT_CPU,
+        BackendName.ORT_CUDA,
+        BackendName.ORT_OPENVINO,
+        BackendName.OPENVINO_CPU,
+        BackendName.OPENVINO_GPU,
+        BackendName.ORT_TENSORRT,
     ),
 }
 # The command that writes each run-folder model, by format

@@ -15,7 +15,6 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
@@ -28,6 +27,7 @@ from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifes
 from edgetl_runtime.modelfile import BY_NAME, model_format, read_model_info
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.signing import load_private_key, sign_manifest
+from edgetl_runtime.timing import installed_versions
 
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
@@ -157,16 +157,6 @@ def _git_commit() -> str | None:
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
-def _versions() -> dict:
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def _creation_epoch(sources: list[Path]) -> int:
     """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
     if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
@@ -282,7 +272,7 @@ def _stage(
         benchmark=_benchmark_summary(run),
         provenance={
             "backbone": info.backbone,
-            "versions": _versions(),
+            "versions": installed_versions(VERSIONED),
             "git_commit": _git_commit(),
             "dataset": _dataset(RunFolder(run)),
             "recipe": ckpt_info.recipe if ckpt_info else None,
@@ -424,7 +414,7 @@ def build_bundle_from_models(
             )
         if model_format(path) is not model_format(paths[0]):
             raise EdgetlError(f"{path}: not a {paths[0].suffix} file like {paths[0].name}; give one format")
-        precision = Precision(read_model_info(path).precision)
+        precision = read_model_info(path).precision
         if precision not in MODEL_BACKENDS:
             raise EdgetlError(
                 f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"

@@ -14,6 +14,7 @@ from edgetl.backbones.registry import EdgeModel
 from edgetl.errors import EdgetlError
 from edgetl.exporter.parity import Parity
 from edgetl.options import DEFAULT_OPSET, ExportFormat
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output
 from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import ModelInfo
@@ -151,7 +152,7 @@ def write_openvino(
     stack.callback(bin_of_tmp.unlink, missing_ok=True)
     # save_model would otherwise halve the weights to FP16 and break FP32 parity.
     ov.save_model(model, str(xml_tmp), compress_to_fp16=False)
-    parity = check(xml_tmp, "openvino-cpu")
+    parity = check(xml_tmp, BackendName.OPENVINO_CPU)
     os.replace(bin_of_tmp, stack.enter_context(atomic_output(xml.with_suffix(".bin"))))
     return parity
 

@@ -45,6 +45,7 @@ from edgetl.runfolder.folder import (
     find_checkpoint,
 )
 from edgetl.runfolder.splits import SPLITS, Splits
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modelfile import FORMATS
 from edgetl_runtime.modelinfo import ModelInfo, Precision
@@ -293,7 +294,7 @@ def export_onnx(
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
     check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
-    info = loaded.info.with_(precision=precision.value)
+    info = loaded.info.with_(precision=precision)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")
     example = torch.from_numpy(np.resize(loaded.check, (2, *loaded.check.shape[1:])))
@@ -316,7 +317,7 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
         FORMATS[".onnx"].embed(proto, info.to_metadata())
         nodes = len(proto.graph.node)
         size = save_onnx(proto, tmp, out.name, stack)
-        checks = [check(tmp, "onnxruntime-cpu")]
+        checks = [check(tmp, BackendName.ORT_CPU)]
         written = {}
         for fmt in extra:
             suffix, writer = EXTRA_FORMATS[fmt]

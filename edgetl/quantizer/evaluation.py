@@ -13,11 +13,9 @@ from edgetl.console import track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import BundleError, DataError
 from edgetl.quantizer.calibration import list_labelled_images
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.modelfile import read_model_info
-from edgetl_runtime.modelinfo import ModelInfo
-
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-QUANTIZED_OP_PREFIXES = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm")
+from edgetl_runtime.modelinfo import ModelInfo, Precision, quantized_ops
 
 
 @dataclass(frozen=True)
@@ -34,9 +32,8 @@ def check_model(model_path: Path) -> ModelInfo:
 
     info = read_model_info(model_path)
     proto = onnx.load(str(model_path), load_external_data=False)
-    ops = {n.op_type for n in proto.graph.node}
-    quantized = sorted(o for o in ops if o in QUANTIZED_OPS or o.startswith(QUANTIZED_OP_PREFIXES))
-    if quantized or info.precision != "fp32":
+    quantized = quantized_ops(n.op_type for n in proto.graph.node)
+    if quantized or info.precision is not Precision.FP32:
         reason = f"has {', '.join(quantized)} nodes" if quantized else f"metadata says {info.precision}"
         raise BundleError(
             f"{model_path}: already quantized ({reason}); pass the FP32 model.onnx from `edgetl export`"
@@ -139,7 +136,7 @@ def load_eval_set(
     return EvalSet(np.stack(arrays), targets, skipped, tuple(pairs[i][0].resolve() for i in indices))
 
 
-def run_model(path: Path, inputs: np.ndarray, backend: str = "onnxruntime-cpu") -> np.ndarray:
+def run_model(path: Path, inputs: np.ndarray, backend: str = BackendName.ORT_CPU) -> np.ndarray:
     from edgetl_runtime.backends import load_session
 
     session = load_session(path, backend)

@@ -123,5 +123,5 @@ def get_calibration(
 
 def write_model(candidate: Path, out: Path, info: ModelInfo, settings: dict, method: str) -> None:
     """Copy the chosen candidate to `out` atomically, carrying the FP32 metadata plus the settings."""
-    meta = info.with_(precision="int8", quantization={**settings, "method": method}).to_metadata()
+    meta = info.with_(precision=Precision.INT8, quantization={**settings, "method": method}).to_metadata()
     write_metadata(candidate, out, meta)

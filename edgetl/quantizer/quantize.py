@@ -24,6 +24,7 @@ from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
@@ -50,10 +51,10 @@ class Quantizer:
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
     QuantBackend.ONNXRUNTIME: Quantizer(
-        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ".onnx", "onnxruntime-cpu", MAX_SIZE_RATIO
+        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ".onnx", BackendName.ORT_CPU, MAX_SIZE_RATIO
     ),
     QuantBackend.NNCF: Quantizer(
-        ("openvino",), tuple(OPENVINO_VARIANTS), ".xml", "openvino-cpu", MAX_SIZE_RATIO_IR
+        ("openvino",), tuple(OPENVINO_VARIANTS), ".xml", BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
 }
 # a recorded method -> the rung that repeats it

@@ -40,8 +40,9 @@ class Misses:
 
 def _probabilities_onnx(model: Path, paths: list[str]) -> tuple[np.ndarray, list[int]]:
     from edgetl_runtime import Predictor
+    from edgetl_runtime.backends import BackendName
 
-    predictor = Predictor.from_model(model, backend="onnxruntime-cpu")
+    predictor = Predictor.from_model(model, backend=BackendName.ORT_CPU)
     results = predictor.predict(paths, top_k=len(predictor.labels))
     kept = [i for i, r in enumerate(results) if r.ok]
     probs = np.zeros((len(kept), len(predictor.labels)), dtype=np.float32)

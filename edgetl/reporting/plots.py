@@ -8,7 +8,6 @@ The figure builders return matplotlib Figures so the HTML report can embed the s
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -268,17 +267,13 @@ def latency_figure(rows: Sequence[dict], batch: int = 1):
     return fig
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def write_training_plots(run: str | Path) -> list[Path]:
     """RUN/curves.png and RUN/confusion.png from the run's JSON; a failure warns and returns what was written.
 
     Called when training ends: by then the run is complete on disk, and a plotting problem (a broken
     matplotlib, a full disk) must not turn a good run into a failed command.
     """
-    from edgetl.runfolder.folder import RunFolder
+    from edgetl.runfolder.folder import RunFolder, read_json
 
     run = Path(run)
     folder = RunFolder(run)

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.folder import RunFolder, read_json
 
 GALLERY_LIMIT = 20
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "timm", "onnx", "onnxruntime", "openvino", "matplotlib")
@@ -33,12 +33,7 @@ class RunFiles:
         self.folder = RunFolder(run)
 
     def json(self, path: Path):
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise EdgetlError(f"{path}: unreadable ({e}); rerun the command that writes it") from None
+        return read_json(path)
 
     @cached_property
     def summary(self) -> dict | None:

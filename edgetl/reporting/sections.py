@@ -5,15 +5,15 @@ returns its HTML, or says which command writes the artifact it needs.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from html import escape
-from importlib import metadata
 from pathlib import Path
 
 from edgetl.reporting import plots
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
+from edgetl.runfolder.folder import read_record
 from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.timing import installed_versions
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -151,12 +151,7 @@ def _lineage(f: RunFiles) -> str:
     bundle = f.bundle
     provenance = bundle[1].provenance if bundle else {}
     versions = provenance.get("versions") or {}
-    now = {}
-    for name in VERSIONED:
-        try:
-            now[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    now = {k: v for k, v in installed_versions(VERSIONED).items() if v}
     recorded = {k: v for k, v in versions.items() if v}
     out = '<p class="note">Making this report: ' + " · ".join(
         f"{escape(k)} {escape(v)}" for k, v in now.items()
@@ -176,7 +171,7 @@ def _lineage(f: RunFiles) -> str:
     quant = f.quantize or {}
     calibration = quant.get("calibration_manifest")
     if calibration and Path(calibration).is_file():
-        recorded = json.loads(Path(calibration).read_text(encoding="utf-8"))
+        recorded = read_record(Path(calibration)) or {}
         rows.append(
             [
                 "calibration set",

@@ -126,13 +126,21 @@ RUN_MARKERS = (SPLITS, BEST, LAST, LAST_STATE)
 # --- records ----------------------------------------------------------------------------------------
 
 
-def read_record(path: Path) -> dict | None:
+def read_json(path: Path):
+    """A run-folder JSON file as parsed, None when absent; unreadable JSON is one EdgetlError."""
     if not path.is_file():
         return None
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
+
+
+def read_record(path: Path) -> dict | None:
+    """A JSON object record (quantize.json, benchmark.json, ...), None when absent."""
+    d = read_json(path)
+    if d is None:
+        return None
     if not isinstance(d, dict):
         raise EdgetlError(f"{path}: not an edgetl record (a JSON object is expected)")
     return d
@@ -473,7 +481,7 @@ def _kind_of(path: Path) -> Kind | None:
             info: ModelInfo = read_model_info(path)
         except EdgetlError:
             return None
-        return Kind.INT8_MODEL if info.precision == "int8" else Kind.FP32_MODEL
+        return Kind.INT8_MODEL if info.precision is Precision.INT8 else Kind.FP32_MODEL
     return None
 
 

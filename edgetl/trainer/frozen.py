@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from edgetl.console import log
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, read_json
 
 CACHE_PREFIX = TMP_PREFIX + "prefix-cache-"  # so the run lock sweeps a killed run's cache
 PROBE_IMAGES = 16
@@ -235,7 +235,7 @@ class FrozenCompute:
         self.choice: PathChoice | None = None
         self.caches: dict[int, PrefixCache] = {}
         if reuse and self.choice_file.is_file():
-            saved = json.loads(self.choice_file.read_text())
+            saved = read_json(self.choice_file)
             saved["path"] = FrozenPath(saved["path"])
             self.choice = PathChoice(**{**saved, "reused": True})
 
