@@ -240,7 +240,9 @@ def benchmark(
                 )
         if run is not None:
             measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
-            folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
+            folder.save_benchmark(
+                BenchmarkRecord.from_dict({**report.to_dict(), "sources": folder.sources(measured)})
+            )
     return report
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint, read_record
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
@@ -96,20 +96,28 @@ def _check_consistent(
 
 def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
     """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
-    summary = read_record(RunFolder(run).quantize_record)
+    record = RunFolder(run).load_quantization()
     settings = dict(info.quantization) if info is not None else {}
     metrics: dict = {}
-    if summary is None or (int8 is not None and Path(summary.get("int8_model") or "").name != int8.name):
+    if record is None or (int8 is not None and Path(record.int8_model).name != int8.name):
         # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
         return settings, metrics
     metrics = {
-        k: summary.get(k)
-        for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "agreement", "eval_images")
+        "fp32_accuracy": record.fp32_accuracy,
+        "int8_accuracy": record.int8_accuracy,
+        "accuracy_drop": record.accuracy_drop,
+        "agreement": record.agreement,
+        "eval_images": record.eval_images,
     }
     if info is None:
         return settings, metrics
-    settings |= {k: summary[k] for k in ("backend", "method", "num_calibration", "max_drop") if k in summary}
-    calibration = summary.get("calibration_manifest")
+    settings |= {
+        "backend": record.backend,
+        "method": record.method,
+        "num_calibration": record.num_calibration,
+        "max_drop": record.max_drop,
+    }
+    calibration = record.calibration_manifest
     if calibration and Path(calibration).is_file():
         settings["calibration_manifest"] = Path(calibration).name
         settings["calibration_manifest_sha256"] = sha256_file(calibration)
@@ -117,15 +125,11 @@ def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple
 
 
 def _benchmark_summary(run: Path) -> dict | None:
-    report = read_record(RunFolder(run).benchmark_record)
-    if report is None:
+    record = RunFolder(run).load_benchmark()
+    if record is None:
         return None
-    rows = [
-        {k: r.get(k) for k in BENCH_FIELDS if k in r}
-        for r in report.get("rows", [])
-        if r.get("status") == "ok"
-    ]
-    return {"rows": rows, "environment": report.get("environment", {})}
+    rows = [{k: getattr(r, k) for k in BENCH_FIELDS} for r in record.rows if r.ok]
+    return {"rows": rows, "environment": record.environment}
 
 
 def _dataset(run: RunFolder) -> dict | None:

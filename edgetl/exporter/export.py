@@ -344,6 +344,8 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
         checks=tuple(checks),
     )
     if loaded.run is not None:
-        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        record = ExportRecord.from_dict(
+            {**result.to_dict(), "source_sha256": info.source_sha256, "sha256": sha256_file(out)}
+        )
         RunFolder(loaded.run).save_export(record)
     return result

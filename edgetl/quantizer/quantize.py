@@ -288,12 +288,8 @@ def quantize(
         )
         if folder is not None:
             folder.save_quantization(
-                QuantizationRecord(
-                    int8_model=str(inputs.out),
-                    fp32_model=str(inputs.model),
-                    source_sha256=model_sha,
-                    sha256=sha256_file(inputs.out),
-                    details=result.to_dict(),
+                QuantizationRecord.from_dict(
+                    {**result.to_dict(), "source_sha256": model_sha, "sha256": sha256_file(inputs.out)}
                 )
             )
     return result

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edgetl.console import warn
+from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
 
 # Beyond this many classes a matrix's cells and names get too small to read: show the worst pairs.
@@ -273,19 +274,19 @@ def write_training_plots(run: str | Path) -> list[Path]:
     Called when training ends: by then the run is complete on disk, and a plotting problem (a broken
     matplotlib, a full disk) must not turn a good run into a failed command.
     """
-    from edgetl.runfolder.folder import RunFolder, read_json
+    from edgetl.runfolder.folder import RunFolder
 
     run = Path(run)
     folder = RunFolder(run)
     written = []
     try:
-        history = read_json(folder.metrics)
-        summary = read_json(folder.summary) if folder.summary.is_file() else {}
-        written.append(save_png(curves_figure(history, summary.get("best_epoch")), folder.curves_png))
-        confusion = read_json(folder.confusion)
-        written.append(
-            save_png(confusion_figure(confusion["labels"], confusion["matrix"]), folder.confusion_png)
-        )
+        history, summary, confusion = folder.load_metrics(), folder.load_summary(), folder.load_confusion()
+        if history is None or confusion is None:
+            raise EdgetlError(f"{folder.metrics.name} or {folder.confusion.name} missing")
+        best_epoch = summary.best_epoch if summary else None
+        written.append(save_png(curves_figure(history, best_epoch), folder.curves_png))
+        matrix = [list(row) for row in confusion.matrix]
+        written.append(save_png(confusion_figure(list(confusion.labels), matrix), folder.confusion_png))
     except Exception as e:  # plots are a bonus, the finished run is the result
         warn(
             f"{run}: could not draw the training plots ({type(e).__name__}: {e}); `edgetl report {run}` retries"

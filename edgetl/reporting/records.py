@@ -10,7 +10,15 @@ from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-from edgetl.runfolder.folder import RunFolder, read_json
+from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.records import (
+    BenchmarkRecord,
+    CheckpointHeader,
+    ConfusionRecord,
+    QuantizationRecord,
+    SummaryRecord,
+)
+from edgetl.runfolder.splits import Splits
 
 GALLERY_LIMIT = 20
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "timm", "onnx", "onnxruntime", "openvino", "matplotlib")
@@ -32,35 +40,32 @@ class RunFiles:
         self.run, self.bundle_path, self.gallery_limit = run, bundle, gallery_limit
         self.folder = RunFolder(run)
 
-    def json(self, path: Path):
-        return read_json(path)
+    @cached_property
+    def summary(self) -> SummaryRecord | None:
+        return self.folder.load_summary()
 
     @cached_property
-    def summary(self) -> dict | None:
-        return self.json(self.folder.summary)
+    def metrics(self) -> list[dict] | None:
+        return self.folder.load_metrics()
 
     @cached_property
-    def metrics(self) -> list | None:
-        return self.json(self.folder.metrics)
+    def confusion(self) -> ConfusionRecord | None:
+        return self.folder.load_confusion()
 
     @cached_property
-    def confusion(self) -> dict | None:
-        return self.json(self.folder.confusion)
+    def splits(self) -> Splits | None:
+        return self.folder.load_splits() if self.folder.splits.is_file() else None
 
     @cached_property
-    def splits(self) -> dict | None:
-        return self.json(self.folder.splits)
+    def quantize(self) -> QuantizationRecord | None:
+        return self.folder.load_quantization()
 
     @cached_property
-    def quantize(self) -> dict | None:
-        return self.json(self.folder.quantize_record)
+    def benchmark(self) -> BenchmarkRecord | None:
+        return self.folder.load_benchmark()
 
     @cached_property
-    def benchmark(self) -> dict | None:
-        return self.json(self.folder.benchmark_record)
-
-    @cached_property
-    def checkpoint_header(self) -> dict | None:
+    def checkpoint_header(self) -> CheckpointHeader | None:
         """The edgetl header of the run's checkpoint (best, else last), read without loading weights."""
         from safetensors import SafetensorError, safe_open
 
@@ -72,7 +77,11 @@ class RunFiles:
                 meta = f.metadata() or {}
         except (SafetensorError, OSError) as e:
             raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
-        return json.loads(meta.get("edgetl", "{}"))
+        try:
+            header = json.loads(meta.get("edgetl", "{}"))
+        except ValueError as e:
+            raise EdgetlError(f"{path}: unreadable edgetl header ({e}); retrain the run") from None
+        return CheckpointHeader.from_dict(header, source=f"{path} (edgetl header)")
 
     @cached_property
     def bundle(self):

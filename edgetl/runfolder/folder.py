@@ -21,11 +21,21 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import (
+    BenchmarkRecord,
+    ConfusionRecord,
+    ExportRecord,
+    QuantizationRecord,
+    SummaryRecord,
+    load_typed,
+    read_json,
+    read_record,
+)
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo, Precision
@@ -123,89 +133,6 @@ ARTIFACTS: dict[str, Kind] = {
 RUN_MARKERS = (SPLITS, BEST, LAST, LAST_STATE)
 
 
-# --- records ----------------------------------------------------------------------------------------
-
-
-def read_json(path: Path):
-    """A run-folder JSON file as parsed, None when absent; unreadable JSON is one EdgetlError."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
-
-
-def read_record(path: Path) -> dict | None:
-    """A JSON object record (quantize.json, benchmark.json, ...), None when absent."""
-    d = read_json(path)
-    if d is None:
-        return None
-    if not isinstance(d, dict):
-        raise EdgetlError(f"{path}: not an edgetl record (a JSON object is expected)")
-    return d
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    """RUN/export.json: what model.onnx was made from (`source_sha256`: the checkpoint's sha256)."""
-
-    onnx: str
-    source: str
-    source_sha256: str
-    sha256: str  # of the ONNX file written
-    details: dict = field(default_factory=dict)  # the full ExportResult summary
-
-    def to_dict(self) -> dict:
-        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExportRecord:
-        keys = ("onnx", "source", "source_sha256", "sha256")
-        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
-
-
-@dataclass(frozen=True)
-class QuantizationRecord:
-    """RUN/quantize.json: the INT8 model, the FP32 model it was made from, and the gate's figures.
-
-    `source_sha256` is the sha256 of the FP32 model.onnx quantized; `sha256` that of the INT8 file.
-    Records written before these fields existed leave them empty and the lineage falls back to the
-    calibration manifest's `model_sha256`.
-    """
-
-    int8_model: str
-    fp32_model: str
-    source_sha256: str = ""
-    sha256: str = ""
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> QuantizationRecord:
-        keys = ("int8_model", "fp32_model", "source_sha256", "sha256")
-        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
-
-
-@dataclass(frozen=True)
-class BenchmarkRecord:
-    """RUN/benchmark.json: the report plus the sha256 of every model file (and checkpoint) it timed."""
-
-    sources: dict  # file name -> sha256
-    report: dict
-
-    def to_dict(self) -> dict:
-        return {**self.report, "sources": dict(self.sources)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BenchmarkRecord:
-        return cls(
-            sources=dict(d.get("sources") or {}), report={k: v for k, v in d.items() if k != "sources"}
-        )
-
-
 def dataset_fingerprint(splits: Splits) -> str:
     """sha256 over the split: labels, then each image's split, path relative to the data root, label
     and content. Equal fingerprints mean the same images with the same labels in the same splits."""
@@ -294,21 +221,29 @@ class RunFolder:
         return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
 
     def load_quantization(self) -> QuantizationRecord | None:
-        d = read_record(self.quantize_record)
-        return QuantizationRecord.from_dict(d) if d is not None else None
+        return load_typed(QuantizationRecord, self.quantize_record)
 
     def save_quantization(self, record: QuantizationRecord) -> Path:
         return write_text_atomic(self.quantize_record, json.dumps(record.to_dict(), indent=1) + "\n")
 
     def load_benchmark(self) -> BenchmarkRecord | None:
-        d = read_record(self.benchmark_record)
-        return BenchmarkRecord.from_dict(d) if d is not None else None
+        return load_typed(BenchmarkRecord, self.benchmark_record)
 
     def save_benchmark(self, record: BenchmarkRecord) -> Path:
         return write_text_atomic(self.benchmark_record, json.dumps(record.to_dict(), indent=1))
 
-    def load_summary(self) -> dict | None:
-        return read_record(self.summary)
+    def load_summary(self) -> SummaryRecord | None:
+        return load_typed(SummaryRecord, self.summary)
+
+    def load_confusion(self) -> ConfusionRecord | None:
+        return load_typed(ConfusionRecord, self.confusion)
+
+    def load_metrics(self) -> list[dict] | None:
+        """metrics.json: one row per epoch so far (a list)."""
+        rows = read_json(self.metrics)
+        if rows is not None and not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+            raise EdgetlError(f"{self.metrics}: not a list of epoch records; rerun `edgetl train`")
+        return rows
 
     # locking and cleaning
     @contextlib.contextmanager
