@@ -139,4 +139,3 @@ def _json_value(text: str, where: str, fix: str):
         return json.loads(text)
     except (TypeError, json.JSONDecodeError) as e:
         raise BundleError(f"{where} is not valid JSON ({e}); {fix}") from None
-

@@ -100,4 +100,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             f"{path}: weights do not fit backbone {info.backbone} ({str(e).splitlines()[0]})"
         ) from None
     return model.to(device).eval(), info
-

@@ -279,7 +279,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
         if backend.source == Source.CHECKPOINT and checkpoint is None:
             for b in batches:
                 rows[(name, "", b)] = BenchRow(
-                    name, "-", Precision.FP32, b, Status.SKIPPED, "no checkpoint: give a run folder or checkpoint="
+                    name,
+                    "-",
+                    Precision.FP32,
+                    b,
+                    Status.SKIPPED,
+                    "no checkpoint: give a run folder or checkpoint=",
                 )
             continue
         reason = backend.check()
@@ -387,11 +392,15 @@ def _rounds(pairs, warmup_s, min_s, min_runs, rounds, rows) -> dict:
         for worker, batch in pairs[shift:] + pairs[:shift]:
             if rows[_key(worker, batch)].status != Status.OK:
                 continue
-            reply = worker.ask(Round(batch, warm, min_s / rounds, per_round_runs, len(samples[(worker, batch)])))
+            reply = worker.ask(
+                Round(batch, warm, min_s / rounds, per_round_runs, len(samples[(worker, batch)]))
+            )
             if isinstance(reply, Samples):
                 samples[(worker, batch)].extend(reply.durations_ns)
             else:
                 reason = reply.reason if isinstance(reply, Failed) else f"unexpected reply {reply!r}"
-                rows[_key(worker, batch)] = replace(rows[_key(worker, batch)], status=Status.FAILED, reason=reason)
+                rows[_key(worker, batch)] = replace(
+                    rows[_key(worker, batch)], status=Status.FAILED, reason=reason
+                )
         log(f"round {r + 1}/{rounds} done")
     return {pair: v for pair, v in samples.items() if v}

@@ -48,4 +48,3 @@ def write_digits_imagefolder(
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
-

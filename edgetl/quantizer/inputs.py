@@ -69,20 +69,20 @@ def resolve_inputs(model, out, calibration, eval_dir, suffix: str) -> Inputs:
         return Inputs(model, _check_out(model, Path(out)), calibration, eval_dir, None)
     run, folder = model, RunFolder(model)
     if not folder.model.is_file():
-        raise EdgetlError(f"{run}: no {folder.model.name} in this run folder; run `edgetl export {run}` first")
+        raise EdgetlError(
+            f"{run}: no {folder.model.name} in this run folder; run `edgetl export {run}` first"
+        )
     splits = folder.load_splits()
-    out = _check_out(folder.model, Path(out) if out is not None else folder.model_file(Precision.INT8, suffix))
+    out = _check_out(
+        folder.model, Path(out) if out is not None else folder.model_file(Precision.INT8, suffix)
+    )
     calib_items = None
     if calibration is None:
         if not splits.train:
-            raise DataError(
-                f"{folder.splits}: no training images to calibrate with; pass --calibration DIR"
-            )
+            raise DataError(f"{folder.splits}: no training images to calibrate with; pass --calibration DIR")
         calib_items = splits.train
     eval_source = eval_dir if eval_dir is not None else (splits.val or None)
-    return Inputs(
-        folder.model, out, calibration, eval_source, run, calib_items, splits.labels, splits.labels
-    )
+    return Inputs(folder.model, out, calibration, eval_source, run, calib_items, splits.labels, splits.labels)
 
 
 def default_manifest_path(inputs: Inputs) -> Path:

@@ -94,7 +94,10 @@ def section_summary(f: RunFiles) -> Section:
     if q:
         g = q.verdict()
         items.append(
-            ("INT8 accuracy", f"{pct(g.int8)} ({g.drop:+.2f} points drop)" if g.drop is not None else pct(g.int8))
+            (
+                "INT8 accuracy",
+                f"{pct(g.int8)} ({g.drop:+.2f} points drop)" if g.drop is not None else pct(g.int8),
+            )
         )
     rows = f.benchmark.rows if f.benchmark else ()
     fastest = min((r for r in rows if r.ok and r.batch == 1), key=lambda r: r.p50_ms, default=None)

@@ -210,7 +210,9 @@ class RunFolder:
             )
         checkpoint = self.checkpoint()
         if checkpoint is None:
-            raise EdgetlError(f"{self.root}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?")
+            raise EdgetlError(
+                f"{self.root}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?"
+            )
         return checkpoint
 
     # records

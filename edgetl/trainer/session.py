@@ -214,7 +214,11 @@ class Session:
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
                 if ctx.world.main:  # the other processes hold the same weights and write nothing
-                    save(ctx.model, self.info(metrics), self.folder.best_head if plan.frozen else self.folder.best)
+                    save(
+                        ctx.model,
+                        self.info(metrics),
+                        self.folder.best_head if plan.frozen else self.folder.best,
+                    )
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -223,7 +227,9 @@ class Session:
                     + (" *" if improved else "")
                 )
             if ctx.world.main:
-                save(ctx.model, self.info(metrics), self.folder.last_head if plan.frozen else self.folder.last)
+                save(
+                    ctx.model, self.info(metrics), self.folder.last_head if plan.frozen else self.folder.last
+                )
                 save_last_state(
                     self.run,
                     {
