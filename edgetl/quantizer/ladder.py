@@ -36,7 +36,7 @@ class Candidate:
     predictions: np.ndarray
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     model: Path  # the FP32 ONNX model
     info: ModelInfo

@@ -40,7 +40,7 @@ from edgetl.trainer.schedule import set_trainable, train_mode
 from edgetl_runtime.preprocess import PreprocessSpec
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StageContext:
     """What every stage needs; mutable bookkeeping lives in `Book`."""
 

@@ -10,6 +10,7 @@ stage kind trains is in `stages`, the per-epoch bookkeeping, checkpoints and sum
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -132,13 +133,21 @@ def train(
         "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
         "image_size": image_size, "val_fraction": val_fraction, "cache_views": cache_views,
     }  # fmt: skip
+    request = TrainRequest(
+        data=data,
+        backbone=backbone,
+        recipe=recipe,
+        device=device,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=overrides,
+    )
     run = RunFolder(Path(out))
     if launched_rank() != 0:
         # under torchrun, rank 0 checks, locks and writes the run folder; the others only read it
         try:
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
         finally:
             close_world()
     _check_fresh(run, resume, overwrite)
@@ -146,18 +155,30 @@ def train(
     try:
         check_writable(run.root, "--out", folder=True)
         with run.lock("train"):
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
     finally:
         close_world()
         if created:
             run.discard_if_empty()
 
 
-def _train_locked(
-    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
-):
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What `train` was asked for, as the locked part of training receives it."""
+
+    data: str | Path
+    backbone: str | None
+    recipe: Recipe | str | Path | None
+    device: str
+    seed: int
+    resume: bool
+    overwrite: bool
+    overrides: dict  # recipe options given (None: keep the recipe's value)
+
+
+def _train_locked(request: TrainRequest, run: RunFolder, *, started: float):
+    data, recipe, device, seed = request.data, request.recipe, request.device, request.seed
+    resume, overwrite, overrides = request.resume, request.overwrite, request.overrides
     main = launched_rank() == 0
     if main:
         _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
@@ -167,7 +188,7 @@ def _train_locked(
         recipe, state = load_resume_state(run.root)
         seed = int(state["seed"])
     else:
-        recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
+        recipe, state = resolve_recipe(recipe, request.backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
     world = init_world(cuda=dev.type == "cuda")
@@ -207,7 +228,17 @@ def _train_locked(
         class_weights = class_weights.to(dev)
     frozen = FrozenCompute(run.root, reuse=state is not None)
     ctx = StageContext(
-        model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, frozen, world
+        model=model,
+        data=images,
+        recipe=recipe,
+        spec=spec,
+        device=dev,
+        amp=amp,
+        seed=seed,
+        class_weights=class_weights,
+        sample_weights=sample_weights,
+        frozen=frozen,
+        world=world,
     )
     book = Book(**state["book"]) if state else Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
