@@ -40,7 +40,7 @@ from edgetl.data.images import preprocess_readable
 from edgetl.errors import EdgetlError
 from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
-from edgetl_runtime.modelfile import FORMATS, read_model_info
+from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
 from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
@@ -71,7 +71,7 @@ def _graph_precision(model) -> Precision:
 def _describe_model(path: Path) -> TimedModel:
     if not path.is_file():
         raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
-    if path.suffix == ".xml":
+    if FORMATS.get(path.suffix.lower()) is OPENVINO:
         return _describe_ir(path)
     import onnx
 

@@ -11,7 +11,7 @@ from edgetl.options import ExportFormat, PackagePrecision
 from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.manifest import TensorSpec
-from edgetl_runtime.modelfile import BY_NAME, model_format
+from edgetl_runtime.modelfile import BY_NAME, ONNX, model_format
 from edgetl_runtime.modelinfo import Precision
 
 # The backends meant to run each precision's model, in order of preference, kept to those that read
@@ -34,14 +34,6 @@ MODEL_BACKENDS: dict[Precision, tuple[BackendName, ...]] = {
         BackendName.ORT_TENSORRT,
     ),
 }
-# The command that writes each run-folder model, by format
-REBUILD: dict[ExportFormat, dict[Precision, str]] = {
-    ExportFormat.ONNX: {Precision.FP32: "edgetl export {run}", Precision.INT8: "edgetl quantize {run}"},
-    ExportFormat.OPENVINO: {
-        Precision.FP32: "edgetl export {run} --format openvino",
-        Precision.INT8: "edgetl quantize {run} --backend nncf",
-    },
-}
 WANTED = {
     PackagePrecision.INT8: (Precision.INT8,),
     PackagePrecision.FP32: (Precision.FP32,),
@@ -61,7 +53,7 @@ def choose_models(
     for p in WANTED[precision]:
         path = folder.model_file(p, fmt.suffix)
         if not path.is_file():
-            command = REBUILD[form][p].format(run=run)
+            command = fmt.rebuild[p].format(run=run)
             raise EdgetlError(
                 f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
             )
@@ -69,38 +61,8 @@ def choose_models(
     return chosen
 
 
-def _onnx_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-
-    def spec(value) -> TensorSpec:
-        t = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
-
-    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
-
-
-def _ir_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import openvino as ov
-
-    model = ov.Core().read_model(str(path))
-
-    def spec(port) -> TensorSpec:
-        shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-        return TensorSpec(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
-
-    return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
-
-
-TENSORS = {".onnx": _onnx_tensors, ".xml": _ir_tensors}
-
-
 def tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
-    inputs, outputs = TENSORS[path.suffix](path)
+    inputs, outputs = model_format(path).tensors(path)
     if len(inputs) != 1 or len(outputs) != 1:
         raise BundleError(
             f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(outputs)}"
@@ -116,7 +78,7 @@ def _inlined_external_data(src: Path, dst: Path) -> bool:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    if src.suffix != ".onnx":
+    if model_format(src) is not ONNX:
         return False
     proto = onnx.load(str(src), load_external_data=False)
     if not any(uses_external_data(t) for t in proto.graph.initializer):

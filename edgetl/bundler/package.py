@@ -168,12 +168,6 @@ def _creation_epoch(sources: list[Path]) -> int:
     return max(int(p.stat().st_mtime) for p in sources)
 
 
-INSTALL = {
-    ExportFormat.ONNX: "pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch",
-    ExportFormat.OPENVINO: "pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
-}
-
-
 def _readme(
     manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry], form: ExportFormat
 ) -> str:
@@ -191,7 +185,7 @@ The runtime does this for you from `manifest.json`.
 
 ## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
 
-    {INSTALL[form]}
+    {BY_NAME[form.value].install}
 
 ## Run
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output, sha256_file
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import ONNX
 from edgetl_runtime.modelinfo import ModelInfo, graph_precision
 from edgetl_runtime.preprocess import Interpolation, PreprocessSpec
 
@@ -170,7 +170,7 @@ def describe_model(
         edgetl_version=__version__,
         source_sha256=sha256_file(src),
     )
-    FORMATS[".onnx"].embed(proto, info.to_metadata())
+    ONNX.embed(proto, info.to_metadata())
     with atomic_output(out, "--out") as tmp:
         onnx.save(proto, str(tmp))
         try:

@@ -47,7 +47,7 @@ from edgetl.runfolder.folder import (
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import BY_NAME, ONNX
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
@@ -231,7 +231,7 @@ def _default_out(loaded: LoadedSource) -> Path:
     if loaded.run is not None:
         return RunFolder(loaded.run).model
     if loaded.checkpoint is not None:
-        return loaded.checkpoint.with_suffix(".onnx")
+        return loaded.checkpoint.with_suffix(ONNX.suffix)
     return Path(f"{loaded.info.backbone}.onnx")
 
 
@@ -239,7 +239,7 @@ def _check_writable(out: Path) -> None:
     """Fail before the slow export, not after it."""
     if out.is_dir():
         raise EdgetlError(f"--out {out}: is a folder; give a file name such as {RunFolder(out).model}")
-    if out.suffix != ".onnx":
+    if out.suffix != ONNX.suffix:
         raise EdgetlError(f"--out {out}: the file name must end in .onnx")
     check_writable(out, "--out")
 
@@ -314,13 +314,13 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
             proto = to_fp16(proto)
-        FORMATS[".onnx"].embed(proto, info.to_metadata())
+        ONNX.embed(proto, info.to_metadata())
         nodes = len(proto.graph.node)
         size = save_onnx(proto, tmp, out.name, stack)
         checks = [check(tmp, BackendName.ORT_CPU)]
         written = {}
         for fmt in extra:
-            suffix, writer = EXTRA_FORMATS[fmt]
+            suffix, writer = BY_NAME[fmt.value].suffix, EXTRA_FORMATS[fmt]
             written[fmt] = out.with_suffix(suffix)
             checks.append(writer(tmp, written[fmt], info, stack, check))
     onnx_check = checks[0]

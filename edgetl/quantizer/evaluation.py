@@ -14,7 +14,7 @@ from edgetl.data.images import preprocess_readable
 from edgetl.errors import BundleError, DataError
 from edgetl.quantizer.calibration import list_labelled_images
 from edgetl_runtime.backends import BackendName
-from edgetl_runtime.modelfile import read_model_info
+from edgetl_runtime.modelfile import ONNX, OPENVINO, model_format, read_model_info
 from edgetl_runtime.modelinfo import ModelInfo, Precision, quantized_ops
 
 
@@ -140,7 +140,7 @@ def run_model(path: Path, inputs: np.ndarray, backend: str = BackendName.ORT_CPU
     from edgetl_runtime.backends import load_session
 
     session = load_session(path, backend)
-    batch = batch_size(path) if path.suffix == ".onnx" else 1
+    batch = batch_size(path) if model_format(path) is ONNX else 1
     starts = track(range(0, len(inputs), batch), f"evaluating {path.name} on {len(inputs)} images")
     return np.concatenate([session.run(inputs[i : i + batch]) for i in starts])
 
@@ -152,16 +152,16 @@ def artifact_bytes(path: Path) -> int:
 def reference_bytes(fp32: Path, suffix: str) -> int:
     """The FP32 model's size in the format the INT8 one is written in: an IR is compared with an IR,
     whose .xml is much larger than an ONNX graph (it matters for small models)."""
-    if suffix != ".xml":
+    if suffix != OPENVINO.suffix:
         return fp32.stat().st_size
     import openvino as ov
 
     with tempfile.TemporaryDirectory(prefix="edgetl-ir-") as tmp:
-        xml = Path(tmp) / "fp32.xml"
+        xml = Path(tmp) / f"fp32{OPENVINO.suffix}"
         ov.save_model(ov.Core().read_model(str(fp32)), str(xml), compress_to_fp16=False)
         return artifact_bytes(xml)
 
 
 def artifact_files(path: Path) -> list[Path]:
-    """An OpenVINO IR is two files, the .xml and its .bin."""
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    """The model and its companions (an OpenVINO IR is two files, the .xml and its .bin)."""
+    return list(model_format(path).files(path))

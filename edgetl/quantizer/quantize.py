@@ -32,6 +32,7 @@ from edgetl.quantizer.ort import AUTO_ORDER, Method
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
+from edgetl_runtime.modelfile import ONNX, OPENVINO
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -50,10 +51,10 @@ class Quantizer:
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
     QuantBackend.ONNXRUNTIME: Quantizer(
-        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ".onnx", BackendName.ORT_CPU, MAX_SIZE_RATIO
+        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ONNX.suffix, BackendName.ORT_CPU, MAX_SIZE_RATIO
     ),
     QuantBackend.NNCF: Quantizer(
-        ("openvino",), tuple(OPENVINO_VARIANTS), ".xml", BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
+        ("openvino",), tuple(OPENVINO_VARIANTS), OPENVINO.suffix, BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
 }
 # a recorded method -> the rung that repeats it
