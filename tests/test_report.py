@@ -17,12 +17,12 @@ from edgetl.cli import main
 from edgetl.reporting import plots
 from edgetl.reporting.report import build_report
 from edgetl.runfolder.folder import RunFolder
-from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.trainer.recipe import PhasePlan, Recipe
 from edgetl.trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Recipe(
-    stages=(StagePlan(epochs=2, unfreeze=0, lr=1e-2),),
+    stages=(PhasePlan(epochs=2, unfreeze=0, lr=1e-2),),
     image_size=32,
     hflip=False,
     batch_size=16,

@@ -39,7 +39,7 @@ from edgetl.console import log, track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import EdgetlError
 from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
-from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
+from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Step
 from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
 from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
@@ -193,7 +193,7 @@ def benchmark(
         if run is not None:
             # held while timing too, so the models cannot be replaced under the measurement
             folder = stack.enter_context(RunFolder(run).lock("benchmark"))
-            folder.check_for(Stage.BENCHMARK)
+            folder.check_for(Step.BENCHMARK)
         names = list(backends) if backends else list(BENCH_BACKENDS)
         described = [_describe_model(p) for p in model_paths]
         checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None

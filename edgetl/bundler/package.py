@@ -20,7 +20,7 @@ from pathlib import Path
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Step, dataset_fingerprint
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
@@ -218,7 +218,7 @@ serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
 """
 
 
-def _stage(
+def _write_staging(
     run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
 ) -> tuple[Manifest, int]:
     """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
@@ -371,12 +371,12 @@ def build_bundle(
     check_writable(out.parent, "--out", folder=True)
     folder = RunFolder(run)
     with folder.lock("package", read_only_ok=True):
-        folder.check_for(Stage.PACKAGE)
+        folder.check_for(Step.PACKAGE)
         staging = Path(
             tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
         )
         try:
-            manifest, epoch = _stage(run, staging, precision, name, form)
+            manifest, epoch = _write_staging(run, staging, precision, name, form)
             if signing_key is not None:
                 sign_manifest(staging, signing_key, epoch)
             if archive:

@@ -40,7 +40,7 @@ from edgetl.runfolder.folder import (
     ExportRecord,
     Kind,
     RunFolder,
-    Stage,
+    Step,
     check_output,
     find_checkpoint,
 )
@@ -287,7 +287,7 @@ def export_onnx(
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
     run = RunFolder(loaded.run)
     with run.lock("export"):
-        run.check_for(Stage.EXPORT)
+        run.check_for(Step.EXPORT)
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
 
 

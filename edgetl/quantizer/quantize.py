@@ -29,7 +29,7 @@ from edgetl.quantizer.inputs import (
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_output
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modelfile import ONNX, OPENVINO
@@ -172,7 +172,7 @@ def quantize(
     folder = RunFolder(inputs.run) if inputs.run is not None else None
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
-            folder.check_for(Stage.QUANTIZE)
+            folder.check_for(Step.QUANTIZE)
         info = check_model(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)

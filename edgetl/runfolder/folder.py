@@ -6,8 +6,8 @@ A run is a chain of artifacts, each made from the one before and recording that 
     sha256) -> model.int8.onnx / quantize.json (model.onnx sha256) -> benchmark.json (sha256 of every
     model it timed) -> bundle manifest (all of them)
 
-`RunFolder.check_for(stage)` walks the links a stage consumes and raises `StaleArtifact`, a one-line
-error naming the artifact and the command that rebuilds it, so no stage mixes two trainings. Writing
+`RunFolder.check_for(step)` walks the links a pipeline step consumes and raises `StaleArtifact`, a one-line
+error naming the artifact and the command that rebuilds it, so no step mixes two trainings. Writing
 commands hold `RunFolder.lock()`; a second writer fails at once. Temporary files of interrupted
 commands (kill -9) are swept under the lock by the next writer.
 """
@@ -76,7 +76,7 @@ class RunLocked(EdgetlError):
     """Another edgetl command is writing the run folder."""
 
 
-class Stage(str, Enum):
+class Step(str, Enum):
     TRAIN = "train"
     EXPORT = "export"
     QUANTIZE = "quantize"
@@ -313,16 +313,16 @@ class RunFolder:
         return removed
 
     # lineage
-    def check_for(self, stage: Stage | str) -> None:
-        """Check the links of the chain that `stage` consumes; StaleArtifact names the first stale one.
+    def check_for(self, step: Step | str) -> None:
+        """Check the links of the chain that `step` consumes; StaleArtifact names the first stale one.
 
         Links whose records predate lineage (no sha256 recorded) are not checked.
         """
-        stage = Stage(stage)
+        step = Step(step)
         run = self.root
         splits = self.load_splits() if self.splits.is_file() else None
         checkpoint = self.checkpoint()
-        if stage is Stage.TRAIN or checkpoint is None:
+        if step is Step.TRAIN or checkpoint is None:
             return
         if self.last_state.is_file() and not self.summary.is_file():
             raise StaleArtifact(
@@ -338,7 +338,7 @@ class RunFolder:
                     f"{checkpoint}: trained on other data than {self.splits} records; retrain with "
                     f"`edgetl train --data DATA --out {run} --overwrite`"
                 )
-        if stage is Stage.EXPORT:
+        if step is Step.EXPORT:
             return
         checkpoint_sha = sha256_file(checkpoint)
         fp32 = [p for p in (self.model, self.model_xml) if p.is_file()]
@@ -348,11 +348,11 @@ class RunFolder:
                     f"{path}: exported from an older checkpoint than {checkpoint.name}; "
                     f"rebuild it with `edgetl export {run}`"
                 )
-        if stage is Stage.QUANTIZE:
+        if step is Step.QUANTIZE:
             return
         model_sha = sha256_file(self.model) if self.model.is_file() else None
         self._check_int8(checkpoint_sha, model_sha)
-        if stage is Stage.BENCHMARK:
+        if step is Step.BENCHMARK:
             return
         self._check_benchmark()
 

@@ -24,14 +24,14 @@ from edgetl.console import log
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
 from edgetl.runfolder.folder import RunFolder
-from edgetl.trainer.phases import STAGE_RUNNERS, StageContext
+from edgetl.trainer.phases import PHASE_RUNNERS, PhaseContext
 from edgetl.trainer.recipe import Recipe, recipe_from_dict
 from edgetl.trainer.schedule import make_optimizer
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
 
 
 @dataclass(frozen=True)
-class StageResult:
+class PhaseResult:
     index: int
     unfreeze: int
     epochs_run: int
@@ -54,7 +54,7 @@ class TrainResult:
     labels: tuple[str, ...]
     backbone: str
     device: str
-    stages: tuple[StageResult, ...]
+    stages: tuple[PhaseResult, ...]
     frozen_compute: dict | None = None
     world_size: int = 1  # training processes (torchrun); 1 without it
     backend: str | None = None  # their torch.distributed backend: gloo (CPU) or nccl (CUDA)
@@ -133,7 +133,7 @@ class Session:
     """One training run in a run folder: stages in order, with checkpoints and metrics per epoch."""
 
     def __init__(
-        self, ctx: StageContext, run: Path, val_x: torch.Tensor, book: Book, elapsed: float, fingerprint: str
+        self, ctx: PhaseContext, run: Path, val_x: torch.Tensor, book: Book, elapsed: float, fingerprint: str
     ) -> None:
         self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
         self.folder = RunFolder(run)
@@ -154,14 +154,14 @@ class Session:
             self.fingerprint,
         )
 
-    def run_stage(self, s: int, resume: dict | None) -> None:
+    def run_phase(self, s: int, resume: dict | None) -> None:
         ctx, book, plan = self.ctx, self.book, self.ctx.recipe.stages[s]
         stage_start = time.perf_counter()
         if resume is None and book.best is not None:
             # Each stage starts from the best weights so far, not from an over-trained last epoch.
             best = self.best_weights or load_checkpoint(self.folder.best)[0].state_dict()
             ctx.model.load_state_dict(best)
-        runner = STAGE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
+        runner = PHASE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
         optimizer, scheduler = make_optimizer(ctx.model, plan, ctx.recipe, runner.steps_per_epoch)
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp is torch.float16)
         start_epoch, bad = 0, 0
@@ -244,7 +244,7 @@ class Session:
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
             asdict(
-                StageResult(
+                PhaseResult(
                     index=s + 1,
                     unfreeze=plan.unfreeze,
                     epochs_run=len(rows),
@@ -284,7 +284,7 @@ class Session:
             labels=ctx.data.labels,
             backbone=ctx.recipe.backbone,
             device=ctx.device.type,
-            stages=tuple(StageResult(**st) for st in book.stages),
+            stages=tuple(PhaseResult(**st) for st in book.stages),
             frozen_compute=ctx.frozen.summary(),
             world_size=ctx.world.size,
             backend=ctx.world.to_dict()["backend"],

@@ -26,12 +26,12 @@ from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
 from edgetl.trainer.frozen import FrozenCompute
-from edgetl.trainer.phases import StageContext
+from edgetl.trainer.phases import PhaseContext
 from edgetl.trainer.recipe import Balance, Recipe, resolve_recipe
-from edgetl.trainer.session import Book, Session, StageResult, TrainResult, load_resume_state
+from edgetl.trainer.session import Book, PhaseResult, Session, TrainResult, load_resume_state
 from edgetl_runtime.fileio import check_writable
 
-__all__ = ["StageResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["PhaseResult", "TrainResult", "resolve_device", "train"]
 
 
 def _cuda_missing_reason() -> str:
@@ -227,7 +227,7 @@ def _train_locked(request: TrainRequest, run: RunFolder, *, started: float):
     if class_weights is not None:
         class_weights = class_weights.to(dev)
     frozen = FrozenCompute(run.root, reuse=state is not None)
-    ctx = StageContext(
+    ctx = PhaseContext(
         model=model,
         data=images,
         recipe=recipe,
@@ -247,5 +247,5 @@ def _train_locked(request: TrainRequest, run: RunFolder, *, started: float):
         # the interrupted stage's best so far: its backbone is the stage's, which the model holds
         session.best_weights = with_head(model.state_dict(), run.best_head)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
-        session.run_stage(s, state if state and s == state["stage"] else None)
+        session.run_phase(s, state if state and s == state["stage"] else None)
     return session.finish()
