@@ -128,7 +128,10 @@ def _benchmark_summary(run: Path) -> dict | None:
     record = RunFolder(run).load_benchmark()
     if record is None:
         return None
-    rows = [{k: getattr(r, k) for k in BENCH_FIELDS} for r in record.rows if r.ok]
+    # fields a row has no value for (an older record, a GPU row's threads) are left out, not null
+    rows = [
+        {k: getattr(r, k) for k in BENCH_FIELDS if getattr(r, k) is not None} for r in record.rows if r.ok
+    ]
     return {"rows": rows, "environment": record.environment}
 
 
