@@ -16,6 +16,7 @@ from edgetl.errors import EdgetlError
 from edgetl.reporting.html import page
 from edgetl.reporting.records import GALLERY_LIMIT, REPORT_HTML, RunFiles, Section
 from edgetl.reporting.sections import SECTIONS
+from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.fileio import write_text_atomic
 
 
@@ -48,11 +49,13 @@ def build_report(
             f"{run}: not a run folder (no splits.json or summary.json); train with `edgetl train --out {run}`"
         )
     out = Path(out) if out else run / REPORT_HTML
-    files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
-    sections = tuple(section(files) for section in SECTIONS)
-    title = f"edgetl report: {run.resolve().name}"
-    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    write_text_atomic(
-        out, page(title, f"{escape(str(run))} · generated {generated} by edgetl {__version__}", sections)
-    )
+    # locked: a page read while another command rewrites the run could mix two of its states
+    with RunFolder(run).lock("report", read_only_ok=True):
+        files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
+        sections = tuple(section(files) for section in SECTIONS)
+        title = f"edgetl report: {run.resolve().name}"
+        generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        write_text_atomic(
+            out, page(title, f"{escape(str(run))} · generated {generated} by edgetl {__version__}", sections)
+        )
     return Report(out, sections)
