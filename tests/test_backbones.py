@@ -136,7 +136,7 @@ def _build(name: str):
 def test_every_backbone_builds_and_trains_by_stage(name):
     """timm's own model tests are the model: build without weights on a small input, forward shape,
     and the stages and unfreeze groups the trainer uses."""
-    from edgetl.trainer.recipe import Recipe, StagePlan
+    from edgetl.trainer.recipe import PhasePlan, Recipe
     from edgetl.trainer.schedule import param_groups, set_trainable
 
     model, x = _build(name)
@@ -153,7 +153,7 @@ def test_every_backbone_builds_and_trains_by_stage(name):
     assert all(owned) and sum(map(len, owned)) == len(set().union(*owned))
     assert len(set().union(*owned)) + len(list(model.head.parameters())) == len(list(model.parameters()))
     unfreeze = min(2, n)
-    groups = param_groups(model, StagePlan(epochs=1, unfreeze=unfreeze), Recipe())
+    groups = param_groups(model, PhasePlan(epochs=1, unfreeze=unfreeze), Recipe())
     assert [g["name"] for g in groups] == ["head", *(f"stage{n - 1 - d}" for d in range(unfreeze))]
     assert groups[0]["lr"] > groups[1]["lr"]  # the backbone learns slower than the head
     assert set_trainable(model, 1) == n - 1

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from edgetl.backbones.checkpoint import BEST, CheckpointInfo, save_checkpoint
+from edgetl.backbones.checkpoint import CheckpointInfo, save_checkpoint
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.exporter.export import export_onnx
 from edgetl.quantizer import quantize
-from edgetl.runfolder.folder import dataset_fingerprint
+from edgetl.runfolder.folder import BEST, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.preprocess import list_images, preprocess_batch
 
