@@ -546,7 +546,7 @@ def test_flat_eval_folder_measures_agreement_only(run, digits_dir, tmp_path, cap
         max_drop=-200,  # no labels: nothing to bound, so only the size decides
     )
     assert result.passed and result.accuracy_drop is None and result.int8_accuracy is None
-    assert result.eval_images == 5 and 0 <= result.agreement <= 1
+    assert result.eval_images == 5 and result.agreement == result.gate["agreement"] == 1.0  # the learnt task
 
 
 def test_nncf_backend_writes_openvino_ir_with_metadata(run, digits_dir, tmp_path):
