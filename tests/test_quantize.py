@@ -399,8 +399,11 @@ def test_bad_inputs(run, quantized, digits_dir, tmp_path):
         quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt, eval_dir=digits_dir / "val")
     with pytest.raises(DataError, match="too few to hold some out"):
         quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt)
+    # destructive if it regressed: a copy of the run, never the shared one
+    copy = Path(shutil.copytree(run, tmp_path / "run-copy"))
     with pytest.raises(EdgetlError, match="FP32 input"):
-        quantize(run / "model.onnx", run / "model.onnx", calibration=digits_dir / "train")
+        quantize(copy / "model.onnx", copy / "model.onnx", calibration=digits_dir / "train")
+    assert sha256_file(copy / "model.onnx") == sha256_file(run / "model.onnx")
     with pytest.raises(BundleError, match="already quantized"):
         quantize(quantized.int8_model, tmp_path / "e.onnx", calibration=digits_dir / "train")
     # a manifest made for another model
