@@ -125,6 +125,7 @@ def two_process_run(digits_dir, tmp_path_factory) -> tuple[Path, subprocess.Comp
     return run, done
 
 
+@pytest.mark.slow  # two trainings, one of them on 2 processes
 def test_two_processes_on_gloo_match_one_process(two_process_run, digits_dir, tmp_path):
     run, done = two_process_run
     assert done.returncode == 0, done.stderr[-3000:]
@@ -213,6 +214,7 @@ def _rank_pids(marker: str, rank: str) -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # two 2-process trainings
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find the rank")
 def test_resume_after_killing_one_rank(digits_dir, tmp_path):
     import signal
