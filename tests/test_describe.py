@@ -54,7 +54,7 @@ def test_plain_export_is_refused_until_described(plain_onnx, digits_dir, tmp_pat
         str(tmp_path / "q.onnx"),
     ]
     result = CliRunner().invoke(main, args)
-    assert result.exit_code != 0 and "no edgetl metadata" in result.output
+    assert result.exit_code == 1 and "no edgetl metadata" in result.output
 
 
 def test_describe_quantize_package_run(plain_onnx, digits_dir, tmp_path, capsys):
