@@ -46,6 +46,7 @@ MAX_CHECK_IMAGES = 256
 # benchmark: time budget of every row
 WARMUP_S = 2.0
 MIN_S = 5.0
+MAX_ROW_S = 3600.0  # --warmup-s / --min-s: an hour per row; larger values are typos, not plans
 MIN_RUNS = 50
 ROUNDS = 5
 

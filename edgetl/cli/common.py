@@ -7,6 +7,7 @@ Errors take the runtime's one shape (edgetl_runtime.fileio.report_error) and exi
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,33 @@ from edgetl_runtime.errors import EXIT_ERROR, EXIT_USAGE
 from edgetl_runtime.fileio import report_crash, report_error
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (click's FloatRange lets both through: NaN
+    compares false with every bound, so `--max-drop nan` would switch the accuracy gate off)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+class Seed(click.IntRange):
+    """A random seed: what numpy, torch and Python's random all accept (0 .. 2**32 - 1)."""
+
+    name = "seed"
+
+    def __init__(self) -> None:
+        super().__init__(0, 2**32 - 1)
+
+
+seed_option = click.option(
+    "--seed", type=Seed(), default=0, show_default=True, help="Random seed (0 .. 2**32-1)."
+)
 
 
 def handle_errors(fn: Callable) -> Callable:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
 
 
 @click.command()
@@ -28,7 +28,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=0.5,
     show_default=True,
     help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
@@ -36,7 +36,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--min-agreement",
-    type=float,
+    type=FiniteFloat(0, 1),
     default=0.95,
     show_default=True,
     help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
@@ -52,9 +52,13 @@ from edgetl.cli.common import handle_errors, json_option
     "--backend", type=click.Choice(["onnxruntime", "nncf"]), default="onnxruntime", show_default=True
 )
 @click.option(
-    "--num-calibration", type=int, default=300, show_default=True, help="Images to sample for calibration."
+    "--num-calibration",
+    type=click.IntRange(min=1),
+    default=300,
+    show_default=True,
+    help="Images to sample for calibration.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option(
     "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
 )

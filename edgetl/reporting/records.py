@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.folder import BENCHMARK_SCHEMA, QUANTIZE_SCHEMA, read_record
 
 REPORT_HTML = "report.html"
 GALLERY_LIMIT = 20
@@ -26,6 +27,16 @@ class Section:
     half: bool = False  # shares a row with its neighbour on a wide screen
 
 
+# The records the page reads, each checked against its shape (metrics.json is a list of epochs).
+RECORD_SCHEMAS = {
+    "summary.json": {"labels": (list, str), "stages": (list, dict), "recipe": dict},
+    "confusion.json": {"labels": (list, str), "matrix": (list, list)},
+    "splits.json": {"labels": (list, str), "train": (list, list), "val": (list, list)},
+    "quantize.json": QUANTIZE_SCHEMA,
+    "benchmark.json": BENCHMARK_SCHEMA,
+}
+
+
 class RunFiles:
     """The run folder's records, each read once and None when absent."""
 
@@ -34,12 +45,19 @@ class RunFiles:
 
     def json(self, name: str):
         path = self.run / name
+        if name in RECORD_SCHEMAS:
+            return read_record(path, RECORD_SCHEMAS[name])
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            d = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise EdgetlError(f"{path}: unreadable ({e}); rerun the command that writes it") from None
+        if not (isinstance(d, list) and all(isinstance(row, dict) for row in d)):
+            raise EdgetlError(
+                f"{path}: must be a JSON list of objects (one per epoch); rerun the command that writes it"
+            )
+        return d
 
     @cached_property
     def summary(self) -> dict | None:
@@ -71,10 +89,21 @@ class RunFiles:
         for name in ("best.safetensors", "last.safetensors"):
             path = self.run / name
             if path.is_file():
-                with path.open("rb") as f:
-                    (size,) = struct.unpack("<Q", f.read(8))
-                    header = json.loads(f.read(size))
-                return json.loads(header.get("__metadata__", {}).get("edgetl", "{}"))
+                try:
+                    with path.open("rb") as f:
+                        (size,) = struct.unpack("<Q", f.read(8))
+                        if size > path.stat().st_size:
+                            raise ValueError(f"header of {size} bytes in a {path.stat().st_size}-byte file")
+                        header = json.loads(f.read(size))
+                    edgetl = json.loads(header["__metadata__"]["edgetl"])
+                    if not isinstance(edgetl, dict):
+                        raise TypeError("the edgetl header is not a JSON object")
+                except (struct.error, ValueError, KeyError, TypeError) as e:
+                    problem = f"{type(e).__name__}: {e}" if not isinstance(e, KeyError) else f"no {e} key"
+                    raise EdgetlError(
+                        f"{path}: not a readable edgetl checkpoint ({problem}); retrain with `edgetl train`"
+                    ) from None
+                return edgetl
         return None
 
     @cached_property

@@ -16,6 +16,7 @@ from edgetl.errors import EdgetlError
 from edgetl.reporting.html import page
 from edgetl.reporting.records import GALLERY_LIMIT, REPORT_HTML, RunFiles, Section
 from edgetl.reporting.sections import SECTIONS
+from edgetl.runfolder.folder import Kind, check_outputs
 from edgetl_runtime.fileio import write_text_atomic
 
 
@@ -48,6 +49,7 @@ def build_report(
             f"{run}: not a run folder (no splits.json or summary.json); train with `edgetl train --out {run}`"
         )
     out = Path(out) if out else run / REPORT_HTML
+    check_outputs([("--out", out, Kind.REPORT)], inputs=[bundle])
     files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
     sections = tuple(section(files) for section in SECTIONS)
     title = f"edgetl report: {run.resolve().name}"

@@ -20,14 +20,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.splits import SPLITS, Splits
-from edgetl_runtime.fileio import sha256_file, write_text_atomic
+from edgetl_runtime.fileio import UNWRITABLE, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo
 
 LOCK = ".edgetl.lock"
@@ -67,14 +67,18 @@ class Kind(str, Enum):
     CALIBRATION = "calibration manifest"
     BENCHMARK_RECORD = "benchmark record"
     REPORT = "run report"
+    PLOT = "plot image"
+    BUNDLE = "deploy bundle"
 
 
 # Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
 # order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
 ARTIFACTS: dict[str, Kind] = {
+    "bundle.tar.gz": Kind.BUNDLE,
+    "bundle": Kind.BUNDLE,
     "report.html": Kind.REPORT,
     "benchmark.json": Kind.BENCHMARK_RECORD,
-    "benchmark.png": Kind.BENCHMARK_RECORD,
+    "benchmark.png": Kind.PLOT,
     "quantize.json": Kind.QUANTIZE_RECORD,
     "calibration.json": Kind.CALIBRATION,
     "model.int8.onnx": Kind.INT8_MODEL,
@@ -105,7 +109,10 @@ RUN_MARKERS = (SPLITS, "best.safetensors", "last.safetensors", "last_state.pt")
 # --- records ----------------------------------------------------------------------------------------
 
 
-def read_record(path: Path) -> dict | None:
+def read_record(path: Path, schema: dict[str, type | tuple[type, ...]] | None = None) -> dict | None:
+    """A run-folder JSON record (None when absent), checked against `schema` (key -> JSON type):
+    valid JSON of the wrong shape is one EdgetlError naming the file and the key, never a crash
+    further on."""
     if not path.is_file():
         return None
     try:
@@ -114,7 +121,42 @@ def read_record(path: Path) -> dict | None:
         raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
     if not isinstance(d, dict):
         raise EdgetlError(f"{path}: not an edgetl record (a JSON object is expected)")
+    check_fields(d, schema or {}, path)
     return d
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true/false", list: "a list",
+               dict: "an object", type(None): "null"}  # fmt: skip
+
+
+def check_fields(d: dict, schema: dict[str, type | tuple[type, ...]], source: str | Path) -> dict:
+    """Each present key of `schema` holds a value of its type(s); a list type given as
+    (list, dict) means a list of objects."""
+    for key, kind in schema.items():
+        if key not in d:
+            continue
+        value, kinds = d[key], kind if isinstance(kind, tuple) else (kind,)
+        if kinds[0] is list and len(kinds) == 2:
+            ok = isinstance(value, list) and all(isinstance(v, kinds[1]) for v in value)
+            want = f"a list of {_JSON_NAMES[kinds[1]].split(' ', 1)[1]}s"
+        else:
+            # bool is an int to Python, never a number in a record
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            want = " or ".join(_JSON_NAMES[k] for k in kinds)
+        if not ok:
+            raise EdgetlError(
+                f"{source}: key {key!r} must be {want}, not {json.dumps(value)[:40]}; rerun the stage that writes it"
+            )
+    return d
+
+
+_STRING_OR_NULL = (str, type(None))
+EXPORT_SCHEMA = {k: _STRING_OR_NULL for k in ("onnx", "source", "source_sha256", "sha256")}
+QUANTIZE_SCHEMA = {
+    k: _STRING_OR_NULL
+    for k in ("int8_model", "fp32_model", "source_sha256", "sha256", "calibration_manifest")
+}
+BENCHMARK_SCHEMA = {"rows": (list, dict), "sources": dict, "environment": dict, "method": dict}
 
 
 @dataclass(frozen=True)
@@ -131,7 +173,8 @@ class ExportRecord:
         return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ExportRecord:
+    def from_dict(cls, d: dict, source: str | Path = "export record") -> ExportRecord:
+        check_fields(d, EXPORT_SCHEMA, source)
         keys = ("onnx", "source", "source_sha256", "sha256")
         return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
 
@@ -155,7 +198,8 @@ class QuantizationRecord:
         return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
 
     @classmethod
-    def from_dict(cls, d: dict) -> QuantizationRecord:
+    def from_dict(cls, d: dict, source: str | Path = "quantization record") -> QuantizationRecord:
+        check_fields(d, QUANTIZE_SCHEMA, source)
         keys = ("int8_model", "fp32_model", "source_sha256", "sha256")
         return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
 
@@ -171,7 +215,11 @@ class BenchmarkRecord:
         return {**self.report, "sources": dict(self.sources)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> BenchmarkRecord:
+    def from_dict(cls, d: dict, source: str | Path = "benchmark record") -> BenchmarkRecord:
+        check_fields(d, BENCHMARK_SCHEMA, source)
+        sources = d.get("sources") or {}
+        if not all(isinstance(v, str) for v in sources.values()):
+            raise EdgetlError(f"{source}: key 'sources' must map file names to sha256 strings")
         return cls(
             sources=dict(d.get("sources") or {}), report={k: v for k, v in d.items() if k != "sources"}
         )
@@ -227,6 +275,12 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.root / name).exists() for name in RUN_MARKERS)
 
+    def foreign_artifacts(self) -> list[str]:
+        """Files named like a run's artifacts in a folder that holds no run: the user's own."""
+        if not self.root.is_dir() or self.holds_run():
+            return []
+        return [name for name in ARTIFACTS if (self.root / name).exists()]
+
     def checkpoint(self) -> Path | None:
         return next((p for p in (self.best, self.last) if p.is_file()), None)
 
@@ -236,21 +290,21 @@ class RunFolder:
 
     def load_export(self) -> ExportRecord | None:
         d = read_record(self.export_record)
-        return ExportRecord.from_dict(d) if d is not None else None
+        return ExportRecord.from_dict(d, self.export_record) if d is not None else None
 
     def save_export(self, record: ExportRecord) -> Path:
         return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
 
     def load_quantization(self) -> QuantizationRecord | None:
         d = read_record(self.quantize_record)
-        return QuantizationRecord.from_dict(d) if d is not None else None
+        return QuantizationRecord.from_dict(d, self.quantize_record) if d is not None else None
 
     def save_quantization(self, record: QuantizationRecord) -> Path:
         return write_text_atomic(self.quantize_record, json.dumps(record.to_dict(), indent=1) + "\n")
 
     def load_benchmark(self) -> BenchmarkRecord | None:
         d = read_record(self.benchmark_record)
-        return BenchmarkRecord.from_dict(d) if d is not None else None
+        return BenchmarkRecord.from_dict(d, self.benchmark_record) if d is not None else None
 
     def save_benchmark(self, record: BenchmarkRecord) -> Path:
         return write_text_atomic(self.benchmark_record, json.dumps(record.to_dict(), indent=1))
@@ -273,7 +327,9 @@ class RunFolder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-        except PermissionError as e:
+        except OSError as e:
+            if e.errno not in UNWRITABLE:
+                raise
             if read_only_ok:
                 yield self
                 return
@@ -310,13 +366,18 @@ class RunFolder:
 
     def clear(self) -> list[str]:
         """Remove every artifact of the run (call with the lock held), last stage first, so an
-        interruption leaves an older but consistent chain, never a newer artifact without its source."""
-        removed = []
+        interruption leaves an older but consistent chain, never a newer artifact without its source.
+
+        Only a folder that holds a run is cleared, and only the names a run writes: files of the same
+        names in a folder with no run are the user's (`foreign_artifacts`), never removed."""
+        removed: list[str] = []
+        if not self.holds_run():
+            return removed
         for name in ARTIFACTS:
             path = self.root / name
-            if path.is_dir():
+            if path.is_dir() and (path / "manifest.json").is_file():
                 shutil.rmtree(path)
-            elif path.exists():
+            elif path.is_file():
                 path.unlink()
             else:
                 continue
@@ -416,10 +477,30 @@ class RunFolder:
 # --- outputs ------------------------------------------------------------------------------------------
 
 
+def _sniff_html(head: bytes) -> bool:
+    return head.lstrip().lower().startswith((b"<!doctype html", b"<html"))
+
+
+def _sniff_safetensors(head: bytes) -> bool:
+    return len(head) > 9 and int.from_bytes(head[:8], "little") > 0 and head[8:10] == b'{"'
+
+
+# First bytes of a file -> what edgetl artifact it is (files outside a run folder, or renamed ones).
+SIGNATURES: tuple[tuple[Callable[[bytes], bool], Kind], ...] = (
+    (lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"), Kind.PLOT),
+    (lambda head: head.startswith(b"\x1f\x8b"), Kind.BUNDLE),
+    (_sniff_html, Kind.REPORT),
+    (_sniff_safetensors, Kind.CHECKPOINT),
+)
+
+
 def _kind_of(path: Path) -> Kind | None:
-    """The kind of an existing file: by its run-folder name, else by an edgetl model's precision."""
+    """The kind of an existing path: by its run-folder name, an edgetl bundle folder, a model file's
+    precision (a model without edgetl metadata counts as FP32), else by its first bytes."""
     if path.name in ARTIFACTS and path.parent.joinpath(SPLITS).is_file():
         return ARTIFACTS[path.name]
+    if path.is_dir():
+        return Kind.BUNDLE if (path / "manifest.json").is_file() else None
     from edgetl_runtime.modelfile import is_model_file
 
     if is_model_file(path):
@@ -428,24 +509,56 @@ def _kind_of(path: Path) -> Kind | None:
         try:
             info: ModelInfo = read_model_info(path)
         except EdgetlError:
-            return None
+            return Kind.FP32_MODEL
         return Kind.INT8_MODEL if info.precision == "int8" else Kind.FP32_MODEL
-    return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    return next((kind for sniff, kind in SIGNATURES if sniff(head)), None)
 
 
-def check_output(
-    out: str | Path, kind: Kind, *, inputs: Sequence[str | Path] = (), option: str = "--out"
+def _same_path(a: Path, b: Path) -> bool:
+    if not (a.exists() and b.exists()):
+        return a.resolve() == b.resolve()
+    return os.path.samefile(a, b)
+
+
+def check_outputs(
+    outputs: Sequence[tuple[str, str | Path | None, Kind]],
+    *,
+    inputs: Sequence[str | Path | None] = (),
+    image_folders: Sequence[str | Path | None] = (),
 ) -> None:
-    """Refuse to write `out` over one of the command's `inputs` or over an artifact of another kind.
+    """The one check every command's outputs go through, before any work: each (option, path, kind)
+    must not be one of the command's `inputs`, nor inside one of its `image_folders` (a later run
+    would read it as a photo), nor another output of the same command, nor an existing artifact of
+    another kind.
 
-    quantize calls check_output(out, Kind.INT8_MODEL, inputs=[model]): `--out RUN/model.onnx` is
-    refused instead of replacing the FP32 model with INT8 weights.
+    quantize checks [("--out", out, INT8_MODEL), ("--manifest", manifest, CALIBRATION)] with
+    inputs=[model, calibration, eval]: `--manifest model.onnx` is refused instead of replacing the
+    FP32 model with a calibration manifest. A `None` path (an option not given) is skipped.
     """
-    out = Path(out)
-    target = out.resolve()
-    for source in inputs:
-        if Path(source).exists() and Path(source).resolve() == target:
-            raise EdgetlError(f"{option} {out}: is this command's own input; choose another path")
+    given = [(option, Path(path), kind) for option, path, kind in outputs if path is not None]
+    sources = [Path(p) for p in [*inputs, *image_folders] if p is not None]
+    folders = [Path(p).resolve() for p in image_folders if p is not None and Path(p).is_dir()]
+    for i, (option, out, kind) in enumerate(given):
+        for source in sources:
+            if _same_path(out, source):
+                raise EdgetlError(f"{option} {out}: is this command's own input; choose another path")
+        for folder in folders:
+            if out.resolve().is_relative_to(folder):
+                raise EdgetlError(
+                    f"{option} {out}: is inside the image folder {folder}; choose a path outside it"
+                )
+        for other_option, other, _ in given[:i]:
+            if _same_path(out, other):
+                raise EdgetlError(f"{option} {out}: is also {other_option}; give each output its own path")
+        _check_kind(option, out, kind)
+
+
+def _check_kind(option: str, out: Path, kind: Kind) -> None:
     if not out.exists():
         named = ARTIFACTS.get(out.name) if out.parent.joinpath(SPLITS).is_file() else None
         if named is not None and named is not kind:

@@ -113,7 +113,9 @@ def _confusion(labels: tuple[str, ...], targets: torch.Tensor, preds: list[int])
 
 def load_resume_state(run: Path) -> tuple[Recipe, dict]:
     if not (run / LAST).is_file() or not (run / LAST_STATE).is_file():
-        raise EdgetlError(f"--resume: {run} has no {LAST} and {LAST_STATE}; start without --resume")
+        raise EdgetlError(
+            f"--resume: {run} has no {LAST} and {LAST_STATE}; nothing to resume: start over with --overwrite"
+        )
     info = read_checkpoint_info(run / LAST)
     state = torch.load(run / LAST_STATE, map_location="cpu", weights_only=True)
     return recipe_from_dict(info.recipe, source=str(run / LAST)), state

@@ -83,11 +83,35 @@ def _check_same_data(run: RunFolder, splits: Splits) -> None:
 def _check_fresh(run: RunFolder, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise EdgetlError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    foreign = run.foreign_artifacts()
+    if foreign:
+        raise EdgetlError(
+            f"--out {run.root}: holds {', '.join(foreign)} but no edgetl run; --overwrite removes only "
+            "what a run wrote, so move those files or choose another --out"
+        )
+    nothing_to_resume = run.holds_run() and run.checkpoint() is None and not run.last_state.is_file()
+    if nothing_to_resume and not overwrite:
+        raise EdgetlError(
+            f"--out {run.root}: holds a run interrupted before its first epoch ended (no checkpoint); "
+            "nothing to resume: pass --overwrite to start it over, or choose another --out"
+        )
     if run.holds_run() and not (resume or overwrite):
         raise EdgetlError(
             f"--out {run.root}: holds a run already; pass --resume to continue it, --overwrite to replace "
             "it (removes its checkpoints, models and records), or choose another --out"
         )
+
+
+def _check_apart(data: Path, out: Path) -> None:
+    """--out inside --data would add its plots to a class as photos; --data inside --out is cleared by
+    --overwrite. Both refused before anything is written."""
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if out.is_relative_to(data):
+        raise EdgetlError(
+            f"--out {out}: is inside --data {data}; its plots would be read as images, choose a run folder outside it"
+        )
+    if data.is_relative_to(out):
+        raise EdgetlError(f"--data {data}: is inside --out {out}; keep the dataset outside the run folder")
 
 
 def train(
@@ -141,6 +165,7 @@ def train(
             )
         finally:
             close_world()
+    _check_apart(Path(data), run.root)
     _check_fresh(run, resume, overwrite)
     created = not run.root.exists()
     try:
