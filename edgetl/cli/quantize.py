@@ -100,9 +100,9 @@ def quantize(
     edgetl quantize model.onnx --calibration photos/ --eval val/ --out model.int8.onnx
     edgetl quantize model.onnx --calibration model.int8.json --out again.onnx   # repeat exactly
     """
+    from edgetl.api import quantize as run_quantize
     from edgetl.console import out as console
     from edgetl.console import print_json
-    from edgetl.quantizer import quantize as run_quantize
 
     result = run_quantize(
         model,
