@@ -51,6 +51,18 @@ MIN_RUNS = 50
 ROUNDS = 5
 
 
+MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take 0 .. 2**32-1
+
+
+def check_seed(seed: int) -> int:
+    """A seed every library accepts (a huge one crashed deep inside numpy or torch)."""
+    from edgetl.errors import EdgetlError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise EdgetlError(f"--seed {seed!r}: give an integer from 0 to {MAX_SEED}")
+    return seed
+
+
 def choices(options) -> list[str]:
     """The values of an enum (or of a sequence of enum members) as click.Choice takes them."""
     return [o.value for o in options]

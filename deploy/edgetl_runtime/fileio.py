@@ -48,7 +48,9 @@ def disk_error(error: BaseException, path: str | os.PathLike | None = None) -> E
     code = getattr(error, "errno", None)
     if not isinstance(error, OSError) or code not in DISK_ERRORS:
         return None
-    where = path if path is not None else error.filename
+    # a copy's error names the source first; a full or read-only disk is the destination's
+    written = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    where = path if path is not None else (error.filename2 if written else None) or error.filename
     subject = f"{where}: " if where is not None else ""
     return EdgetlError(f"{subject}{DISK_ERRORS[code]}", path=where)
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import click
 
 from edgetl.errors import EdgetlError
+from edgetl.options import MAX_SEED
 from edgetl_runtime.errors import EXIT_ERROR, EXIT_USAGE
 from edgetl_runtime.fileio import report_crash, report_error
 
@@ -33,17 +34,12 @@ class FiniteFloat(click.FloatRange):
         return rv
 
 
-class Seed(click.IntRange):
-    """A random seed: what numpy, torch and Python's random all accept (0 .. 2**32 - 1)."""
-
-    name = "seed"
-
-    def __init__(self) -> None:
-        super().__init__(0, 2**32 - 1)
-
-
 seed_option = click.option(
-    "--seed", type=Seed(), default=0, show_default=True, help="Random seed (0 .. 2**32-1)."
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Random seed (0 .. 2**32-1).",
 )
 
 

@@ -140,7 +140,9 @@ def describe_model(
     if not src.is_file():
         raise EdgetlError(f"{src}: no such model file")
     preset = str(preprocess) in PRESETS
-    check_outputs([("--out", out, Kind.FP32_MODEL)], inputs=[src, labels, None if preset else preprocess])
+    # an FP32 or an INT8 model: which one is known once the file is read
+    models = (Kind.FP32_MODEL, Kind.INT8_MODEL)
+    check_outputs([("--out", out, models)], inputs=[src, labels, None if preset else preprocess])
     names = read_labels(labels)
     try:
         proto = onnx.load(str(src))

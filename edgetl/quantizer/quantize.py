@@ -11,6 +11,7 @@ from pathlib import Path
 
 from edgetl.console import log, warn
 from edgetl.errors import DataError, EdgetlError, GateError
+from edgetl.options import check_seed
 from edgetl.quantizer.calibration import DEFAULT_NUM_CALIBRATION, is_manifest
 from edgetl.quantizer.evaluation import artifact_bytes, check_model, load_eval_set
 from edgetl.quantizer.gate import Attempt, Gate
@@ -164,6 +165,7 @@ def quantize(
         raise EdgetlError(f"--min-agreement {min_agreement}: a share between 0 and 1")
     if not 0 <= max_drop < math.inf:  # a NaN --max-drop would switch the gate off
         raise EdgetlError(f"--max-drop {max_drop}: a finite number of top-1 points >= 0")
+    check_seed(seed)
     if num_calibration < 1:
         raise EdgetlError(f"--num-calibration {num_calibration}: must be at least 1")
     quantizer = QUANTIZERS[qbackend]

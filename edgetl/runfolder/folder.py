@@ -327,7 +327,13 @@ class RunFolder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire()
+        except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+            raise RunLocked(
+                f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "
+                f"before `edgetl {command}`, or use another folder"
+            ) from None
         except OSError as e:
+            # a read-only mount is EROFS, not the PermissionError (EACCES) of a folder's mode bits
             if e.errno not in UNWRITABLE:
                 raise
             if read_only_ok:
@@ -335,11 +341,6 @@ class RunFolder:
                 return
             raise EdgetlError(
                 f"{self.root}: cannot write to this run folder ({e.strerror}); `edgetl {command}` needs to"
-            ) from None
-        except Timeout:
-            raise RunLocked(
-                f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "
-                f"before `edgetl {command}`, or use another folder"
             ) from None
         try:
             self.sweep()
@@ -526,7 +527,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def check_outputs(
-    outputs: Sequence[tuple[str, str | Path | None, Kind]],
+    outputs: Sequence[tuple[str, str | Path | None, Kind | tuple[Kind, ...]]],
     *,
     inputs: Sequence[str | Path | None] = (),
     image_folders: Sequence[str | Path | None] = (),
@@ -534,7 +535,7 @@ def check_outputs(
     """The one check every command's outputs go through, before any work: each (option, path, kind)
     must not be one of the command's `inputs`, nor inside one of its `image_folders` (a later run
     would read it as a photo), nor another output of the same command, nor an existing artifact of
-    another kind.
+    another kind (a tuple of kinds: any of them may be replaced).
 
     quantize checks [("--out", out, INT8_MODEL), ("--manifest", manifest, CALIBRATION)] with
     inputs=[model, calibration, eval]: `--manifest model.onnx` is refused instead of replacing the
@@ -558,14 +559,14 @@ def check_outputs(
         _check_kind(option, out, kind)
 
 
-def _check_kind(option: str, out: Path, kind: Kind) -> None:
+def _check_kind(option: str, out: Path, kind: Kind | tuple[Kind, ...]) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     if not out.exists():
         named = ARTIFACTS.get(out.name) if out.parent.joinpath(SPLITS).is_file() else None
-        if named is not None and named is not kind:
+        if named is not None and named not in kinds:
             raise EdgetlError(f"{option} {out}: that name holds the run's {named.value}; choose another path")
         return
     existing = _kind_of(out)
-    if existing is not None and existing is not kind:
-        raise EdgetlError(
-            f"{option} {out}: holds a {existing.value}, not a {kind.value}; choose another path"
-        )
+    if existing is not None and existing not in kinds:
+        wanted = " or ".join(k.value for k in kinds)
+        raise EdgetlError(f"{option} {out}: holds a {existing.value}, not a {wanted}; choose another path")

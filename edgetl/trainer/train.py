@@ -20,7 +20,7 @@ from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
 from edgetl.device import cuda_autocast_dtype, place_model
 from edgetl.errors import EdgetlError
-from edgetl.options import Device
+from edgetl.options import Device, check_seed
 from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
@@ -150,6 +150,7 @@ def train(
     removed first). The run folder is locked while training: a second writer fails at once.
     """
     started = time.perf_counter()
+    check_seed(seed)
     overrides = {
         "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
         "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,

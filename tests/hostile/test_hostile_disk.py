@@ -21,12 +21,12 @@ from edgetl_runtime.errors import EXIT_ERROR
 from edgetl_runtime.fileio import atomic_output, disk_error, report_crash
 
 
-def _mount(folder: Path, *options: str) -> bool:
+def _mount(folder: Path, size: str = "64k") -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
         return False
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join(["size=64k", *options]), "tmpfs", str(folder)],
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
         capture_output=True,
     )
     return done.returncode == 0
@@ -83,7 +83,7 @@ def test_packaging_from_a_read_only_run_works_and_writing_it_is_one_line(tiny_ru
     """A run on a read-only mount (EROFS, not EACCES): package writes elsewhere; export, which must
     write the run, says so in one line."""
     mount = tmp_path / "ro"
-    if not _mount(mount, "size=16m"):
+    if not _mount(mount, "64m"):
         pytest.skip("cannot mount a tmpfs here; test_a_read_only_lock_is_handled covers the errno")
     try:
         run = Path(shutil.copytree(tiny_run, mount / "run"))

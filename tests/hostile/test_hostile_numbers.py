@@ -73,6 +73,8 @@ def test_nan_inf_and_huge_options_are_usage_errors(row, tiny_run, digits_dir, tm
         (lambda run: _api().quantize(run, max_drop=math.inf), "--max-drop inf"),
         (lambda run: _api().quantize(run, num_calibration=0), "--num-calibration 0"),
         (lambda run: _api().export(run, tolerance=math.nan), "--tolerance nan"),
+        (lambda run: _api().quantize(run, seed=10**23), "--seed 1"),
+        (lambda run: _api().train(run, run.parent / "elsewhere", seed=-1), "--seed -1"),
         (lambda run: _api().benchmark(run, warmup_s=math.nan, backends=["onnxruntime-cpu"]), "warm-up"),
         (lambda run: _api().benchmark(run, min_s=math.inf, backends=["onnxruntime-cpu"]), "warm-up"),
     ],
@@ -173,3 +175,24 @@ def test_runtime_bench_refuses_a_batch_that_cannot_fit(bundle, monkeypatch):
     outcome = invoke("edgetl-run", ["bench", str(bundle), "--batch-size", "100000", "--json"])
     assert_one_line(outcome, EXIT_ERROR, "--batch-size 100000: needs about")
     assert_json_error(outcome, "1.0 GiB is available", option="--batch-size")
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("weight_decay = inf\n", "weight_decay"),
+        ("lr_decay = nan\n", "lr_decay"),
+        ("[[stages]]\nepochs = 1\nlr = inf\n", "stages[0].lr"),
+    ],
+)
+def test_a_recipe_with_nan_or_inf_is_refused_naming_the_key(toml, key, digits_dir, tmp_path):
+    """TOML has `inf` and `nan`; a recipe number must be finite (the API's lr=inf goes the same way)."""
+    (tmp_path / "r.toml").write_text(toml)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(digits_dir), "--out", str(out), "--recipe", str(tmp_path / "r.toml"), "--json"]
+    outcome = invoke("edgetl", args)
+    assert_one_line(outcome, EXIT_ERROR, f"recipe key '{key}' must be a number")
+    assert not out.exists()
+    with pytest.raises(EdgetlError, match="recipe key 'stages"):
+        _api().train(digits_dir, out, lr=math.inf)
+    assert not out.exists()
