@@ -11,25 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import read_json, typed_record
 from edgetl_runtime.fileio import write_text_atomic
 
 SPLITS = "splits.json"
-
-
-def _strings(values) -> list[str]:
-    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise TypeError("not a list of strings")
-    return values
-
-
-def _item(value, n_labels: int) -> tuple[str, int]:
-    """One [image path, label index] pair."""
-    if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
-        raise TypeError(f"{value!r} is not an [image path, label index] pair")
-    label = value[1]
-    if type(label) is not int or not 0 <= label < n_labels:
-        raise ValueError(f"label index {label!r} is not one of the {n_labels} labels")
-    return value[0], label
 
 
 @dataclass(frozen=True)
@@ -60,29 +45,13 @@ class Splits:
         path = Path(run) / SPLITS
         if not path.is_file():
             raise EdgetlError(f"{path}: missing; the run folder was not written by `edgetl train`")
-        retrain = "retrain with `edgetl train --data DATA --out RUN --overwrite`"
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise EdgetlError(f"{path}: not readable JSON ({type(e).__name__}); {retrain}") from None
-        key = "(the file)"
-        try:
-            if not isinstance(d, dict):
-                raise TypeError("not a JSON object")
-            key = "labels"
-            labels = tuple(_strings(d["labels"]))
-            items = {}
-            for key in ("train", "val"):
-                items[key] = tuple(_item(x, len(labels)) for x in d[key])
-            key = "data_root"
-            data_root = _strings([d.get("data_root", "")])[0]
-            key = "skipped"
-            skipped = d.get("skipped", 0)
-            if type(skipped) is not int or skipped < 0:
-                raise TypeError("not a count")
-            key = "fingerprint"
-            fingerprint = _strings([d.get("fingerprint", "")])[0]
-        except (KeyError, TypeError, ValueError) as e:
-            problem = "missing" if isinstance(e, KeyError) else f"invalid ({e})"
-            raise EdgetlError(f"{path}: key {key!r} {problem}; {retrain}") from None
-        return cls(labels, items["train"], items["val"], data_root, skipped, fingerprint)
+        splits = typed_record(cls, read_json(path), str(path))
+        n = len(splits.labels)
+        for split in ("train", "val"):
+            for i, (_, label) in enumerate(getattr(splits, split)):
+                if not 0 <= label < n:  # typed_record checks types; an index must also name a label
+                    raise EdgetlError(
+                        f"{path}: key '{split}[{i}]' has label index {label}, not one of the {n} labels; "
+                        "rerun the stage that writes it"
+                    )
+        return splits
