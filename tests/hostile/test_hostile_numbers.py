@@ -189,7 +189,16 @@ def test_a_recipe_with_nan_or_inf_is_refused_naming_the_key(toml, key, digits_di
     """TOML has `inf` and `nan`; a recipe number must be finite (the API's lr=inf goes the same way)."""
     (tmp_path / "r.toml").write_text(toml)
     out = tmp_path / "run"
-    args = ["train", "--data", str(digits_dir), "--out", str(out), "--recipe", str(tmp_path / "r.toml"), "--json"]
+    args = [
+        "train",
+        "--data",
+        str(digits_dir),
+        "--out",
+        str(out),
+        "--recipe",
+        str(tmp_path / "r.toml"),
+        "--json",
+    ]
     outcome = invoke("edgetl", args)
     assert_one_line(outcome, EXIT_ERROR, f"recipe key '{key}' must be a number")
     assert not out.exists()

@@ -56,17 +56,17 @@ def _benchmark(d: dict) -> Callable[[Path], None]:
 
 # row -> (break the run copy, command after RUN, message)
 ROWS = {
-    "splits.json not JSON, then export": (_write("splits.json", "{not json"), ["export"], "splits.json: not readable JSON"),
+    "splits.json not JSON, then export": (_write("splits.json", "{not json"), ["export"], "splits.json: unreadable"),
     "splits.json labels a string": (
-        _edit_json("splits.json", lambda d: d.update(labels="abc")), ["export"], "splits.json: key 'labels' invalid"
+        _edit_json("splits.json", lambda d: d.update(labels="abc")), ["export"], "splits.json: key 'labels' must be a JSON list"
     ),
     "splits.json without train": (
-        _edit_json("splits.json", lambda d: d.pop("train")), ["quantize"], "splits.json: key 'train' missing"
+        _edit_json("splits.json", lambda d: d.pop("train")), ["quantize"], "splits.json: key 'train' must be present"
     ),
     "splits.json label index out of range": (
         _edit_json("splits.json", lambda d: d["val"][0].__setitem__(1, 7)), ["export"], "label index 7"
     ),
-    "splits.json a list": (_write("splits.json", "[1, 2]"), ["export"], "not a JSON object"),
+    "splits.json a list": (_write("splits.json", "[1, 2]"), ["export"], "splits.json: not an edgetl record"),
     "checkpoint header not JSON, then export": (_header("{not json"), ["export"], "edgetl header is not JSON"),
     "checkpoint header without labels": (
         _edit_header(lambda d: d.pop("labels")), ["export"], "edgetl header: key 'labels' missing"
@@ -80,10 +80,10 @@ ROWS = {
     "zero-byte checkpoint, then report": (_write("best.safetensors", ""), ["report"], "best.safetensors: not a readable"),
     "zero-byte checkpoint, then export": (_write("best.safetensors", ""), ["export"], "best.safetensors: not a readable"),
     "benchmark.json rows a string, then package": (
-        _benchmark({"rows": "x"}), ["package", "--out", "{tmp}/b.tar.gz"], "benchmark.json: key 'rows' must be a list"
+        _benchmark({"rows": "x"}), ["package", "--out", "{tmp}/b.tar.gz"], "benchmark.json: key 'rows' must be a JSON list"
     ),
     "benchmark.json rows a string, then report": (
-        _benchmark({"rows": "x"}), ["report"], "benchmark.json: key 'rows' must be a list"
+        _benchmark({"rows": "x"}), ["report"], "benchmark.json: key 'rows' must be a JSON list"
     ),
     "benchmark.json sources a list, then package": (
         _benchmark({"rows": [], "sources": ["a"]}), ["package", "--out", "{tmp}/b.tar.gz"], "key 'sources'"
@@ -93,10 +93,10 @@ ROWS = {
         "quantize.json: key 'int8_model' must be a string",
     ),
     "summary.json stages a string, then report": (
-        _write("summary.json", json.dumps({"stages": "x"})), ["report"], "summary.json: key 'stages'"
+        _write("summary.json", json.dumps({"stages": "x"})), ["report"], "summary.json: key '"
     ),
     "metrics.json an object, then report": (
-        _write("metrics.json", json.dumps({"epoch": 1})), ["report"], "metrics.json: must be a JSON list"
+        _write("metrics.json", json.dumps({"epoch": 1})), ["report"], "metrics.json: not a list of epoch records"
     ),
     "confusion.json matrix a string, then report": (
         _write("confusion.json", json.dumps({"labels": ["0"], "matrix": "x"})), ["report"], "key 'matrix'"
