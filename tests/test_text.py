@@ -119,14 +119,14 @@ def _tiny_model(bert, classes=3):
 
 
 def test_trainable_parameters_per_stage(bert):
-    from edgetl.trainer.recipe import StagePlan
+    from edgetl.trainer.recipe import PhasePlan
     from edgetl.trainer.text import _trainable
 
     model, _ = _tiny_model(bert)
     head = {id(p) for p in model.head.parameters()}
-    groups = _trainable(model, len(model.layers), StagePlan(epochs=1), 0.5)
+    groups = _trainable(model, len(model.layers), PhasePlan(epochs=1), 0.5)
     assert {id(p) for p in model.parameters() if p.requires_grad} == head and len(groups) == 1
-    plan = StagePlan(epochs=1, unfreeze=2, lr=1e-3, lr_backbone=1e-4)
+    plan = PhasePlan(epochs=1, unfreeze=2, lr=1e-3, lr_backbone=1e-4)
     groups = _trainable(model, 0, plan, 0.5)
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     layers = {id(p) for p in model.layers.parameters()}

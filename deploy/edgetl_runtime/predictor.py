@@ -21,8 +21,7 @@ from .errors import BundleError, InputError
 from .inputs import InputSpec, batch_size_of, input_kind, slice_feed
 from .manifest import Manifest
 from .modality import Modality
-from .modelfile import model_format
-from .modelinfo import read_model_info
+from .modelfile import model_format, read_model_info
 from .preprocess import ImageInput
 from .signing import TrustedKey
 

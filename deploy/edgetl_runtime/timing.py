@@ -143,6 +143,21 @@ def measure_latency(
     return stats_from_samples(time_runs(run, inputs, min_s=min_s, min_runs=min_runs, sync=sync), batch)
 
 
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get without swapping (Linux MemAvailable, else free physical
+    pages); None where the OS does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process in MiB (None where the OS does not say)."""
     try:
@@ -184,14 +199,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_environment(packages: Sequence[str] = ("numpy", "onnxruntime", "openvino")) -> dict:
-    """What a latency figure depends on besides the model, so a reader can compare like with like."""
-    versions = {}
+def installed_versions(packages: Sequence[str]) -> dict[str, str | None]:
+    """name -> installed version (None when not installed): the one place versions are collected."""
+    versions: dict[str, str | None] = {}
     for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def describe_environment(packages: Sequence[str] = ("numpy", "onnxruntime", "openvino")) -> dict:
+    """What a latency figure depends on besides the model, so a reader can compare like with like."""
+    versions = installed_versions(packages)
     return {
         "cpu": cpu_model(),
         "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -19,11 +19,6 @@ from edgetl_runtime.fileio import atomic_output
 from edgetl_runtime.inputs import InputSpec, parse_modality, parse_spec
 from edgetl_runtime.modality import Modality
 
-BEST = "best.safetensors"
-LAST = "last.safetensors"
-# Head-only companions, written by cached-feature epochs where nothing but the head changes.
-BEST_HEAD = "best.head.safetensors"
-LAST_HEAD = "last.head.safetensors"
 HEAD_PREFIX = "head."
 
 
@@ -47,11 +42,41 @@ class CheckpointInfo:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> CheckpointInfo:
-        d = json.loads(text)
+    def from_json(cls, text: str, source: str | Path = "checkpoint") -> CheckpointInfo:
+        """Strict: anything but the header edgetl writes raises one EdgetlError naming the key."""
+        fix = "retrain, or give the checkpoint `edgetl train` wrote"
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise EdgetlError(f"{source}: its edgetl header is not JSON ({e}); {fix}") from None
+        if not isinstance(d, dict):
+            raise EdgetlError(f"{source}: its edgetl header is not a JSON object; {fix}")
+        fields = cls.__dataclass_fields__
+        unknown = sorted(set(d) - set(fields))
+        missing = [k for k in ("backbone", "labels", "preprocess") if k not in d]
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"key {missing[0]!r} missing"
+            raise EdgetlError(f"{source}: edgetl header: {what}; {fix}")
+        types = {
+            "backbone": str,
+            "labels": list,
+            "epoch": int,
+            "recipe": dict,
+            "metrics": dict,
+            "data_fingerprint": str,
+            "architecture": dict,
+        }
+        for key, kind in types.items():
+            if key in d and not isinstance(d[key], kind):
+                raise EdgetlError(f"{source}: edgetl header key {key!r} must be a {kind.__name__}; {fix}")
+        if not all(isinstance(label, str) for label in d["labels"]):
+            raise EdgetlError(f"{source}: edgetl header key 'labels' must list strings; {fix}")
+        try:
+            d["modality"] = parse_modality(d.get("modality"), f"{source}: edgetl header key 'modality'")
+            d["preprocess"] = parse_spec(d["modality"], d["preprocess"])
+        except (ValueError, TypeError, EdgetlError) as e:
+            raise EdgetlError(f"{source}: edgetl header key 'preprocess': {e}; {fix}") from None
         d["labels"] = tuple(d["labels"])
-        d["modality"] = parse_modality(d.get("modality"), "checkpoint")
-        d["preprocess"] = parse_spec(d["modality"], d["preprocess"])
         return cls(**d)
 
 
@@ -93,7 +118,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
     if "edgetl" not in meta:
         raise EdgetlError(f"{path}: not an edgetl checkpoint (no edgetl header)")
-    return CheckpointInfo.from_json(meta["edgetl"])
+    return CheckpointInfo.from_json(meta["edgetl"], path)
 
 
 def _image_architecture(info: CheckpointInfo) -> torch.nn.Module:
@@ -122,16 +147,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             f"{path}: weights do not fit backbone {info.backbone} ({str(e).splitlines()[0]})"
         ) from None
     return model.to(device).eval(), info
-
-
-def find_checkpoint(run: str | Path) -> Path:
-    """A run folder's best checkpoint, or the file itself when given one."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    if not run.is_dir():
-        raise EdgetlError(f"{run}: no such run folder; train one with `edgetl train --data DIR --out {run}`")
-    for name in (BEST, LAST):
-        if (run / name).is_file():
-            return run / name
-    raise EdgetlError(f"{run}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?")

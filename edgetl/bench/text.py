@@ -19,7 +19,7 @@ import numpy as np
 from edgetl.console import log
 from edgetl_runtime.backends import BACKENDS, load_session
 from edgetl_runtime.fileio import write_text_atomic
-from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.modelfile import read_model_info
 from edgetl_runtime.textinput import TextSpec, encode_texts, example_feed
 from edgetl_runtime.timing import describe_environment, measure_latency
 

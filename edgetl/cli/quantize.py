@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl import options as opt
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
 
 
 @click.command()
@@ -28,33 +29,40 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(min=0),
-    default=0.5,
+    type=FiniteFloat(min=0),
+    default=opt.DEFAULT_MAX_DROP,
     show_default=True,
     help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
     "a warning when the gate images cannot tell.",
 )
 @click.option(
     "--min-agreement",
-    type=float,
-    default=0.95,
+    type=FiniteFloat(0, 1),
+    default=opt.DEFAULT_MIN_AGREEMENT,
     show_default=True,
     help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
     "a warning when the images cannot tell.",
 )
 @click.option(
     "--method",
-    default="auto",
+    default=opt.DEFAULT_QUANT_METHOD,
     show_default=True,
     help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
 )
 @click.option(
-    "--backend", type=click.Choice(["onnxruntime", "nncf"]), default="onnxruntime", show_default=True
+    "--backend",
+    type=click.Choice(opt.choices(opt.QuantBackend)),
+    default=opt.QuantBackend.ONNXRUNTIME.value,
+    show_default=True,
 )
 @click.option(
-    "--num-calibration", type=int, default=300, show_default=True, help="Images to sample for calibration."
+    "--num-calibration",
+    type=click.IntRange(min=1),
+    default=opt.DEFAULT_NUM_CALIBRATION,
+    show_default=True,
+    help="Images to sample for calibration.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option(
     "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
 )

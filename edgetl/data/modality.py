@@ -20,7 +20,8 @@ def backbone_modality(name: str | None) -> Modality:
 
 def model_modality(path: str | Path) -> Modality:
     """An exported model's modality (images for files without edgetl metadata, as before text)."""
-    from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+    from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.modelinfo import MetadataMissing
 
     try:
         return read_model_info(path).modality

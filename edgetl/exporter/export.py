@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from edgetl import __version__
-from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint
 from edgetl.backbones.registry import EdgeModel, create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
@@ -36,15 +37,23 @@ from edgetl.options import (
     MAX_CHECK_IMAGES,
     ExportFormat,
 )
-from edgetl.runfolder.folder import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import (
+    TMP_PREFIX,
+    ExportRecord,
+    Kind,
+    RunFolder,
+    Step,
+    check_outputs,
+    find_checkpoint,
+)
 from edgetl.runfolder.splits import SPLITS, Splits
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modality import Modality
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import BY_NAME, ONNX
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
-DEFAULT_ONNX = "model.onnx"
 SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
 
@@ -223,17 +232,17 @@ def load_source(
 
 def _default_out(loaded: LoadedSource) -> Path:
     if loaded.run is not None:
-        return loaded.run / DEFAULT_ONNX
+        return RunFolder(loaded.run).model
     if loaded.checkpoint is not None:
-        return loaded.checkpoint.with_suffix(".onnx")
+        return loaded.checkpoint.with_suffix(ONNX.suffix)
     return Path(f"{loaded.info.backbone}.onnx")
 
 
 def _check_writable(out: Path) -> None:
     """Fail before the slow export, not after it."""
     if out.is_dir():
-        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {out / DEFAULT_ONNX}")
-    if out.suffix != ".onnx":
+        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {RunFolder(out).model}")
+    if out.suffix != ONNX.suffix:
         raise EdgetlError(f"--out {out}: the file name must end in .onnx")
     check_writable(out, "--out")
 
@@ -270,8 +279,8 @@ def export_onnx(
         raise EdgetlError(
             f"--format {formats}: choose from {', '.join(f.value for f in ExportFormat)}"
         ) from None
-    if tolerance < 0:
-        raise EdgetlError(f"--tolerance {tolerance}: must be >= 0")
+    if not 0 <= tolerance < math.inf:  # NaN fails this too: a NaN tolerance would pass any model
+        raise EdgetlError(f"--tolerance {tolerance}: must be a finite number >= 0")
     if batch < 1 or max_images < 1:
         raise EdgetlError("--batch and --max-check-images must be at least 1")
     check_opset(opset)
@@ -303,12 +312,18 @@ class ExportRequest:
 def _export_images(r: ExportRequest) -> ExportResult:
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
+    ir = [out.with_suffix(".xml"), out.with_suffix(".bin")] if r.extra else []
+    check_outputs(
+        [("--out", out, Kind.FP32_MODEL), *(("--format openvino", p, Kind.FP32_MODEL) for p in ir)],
+        inputs=[loaded.checkpoint],
+        image_folders=[r.check_images],
+    )
     args = (loaded, out, r.start, r.opset, r.precision, r.optimize, list(r.extra), r.tolerance, r.batch)
     if loaded.run is None:
         return _export(*args)
     run = RunFolder(loaded.run)
     with run.lock("export"):
-        run.check_for(Stage.EXPORT)
+        run.check_for(Step.EXPORT)
         return _export(*args)
 
 
@@ -331,8 +346,7 @@ EXPORTERS = {Modality.IMAGE: _export_images, Modality.TEXT: _export_text}
 
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
-    check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
-    info = loaded.info.with_(precision=precision.value)
+    info = loaded.info.with_(precision=precision)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")
     example = torch.from_numpy(np.resize(loaded.check, (2, *loaded.check.shape[1:])))
@@ -352,13 +366,13 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
             proto = to_fp16(proto)
-        FORMATS[".onnx"].embed(proto, info.to_metadata())
+        ONNX.embed(proto, info.to_metadata())
         nodes = len(proto.graph.node)
         size = save_onnx(proto, tmp, out.name, stack)
-        checks = [check(tmp, "onnxruntime-cpu")]
+        checks = [check(tmp, BackendName.ORT_CPU)]
         written = {}
         for fmt in extra:
-            suffix, writer = EXTRA_FORMATS[fmt]
+            suffix, writer = BY_NAME[fmt.value].suffix, EXTRA_FORMATS[fmt]
             written[fmt] = out.with_suffix(suffix)
             checks.append(writer(tmp, written[fmt], info, stack, check))
     onnx_check = checks[0]
@@ -382,6 +396,8 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
         checks=tuple(checks),
     )
     if loaded.run is not None:
-        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        record = ExportRecord.from_dict(
+            {**result.to_dict(), "source_sha256": info.source_sha256, "sha256": sha256_file(out)}
+        )
         RunFolder(loaded.run).save_export(record)
     return result

@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from edgetl import __version__
-from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint
 from edgetl.console import log
 from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
 from edgetl.exporter.convert import save_onnx
 from edgetl.exporter.parity import Parity
-from edgetl.runfolder.folder import ExportRecord, Kind, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import ExportRecord, Kind, RunFolder, Step, check_outputs, find_checkpoint
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modality import Modality
@@ -123,8 +123,8 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
     lock = RunFolder(run).lock("export") if run else contextlib.nullcontext()
     with lock:
         if run:
-            RunFolder(run).check_for(Stage.EXPORT)
-        check_output(out, Kind.FP32_MODEL, inputs=[checkpoint])
+            RunFolder(run).check_for(Step.EXPORT)
+        check_outputs([("--out", out, Kind.FP32_MODEL)], inputs=[checkpoint])
         log(f"exporting {info.backbone} ({len(info.labels)} classes, text) to {out} (opset {opset})")
         proto = text_to_onnx(model, spec, opset, info)
         with contextlib.ExitStack() as stack:
@@ -151,6 +151,8 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
         nodes=nodes, seconds=round(time.perf_counter() - start, 2), checks=tuple(checks),
     )  # fmt: skip
     if run is not None:
-        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        record = ExportRecord.from_dict(
+            {**result.to_dict(), "source_sha256": info.source_sha256, "sha256": sha256_file(out)}
+        )
         RunFolder(run).save_export(record)
     return result

@@ -19,10 +19,10 @@ import numpy as np
 from edgetl.console import warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import DataError
+from edgetl.options import DEFAULT_NUM_CALIBRATION
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 
-DEFAULT_NUM_CALIBRATION = 300
 HOLDOUT_EVERY = 3  # without labelled gate images, a third of the given ones is held out to gate on
 HOLDOUT_MAX = 1000
 MANIFEST_VERSION = 1

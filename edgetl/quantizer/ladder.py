@@ -20,6 +20,7 @@ from edgetl.console import log
 from edgetl.quantizer import nncf_backend, ort
 from edgetl.quantizer.calibration import CalibrationSet
 from edgetl.quantizer.gate import Attempt, Evaluation, Gate, GateReport, score
+from edgetl_runtime.modelfile import ONNX, OPENVINO
 from edgetl_runtime.modelinfo import ModelInfo
 
 RECOVERY_ATTEMPTS = 6  # most sensitive tensor groups tried in float, one at a time
@@ -36,7 +37,7 @@ class Candidate:
     predictions: np.ndarray
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     model: Path  # the FP32 ONNX model
     info: ModelInfo
@@ -70,7 +71,7 @@ class Context:
             self.best = cand
         return cand
 
-    def candidate_path(self, suffix: str = ".onnx") -> Path:
+    def candidate_path(self, suffix: str = ONNX.suffix) -> Path:
         return self.work / f"cand-{len(self.gate.attempts)}{suffix}"
 
 
@@ -160,7 +161,7 @@ def rung_openvino(ctx: Context) -> None:
         out = nncf_backend.quantize_openvino(
             ctx.model,
             ctx.calib.inputs,
-            ctx.candidate_path(".xml"),
+            ctx.candidate_path(OPENVINO.suffix),
             fast_bias_correction=nncf_backend.OPENVINO_VARIANTS[variant],
             exclude=ctx.exclude,
         )

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 from edgetl.console import log, warn
 from edgetl.data.modality import source_modality
 from edgetl.errors import DataError, EdgetlError, GateError
-from edgetl.quantizer.calibration import DEFAULT_NUM_CALIBRATION, is_manifest
+from edgetl.options import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_NUM_CALIBRATION,
+    DEFAULT_QUANT_METHOD,
+    QuantBackend,
+    check_seed,
+)
+from edgetl.quantizer.calibration import is_manifest
 from edgetl.quantizer.evaluation import artifact_bytes, check_model, load_eval_set
 from edgetl.quantizer.gate import Attempt, Gate
 from edgetl.quantizer.inputs import (
@@ -24,21 +32,16 @@ from edgetl.quantizer.inputs import (
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modality import Modality
+from edgetl_runtime.modelfile import ONNX, OPENVINO
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
 # ahead of their FakeQuantize, and its graph as XML: 0.34x on efficientnet_lite0, against an FP32 IR.
 MAX_SIZE_RATIO_IR = 0.4
-DEFAULT_MAX_DROP = 0.5
-DEFAULT_MIN_AGREEMENT = 0.95
-
-
-class QuantBackend(str, Enum):
-    ONNXRUNTIME = "onnxruntime"
-    NNCF = "nncf"
 
 
 @dataclass(frozen=True)
@@ -52,10 +55,10 @@ class Quantizer:
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
     QuantBackend.ONNXRUNTIME: Quantizer(
-        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ".onnx", "onnxruntime-cpu", MAX_SIZE_RATIO
+        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ONNX.suffix, BackendName.ORT_CPU, MAX_SIZE_RATIO
     ),
     QuantBackend.NNCF: Quantizer(
-        ("openvino",), tuple(OPENVINO_VARIANTS), ".xml", "openvino-cpu", MAX_SIZE_RATIO_IR
+        ("openvino",), tuple(OPENVINO_VARIANTS), OPENVINO.suffix, BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
 }
 # a recorded method -> the rung that repeats it
@@ -137,7 +140,7 @@ def quantize(
     eval_dir: str | Path | None = None,
     max_drop: float = DEFAULT_MAX_DROP,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    method: str = "auto",
+    method: str = DEFAULT_QUANT_METHOD,
     num_calibration: int = DEFAULT_NUM_CALIBRATION,
     seed: int = 0,
     allow_drop: bool = False,
@@ -161,8 +164,13 @@ def quantize(
         raise EdgetlError(
             f"--backend {backend!r}: choose one of {', '.join(b.value for b in QuantBackend)}"
         ) from None
-    if not 0 <= min_agreement <= 1:
+    if not 0 <= min_agreement <= 1:  # NaN fails both comparisons
         raise EdgetlError(f"--min-agreement {min_agreement}: a share between 0 and 1")
+    if not 0 <= max_drop < math.inf:  # a NaN --max-drop would switch the gate off
+        raise EdgetlError(f"--max-drop {max_drop}: a finite number of top-1 points >= 0")
+    check_seed(seed)
+    if num_calibration < 1:
+        raise EdgetlError(f"--num-calibration {num_calibration}: must be at least 1")
     options = dict(
         calibration=calibration, eval_dir=eval_dir, max_drop=max_drop, min_agreement=min_agreement,
         method=method, num_calibration=num_calibration, seed=seed, allow_drop=allow_drop, backend=qbackend,
@@ -198,18 +206,23 @@ def _quantize_images(
         raise EdgetlError(f"--out {inputs.out}: backend {qbackend.value} writes a {quantizer.suffix} file")
     if qat and (inputs.run is None or qbackend is not QuantBackend.ONNXRUNTIME):
         raise EdgetlError("--qat fine-tunes a run's model: pass a RUN folder (and the onnxruntime backend)")
-    check_output(inputs.out, Kind.INT8_MODEL, inputs=[inputs.model])
+    reused = inputs.calibration is not None and is_manifest(inputs.calibration)
+    manifest_path = Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
+    check_outputs(
+        [
+            ("--out", inputs.out, Kind.INT8_MODEL),
+            ("--manifest", None if reused else manifest_path, Kind.CALIBRATION),
+        ],
+        inputs=[inputs.model, inputs.calibration],
+        image_folders=[inputs.calibration, eval_dir if isinstance(eval_dir, (str, Path)) else None],
+    )
     folder = RunFolder(inputs.run) if inputs.run is not None else None
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
-            folder.check_for(Stage.QUANTIZE)
+            folder.check_for(Step.QUANTIZE)
         info = check_model(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)
-        reused = inputs.calibration is not None and is_manifest(inputs.calibration)
-        manifest_path = (
-            Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
-        )
         check_writable(inputs.out, "--out")
         if not reused:
             # checked now so that a bad --manifest cannot leave the INT8 model written without its record
@@ -240,31 +253,31 @@ def _quantize_images(
                 "pass images that did not calibrate the model with --eval"
             )
         gate = Gate(
-            inputs.model,
-            gate_inputs,
-            gate_labels,
-            info.labels,
-            max_drop,
-            min_agreement,
-            quantizer.session_backend,
-            quantizer.suffix,
-            quantizer.max_size_ratio,
+            fp32_model=inputs.model,
+            inputs=gate_inputs,
+            labels=gate_labels,
+            names=info.labels,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            backend=quantizer.session_backend,
+            suffix=quantizer.suffix,
+            max_size_ratio=quantizer.max_size_ratio,
             calibration_images=len(calib),
             held_out=inputs.eval_source is None,
         )
         with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as tmp:
             ctx = Context(
-                inputs.model,
-                info,
-                calib,
-                calibration_labels(calib, info.labels),
-                gate,
-                Path(tmp),
-                methods,
-                search_all,
-                exclude,
-                inputs.run,
-                seed,
+                model=inputs.model,
+                info=info,
+                calib=calib,
+                calib_labels=calibration_labels(calib, info.labels),
+                gate=gate,
+                work=Path(tmp),
+                methods=methods,
+                search_all=search_all,
+                exclude=exclude,
+                run=inputs.run,
+                seed=seed,
             )
             best = climb(ctx, ladder)
             att, report = best.attempt, best.report
@@ -318,12 +331,8 @@ def _quantize_images(
         )
         if folder is not None:
             folder.save_quantization(
-                QuantizationRecord(
-                    int8_model=str(inputs.out),
-                    fp32_model=str(inputs.model),
-                    source_sha256=model_sha,
-                    sha256=sha256_file(inputs.out),
-                    details=result.to_dict(),
+                QuantizationRecord.from_dict(
+                    {**result.to_dict(), "source_sha256": model_sha, "sha256": sha256_file(inputs.out)}
                 )
             )
     return result

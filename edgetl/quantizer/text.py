@@ -17,11 +17,11 @@ from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
 from edgetl.quantizer.gate import Verdict, compare_logits, judge
 from edgetl.quantizer.inputs import write_model
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import check_writable, sha256_file
-from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.modelfile import read_model_info
 from edgetl_runtime.textinput import TextSpec, encode_texts
 
 QUANTIZED_OPS = ["MatMul", "Gemm"]
@@ -200,10 +200,10 @@ def quantize_text(
     calib = read_recorded([splits.train[i][0] for i in picks])
     gate_texts = read_recorded([p for p, _ in splits.val])
     labels = np.array([y for _, y in splits.val])
-    check_output(out, Kind.INT8_MODEL, inputs=[fp32])
+    check_outputs([("--out", out, Kind.INT8_MODEL)], inputs=[fp32])
     check_writable(out, "--out")
     with folder.lock("quantize"):
-        folder.check_for(Stage.QUANTIZE)
+        folder.check_for(Step.QUANTIZE)
         reference = _logits(fp32, gate_texts, spec)
         fp32_ms = latency_ms(fp32, spec)
         fp32_bytes = fp32.stat().st_size
@@ -263,7 +263,9 @@ def quantize_text(
             "gate": report.to_dict(), "attempts": [asdict(c) for c, _ in candidates],
         }  # fmt: skip
         folder.save_quantization(
-            QuantizationRecord(str(out), str(fp32), sha256_file(fp32), sha256_file(out), summary)
+            QuantizationRecord.from_dict(
+                {**summary, "source_sha256": sha256_file(fp32), "sha256": sha256_file(out)}
+            )
         )
     log(
         f"INT8 ({best.method}): agreement {100 * best.agreement:.2f}%, {best.latency_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms -> {out}"

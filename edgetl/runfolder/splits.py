@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import read_json, typed_record
 from edgetl_runtime.fileio import write_text_atomic
 
 SPLITS = "splits.json"
@@ -44,12 +45,13 @@ class Splits:
         path = Path(run) / SPLITS
         if not path.is_file():
             raise EdgetlError(f"{path}: missing; the run folder was not written by `edgetl train`")
-        d = json.loads(path.read_text())
-        return cls(
-            labels=tuple(d["labels"]),
-            train=tuple((p, int(i)) for p, i in d["train"]),
-            val=tuple((p, int(i)) for p, i in d["val"]),
-            data_root=d.get("data_root", ""),
-            skipped=int(d.get("skipped", 0)),
-            fingerprint=str(d.get("fingerprint", "")),
-        )
+        splits = typed_record(cls, read_json(path), str(path))
+        n = len(splits.labels)
+        for split in ("train", "val"):
+            for i, (_, label) in enumerate(getattr(splits, split)):
+                if not 0 <= label < n:  # typed_record checks types; an index must also name a label
+                    raise EdgetlError(
+                        f"{path}: key '{split}[{i}]' has label index {label}, not one of the {n} labels; "
+                        "rerun the stage that writes it"
+                    )
+        return splits

@@ -20,20 +20,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgetl.backbones.checkpoint import BEST, LAST, CheckpointInfo, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from edgetl.backbones.text import TextClassifier, create_text_model
 from edgetl.console import log, warn
 from edgetl.data.texts import TextData, load_texts
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
-from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.folder import BEST, CONFUSION, LAST, METRICS, SUMMARY, TEXT_STATE, RunFolder
 from edgetl.trainer.recipe import Balance, Recipe
-from edgetl.trainer.session import CONFUSION, METRICS, SUMMARY, StageResult, TrainResult, _confusion, _score
+from edgetl.trainer.session import PhaseResult, TrainResult, _confusion, _score
 from edgetl_runtime.fileio import check_writable, write_text_atomic
 from edgetl_runtime.modality import Modality
 from edgetl_runtime.textinput import TextSpec, encode_texts
 
-TEXT_STATE = "last_state.json"
 EVAL_BATCH = 64
 
 
@@ -240,7 +239,7 @@ class TextSession:
                 log(f"stage {s + 1}: no better validation score for {bad} epochs; stopping early")
                 break
         rows = [r for r in self.history if r["stage"] == s + 1]
-        self.stages.append(asdict(StageResult(
+        self.stages.append(asdict(PhaseResult(
             index=s + 1, unfreeze=plan.unfreeze, epochs_run=len(rows), seconds=time.perf_counter() - t0,
             best_val_accuracy=max((r["val_accuracy"] for r in rows), default=0.0), stopped_early=stopped,
         )))  # fmt: skip
@@ -271,7 +270,7 @@ class TextSession:
             run=self.run, checkpoint=self.run / BEST, best_val_accuracy=self.best[0], best_epoch=self.best_epoch,
             train_seconds=seconds, epochs=len(self.history), skipped=self.data.splits.skipped,
             num_train=len(self.data.train_texts), num_val=len(self.data.val_texts), labels=labels,
-            backbone=self.recipe.backbone, device=device, stages=tuple(StageResult(**st) for st in self.stages),
+            backbone=self.recipe.backbone, device=device, stages=tuple(PhaseResult(**st) for st in self.stages),
             frozen_compute={"modality": "text", "truncated": self.truncated, "max_length": self.spec.max_length,
                             "data": self.data.stats.to_dict()},
         )  # fmt: skip

@@ -10,29 +10,30 @@ stage kind trains is in `stages`, the per-epoch bookkeeping, checkpoints and sum
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, read_checkpoint_info, with_head
+from edgetl.backbones.checkpoint import load_checkpoint, read_checkpoint_info, with_head
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
 from edgetl.data.modality import backbone_modality
 from edgetl.device import cuda_autocast_dtype, place_model
 from edgetl.errors import EdgetlError
-from edgetl.options import Device
+from edgetl.options import Device, check_seed
 from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
 from edgetl.trainer.frozen import FrozenCompute
-from edgetl.trainer.phases import StageContext
+from edgetl.trainer.phases import PhaseContext
 from edgetl.trainer.recipe import Balance, Recipe, recipe_from_dict, resolve_recipe
-from edgetl.trainer.session import Book, Session, StageResult, TrainResult, load_resume_state
+from edgetl.trainer.session import Book, PhaseResult, Session, TrainResult, load_resume_state
 from edgetl_runtime.fileio import check_writable
 from edgetl_runtime.modality import Modality
 
-__all__ = ["StageResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["PhaseResult", "TrainResult", "resolve_device", "train"]
 
 
 def _cuda_missing_reason() -> str:
@@ -85,11 +86,35 @@ def _check_same_data(run: RunFolder, splits: Splits) -> None:
 def _check_fresh(run: RunFolder, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise EdgetlError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    foreign = run.foreign_artifacts()
+    if foreign:
+        raise EdgetlError(
+            f"--out {run.root}: holds {', '.join(foreign)} but no edgetl run; --overwrite removes only "
+            "what a run wrote, so move those files or choose another --out"
+        )
+    nothing_to_resume = run.holds_run() and run.checkpoint() is None and not run.last_state.is_file()
+    if nothing_to_resume and not overwrite:
+        raise EdgetlError(
+            f"--out {run.root}: holds a run interrupted before its first epoch ended (no checkpoint); "
+            "nothing to resume: pass --overwrite to start it over, or choose another --out"
+        )
     if run.holds_run() and not (resume or overwrite):
         raise EdgetlError(
             f"--out {run.root}: holds a run already; pass --resume to continue it, --overwrite to replace "
             "it (removes its checkpoints, models and records), or choose another --out"
         )
+
+
+def _check_apart(data: Path, out: Path) -> None:
+    """--out inside --data would add its plots to a class as photos; --data inside --out is cleared by
+    --overwrite. Both refused before anything is written."""
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if out.is_relative_to(data):
+        raise EdgetlError(
+            f"--out {out}: is inside --data {data}; its plots would be read as images, choose a run folder outside it"
+        )
+    if data.is_relative_to(out):
+        raise EdgetlError(f"--data {data}: is inside --out {out}; keep the dataset outside the run folder")
 
 
 def train(
@@ -128,68 +153,90 @@ def train(
     removed first). The run folder is locked while training: a second writer fails at once.
     """
     started = time.perf_counter()
+    check_seed(seed)
     overrides = {
         "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
         "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,
         "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
         "image_size": image_size, "val_fraction": val_fraction, "cache_views": cache_views,
     }  # fmt: skip
+    request = TrainRequest(
+        data=data,
+        backbone=backbone,
+        recipe=recipe,
+        device=device,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=overrides,
+    )
     run = RunFolder(Path(out))
     if launched_rank() != 0:
         # under torchrun, rank 0 checks, locks and writes the run folder; the others only read it
         try:
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
         finally:
             close_world()
+    _check_apart(Path(data), run.root)
     _check_fresh(run, resume, overwrite)
     created = not run.root.exists()
     try:
         check_writable(run.root, "--out", folder=True)
         with run.lock("train"):
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
     finally:
         close_world()
         if created:
             run.discard_if_empty()
 
 
-def _train_text(data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides):
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What `train` was asked for, as the locked part of training receives it."""
+
+    data: str | Path
+    backbone: str | None
+    recipe: Recipe | str | Path | None
+    device: str
+    seed: int
+    resume: bool
+    overwrite: bool
+    overrides: dict  # recipe options given (None: keep the recipe's value)
+
+
+def _train_locked(request: TrainRequest, run: RunFolder, *, started: float):
+    if launched_rank() == 0:
+        # again, now that no other writer can change the folder
+        _check_fresh(run, request.resume, request.overwrite)
+    return TRAINERS[_run_modality(run, request)](request, run, started=started)
+
+
+def _run_modality(run: RunFolder, request: TrainRequest) -> Modality:
+    """What the run trains: a resumed run's checkpoint says; else the recipe's backbone."""
+    if request.resume and run.last.is_file():
+        return read_checkpoint_info(run.last).modality
+    return backbone_modality(resolve_recipe(request.recipe, request.backbone).backbone)
+
+
+def _train_text(request: TrainRequest, run: RunFolder, *, started: float):
     from edgetl.trainer.text import train_text
 
     if launched_rank() != 0 or init_world(cuda=False).active:
         raise EdgetlError("--devices: a text model trains in one process; drop --devices")
-    if resume:
+    if request.resume:
         info = read_checkpoint_info(run.last)
         recipe = recipe_from_dict(info.recipe, source=str(run.last))
     else:
-        recipe = resolve_recipe(recipe, backbone).with_overrides(**overrides)
-    return train_text(data, run, recipe, seed=seed, resume=resume, overwrite=overwrite, started=started)
+        recipe = resolve_recipe(request.recipe, request.backbone).with_overrides(**request.overrides)
+    return train_text(
+        request.data, run, recipe, seed=request.seed, resume=request.resume, overwrite=request.overwrite,
+        started=started,
+    )  # fmt: skip
 
 
-def _run_modality(run: RunFolder, resume: bool, recipe, backbone) -> Modality:
-    """What the run trains: a resumed run's checkpoint says; else the recipe's backbone."""
-    if resume and run.last.is_file():
-        return read_checkpoint_info(run.last).modality
-    return backbone_modality(resolve_recipe(recipe, backbone).backbone)
-
-
-def _train_locked(
-    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
-):
-    main = launched_rank() == 0
-    if main:
-        _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
-    trainer = TRAINERS[_run_modality(run, resume, recipe, backbone)]
-    return trainer(data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides)
-
-
-def _train_images(
-    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
-):
+def _train_images(request: TrainRequest, run: RunFolder, *, started: float):
+    data, recipe, device, seed = request.data, request.recipe, request.device, request.seed
+    resume, overwrite, overrides = request.resume, request.overwrite, request.overrides
     main = launched_rank() == 0
     if resume:
         if any(v is not None for v in overrides.values()) or recipe is not None:
@@ -197,7 +244,7 @@ def _train_images(
         recipe, state = load_resume_state(run.root)
         seed = int(state["seed"])
     else:
-        recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
+        recipe, state = resolve_recipe(recipe, request.backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
     world = init_world(cuda=dev.type == "cuda")
@@ -220,8 +267,8 @@ def _train_images(
     else:
         _check_same_data(run, splits)
         model, _ = load_checkpoint(run.last)
-        if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
-            model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
+        if run.last_head.is_file():  # interrupted in a cached-feature stage
+            model.load_state_dict(with_head(model.state_dict(), run.last_head))
     world.barrier()  # every process has read the old run before rank 0 changes the folder
     if main:
         check_writable(run.root, "--out", folder=True)
@@ -236,19 +283,29 @@ def _train_images(
     if class_weights is not None:
         class_weights = class_weights.to(dev)
     frozen = FrozenCompute(run.root, reuse=state is not None)
-    ctx = StageContext(
-        model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, frozen, world
+    ctx = PhaseContext(
+        model=model,
+        data=images,
+        recipe=recipe,
+        spec=spec,
+        device=dev,
+        amp=amp,
+        seed=seed,
+        class_weights=class_weights,
+        sample_weights=sample_weights,
+        frozen=frozen,
+        world=world,
     )
     book = Book(**state["book"]) if state else Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
-    if state is not None and (run.root / BEST_HEAD).is_file():
+    if state is not None and run.best_head.is_file():
         # the interrupted stage's best so far: its backbone is the stage's, which the model holds
-        session.best_weights = with_head(model.state_dict(), run.root / BEST_HEAD)
+        session.best_weights = with_head(model.state_dict(), run.best_head)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
-        session.run_stage(s, state if state and s == state["stage"] else None)
+        session.run_phase(s, state if state and s == state["stage"] else None)
     return session.finish()
 
 
-# one trainer per modality, chosen by the model (see edgetl/data/modality.py)
+# one trainer per modality, chosen by the model (edgetl/data/modality.py)
 TRAINERS = {Modality.IMAGE: _train_images, Modality.TEXT: _train_text}
