@@ -234,7 +234,7 @@ class TextSession:
                 )
             save_checkpoint(model, self.info(len(self.history), metrics), self.run / LAST)
             self.save_state(s, e + 1)
-            if bad >= self.recipe.patience:
+            if bad >= self.recipe.patience and e + 1 < plan.epochs:
                 stopped = True
                 log(f"stage {s + 1}: no better validation score for {bad} epochs; stopping early")
                 break
