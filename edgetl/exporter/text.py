@@ -104,13 +104,13 @@ def text_parity(
 
 def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_images: int):
     """The text half of `edgetl export` (a run folder or checkpoint of a text model)."""
-    from edgetl.exporter.export import DEFAULT_ONNX, ExportResult
+    from edgetl.exporter.export import ExportResult
 
     start = time.perf_counter()
     checkpoint = find_checkpoint(source)
     run = Path(source) if Path(source).is_dir() else None
     model, ckpt = load_checkpoint(checkpoint)
-    out = Path(out) if out is not None else (run / DEFAULT_ONNX if run else checkpoint.with_suffix(".onnx"))
+    out = Path(out) if out is not None else (RunFolder(run).model if run else checkpoint.with_suffix(".onnx"))
     if out.suffix != ".onnx" or out.is_dir():
         raise EdgetlError(f"--out {out}: give a file name ending in .onnx")
     check_writable(out, "--out")
