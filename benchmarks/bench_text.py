@@ -102,7 +102,7 @@ def main() -> int:
         return 0
     import edgetl
     from edgetl.quantizer.text import latency_ms
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
 
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)

@@ -178,7 +178,7 @@ def test_export_parity_at_several_lengths(text_run, bert):
     runtimes = [c["runtime"] for c in record["checks"]]
     assert runtimes == ["onnxruntime-cpu@16", "onnxruntime-cpu@64", "onnxruntime-cpu@128"]
     assert all(c["passed"] and c["max_abs_diff"] < 1e-4 for c in record["checks"])
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
 
     info = read_model_info(text_run / "model.onnx")
     assert info.modality.value == "text" and info.preprocess.max_length == 128
