@@ -175,7 +175,9 @@ def benchmark_text_models(demo: DemoRun) -> dict:
     from edgetl.bench.benchmark import benchmark
 
     # batch 1 at 128 tokens with short timings; `edgetl benchmark RUN` measures every length and batch
-    report = benchmark(demo.run, backends=["onnxruntime-cpu"], warmup_s=0.5, min_s=1.0, min_runs=20)
+    report = benchmark(
+        demo.run, backends=["onnxruntime-cpu"], seq_lengths=(128,), warmup_s=0.5, min_s=1.0, min_runs=20
+    )
     rows = [r for r in report.rows if r.batch == 1 and r.seq_len == 128]
     tokenize = next(t.p50_ms for t in report.tokenization if t.batch == 1 and t.seq_len == 128)
     latency = {}

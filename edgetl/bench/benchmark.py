@@ -164,9 +164,10 @@ def benchmark(models: Sequence[str | Path] | str | Path, **options):
 
 
 def _benchmark_text(
-    models, *, backends=None, batches=None, threads=None, warmup_s=None, min_s=None, min_runs=None, **rest
-):
-    from edgetl.bench.text import BATCHES, benchmark_text
+    models, *, backends=None, batches=None, threads=None, warmup_s=None, min_s=None, min_runs=None,
+    seq_lengths=None, **rest,
+):  # fmt: skip
+    from edgetl.bench.text import BATCHES, SEQ_LENGTHS, benchmark_text
     from edgetl.data.texts import read_recorded
     from edgetl.exporter.text import EXAMPLE_TEXTS
     from edgetl.runfolder.splits import Splits
@@ -189,7 +190,7 @@ def _benchmark_text(
     }
     return benchmark_text(
         paths, run=run, texts=texts, backends=backends, batches=tuple(batches) if batches and tuple(batches) != (1,) else BATCHES,
-        threads=threads, **timing,
+        threads=threads, seq_lengths=tuple(seq_lengths or SEQ_LENGTHS), **timing,
     )  # fmt: skip
 
 
