@@ -197,7 +197,8 @@ def test_forced_failure_walks_every_real_rung(run, tmp_path):
 
 
 def test_cli_refusal_exits_1_with_one_json_error_and_writes_nothing(run, tmp_path, monkeypatch):
-    """The CLI path of a refused gate; the ladder is cut to its first rung to keep this fast."""
+    """The CLI path of a refused gate. The CLI takes no negative --max-drop, so the refusal is made by
+    the size bound (INT8 at 0.29x, bound 0.01x); the ladder is cut to its first rung to keep this fast."""
     import importlib
     from dataclasses import replace
 
@@ -205,13 +206,13 @@ def test_cli_refusal_exits_1_with_one_json_error_and_writes_nothing(run, tmp_pat
 
     backend = quantize_module.QuantBackend.ONNXRUNTIME
     quantizer = quantize_module.QUANTIZERS[backend]
-    monkeypatch.setitem(quantize_module.QUANTIZERS, backend, replace(quantizer, ladder=("calibration",)))
+    monkeypatch.setitem(quantize_module.QUANTIZERS, backend, replace(quantizer, ladder=("calibration",), max_size_ratio=0.01))
     run = Path(shutil.copytree(run, tmp_path / "run"))
     (run / "model.int8.onnx").unlink()
     (run / "calibration.json").unlink()
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     res = CliRunner().invoke(
-        main, ["quantize", str(run), "--method", "minmax", "--max-drop", "-1", "--json"]
+        main, ["quantize", str(run), "--method", "minmax", "--json"]
     )
     assert res.exit_code == 1, res.output
     lines = res.stdout.strip().splitlines()
@@ -219,6 +220,7 @@ def test_cli_refusal_exits_1_with_one_json_error_and_writes_nothing(run, tmp_pat
     error = json.loads(lines[0])["error"]
     assert error["kind"] == "error" and "the gate refuses INT8" in error["message"]
     assert "nothing written" in error["message"] and "--allow-drop" in error["message"]
+    assert "more than 0.01x" in error["message"]
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before  # no INT8 model, no manifest, the old quantize.json untouched
     assert not [p for p in run.iterdir() if p.name.startswith(".edgetl-tmp")]
