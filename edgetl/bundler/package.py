@@ -130,7 +130,9 @@ def _benchmark_summary(run: Path) -> dict | None:
         return None
     # fields a row has no value for (an older record, a GPU row's threads) are left out, not null
     rows = [
-        {k: getattr(r, k) for k in BENCH_FIELDS if getattr(r, k) is not None} for r in record.rows if r.ok
+        {k: getattr(r, k) for k in BENCH_FIELDS if getattr(r, k) not in (None, "")}
+        for r in record.rows
+        if r.ok
     ]
     return {"rows": rows, "environment": record.environment}
 
