@@ -110,7 +110,7 @@ def test_missing_artifacts_name_the_command(trained, tmp_path):
 
 def test_report_of_a_non_run_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path), "--json"])
-    assert result.exit_code != 0 and "not a run folder" in result.output
+    assert result.exit_code == 1 and "not a run folder" in json.loads(result.stdout)["error"]["message"]
 
 
 def test_report_renders_in_chromium(full_run, tmp_path):

@@ -20,6 +20,8 @@ from .fileio import print_json, report_crash, report_error
 from .modelinfo import Precision
 
 EXIT_SOME_INPUTS_FAILED = EXIT_PARTIAL
+MAX_TIMED_S = 3600.0  # bench --warmup-s / --min-s: an hour; larger values are typos, not plans
+POOL = 4  # distinct random inputs bench cycles through
 
 EPILOG = (
     """\
@@ -214,14 +216,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .timing import measure_latency, peak_rss_mb
+    from .timing import available_memory_bytes, measure_latency, peak_rss_mb
 
     predictor = _load(args)
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
     shape = predictor.preprocess.input_shape(batch)
+    # the pool below plus one call's activations (~16x its input): refused before it cannot fit
+    needed, available = (POOL + 16) * 4 * int(np.prod(shape)), available_memory_bytes()
+    if available is not None and needed > available:
+        raise EdgetlError(
+            f"--batch-size {batch}: needs about {needed / (1 << 30):.1f} GiB of memory, "
+            f"{available / (1 << 30):.1f} GiB is available; use a smaller batch"
+        )
     # a few distinct inputs so no figure comes from one cached tensor (the benchmark's method)
-    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(POOL)]
     stats = measure_latency(
         predictor.session.run, pool, warmup_s=args.warmup_s, min_s=args.min_s, min_runs=args.min_runs
     )
@@ -337,8 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
         for option in ("warmup_s", "min_s"):
             value = getattr(args, option, None)
-            if value is not None and value < 0:
-                raise _UsageError(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+            if value is not None and not 0 <= value <= MAX_TIMED_S:  # NaN fails this too
+                raise _UsageError(
+                    f"--{option.replace('_', '-')} must be between 0 and {MAX_TIMED_S:.0f}, got {value}"
+                )
     except _UsageError as e:
         report_error(e, as_json=as_json, kind="usage")
         raise SystemExit(EXIT_USAGE) from None
