@@ -2,10 +2,11 @@
 
 One input per model call, on a thread pool: onnxruntime releases the GIL while it runs, so while one
 thread is in the model another decodes the next upload. Micro-batching concurrent requests was
-measured and is not done: on the 2-core test machine, 224 px efficientnet_lite0 INT8, one session,
-batch 8 gave 126 img/s in a plain loop against 105 img/s at batch 1 (+20%), while 2 and 4 threads
-calling the same session at batch 1 gave 140 and 176 img/s; batching would also make the first request
-of a batch wait for the others (benchmarks/bench_serve.py prints the same comparison).
+measured and is not done: on the shared 2-core development machine (load average about 2), 224 px
+efficientnet_lite0 INT8, one session, batch 8 gave 126 img/s in a plain loop against 105 img/s at
+batch 1 (+20%), while 2 and 4 threads calling the same session at batch 1 gave 140 and 176 img/s;
+batching would also make the first request of a batch wait for the others. benchmarks/bench_serve.py
+prints the same comparison (plain_loop: batch8 vs batch1_2threads/batch1_4threads) for any bundle.
 
 A request holds its slot from admission until its thread has finished, even when the client was
 answered with a timeout first: memory and queued work stay bounded by workers + queue, never by the
