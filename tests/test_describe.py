@@ -105,7 +105,7 @@ def test_describe_refuses_wrong_labels_and_own_path(plain_onnx, tmp_path):
     with pytest.raises(EdgetlError, match="4 labels but the model outputs 3"):
         describe_model(path, tmp_path / "x.onnx", labels=four, preprocess="imagenet")
     assert not (tmp_path / "x.onnx").exists()
-    with pytest.raises(EdgetlError, match="never rewrites"):
+    with pytest.raises(EdgetlError, match="own input"):
         describe_model(path, path, labels=four, preprocess="imagenet")
     with pytest.raises(EdgetlError, match="neither a preset"):
         describe_model(path, tmp_path / "y.onnx", labels=four, preprocess="caffe")

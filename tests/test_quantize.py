@@ -187,7 +187,11 @@ def test_forced_failure_walks_every_real_rung(run, tmp_path):
     result = quantize(run, tmp_path / "x.int8.onnx", max_drop=-200, method="minmax", allow_drop=True)
     rungs = list(dict.fromkeys(a.rung for a in result.attempts))
     assert rungs == ["calibration", "float-nodes", "nncf-ptq", "nncf-accuracy-control", "qat"]
-    assert not result.passed and result.gate["verdict"] == "fail" and "above --max-drop -200" in result.gate["reason"]
+    assert (
+        not result.passed
+        and result.gate["verdict"] == "fail"
+        and "above --max-drop -200" in result.gate["reason"]
+    )
     for attempt in result.attempts:
         # each candidate is a real INT8 model, measured on the 12 val images
         assert attempt.verdict == "fail" and 0 < attempt.size_ratio <= 0.3 and attempt.agreement >= 0.5
@@ -206,14 +210,14 @@ def test_cli_refusal_exits_1_with_one_json_error_and_writes_nothing(run, tmp_pat
 
     backend = quantize_module.QuantBackend.ONNXRUNTIME
     quantizer = quantize_module.QUANTIZERS[backend]
-    monkeypatch.setitem(quantize_module.QUANTIZERS, backend, replace(quantizer, ladder=("calibration",), max_size_ratio=0.01))
+    monkeypatch.setitem(
+        quantize_module.QUANTIZERS, backend, replace(quantizer, ladder=("calibration",), max_size_ratio=0.01)
+    )
     run = Path(shutil.copytree(run, tmp_path / "run"))
     (run / "model.int8.onnx").unlink()
     (run / "calibration.json").unlink()
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    res = CliRunner().invoke(
-        main, ["quantize", str(run), "--method", "minmax", "--json"]
-    )
+    res = CliRunner().invoke(main, ["quantize", str(run), "--method", "minmax", "--json"])
     assert res.exit_code == 1, res.output
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1, res.stdout
@@ -303,7 +307,11 @@ def test_interval_on_constructed_outcomes():
     )
     assert disagree.drop == 0 and disagree.drop_ci95 == (0.0, 0.0) and "within --max-drop" in disagree.reason
     assert disagree.agreement == pytest.approx(113 / 153) and disagree.agreement_ci95[1] < 0.9
-    assert disagree.verdict == "fail" and not disagree.passed and "lies below --min-agreement 90%" in disagree.reason
+    assert (
+        disagree.verdict == "fail"
+        and not disagree.passed
+        and "lies below --min-agreement 90%" in disagree.reason
+    )
     # the agreement metric without labels fails the same way
     low = judge(labels, int8_pred, None, max_drop=0.5, min_agreement=0.9, size_ratio=0.26,
                 max_size_ratio=0.3, calibration_images=245, held_out=True)  # fmt: skip

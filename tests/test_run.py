@@ -21,7 +21,7 @@ from edgetl.cli import main
 from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
 from edgetl.exporter.export import export_onnx
-from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step, check_output
+from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step, check_outputs
 from edgetl.runfolder.splits import Splits
 
 TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]
@@ -112,16 +112,18 @@ def test_a_second_writer_is_refused_at_once(trained, digits_dir):
 
 def test_quantize_onto_its_input_or_another_kind_is_refused(run_copy, tmp_path):
     with pytest.raises(EdgetlError, match="own input"):
-        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+        check_outputs([("--out", run_copy / "model.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"])
     with pytest.raises(EdgetlError, match="holds a FP32/FP16 model, not a INT8 model"):
-        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy])
+        check_outputs([("--out", run_copy / "model.onnx", Kind.INT8_MODEL)], inputs=[run_copy])
     outside = shutil.copyfile(run_copy / "model.onnx", tmp_path / "fp32.onnx")
     with pytest.raises(EdgetlError, match="holds a FP32/FP16 model"):
-        check_output(outside, Kind.INT8_MODEL)
+        check_outputs([("--out", outside, Kind.INT8_MODEL)])
     with pytest.raises(EdgetlError, match="holds the run's checkpoint"):
-        check_output(run_copy / "last.safetensors", Kind.INT8_MODEL)
-    check_output(run_copy / "model.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
-    check_output(tmp_path / "new.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+        check_outputs([("--out", run_copy / "last.safetensors", Kind.INT8_MODEL)])
+    check_outputs(
+        [("--out", run_copy / "model.int8.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"]
+    )
+    check_outputs([("--out", tmp_path / "new.int8.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"])
     with pytest.raises(EdgetlError, match="holds a INT8 model"):
         export_onnx(run_copy, run_copy / "model.int8.onnx")
 
