@@ -58,7 +58,9 @@ def ort_reason(backend: str) -> str | None:
 
 
 def data_reason() -> str | None:
-    return None if DATA.is_dir() else f"{DATA}: sign-digits is not on this machine (see shared/data/README.md)"
+    return (
+        None if DATA.is_dir() else f"{DATA}: sign-digits is not on this machine (see shared/data/README.md)"
+    )
 
 
 def gpus_reason() -> str | None:
@@ -124,7 +126,9 @@ def _rows(models: list[Path], backends: list[str], **extra) -> list[dict]:
 
 
 def check_pytorch_cuda(ctx: Context) -> dict:
-    return {"rows": _rows([ctx.run / "model.onnx"], ["pytorch-cuda"], checkpoint=ctx.run / "best.safetensors")}
+    return {
+        "rows": _rows([ctx.run / "model.onnx"], ["pytorch-cuda"], checkpoint=ctx.run / "best.safetensors")
+    }
 
 
 def check_ort_cuda(ctx: Context) -> dict:
@@ -169,13 +173,30 @@ def check_bundle(ctx: Context) -> dict:
 
 
 def check_nccl(ctx: Context) -> dict:
-    data = _subset(ctx.work / "nccl") if not (ctx.work / "sign-digits-subset").is_dir() else ctx.work / "sign-digits-subset"
+    data = (
+        _subset(ctx.work / "nccl")
+        if not (ctx.work / "sign-digits-subset").is_dir()
+        else ctx.work / "sign-digits-subset"
+    )
     args = [sys.executable, "-m", "edgetl", "train", "--data", str(data), "--out", str(ctx.work / "run-nccl")]
-    args += ["--devices", "2", "--device", "cuda", "--frozen-epochs", "1", "--epochs", "1", "--image-size", "64"]
+    args += [
+        "--devices",
+        "2",
+        "--device",
+        "cuda",
+        "--frozen-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+    ]
     start = time.perf_counter()
     done = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300, check=False)
     if done.returncode != 0:
-        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+        raise RuntimeError(
+            done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        )
     summary = json.loads(done.stdout)
     return {"seconds": round(time.perf_counter() - start, 2), "world_size": summary["world_size"],
             "backend": summary["backend"], "best_val_accuracy": summary["best_val_accuracy"]}  # fmt: skip
@@ -224,7 +245,11 @@ def environment() -> dict:
     import onnxruntime
     import torch
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else []
+    )
     return {"torch": torch.__version__, "torch_cuda": torch.version.cuda, "onnxruntime": onnxruntime.__version__,
             "onnxruntime_providers": onnxruntime.get_available_providers(), "gpus": gpus}  # fmt: skip
 
@@ -237,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetl-gpu-check-") as tmp:
         checks = run_checks(Path(tmp))
-    result = {"environment": environment(), "checks": checks, "seconds": round(time.perf_counter() - start, 2)}
+    result = {
+        "environment": environment(),
+        "checks": checks,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
     text = json.dumps(result, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -228,7 +228,9 @@ def test_cli_json_and_plot(tiny_models, tmp_path):
     assert all(keys <= row.keys() for row in summary["rows"])
     ok = [r for r in summary["rows"] if r["status"] == "ok"]
     assert sorted(r["batch"] for r in ok) == [1, 2]
-    assert {r["status"] for r in summary["rows"] if r["backend"] == "onnxruntime-cuda"} == {"unavailable" if _cuda_reason() else "ok"}
+    assert {r["status"] for r in summary["rows"] if r["backend"] == "onnxruntime-cuda"} == {
+        "unavailable" if _cuda_reason() else "ok"
+    }
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -9,7 +9,17 @@ def test_help_lists_every_stage():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0, result.output
     listed = result.output.split("Commands:")[1].split()
-    for name in ("train", "export", "quantize", "benchmark", "package", "report", "describe", "demo", "backbones"):
+    for name in (
+        "train",
+        "export",
+        "quantize",
+        "benchmark",
+        "package",
+        "report",
+        "describe",
+        "demo",
+        "backbones",
+    ):
         assert name in listed, name
     # and each one runs: its own --help exits 0
     for name in ("train", "export", "quantize", "benchmark", "package", "report", "describe", "demo"):

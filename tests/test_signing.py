@@ -67,7 +67,9 @@ def test_signed_bundle_verifies_with_its_key_and_is_refused_with_another(signed,
     assert plain.code == 0 and "signed (no trusted key configured" in plain.out
 
 
-def test_unsigned_bundle_is_refused_when_trust_is_configured(tiny_run, digits_dir, keys, tmp_path, monkeypatch):
+def test_unsigned_bundle_is_refused_when_trust_is_configured(
+    tiny_run, digits_dir, keys, tmp_path, monkeypatch
+):
     unsigned = build_bundle(tiny_run, tmp_path / "unsigned.tar.gz").path
     plain = invoke("edgetl-run", ["info", str(unsigned)])
     assert plain.code == 0 and "signature   unsigned" in plain.out

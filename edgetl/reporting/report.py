@@ -56,5 +56,7 @@ def build_report(
         sections = tuple(section(files) for section in SECTIONS)
         title = f"edgetl report: {run.resolve().name}"
         generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        write_text_atomic(out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections))
+        write_text_atomic(
+            out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections)
+        )
     return Report(out, sections)
