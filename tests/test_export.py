@@ -202,27 +202,27 @@ def misfit_checkpoint(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (["{tmp}/no-such-run"], "no such run folder"),
-        (["{run}", "--backbone", "resnet18"], "was trained from efficientnet_lite0"),
-        (["{tmp}/misfit.safetensors"], "weights do not fit"),
-        (["{run}", "--out", "{tmp}/afile/model.onnx"], "cannot write there"),
-        (["{run}", "--opset", "17"], "--opset 17: choose 18 to"),
-        (["{run}", "--opset", "{over}"], "choose 18 to"),  # newer than onnx or onnxruntime take
-        ([], "--backbone NAME"),
+        (["{tmp}/no-such-run"], 1, "no such run folder"),
+        (["{run}", "--backbone", "resnet18"], 1, "was trained from efficientnet_lite0"),
+        (["{tmp}/misfit.safetensors"], 1, "weights do not fit"),
+        (["{run}", "--out", "{tmp}/afile/model.onnx"], 1, "afile is a file, not a folder"),
+        (["{run}", "--opset", "17"], 2, "Invalid value for '--opset': 17 is not in the range 18<=x"),  # usage
+        (["{run}", "--opset", "{over}"], 1, "choose 18 to"),  # newer than onnx or onnxruntime take
+        ([], 1, "--backbone NAME"),
     ],
 )
-def test_bad_input_is_one_line_and_writes_nothing(tiny_run, misfit_checkpoint, tmp_path, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tiny_run, misfit_checkpoint, tmp_path, args, code, message):
     (tmp_path / "afile").write_text("a file where a folder is expected")
     args = [a.format(run=tiny_run, tmp=tmp_path, over=opset_range()[1] + 1) for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out.onnx")]
-    before = {p.name for p in tiny_run.iterdir()}
+    before = {p.name for p in tiny_run.iterdir()} - {LOCK}  # the lock file is no artifact
     result = CliRunner().invoke(main, ["export", *args])
-    assert result.exit_code == 1, result.output  # a handled error; 70 would be a crash
+    assert result.exit_code == code, result.output  # 1 handled, 2 usage; 70 would be a crash
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert result.stdout == ""
     assert not list(tmp_path.rglob("*.onnx"))
-    assert {p.name for p in tiny_run.iterdir()} == before
+    assert {p.name for p in tiny_run.iterdir()} - {LOCK} == before

@@ -13,7 +13,8 @@ PACKAGE = Path(edgetl.__file__).parent
 
 # The layers, bottom first. A unit may import from its own layer only among the stages.
 LAYERS = (
-    {"errors", "console", "options", "device"},
+    {"errors"},
+    {"console", "options", "device"},
     {"backbones"},
     {"runfolder"},
     {"data"},
@@ -22,7 +23,7 @@ LAYERS = (
     {"cli"},
     {"__main__", "__init__"},
 )
-STAGES = LAYERS[4]
+STAGES = LAYERS[5]
 
 
 def _module_name(path: Path) -> str:

@@ -140,6 +140,20 @@ def _stand_in(name):
     return run_rung
 
 
+def refuse_every_candidate(monkeypatch, **changes) -> None:
+    """A gate no INT8 model can pass: the size bound (INT8 is about 0.29x its FP32 model) set to 0.01x.
+    The options refuse an impossible --max-drop, so the bound that forces a refusal is the quantizer's."""
+    import importlib
+    from dataclasses import replace
+
+    quantize_module = importlib.import_module("edgetl.quantizer.quantize")  # the module, not the function
+    backend = quantize_module.QuantBackend.ONNXRUNTIME
+    quantizer = quantize_module.QUANTIZERS[backend]
+    monkeypatch.setitem(
+        quantize_module.QUANTIZERS, backend, replace(quantizer, max_size_ratio=0.01, **changes)
+    )
+
+
 calls: list[str] = []
 
 
@@ -150,12 +164,13 @@ def test_forced_failing_gate_walks_each_rung_once(run, tmp_path, monkeypatch):
         monkeypatch.setitem(
             ladder_module.RUNGS, name, ladder_module.Rung(name, _stand_in(name), lambda ctx: None)
         )
+    refuse_every_candidate(monkeypatch)
     calls.clear()
     with pytest.raises(GateError, match="attempts on 5 rungs"):
-        quantize(run, tmp_path / "x.onnx", max_drop=-200, method="minmax")
+        quantize(run, tmp_path / "x.onnx", method="minmax")
     assert not (tmp_path / "x.onnx").exists() and calls == ["nncf-ptq", "nncf-accuracy-control", "qat"]
     calls.clear()
-    result = quantize(run, tmp_path / "x.onnx", max_drop=-200, method="minmax", allow_drop=True)
+    result = quantize(run, tmp_path / "x.onnx", method="minmax", allow_drop=True)
     assert (tmp_path / "x.onnx").is_file() and not result.passed and result.gate["verdict"] == "fail"
     rungs = [a.rung for a in result.attempts]
     # each rung once, in order; the calibration rung tries each method once
@@ -172,24 +187,25 @@ def test_forced_failing_gate_walks_each_rung_once(run, tmp_path, monkeypatch):
     assert len(set(map(str, result.attempts))) == len(result.attempts)  # each attempt logged once
     assert result.agreement == min(result.attempts, key=score).agreement
     # a passing gate stops at the first rung
+    monkeypatch.undo()
     passing = quantize(run, tmp_path / "y.onnx", max_drop=100, min_agreement=0, method="minmax")
     assert [a.rung for a in passing.attempts] == ["calibration"] and passing.gate["verdict"] == "pass"
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_forced_failure_walks_every_real_rung(run, tmp_path):
+def test_forced_failure_walks_every_real_rung(run, tmp_path, monkeypatch):
     """No stand-ins: NNCF PTQ, NNCF accuracy control and QAT each run on the tiny run and are measured."""
     run = shutil.copytree(run, tmp_path / "run")
     before = (run / "quantize.json").read_bytes()
-    # a negative bound no model can meet: every rung is climbed, the best is kept (--allow-drop)
-    result = quantize(run, tmp_path / "x.int8.onnx", max_drop=-1, method="minmax", allow_drop=True)
+    # a bound no interval can meet (a drop is at least -100 points): every rung is climbed and
+    # refused, the best is kept (--allow-drop)
+    refuse_every_candidate(monkeypatch)
+    result = quantize(run, tmp_path / "x.int8.onnx", method="minmax", allow_drop=True)
     rungs = list(dict.fromkeys(a.rung for a in result.attempts))
     assert rungs == ["calibration", "float-nodes", "nncf-ptq", "nncf-accuracy-control", "qat"]
     assert (
-        not result.passed
-        and result.gate["verdict"] == "fail"
-        and "above --max-drop -1" in result.gate["reason"]
+        not result.passed and result.gate["verdict"] == "fail" and "more than 0.01x" in result.gate["reason"]
     )
     for attempt in result.attempts:
         # each candidate is a real INT8 model, measured on the 12 val images
@@ -200,25 +216,21 @@ def test_forced_failure_walks_every_real_rung(run, tmp_path):
 
 
 def test_cli_refusal_exits_1_with_one_json_error_and_writes_nothing(run, tmp_path, monkeypatch):
-    """The CLI path of a refused gate; the ladder is cut to its first rung to keep this fast."""
-    from dataclasses import replace
-
-    from edgetl.quantizer import quantize as quantize_module
-
-    backend = quantize_module.QuantBackend.ONNXRUNTIME
-    quantizer = quantize_module.QUANTIZERS[backend]
-    monkeypatch.setitem(quantize_module.QUANTIZERS, backend, replace(quantizer, ladder=("calibration",)))
+    """The CLI path of a refused gate. The CLI takes no negative --max-drop, so the refusal is made by
+    the size bound (INT8 at 0.29x, bound 0.01x); the ladder is cut to its first rung to keep this fast."""
+    refuse_every_candidate(monkeypatch, ladder=("calibration",))
     run = Path(shutil.copytree(run, tmp_path / "run"))
     (run / "model.int8.onnx").unlink()
     (run / "calibration.json").unlink()
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    res = CliRunner().invoke(main, ["quantize", str(run), "--method", "minmax", "--max-drop", "-1", "--json"])
+    res = CliRunner().invoke(main, ["quantize", str(run), "--method", "minmax", "--json"])
     assert res.exit_code == 1, res.output
     lines = res.stdout.strip().splitlines()
     assert len(lines) == 1, res.stdout
     error = json.loads(lines[0])["error"]
     assert error["kind"] == "error" and "the gate refuses INT8" in error["message"]
     assert "nothing written" in error["message"] and "--allow-drop" in error["message"]
+    assert "more than 0.01x" in error["message"]
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before  # no INT8 model, no manifest, the old quantize.json untouched
     assert not [p for p in run.iterdir() if p.name.startswith(".edgetl-tmp")]
@@ -376,7 +388,8 @@ def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
     for layer in layers:
         w = layer.weight.detach().flatten(1)
         scale = w.abs().amax(1, keepdim=True) / 127
-        q = w[scale[:, 0] > 0] / scale[scale[:, 0] > 0]
+        live = scale[:, 0] > 1e-5  # a dead channel's scale is clamped to the quantizer's epsilon
+        q = w[live] / scale[live]
         assert (q - q.round()).abs().max() < 1e-2, layer
     with torch.no_grad():
         stripped = model(x)
@@ -553,7 +566,6 @@ def test_flat_eval_folder_measures_agreement_only(run, digits_dir, tmp_path, cap
         eval_dir=flat,
         method="minmax",
         num_calibration=6,
-        max_drop=-200,  # no labels: nothing to bound, so only the size decides
     )
     assert result.passed and result.accuracy_drop is None and result.int8_accuracy is None
     assert result.eval_images == 5 and result.agreement == result.gate["agreement"] == 1.0  # the learnt task

@@ -32,6 +32,7 @@ examples:
   edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
   edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
   edgetl-run predict model.onnx photo.jpg       # a single model file with edgetl metadata
+  edgetl-run serve bundle.tar.gz --port 8080    # HTTP API + page on localhost (pip install edgetl-runtime[serve])
 
 trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
 """
@@ -121,6 +122,7 @@ def _load(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .modality import Modality
+    from .predictor import summarize_predictions
 
     predictor = _load(args)
     if args.lines and predictor.modality is not Modality.TEXT:
@@ -134,16 +136,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
-        print_json(
-            {
-                "bundle": str(args.bundle),
-                **predictor.describe(),
-                "predictions": [r.to_dict() for r in results],
-                "images": len(results),
-                "failed": len(failed),
-                "errors": [{"source": r.source, "error": r.error} for r in failed],
-            }
-        )
+        print_json(summarize_predictions(str(args.bundle), predictor, results))
     else:
         for r in results:
             if r.ok:
@@ -154,6 +147,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} of {len(results)} inputs could not be read (see errors)", file=sys.stderr)
         return EXIT_SOME_INPUTS_FAILED
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from .serve.app import ServeLimits
+        from .serve.server import serve_predictor
+    except ImportError as e:
+        raise EdgetlError(
+            f"serve needs the serve extra ({e.name} is missing): pip install 'edgetl-runtime[serve]'"
+        ) from None
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_mb << 20,
+        timeout_s=args.timeout_s,
+        workers=args.workers or os.cpu_count() or 1,
+        queue=args.queue,
+    )
+    predictor = _load(args)  # hashes and the signature are checked here, before the port opens
+    serve_predictor(
+        predictor,
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        access_log=args.access_log,
+        as_json=args.json,
+    )
     return 0
 
 
@@ -353,6 +375,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-s", type=float, default=3.0, help="minimum timed seconds (default 3)")
     bench.add_argument("--min-runs", type=int, default=30, help="minimum timed runs (default 30)")
     bench.set_defaults(run=cmd_bench)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP: POST /v1/predict, GET /v1/info, /healthz, /metrics and a page at /",
+    )
+    _model_options(serve)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="predictions run at once, threads (default: CPUs)"
+    )
+    serve.add_argument(
+        "--queue", type=int, default=16, help="requests that may wait beyond those; more get 503 (default 16)"
+    )
+    serve.add_argument(
+        "--max-body-mb", type=int, default=16, help="largest request body in MiB; larger get 413 (default 16)"
+    )
+    serve.add_argument(
+        "--timeout-s", type=float, default=30.0, help="per-request time limit in seconds (default 30)"
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image (width x height) to decode; larger ones get 400 (default 89478485)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -365,7 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         args = build_parser().parse_args(argv)
-        for option in ("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"):
+        for option in (
+            *("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"),
+            *("workers", "max_body_mb", "timeout_s"),
+        ):
             value = getattr(args, option, None)
             if value is not None and value < 1:
                 raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
@@ -373,7 +428,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise _UsageError(
                 "predict: give inputs to classify: files, folders, texts, --lines FILE or - (stdin)"
             )
-        for option in ("warmup_s", "min_s"):
+        if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+            raise _UsageError(f"--port must be 0-65535, got {args.port}")
+        for option in ("warmup_s", "min_s", "queue"):
             value = getattr(args, option, None)
             if value is not None and not 0 <= value <= MAX_TIMED_S:  # NaN fails this too
                 raise _UsageError(

@@ -150,9 +150,14 @@ def _json_safe(value):
     return value
 
 
+def json_text(summary: dict) -> str:
+    """One JSON object as text: paths and enums as strings, NaN/inf as null."""
+    return json.dumps(_json_safe(summary), default=str)
+
+
 def print_json(summary: dict) -> None:
-    """Exactly one JSON object on stdout, nothing else (paths and enums as strings)."""
-    sys.stdout.write(json.dumps(_json_safe(summary), default=str) + "\n")
+    """Exactly one JSON object on stdout, nothing else."""
+    sys.stdout.write(json_text(summary) + "\n")
     sys.stdout.flush()
 
 

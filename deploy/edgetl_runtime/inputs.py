@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import TextError
 from .modality import Modality
-from .preprocess import PreprocessSpec, list_images, preprocess_image
+from .preprocess import EncodedImage, PreprocessSpec, list_images, preprocess_image
 from .textinput import TextSpec, encode_texts, example_feed, list_texts, read_text
 
 InputSpec = PreprocessSpec | TextSpec
@@ -48,6 +48,8 @@ class InputKind:
 def _image_name(item, position: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if isinstance(item, EncodedImage):  # an upload to `edgetl-run serve`
+        return item.name
     return f"<{type(item).__name__} #{position}>"
 
 

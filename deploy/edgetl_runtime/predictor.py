@@ -22,7 +22,7 @@ from .inputs import InputSpec, batch_size_of, input_kind, slice_feed
 from .manifest import Manifest
 from .modality import Modality
 from .modelfile import model_format, read_model_info
-from .preprocess import ImageInput
+from .preprocess import EncodedImage, ImageInput
 from .signing import TrustedKey
 
 DEFAULT_BATCH = 8
@@ -79,7 +79,7 @@ def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One input or many; a 4-D array is a batch of HxWxC images."""
     from .inputs import TextInput
 
-    if isinstance(images, (str, os.PathLike, Image.Image, TextInput)):
+    if isinstance(images, (str, os.PathLike, Image.Image, EncodedImage, TextInput)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
@@ -206,7 +206,6 @@ class Predictor:
         An unreadable input gets a Prediction with `error` set; the others are still classified.
         """
         items = _as_list(images)
-        k = max(1, min(top_k, len(self.labels)))
         size = batch_size or self.fixed_batch or DEFAULT_BATCH
         results: list[Prediction | None] = [None] * len(items)
         for start in range(0, len(items), size):
@@ -218,12 +217,18 @@ class Predictor:
                 except InputError as e:
                     results[i] = Prediction(self.kind.name(items[i], i), error=str(e))
             if arrays:
-                probs = softmax(self.logits(self.kind.collate(arrays, self.preprocess)))
+                probs = self.probabilities(self.kind.collate(arrays, self.preprocess))
                 for i, p in zip(readable, probs, strict=True):
-                    results[i] = self._decode(self.kind.name(items[i], i), p, k)
+                    results[i] = self.decode(self.kind.name(items[i], i), p, top_k)
         return results
 
-    def _decode(self, source: str, probs: np.ndarray, k: int) -> Prediction:
+    def probabilities(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        """Class probabilities (softmax) for a preprocessed batch."""
+        return softmax(self.logits(batch))
+
+    def decode(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
+        """One input's Prediction from its probabilities: the best `top_k` classes (1..labels)."""
+        k = max(1, min(top_k, len(self.labels)))
         best = np.argsort(-probs, kind="stable")[:k]
         top = tuple((self.labels[i], int(i), float(probs[i])) for i in best)
         return Prediction(source, label=top[0][0], index=top[0][1], score=top[0][2], top_k=top)
@@ -239,3 +244,16 @@ class Predictor:
             "modality": self.modality.value,
             "preprocess": self.preprocess.summary(),
         }
+
+
+def summarize_predictions(bundle: str, predictor: Predictor, results: Sequence[Prediction]) -> dict:
+    """The JSON object `edgetl-run predict --json` prints, and `edgetl-run serve` answers for one input."""
+    failed = [r for r in results if not r.ok]
+    return {
+        "bundle": bundle,
+        **predictor.describe(),
+        "predictions": [r.to_dict() for r in results],
+        "images": len(results),
+        "failed": len(failed),
+        "errors": [{"source": r.source, "error": r.error} for r in failed],
+    }

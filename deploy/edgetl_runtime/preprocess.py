@@ -7,6 +7,7 @@ resize the shorter side to ``resize``, centre-crop ``crop``), so numbers match t
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -158,7 +159,15 @@ class PreprocessSpec:
         return cls.from_dict(d)
 
 
-ImageInput = str | Path | Image.Image | np.ndarray
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes held in memory (an upload), and the name its errors call it by."""
+
+    name: str
+    data: bytes
+
+
+ImageInput = str | Path | Image.Image | np.ndarray | EncodedImage
 
 
 # Pillow's own decompression-bomb limit (89.5 Mpx) is the default; set_max_pixels raises or lowers it.
@@ -202,30 +211,34 @@ def _to_rgb(image: Image.Image, source: str | Path = "image") -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _over_limit(path: Path, size: str) -> str:
+def _over_limit(path: Path | str, size: str) -> str:
     return (
         f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); "
         "raise it with --max-pixels if the image is genuine"
     )
 
 
-def _check_size(image: Image.Image, path: Path) -> None:
+def _check_size(image: Image.Image, path: Path | str) -> None:
     w, h = image.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and w * h > limit:
         raise ImageError(_over_limit(path, f"{w}x{h} = {w * h} pixels, "))
 
 
-def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Image:
+def decode_image(source: str | Path | EncodedImage, *, short_side: int | None = None) -> Image.Image:
     """The one decoder of image files: size limit, EXIF orientation, 16-bit scaling, RGB.
 
+    `source` is a path or an EncodedImage (bytes in memory); both get the same checks.
     `short_side` lets a JPEG decode at reduced size (DCT-domain draft, several times faster on
     full-size photos) when only that many pixels on the shorter side are needed.
     Raises ImageError naming the file for anything unreadable.
     """
-    path = Path(path)
+    if isinstance(source, EncodedImage):
+        path, opened = source.name, io.BytesIO(source.data)
+    else:
+        path = opened = Path(source)
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             _check_size(im, path)
             if short_side is not None:
                 w, h = im.size

@@ -291,10 +291,10 @@ class BenchRowRecord(Record):
     """One row of benchmark.json (written from bench.results.BenchRow)."""
 
     backend: str
-    model: str
     precision: str
-    batch: int
     status: str
+    model: str = ""  # file name; older and hand-written records may leave it out
+    batch: int = 1
     reason: str = ""
     model_path: str = ""
     device: str = ""
