@@ -364,3 +364,13 @@ def test_cli_train_resumes_an_interrupted_text_run_and_refuses_devices(bert, tmp
         main, ["train", "--data", str(other), "--out", str(run), "--resume", "--json"]
     )
     assert changed.exit_code == 1 and "differs" in json.loads(changed.stdout)["error"]["message"]
+
+
+def test_an_int8_candidate_slower_than_fp32_is_not_chosen():
+    from edgetl.quantizer.text import TextCandidate, rank_candidate
+
+    slow = TextCandidate("nncf-transformer", 0.95, 0.0007, 1.0, -5.0, (-5.0, 4.75), 0.26, 45.8, "warn")
+    fast = TextCandidate("dynamic", 0.95, 0.0011, 1.0, -5.0, (-5.0, 4.75), 0.65, 19.3, "warn")
+    assert min([slow, fast], key=lambda c: rank_candidate(c, 31.0)) is fast
+    failing = TextCandidate("static-qdq-matmul", 0.5, 0.9, 0.5, 40.0, (30.0, 50.0), 0.65, 10.0, "fail")
+    assert min([failing, slow], key=lambda c: rank_candidate(c, 31.0)) is slow

@@ -86,6 +86,14 @@ class _Reader:
         return next(self.feeds, None)
 
 
+def rank_candidate(c: TextCandidate, fp32_ms: float) -> tuple:
+    """Best first: the gate's verdict, then faster than FP32 at all (an INT8 model slower than its FP32
+    source has no reason to ship: NNCF's transformer graph can be, on onnxruntime CPU), then agreement
+    with FP32, then KL, then latency."""
+    verdict = {Verdict.PASS.value: 0, Verdict.WARN.value: 1, Verdict.FAIL.value: 2}[c.verdict]
+    return (verdict, c.latency_ms >= fp32_ms, -c.agreement, c.kl, c.latency_ms)
+
+
 def _without_value_info(src: Path, dst: Path) -> Path:
     """The exporter's recorded intermediate shapes conflict with onnx's own inference on a dynamic
     sequence axis (and symbolic inference cannot finish on the attention mask's arithmetic): drop
@@ -240,8 +248,7 @@ def quantize_text(
                 )
                 candidates.append((c, report))
                 files[name] = path
-            rank = {Verdict.PASS.value: 0, Verdict.WARN.value: 1, Verdict.FAIL.value: 2}
-            best, report = min(candidates, key=lambda cr: (rank[cr[0].verdict], -cr[0].agreement, cr[0].kl))
+            best, report = min(candidates, key=lambda cr: rank_candidate(cr[0], fp32_ms))
             if best.verdict == Verdict.FAIL.value and not allow_drop:
                 raise GateError(
                     f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway"
