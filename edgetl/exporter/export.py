@@ -336,8 +336,9 @@ def _export_text(r: ExportRequest) -> ExportResult:
             "drop --format, --precision, --optimize, --check-images and --backbone"
         )
     return export_text(
-        r.source, r.out, opset=r.opset, tolerance=r.tolerance, batch=r.batch, max_images=r.max_images
-    )
+        r.source, r.out, opset=r.opset, tolerance=r.tolerance, batch=r.batch, max_images=r.max_images,
+        result_type=ExportResult,
+    )  # fmt: skip
 
 
 # one exporter per modality, chosen by the model (edgetl/data/modality.py)

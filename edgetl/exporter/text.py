@@ -102,10 +102,9 @@ def text_parity(
     return checks
 
 
-def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_images: int):
-    """The text half of `edgetl export` (a run folder or checkpoint of a text model)."""
-    from edgetl.exporter.export import ExportResult
-
+def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_images: int, result_type):
+    """The text half of `edgetl export` (a run folder or checkpoint of a text model); `result_type` is
+    export's ExportResult, handed in so this module does not import the one that dispatches to it."""
     start = time.perf_counter()
     checkpoint = find_checkpoint(source)
     run = Path(source) if Path(source).is_dir() else None
@@ -144,7 +143,7 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
                     f"(max |diff| {failed[0].max_abs_diff:.2e}, {failed[0].top1_flips} top-1 flips); nothing was written"
                 )
     worst = max(checks, key=lambda c: c.max_abs_diff)
-    result = ExportResult(
+    result = result_type(
         onnx=out, openvino=None, backbone=info.backbone, source=str(checkpoint), opset=opset, precision="fp32",
         optimized=False, max_abs_diff=worst.max_abs_diff, top1_agreement=min(c.top1_agreement for c in checks),
         n_images=len(texts), check_images=origin, skipped_images=0, tolerance=tolerance, size_bytes=size,
