@@ -295,6 +295,7 @@ def section_quantization(f: RunFiles) -> Section:
         ("drop", f"{g['drop']:.2f} points ({ci_text}), allowed {g.get('max_drop')}" if g.get("drop") is not None else "–"),
         ("gate images", f"{g.get('images')} (one image = {100 / g['images']:.2f} points)" if g.get("images") else "none (gate off)"),
         ("calibration images", str(g.get("calibration_images", "–"))),
+        ("cross-fit", f"{g['cross_fit']['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g['cross_fit']['shipped_vs_fold_models_agreement'], 2)}" if g.get("cross_fit") else "–"),
         ("top-1 agreement with FP32", pct(q.get("agreement"), 2)),
         ("method", escape(f"{q.get('backend', '')} {q.get('method', '')}")),
         ("size", f"{mib(q['fp32_bytes'])} → {mib(q['int8_bytes'])}" if q.get("int8_bytes") else "–"),
