@@ -74,7 +74,7 @@ def main() -> None:
     from edgetl.backbones.registry import create_model, get_backbone
     from edgetl.data.imagefolder import iter_augmented, load_imagefolder, train_transform
     from edgetl.data.samples import write_digits_imagefolder
-    from edgetl.trainer.recipe import Recipe, StagePlan
+    from edgetl.trainer.recipe import PhasePlan, Recipe
     from edgetl.trainer.train import train
 
     data = write_digits_imagefolder(
@@ -82,7 +82,7 @@ def main() -> None:
     )
     spec = get_backbone("efficientnet_lite0").preprocess.with_size(args.size)
     recipe = Recipe(
-        stages=(StagePlan(epochs=args.epochs, unfreeze=0, lr=3e-3),),
+        stages=(PhasePlan(epochs=args.epochs, unfreeze=0, lr=3e-3),),
         image_size=args.size,
         cache_views=args.cache_views,
         patience=args.epochs,

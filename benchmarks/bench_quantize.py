@@ -143,7 +143,7 @@ def rows(
 
 def case_imagenet(work: Path, lock: Path) -> list[dict]:
     from edgetl.quantizer import map_eval_classes, quantize
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
     from edgetl_runtime.preprocess import list_images, preprocess_image
 
     fp32 = work / "lite0.onnx"
@@ -175,7 +175,7 @@ def case_imagenet(work: Path, lock: Path) -> list[dict]:
 def case_digits(work: Path, lock: Path) -> list[dict]:
     from edgetl.quantizer import quantize
     from edgetl.runfolder.splits import Splits
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
     from edgetl_runtime.preprocess import preprocess_image
 
     run = work / "digits-run"

@@ -79,20 +79,41 @@ def quantize(source: Source, out: str | os.PathLike | None = None, **options) ->
 def benchmark(source: Source | list[Source], **options) -> BenchReport:
     """Latency of a run's models (or of model files) on every available backend."""
     from edgetl.bench.benchmark import benchmark as time_models
+    from edgetl.errors import EdgetlError
 
-    sources = source if isinstance(source, list) else [source]
-    paths = [resolve_source(s) for s in sources]
+    paths = [resolve_source(s) for s in (source if isinstance(source, list) else [source])]
+    if len(paths) > 1 and any(p.is_dir() for p in paths):
+        raise EdgetlError("give either one run folder or model files, not both")
     return time_models(paths[0] if len(paths) == 1 and paths[0].is_dir() else paths, **options)
 
 
-def package(source: Source | list[Source], out: str | os.PathLike, **options) -> Bundle:
-    """A verified deploy bundle from a run folder, or from model files carrying edgetl metadata."""
-    from edgetl.bundler.package import build_bundle, build_bundle_from_models
+def package(
+    source: Source | list[Source],
+    out: str | os.PathLike,
+    *,
+    precision: str | None = None,
+    format: str = "onnx",
+    **options,
+) -> Bundle:
+    """A verified deploy bundle from a run folder, or from model files carrying edgetl metadata.
 
-    sources = source if isinstance(source, list) else [source]
-    paths = [resolve_source(s) for s in sources]
-    if len(paths) == 1 and paths[0].is_dir():
-        return build_bundle(paths[0], out, **options)
+    `precision` and `format` choose among a run's models; model files ship as they are.
+    """
+    from edgetl.bundler.package import build_bundle, build_bundle_from_models
+    from edgetl.errors import EdgetlError
+    from edgetl_runtime.modelfile import FORMATS
+
+    paths = [resolve_source(s) for s in (source if isinstance(source, list) else [source])]
+    if len(paths) == 1 and (paths[0].is_dir() or paths[0].suffix not in FORMATS):
+        return build_bundle(paths[0], out, precision=precision, format=format, **options)
+    if any(p.is_dir() for p in paths):
+        raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
+    if precision is not None:
+        raise EdgetlError("--precision picks models of a run folder; with model files, give the ones to ship")
+    if format != "onnx":
+        raise EdgetlError(
+            "--format picks models of a run folder; model files are shipped in their own format"
+        )
     return build_bundle_from_models(paths, out, **options)
 
 

@@ -67,10 +67,6 @@ def set_verbose(flag: bool) -> None:
     _verbose = bool(flag)
 
 
-def is_verbose() -> bool:
-    return _verbose
-
-
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
     """Iterate with a progress bar on a terminal, or a few plain "description: i/n" lines elsewhere."""
     if total is None and isinstance(items, Sized):

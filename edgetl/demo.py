@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetl.console import log
+from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.fileio import check_writable
 
 # Big enough to be a real task (10 classes, 1000 real scans, 128 px so INT8's speed-up shows), small
@@ -97,7 +98,7 @@ def benchmark_models(demo: DemoRun) -> dict:
             entry[f"{row.precision}_p50_ms"] = row.p50_ms
         else:
             entry["reason"] = entry["reason"] or f"{row.status.value}: {row.reason}"
-    return {"latency": latency, "benchmark": str(demo.run / "benchmark.json")}
+    return {"latency": latency, "benchmark": str(RunFolder(demo.run).benchmark_record)}
 
 
 def package_and_predict(demo: DemoRun) -> dict:

@@ -29,6 +29,11 @@ class Balance(str, Enum):
     NONE = "none"
 
 
+class QuantBackend(str, Enum):
+    ONNXRUNTIME = "onnxruntime"
+    NNCF = "nncf"
+
+
 class PackagePrecision(str, Enum):
     INT8 = "int8"
     FP32 = "fp32"
@@ -42,6 +47,12 @@ DEFAULT_OPSET = 18
 DEFAULT_TOLERANCE = 1e-4  # max |logit difference| the FP32 parity gate allows
 CHECK_BATCH = 16
 MAX_CHECK_IMAGES = 256
+
+# quantize: the accuracy gate and the calibration sample
+DEFAULT_MAX_DROP = 0.5  # top-1 points the INT8 model may lose
+DEFAULT_MIN_AGREEMENT = 0.95  # share of gate images whose INT8 top-1 equals FP32's
+DEFAULT_NUM_CALIBRATION = 300
+DEFAULT_QUANT_METHOD = "auto"
 
 # benchmark: time budget of every row
 WARMUP_S = 2.0

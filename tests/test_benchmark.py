@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from badfiles import write_corrupt_image
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
@@ -17,7 +18,6 @@ from edgetl.bench.macs import count_macs
 from edgetl.bench.results import BenchReport, Status, plot_report
 from edgetl.bench.worker import BENCH_BACKENDS
 from edgetl.cli import main
-from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelinfo import ModelInfo
@@ -155,7 +155,7 @@ def test_run_folder_measures_its_models_and_checkpoint_on_its_images(tiny_run, t
     assert rows[("onnxruntime-cpu", "model.int8.onnx")].precision == "int8"
     assert rows[("pytorch", "best.safetensors")].macs == rows[("onnxruntime-cpu", "model.onnx")].macs
     assert report.method["inputs"] == "8 real images"
-    assert set(report.by_backend()["onnxruntime-cpu"]) == {"fp32", "int8"}
+    assert {r.precision for r in report.rows if r.backend == "onnxruntime-cpu"} == {"fp32", "int8"}
     assert report.fastest("int8") == rows[("onnxruntime-cpu", "model.int8.onnx")]
     saved = json.loads((run / "benchmark.json").read_text())
     assert len(saved["rows"]) == 3 and saved["environment"]["cpu"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from badfiles import write_corrupt_image
 
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder, scan_imagefolder
-from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import DataError
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_image
 

@@ -15,7 +15,7 @@ from edgetl.errors import EdgetlError
 from edgetl.exporter.describe import describe_model
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.fileio import sha256_file
-from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.modelfile import read_model_info
 
 LABELS = ("0", "1", "2")  # the digit folders, in the model's output order
 

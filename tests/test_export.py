@@ -10,21 +10,21 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from badfiles import write_corrupt_image
 from click.testing import CliRunner
 
-from edgetl.backbones.checkpoint import BEST, CheckpointInfo, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.cli import main
-from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import GateError
 from edgetl.exporter.convert import opset_range
 from edgetl.exporter.export import export_onnx
 from edgetl.exporter.parity import FP16_RELATIVE_TOLERANCE
-from edgetl.runfolder.folder import LOCK
+from edgetl.runfolder.folder import BEST, LOCK
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import sha256_file
-from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.modelfile import read_model_info
 from edgetl_runtime.preprocess import list_images, preprocess_batch
 
 BACKBONE = "efficientnet_lite0"

@@ -11,14 +11,15 @@ from torch import nn
 
 import edgetl.trainer.frozen as features
 import edgetl.trainer.session as session_module
-from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.runfolder.folder import RunFolder
+from edgetl.trainer.recipe import PhasePlan, Recipe
 from edgetl.trainer.train import train
 
 TINY = {"image_size": 32, "hflip": False, "batch_size": 16, "cache_views": 1}
 TWO_STAGES = Recipe(
     stages=(
-        StagePlan(epochs=1, unfreeze=0, lr=1e-2),
-        StagePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-3),
+        PhasePlan(epochs=1, unfreeze=0, lr=1e-2),
+        PhasePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-3),
     ),
     **TINY,
 )
@@ -105,7 +106,7 @@ def uninterrupted(digits_dir, tmp_path_factory):
 def test_summary_records_the_chosen_path(uninterrupted):
     result, run = uninterrupted
     assert result.frozen_compute["path"] == "channels_last"
-    assert (run / features.CHOICE_FILE).is_file()
+    assert RunFolder(run).frozen_choice.is_file()
     assert not list(run.glob(features.CACHE_PREFIX + "*"))
 
 

@@ -14,7 +14,7 @@ import torch
 
 import edgetl_runtime.backends as rb
 from edgetl.bench.benchmark import BENCH_BACKENDS
-from edgetl.bundler.package import MODEL_FILES
+from edgetl.bundler.model_files import MODEL_BACKENDS
 from edgetl.device import cuda_autocast_dtype, place_model, to_device
 from edgetl.trainer.train import resolve_device
 from edgetl_runtime.errors import BackendUnavailable
@@ -26,8 +26,8 @@ def test_gpu_rows_are_in_the_runtime_table_and_the_benchmark():
         assert name in BENCH_BACKENDS and BENCH_BACKENDS[name].device == "gpu"
     assert "onnxruntime-tensorrt" in rb.BACKENDS
     # TensorRT runs the INT8 QDQ model as INT8 and the FP32 model as FP16
-    assert "onnxruntime-tensorrt" in MODEL_FILES[Precision.INT8][1]
-    assert "onnxruntime-tensorrt" in MODEL_FILES[Precision.FP32][1]
+    assert "onnxruntime-tensorrt" in MODEL_BACKENDS[Precision.INT8]
+    assert "onnxruntime-tensorrt" in MODEL_BACKENDS[Precision.FP32]
 
 
 def test_every_gpu_row_says_why_it_is_unavailable_here():

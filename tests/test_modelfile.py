@@ -20,8 +20,8 @@ from edgetl_runtime.cli import EXIT_ERROR
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.errors import BundleError
 from edgetl_runtime.fileio import sha256_file
-from edgetl_runtime.modelfile import FORMATS, model_format, read_metadata, write_metadata
-from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+from edgetl_runtime.modelfile import FORMATS, model_format, read_metadata, read_model_info, write_metadata
+from edgetl_runtime.modelinfo import MetadataMissing
 from edgetl_runtime.preprocess import preprocess_image
 
 

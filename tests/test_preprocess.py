@@ -64,8 +64,9 @@ def test_paths_arrays_and_pil_agree(photos, tmp_path):
 
 
 def test_preprocess_readable_skips_counts_and_stops_at_the_limit(digits_dir, tmp_path):
+    from badfiles import write_corrupt_image
+
     from edgetl.data.images import preprocess_readable
-    from edgetl.data.samples import write_corrupt_image
     from edgetl_runtime.preprocess import list_images
 
     spec = PreprocessSpec().with_size(32)

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from badfiles import write_corrupt_image
 from click.testing import CliRunner
 
 from edgetl.cli import main
-from edgetl.data.samples import write_corrupt_image
 from edgetl.errors import BundleError, DataError, EdgetlError, GateError
 from edgetl.quantizer import (
     compare_logits,
@@ -28,7 +28,7 @@ from edgetl.quantizer import (
 from edgetl.quantizer import ladder as ladder_module
 from edgetl.quantizer.calibration import CalibrationManifest, assign_folds
 from edgetl.quantizer.gate import score
-from edgetl_runtime.modelinfo import read_model_info
+from edgetl_runtime.modelfile import read_model_info
 
 
 @pytest.fixture(scope="module")
@@ -370,8 +370,9 @@ def test_cross_fitted_300_images_can_pass():
 def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
     import torch
 
-    from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+    from edgetl.backbones.checkpoint import load_checkpoint
     from edgetl.quantizer import qat
+    from edgetl.runfolder.folder import find_checkpoint
 
     model, _ = load_checkpoint(find_checkpoint(run))
     model.eval()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import edgetl.trainer.session as session_module
-from edgetl.trainer.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe
+from edgetl.trainer.recipe import MODELS_DIR, PhasePlan, Recipe, RecipeError, load_recipe
 from edgetl.trainer.train import train
 
 SHORT = {
@@ -138,10 +138,10 @@ def test_recipe_keys_are_validated():
     with pytest.raises(RecipeError, match="optimizer"):
         Recipe(optimizer="lamb")
     with pytest.raises(RecipeError, match="unfreeze_layers"):
-        Recipe(stages=(StagePlan(epochs=1, unfreeze=2, unfreeze_layers=3),))
+        Recipe(stages=(PhasePlan(epochs=1, unfreeze=2, unfreeze_layers=3),))
     with pytest.raises(RecipeError, match="gradual"):
-        Recipe(stages=(StagePlan(epochs=1, gradual=True),))
+        Recipe(stages=(PhasePlan(epochs=1, gradual=True),))
     with pytest.raises(RecipeError, match="head_hidden"):
         Recipe(head_hidden=(0,))
-    gradual = Recipe(stages=(StagePlan(epochs=2, unfreeze=3, gradual=True),))
+    gradual = Recipe(stages=(PhasePlan(epochs=2, unfreeze=3, gradual=True),))
     assert [(s.unfreeze, s.epochs) for s in gradual.stages] == [(1, 2), (2, 2), (3, 2)]

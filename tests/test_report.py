@@ -16,12 +16,13 @@ from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
 from edgetl.reporting import plots
 from edgetl.reporting.report import build_report
-from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.runfolder.folder import RunFolder
+from edgetl.trainer.recipe import PhasePlan, Recipe
 from edgetl.trainer.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = Recipe(
-    stages=(StagePlan(epochs=2, unfreeze=0, lr=1e-2),),
+    stages=(PhasePlan(epochs=2, unfreeze=0, lr=1e-2),),
     image_size=32,
     hflip=False,
     batch_size=16,
@@ -53,8 +54,8 @@ def full_run(trained, tiny_run, tmp_path_factory):
 
 
 def test_train_writes_curves_and_confusion_png(trained):
-    for name in (plots.CURVES_PNG, plots.CONFUSION_PNG):
-        with Image.open(trained / name) as image:
+    for path in (RunFolder(trained).curves_png, RunFolder(trained).confusion_png):
+        with Image.open(path) as image:
             assert image.width > 300 and image.height > 300
 
 

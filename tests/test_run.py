@@ -14,13 +14,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from edgetl.backbones.checkpoint import BEST, load_checkpoint, save_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint, save_checkpoint
 from edgetl.bundler.package import build_bundle
 from edgetl.cli import main
 from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
 from edgetl.exporter.export import export_onnx
-from edgetl.runfolder.folder import LOCK, Kind, RunFolder, RunLocked, Stage, StaleArtifact, check_output
+from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step, check_output
 from edgetl.runfolder.splits import Splits
 
 TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]
@@ -62,7 +62,7 @@ def test_train_records_the_fingerprint_in_splits_and_checkpoint(trained):
     splits = Splits.load(trained)
     assert len(splits.fingerprint) == 64
     assert load_checkpoint(trained / BEST)[1].data_fingerprint == splits.fingerprint
-    RunFolder(trained).check_for(Stage.PACKAGE)  # a fresh run is consistent
+    RunFolder(trained).check_for(Step.PACKAGE)  # a fresh run is consistent
 
 
 def test_train_into_a_run_is_refused_without_resume_or_overwrite(trained, digits_dir):
@@ -132,7 +132,7 @@ def test_retraining_makes_every_older_artifact_stale(run_copy, tmp_path):
     torch.manual_seed(1)
     model.reset_head(len(info.labels))
     save_checkpoint(model, info, run_copy / BEST)  # "trained again"
-    for stage in (Stage.QUANTIZE, Stage.BENCHMARK, Stage.PACKAGE):
+    for stage in (Step.QUANTIZE, Step.BENCHMARK, Step.PACKAGE):
         with pytest.raises(
             StaleArtifact, match=r"model.onnx: exported from an older checkpoint.*`edgetl export"
         ):
@@ -155,8 +155,8 @@ def test_stale_benchmark_record_is_named(run_copy):
     folder = RunFolder(run_copy)
     (run_copy / "benchmark.json").write_text(json.dumps({"rows": [], "sources": {"model.onnx": "0" * 64}}))
     with pytest.raises(StaleArtifact, match=r"benchmark\.json: timed an older model\.onnx.*edgetl benchmark"):
-        folder.check_for(Stage.PACKAGE)
-    folder.check_for(Stage.BENCHMARK)
+        folder.check_for(Step.PACKAGE)
+    folder.check_for(Step.BENCHMARK)
 
 
 def test_overwrite_removes_every_artifact_then_package_refuses(trained, tmp_path, digits_dir):

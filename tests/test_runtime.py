@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from badfiles import write_corrupt_image
 from PIL import Image
 
 from edgetl.backbones.checkpoint import load_checkpoint
 from edgetl.bundler.package import build_bundle
-from edgetl.data.samples import write_corrupt_image
 from edgetl_runtime import BundleError, Predictor
 from edgetl_runtime.bundle import extract_bundle, verify_bundle, write_gzip
 from edgetl_runtime.cli import EXIT_ERROR, EXIT_SOME_INPUTS_FAILED

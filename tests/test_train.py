@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from badfiles import write_corrupt_image
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -15,18 +16,17 @@ import edgetl.trainer.session as session_module
 from edgetl.backbones.checkpoint import load_checkpoint, read_checkpoint_info
 from edgetl.backbones.registry import DEFAULT_BACKBONE, TORCHVISION_NAMES, create_model
 from edgetl.cli import main
-from edgetl.data.samples import write_corrupt_image
 from edgetl.runfolder.splits import Splits
-from edgetl.trainer.recipe import MODELS_DIR, Recipe, RecipeError, StagePlan, load_recipe, resolve_recipe
+from edgetl.trainer.recipe import MODELS_DIR, PhasePlan, Recipe, RecipeError, load_recipe, resolve_recipe
 from edgetl.trainer.schedule import WarmupCosine, param_groups
 from edgetl.trainer.train import resolve_device, train
 
 TINY = {"image_size": 32, "hflip": False, "batch_size": 16, "cache_views": 1}
-FROZEN = Recipe(stages=(StagePlan(epochs=3, unfreeze=0, lr=1e-2),), **TINY)
+FROZEN = Recipe(stages=(PhasePlan(epochs=3, unfreeze=0, lr=1e-2),), **TINY)
 TWO_STAGES = Recipe(
     stages=(
-        StagePlan(epochs=2, unfreeze=0, lr=1e-2),
-        StagePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-3),
+        PhasePlan(epochs=2, unfreeze=0, lr=1e-2),
+        PhasePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-3),
     ),
     **TINY,
 )
@@ -133,12 +133,12 @@ def test_run_folder_records_metrics_skips_and_checkpoint(two_stage_run):
     _, info = load_checkpoint(result.checkpoint)
     assert info.labels == ("0", "1", "2") and info.preprocess.crop == 32
     assert info.metrics["val_accuracy"] == result.best_val_accuracy
-    assert Recipe(**{**info.recipe, "stages": [StagePlan(**s) for s in info.recipe["stages"]]}) == TWO_STAGES
+    assert Recipe(**{**info.recipe, "stages": [PhasePlan(**s) for s in info.recipe["stages"]]}) == TWO_STAGES
 
 
 def test_lr_groups_decay_toward_the_input(two_stage_run):
     model, _ = load_checkpoint(two_stage_run[0].checkpoint)
-    plan = StagePlan(epochs=1, unfreeze=3, lr=1e-2, lr_backbone=1e-3)
+    plan = PhasePlan(epochs=1, unfreeze=3, lr=1e-2, lr_backbone=1e-3)
     groups = param_groups(model, plan, Recipe(lr_decay=0.5))
     assert [g["name"] for g in groups] == ["head", "stage8", "stage7", "stage6"]
     assert [g["lr"] for g in groups] == pytest.approx([1e-2, 1e-3, 5e-4, 2.5e-4])

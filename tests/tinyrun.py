@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgetl.backbones.checkpoint import BEST, CheckpointInfo, save_checkpoint
+from edgetl.backbones.checkpoint import CheckpointInfo, save_checkpoint
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.exporter.export import export_onnx
 from edgetl.quantizer import quantize
+from edgetl.runfolder.folder import BEST
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.preprocess import list_images
 

@@ -5,7 +5,8 @@ from importlib.metadata import version
 from .bundle import extract_bundle, open_bundle, verify_bundle
 from .errors import BackendUnavailable, BundleError, EdgetlError, ImageError
 from .manifest import Manifest
-from .modelinfo import ModelInfo, read_model_info
+from .modelfile import read_model_info
+from .modelinfo import ModelInfo
 from .predictor import Prediction, Predictor
 from .preprocess import PreprocessSpec, load_image, preprocess_batch, preprocess_image
 

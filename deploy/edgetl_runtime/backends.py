@@ -11,13 +11,29 @@ import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from .errors import BackendUnavailable
+from .modelinfo import is_quantized_file
 from .timing import physical_cores
+
+
+class BackendName(str, Enum):
+    """The inference backends, as `--backend` spells them."""
+
+    ORT_CPU = "onnxruntime-cpu"
+    ORT_CUDA = "onnxruntime-cuda"
+    ORT_TENSORRT = "onnxruntime-tensorrt"
+    ORT_OPENVINO = "onnxruntime-openvino"
+    OPENVINO_CPU = "openvino-cpu"
+    OPENVINO_GPU = "openvino-gpu"
+
+    def __str__(self) -> str:  # the name in messages on every Python (3.11 changed a mixin's format)
+        return self.value
 
 
 class Session(Protocol):
@@ -33,7 +49,7 @@ class Session(Protocol):
 
 @dataclass(frozen=True)
 class Backend:
-    name: str
+    name: BackendName
     device: str  # "cpu" or "gpu": where the work runs, so callers can synchronise or pick precisions
     check: Callable[[], str | None]  # None when usable here, else the reason it is not
     load: Callable[..., Session]  # (path, threads, exact=False)
@@ -109,15 +125,6 @@ def tensorrt_cache_dir() -> Path:
     return Path(base) / "edgetl-runtime" / "tensorrt"
 
 
-def _has_qdq(path: Path) -> bool:
-    """Whether the model carries QuantizeLinear nodes (an INT8 model from `edgetl quantize`).
-
-    The runtime has no `onnx` package; protobuf stores op_type strings verbatim, and
-    "DequantizeLinear" does not contain "QuantizeLinear" (capital Q).
-    """
-    return b"QuantizeLinear" in Path(path).read_bytes()
-
-
 def tensorrt_options(path: Path, exact: bool) -> tuple[dict[str, object], str]:
     """TensorRT provider options and the precision the engine computes in.
 
@@ -126,7 +133,7 @@ def tensorrt_options(path: Path, exact: bool) -> tuple[dict[str, object], str]:
     """
     cache = tensorrt_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    int8 = _has_qdq(path)
+    int8 = is_quantized_file(path)
     options = {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
@@ -190,7 +197,7 @@ def _load_tensorrt(path: Path, threads: int | None, exact: bool = False) -> OrtS
         path,
         threads,
         "TensorrtExecutionProvider",
-        "onnxruntime-tensorrt",
+        BackendName.ORT_TENSORRT,
         options=options,
         precision=precision,
     )
@@ -238,52 +245,52 @@ def _cuda_reason() -> str | None:
     return _ort_provider_reason("CUDAExecutionProvider", "onnxruntime-gpu") or _cuda_device_reason()
 
 
-BACKENDS: dict[str, Backend] = {
+BACKENDS: dict[BackendName, Backend] = {
     b.name: b
     for b in (
         Backend(
-            "onnxruntime-cpu",
+            BackendName.ORT_CPU,
             "cpu",
             lambda: _ort_provider_reason("CPUExecutionProvider", "onnxruntime"),
-            lambda p, t, exact=False: OrtSession(p, t, "CPUExecutionProvider", "onnxruntime-cpu"),
+            lambda p, t, exact=False: OrtSession(p, t, "CPUExecutionProvider", BackendName.ORT_CPU),
         ),
         Backend(
-            "onnxruntime-cuda",
+            BackendName.ORT_CUDA,
             "gpu",
             _cuda_reason,
-            lambda p, t, exact=False: OrtSession(p, t, "CUDAExecutionProvider", "onnxruntime-cuda"),
+            lambda p, t, exact=False: OrtSession(p, t, "CUDAExecutionProvider", BackendName.ORT_CUDA),
         ),
         Backend(
-            "onnxruntime-tensorrt",
+            BackendName.ORT_TENSORRT,
             "gpu",
             _tensorrt_reason,
             lambda p, t, exact=False: _load_tensorrt(p, t, exact),
         ),
         Backend(
-            "onnxruntime-openvino",
+            BackendName.ORT_OPENVINO,
             "cpu",
             lambda: _ort_provider_reason("OpenVINOExecutionProvider", "onnxruntime-openvino"),
-            lambda p, t, exact=False: OrtSession(p, t, "OpenVINOExecutionProvider", "onnxruntime-openvino"),
+            lambda p, t, exact=False: OrtSession(p, t, "OpenVINOExecutionProvider", BackendName.ORT_OPENVINO),
         ),
         Backend(
-            "openvino-cpu",
+            BackendName.OPENVINO_CPU,
             "cpu",
             lambda: _openvino_reason("CPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "CPU", "openvino-cpu", exact),
+            lambda p, t, exact=False: OpenVinoSession(p, t, "CPU", BackendName.OPENVINO_CPU, exact),
             (".onnx", ".xml"),
         ),
         Backend(
-            "openvino-gpu",
+            BackendName.OPENVINO_GPU,
             "gpu",
             lambda: _openvino_reason("GPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", "openvino-gpu", exact),
+            lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", BackendName.OPENVINO_GPU, exact),
             (".onnx", ".xml"),
         ),
     )
 }
 
 # What "auto" means on a device: the first of these that is available.
-AUTO_ORDER = ("onnxruntime-cuda", "onnxruntime-cpu", "openvino-cpu")
+AUTO_ORDER = (BackendName.ORT_CUDA, BackendName.ORT_CPU, BackendName.OPENVINO_CPU)
 
 
 def get_backend(name: str) -> Backend:

@@ -139,7 +139,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _model_file_info(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
-    from .modelinfo import read_model_info
+    from .modelfile import read_model_info
 
     info = read_model_info(args.bundle)
     backends = {name: b.check() or "available" for name, b in BACKENDS.items()}

@@ -1,8 +1,10 @@
 """Model files edgetl reads and writes, one table entry per format: ONNX and OpenVINO IR.
 
-Each entry knows how the format stores edgetl's metadata (flat ``edgetl.*`` str -> str, see
-ModelInfo.to_metadata): ONNX in ``metadata_props``, an IR in ``rt_info["edgetl"]``. Reading, copying
-with new metadata, and the files a model needs beside it (an IR's ``.bin``) all go through here.
+The one table of model formats: export, quantize, benchmark, package and the runtime ask it for a
+format's suffix, the files a model needs beside it (an IR's ``.bin``), how it stores edgetl's metadata
+(flat ``edgetl.*`` str -> str, see ModelInfo.to_metadata: ONNX in ``metadata_props``, an IR in
+``rt_info["edgetl"]``), its input and output tensors, the edgetl command that rebuilds a run's model
+in it, and what a device installs to run it.
 Metadata is read with the onnx package where it is installed (edgetl) and with onnxruntime alone on a
 device; onnx (also for writing) and openvino are imported lazily.
 """
@@ -17,9 +19,13 @@ from pathlib import Path
 
 from .errors import BundleError
 from .fileio import atomic_output
-from .modelinfo import PREFIX
+from .modelinfo import PREFIX, ModelInfo, Precision
 
-IR_SECTION = "edgetl"  # rt_info holds the keys without the prefix, under this section
+IR_SECTION = "edgetl"
+OPENVINO_SUFFIX, IR_WEIGHTS = (
+    ".xml",
+    ".bin",
+)  # an IR is its graph (.xml) and its weights (.bin)  # rt_info holds the keys without the prefix, under this section
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,9 @@ class ModelFormat:
     read: Callable[[Path], dict[str, str]]  # the file's edgetl.* metadata ({} for a model from elsewhere)
     embed: Callable[[object, dict[str, str]], None]  # into a loaded model: onnx.ModelProto, openvino.Model
     write: Callable[[Path, Path, dict[str, str]], None]  # copy src to dst (atomically) with this metadata
+    tensors: Callable[[Path], tuple[list, list]]  # (inputs, outputs) as manifest.TensorSpec
+    rebuild: dict[Precision, str]  # the edgetl command that writes a run's model in this format ({run})
+    install: str  # what a device installs to run it (a bundle's README says so)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -113,24 +122,74 @@ def _write_ir(src: Path, dst: Path, meta: dict[str, str]) -> None:
     model = ov.Core().read_model(str(src))
     _embed_ir(model, meta)
     with tempfile.TemporaryDirectory(prefix="edgetl-ir-") as tmp:
-        xml = Path(tmp) / "model.xml"
+        xml = Path(tmp) / f"model{OPENVINO_SUFFIX}"
         # save_model would otherwise halve FP32 weights to FP16
         ov.save_model(model, str(xml), compress_to_fp16=False)
         dst.parent.mkdir(parents=True, exist_ok=True)
         # the .bin first: OpenVINO pairs the files by name, so a finished .xml never lacks its weights
-        with atomic_output(dst.with_suffix(".bin")) as tmp_bin:
-            shutil.copyfile(xml.with_suffix(".bin"), tmp_bin)
+        with atomic_output(dst.with_suffix(IR_WEIGHTS)) as tmp_bin:
+            shutil.copyfile(xml.with_suffix(IR_WEIGHTS), tmp_bin)
         with atomic_output(dst) as tmp_xml:
             shutil.copyfile(xml, tmp_xml)
 
 
-FORMATS: dict[str, ModelFormat] = {
-    f.suffix: f
-    for f in (
-        ModelFormat("onnx", ".onnx", (), _read_onnx, _embed_onnx, _write_onnx),
-        ModelFormat("openvino", ".xml", (".bin",), _read_ir, _embed_ir, _write_ir),
-    )
-}
+def _onnx_tensors(path: Path) -> tuple[list, list]:
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from .manifest import TensorSpec
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+
+    def spec(value) -> TensorSpec:
+        t = value.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
+
+    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
+
+
+def _ir_tensors(path: Path) -> tuple[list, list]:
+    import openvino as ov
+
+    from .manifest import TensorSpec
+
+    model = ov.Core().read_model(str(path))
+
+    def spec(port) -> TensorSpec:
+        shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
+        return TensorSpec(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
+
+    return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
+
+
+ONNX = ModelFormat(
+    "onnx",
+    ".onnx",
+    (),
+    _read_onnx,
+    _embed_onnx,
+    _write_onnx,
+    _onnx_tensors,
+    rebuild={Precision.FP32: "edgetl export {run}", Precision.INT8: "edgetl quantize {run}"},
+    install="pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch",
+)
+OPENVINO = ModelFormat(
+    "openvino",
+    OPENVINO_SUFFIX,
+    (IR_WEIGHTS,),
+    _read_ir,
+    _embed_ir,
+    _write_ir,
+    _ir_tensors,
+    rebuild={
+        Precision.FP32: "edgetl export {run} --format openvino",
+        Precision.INT8: "edgetl quantize {run} --backend nncf",
+    },
+    install="pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
+)
+FORMATS: dict[str, ModelFormat] = {f.suffix: f for f in (ONNX, OPENVINO)}
 BY_NAME: dict[str, ModelFormat] = {f.name: f for f in FORMATS.values()}
 
 
@@ -154,6 +213,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise BundleError(f"{path}: no such model file")
     return {k: v for k, v in fmt.read(path).items() if k.startswith(PREFIX)}
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The edgetl metadata of a model file (ONNX via onnxruntime alone, or OpenVINO IR)."""
+    return ModelInfo.from_metadata(read_metadata(path), source=str(path))
 
 
 def write_metadata(src: str | Path, dst: str | Path, meta: dict[str, str]) -> None:

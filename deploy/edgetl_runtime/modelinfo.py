@@ -1,12 +1,14 @@
 """What a model file says about itself: labels, preprocessing, names, provenance.
 
 edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys
-(modelfile.py holds the formats); this module parses it, so an exported file is enough to run inference.
+(modelfile.py holds the formats and reads a file's ModelInfo); this module parses it, so an exported
+file is enough to run inference.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -31,6 +33,34 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"
 
+    def __str__(self) -> str:  # "int8" in messages on every Python (3.11 changed a mixin's format)
+        return self.value
+
+
+# What makes a graph INT8: QDQ pairs (static and dynamic) and onnxruntime's integer kernels. The one
+# definition every stage uses (export's describe, quantize's check, the benchmark, the runtime).
+QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+QUANTIZED_OP_PREFIXES = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm")
+
+
+def quantized_ops(op_types: Iterable[str]) -> tuple[str, ...]:
+    """The quantized op types among `op_types` (an ONNX graph's node op_types), sorted."""
+    return tuple(sorted({o for o in op_types if o in QUANTIZED_OPS or o.startswith(QUANTIZED_OP_PREFIXES)}))
+
+
+def graph_precision(op_types: Iterable[str], *, float16: bool = False) -> Precision:
+    """A graph's precision: INT8 when it holds quantized ops, else FP16 when its floats are half."""
+    if quantized_ops(op_types):
+        return Precision.INT8
+    return Precision.FP16 if float16 else Precision.FP32
+
+
+def is_quantized_file(path: str | Path) -> bool:
+    """graph_precision for an ONNX file without the `onnx` package (a device has onnxruntime only):
+    protobuf stores op_type strings verbatim, so the file's bytes hold the names of its ops."""
+    data = Path(path).read_bytes()
+    return any(name.encode() in data for name in (*QUANTIZED_OPS, *QUANTIZED_OP_PREFIXES))
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -39,10 +69,13 @@ class ModelInfo:
     backbone: str
     input_name: str = "input"
     output_name: str = "logits"
-    precision: str = "fp32"
+    precision: Precision = Precision.FP32  # serialised as its string
     edgetl_version: str = ""
     source_sha256: str = ""
     quantization: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", Precision(self.precision))
 
     def with_(self, **changes) -> ModelInfo:
         return replace(self, **changes)
@@ -55,7 +88,7 @@ class ModelInfo:
             "backbone": self.backbone,
             "input_name": self.input_name,
             "output_name": self.output_name,
-            "precision": self.precision,
+            "precision": self.precision.value,
             "edgetl_version": self.edgetl_version,
             "source_sha256": self.source_sha256,
             "quantization": json.dumps(self.quantization, sort_keys=True),
@@ -94,7 +127,7 @@ class ModelInfo:
             backbone=values["backbone"],
             input_name=values.get("input_name", "input"),
             output_name=values.get("output_name", "logits"),
-            precision=precision,
+            precision=Precision(precision),
             edgetl_version=values.get("edgetl_version", ""),
             source_sha256=values.get("source_sha256", ""),
             quantization=quantization,
@@ -106,10 +139,3 @@ def _json_value(text: str, where: str, fix: str):
         return json.loads(text)
     except (TypeError, json.JSONDecodeError) as e:
         raise BundleError(f"{where} is not valid JSON ({e}); {fix}") from None
-
-
-def read_model_info(path: str | Path) -> ModelInfo:
-    """The edgetl metadata of a model file (ONNX via onnxruntime alone, or OpenVINO IR)."""
-    from .modelfile import read_metadata
-
-    return ModelInfo.from_metadata(read_metadata(path), source=str(path))

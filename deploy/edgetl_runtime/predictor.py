@@ -18,8 +18,7 @@ from .backends import AUTO_ORDER, BACKENDS, Backend, Session, load_session, reso
 from .bundle import MAX_BUNDLE_BYTES, open_bundle
 from .errors import BundleError, ImageError
 from .manifest import Manifest
-from .modelfile import model_format
-from .modelinfo import read_model_info
+from .modelfile import model_format, read_model_info
 from .preprocess import ImageInput, PreprocessSpec, preprocess_image
 from .signing import TrustedKey
 

@@ -183,14 +183,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_environment(packages: Sequence[str] = ("numpy", "onnxruntime", "openvino")) -> dict:
-    """What a latency figure depends on besides the model, so a reader can compare like with like."""
-    versions = {}
+def installed_versions(packages: Sequence[str]) -> dict[str, str | None]:
+    """name -> installed version (None when not installed): the one place versions are collected."""
+    versions: dict[str, str | None] = {}
     for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def describe_environment(packages: Sequence[str] = ("numpy", "onnxruntime", "openvino")) -> dict:
+    """What a latency figure depends on besides the model, so a reader can compare like with like."""
+    versions = installed_versions(packages)
     return {
         "cpu": cpu_model(),
         "logical_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),

@@ -18,11 +18,6 @@ from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
 from edgetl_runtime.preprocess import PreprocessSpec
 
-BEST = "best.safetensors"
-LAST = "last.safetensors"
-# Head-only companions, written by cached-feature epochs where nothing but the head changes.
-BEST_HEAD = "best.head.safetensors"
-LAST_HEAD = "last.head.safetensors"
 HEAD_PREFIX = "head."
 
 
@@ -105,16 +100,3 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
             f"{path}: weights do not fit backbone {info.backbone} ({str(e).splitlines()[0]})"
         ) from None
     return model.to(device).eval(), info
-
-
-def find_checkpoint(run: str | Path) -> Path:
-    """A run folder's best checkpoint, or the file itself when given one."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    if not run.is_dir():
-        raise EdgetlError(f"{run}: no such run folder; train one with `edgetl train --data DIR --out {run}`")
-    for name in (BEST, LAST):
-        if (run / name).is_file():
-            return run / name
-    raise EdgetlError(f"{run}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?")

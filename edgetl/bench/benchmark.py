@@ -23,14 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.bench.results import BenchReport, BenchRow, Status
-from edgetl.bench.worker import BENCH_BACKENDS, BenchBackend, Job, Source, TimedModel, Worker
+from edgetl.bench.worker import (
+    BENCH_BACKENDS,
+    BenchBackend,
+    Failed,
+    Job,
+    Ready,
+    Round,
+    Samples,
+    Source,
+    TimedModel,
+    Worker,
+)
 from edgetl.console import log, track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import EdgetlError
 from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
-from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Stage
-from edgetl_runtime.modelfile import FORMATS
-from edgetl_runtime.modelinfo import MetadataMissing, read_model_info
+from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Step
+from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
+from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
@@ -38,7 +49,6 @@ from edgetl_runtime.timing import (
     stats_from_samples,
 )
 
-RUN_MODELS = ("model.onnx", "model.int8.onnx")
 POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
 SYNTHETIC_SEED = 0
 
@@ -50,22 +60,18 @@ def _model_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
 
 
-def _graph_precision(model) -> str:
+def _graph_precision(model) -> Precision:
     """Precision of a model without edgetl metadata, from what its graph contains."""
     import onnx
 
-    quantized = {"QuantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
-    if any(n.op_type in quantized for n in model.graph.node):
-        return "int8"
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+    float16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    return graph_precision((n.op_type for n in model.graph.node), float16=float16)
 
 
 def _describe_model(path: Path) -> TimedModel:
     if not path.is_file():
         raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
-    if path.suffix == ".xml":
+    if FORMATS.get(path.suffix.lower()) is OPENVINO:
         return _describe_ir(path)
     import onnx
 
@@ -99,7 +105,7 @@ def _describe_ir(path: Path) -> TimedModel:
         precision, spec = info.precision, info.preprocess
     except MetadataMissing:
         warn(f"{path.name}: no edgetl metadata; timing as FP32 with ImageNet preprocessing")
-        precision, spec = "fp32", PreprocessSpec()
+        precision, spec = Precision.FP32, PreprocessSpec()
     return TimedModel(path, precision, spec, None, _model_size_mb(path))
 
 
@@ -132,21 +138,15 @@ def _input_pools(
 
 
 def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
-    models = [run / name for name in RUN_MODELS if (run / name).is_file()]
-    checkpoint = None
-    for name in ("best.safetensors", "last.safetensors"):
-        if (run / name).is_file():
-            checkpoint = run / name
-            break
+    folder = RunFolder(run)
+    models, checkpoint = folder.onnx_models(), folder.checkpoint()
     if not models and checkpoint is None:
         raise EdgetlError(
             f"{run}: no model.onnx, model.int8.onnx or checkpoint; run `edgetl export {run}` first"
         )
     images: list[Path] = []
-    if (run / "splits.json").is_file():
-        from edgetl.runfolder.splits import Splits
-
-        images = [Path(p) for p, _ in Splits.load(run).val]
+    if folder.splits.is_file():
+        images = [Path(p) for p, _ in folder.load_splits().val]
     return models, checkpoint, images
 
 
@@ -193,8 +193,7 @@ def benchmark(
         if run is not None:
             # held while timing too, so the models cannot be replaced under the measurement
             folder = stack.enter_context(RunFolder(run).lock("benchmark"))
-            folder.check_for(Stage.BENCHMARK)
-        _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, rounds)
+            folder.check_for(Step.BENCHMARK)
         names = list(backends) if backends else list(BENCH_BACKENDS)
         described = [_describe_model(p) for p in model_paths]
         checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
@@ -241,7 +240,9 @@ def benchmark(
                 )
         if run is not None:
             measured = [*model_paths, *([Path(checkpoint)] if checkpoint else [])]
-            folder.save_benchmark(BenchmarkRecord(folder.sources(measured), report.to_dict()))
+            folder.save_benchmark(
+                BenchmarkRecord.from_dict({**report.to_dict(), "sources": folder.sources(measured)})
+            )
     return report
 
 
@@ -262,8 +263,8 @@ def _describe_checkpoint(path: Path, models: list[TimedModel]) -> TimedModel:
 
     info = read_checkpoint_info(path)
     # the same network as its FP32 export, so that export's MAC count is the checkpoint's
-    macs = next((m.macs for m in models if m.precision == "fp32"), None)
-    return TimedModel(path, "fp32", info.preprocess, macs, _model_size_mb(path))
+    macs = next((m.macs for m in models if m.precision == Precision.FP32), None)
+    return TimedModel(path, Precision.FP32, info.preprocess, macs, _model_size_mb(path))
 
 
 def _plan(names, models, checkpoint, batches, threads, image_paths, images_required):
@@ -278,7 +279,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
         if backend.source == Source.CHECKPOINT and checkpoint is None:
             for b in batches:
                 rows[(name, "", b)] = BenchRow(
-                    name, "-", "fp32", b, Status.SKIPPED, "no checkpoint: give a run folder or checkpoint="
+                    name,
+                    "-",
+                    Precision.FP32,
+                    b,
+                    Status.SKIPPED,
+                    "no checkpoint: give a run folder or checkpoint=",
                 )
             continue
         reason = backend.check()
@@ -305,25 +311,24 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
             pools, pool_source = pools_by_spec[pool_key]
             log(f"loading {name} {model.path.name}")
             worker = Worker(backend, model, Job(name, str(model.path), threads, pools))
-            kind, value = worker.receive()
-            if kind != "ready":
-                worker.error = str(value)
+            reply = worker.receive()
+            if not isinstance(reply, Ready):
+                worker.error = reply.reason if isinstance(reply, Failed) else f"unexpected reply {reply!r}"
                 for b in batches:
                     rows[(name, str(model.path), b)] = replace(
                         rows[(name, str(model.path), b)], status=Status.FAILED, reason=worker.error
                     )
             else:
-                worker.info = value
                 for b in batches:
                     key = (name, str(model.path), b)
                     rows[key] = replace(
                         rows[key],
-                        threads=value["threads"],
-                        execution_precision=value["execution_precision"],
-                        load_s=value["load_s"],
-                        rss_before_load_mb=value["rss_before_load_mb"],
-                        status=Status.FAILED if b in value["errors"] else Status.OK,
-                        reason=value["errors"].get(b, ""),
+                        threads=reply.threads,
+                        execution_precision=reply.execution_precision,
+                        load_s=reply.load_s,
+                        rss_before_load_mb=reply.rss_before_load_mb,
+                        status=Status.FAILED if b in reply.errors else Status.OK,
+                        reason=reply.errors.get(b, ""),
                     )
             workers.append(worker)
     return rows, workers, pool_source
@@ -334,7 +339,7 @@ def _applicability(backend: BenchBackend, model: TimedModel, reason: str | None)
         return Status.UNAVAILABLE, reason
     if model.path.suffix not in backend.formats:
         return Status.SKIPPED, f"{backend.name} reads {', '.join(backend.formats)} files"
-    if model.precision == "fp16" and backend.device != "gpu":
+    if model.precision == Precision.FP16 and backend.device != "gpu":
         # CPUs without native FP16 arithmetic convert every layer back to FP32: the figure would
         # measure the conversion, not the model
         return Status.SKIPPED, "FP16 models are benchmarked on GPU backends only"
@@ -387,14 +392,15 @@ def _rounds(pairs, warmup_s, min_s, min_runs, rounds, rows) -> dict:
         for worker, batch in pairs[shift:] + pairs[:shift]:
             if rows[_key(worker, batch)].status != Status.OK:
                 continue
-            kind, value = worker.ask(
-                (batch, warm, min_s / rounds, per_round_runs, len(samples[(worker, batch)]))
+            reply = worker.ask(
+                Round(batch, warm, min_s / rounds, per_round_runs, len(samples[(worker, batch)]))
             )
-            if kind == "samples":
-                samples[(worker, batch)].extend(value)
+            if isinstance(reply, Samples):
+                samples[(worker, batch)].extend(reply.durations_ns)
             else:
+                reason = reply.reason if isinstance(reply, Failed) else f"unexpected reply {reply!r}"
                 rows[_key(worker, batch)] = replace(
-                    rows[_key(worker, batch)], status=Status.FAILED, reason=str(value)
+                    rows[_key(worker, batch)], status=Status.FAILED, reason=reason
                 )
         log(f"round {r + 1}/{rounds} done")
     return {pair: v for pair, v in samples.items() if v}

@@ -82,14 +82,6 @@ class BenchReport:
         ]
         return min(rows, key=lambda r: r.p50_ms, default=None)
 
-    def by_backend(self, batch: int = 1) -> dict[str, dict[str, BenchRow]]:
-        """backend -> precision -> measured row: the FP32 vs INT8 comparison per backend."""
-        table: dict[str, dict[str, BenchRow]] = {}
-        for r in self.rows:
-            if r.status == Status.OK and r.batch == batch:
-                table.setdefault(r.backend, {})[r.precision] = r
-        return table
-
 
 def plot_report(report: BenchReport, path: str | Path) -> Path:
     """Bar chart of p50 latency with p90 whiskers per backend and precision, one panel per batch size."""

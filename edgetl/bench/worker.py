@@ -22,6 +22,7 @@ from typing import IO, Protocol
 import numpy as np
 
 from edgetl_runtime.backends import BACKENDS, Backend
+from edgetl_runtime.modelinfo import Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 from edgetl_runtime.timing import peak_rss_mb, time_runs, warm_up
 
@@ -142,7 +143,7 @@ class TimedModel:
     """A model file as the benchmark times it: precision, preprocessing and size, read once."""
 
     path: Path
-    precision: str
+    precision: Precision
     preprocess: PreprocessSpec
     macs: int | None
     size_mb: float
@@ -157,6 +158,46 @@ class Job:
     model: str
     threads: int | None
     pools: dict[int, list[np.ndarray]]
+
+
+# The messages of the worker protocol. Parent -> worker: a Job, then Round requests, then None.
+@dataclass(frozen=True)
+class Round:
+    """Time one batch size: warm up, then at least `min_s` seconds and `min_runs` calls."""
+
+    batch: int
+    warmup_s: float
+    min_s: float
+    min_runs: int
+    offset: int  # where in the input pool this round starts (samples taken so far)
+
+
+# Worker -> parent: Ready or Failed after loading, Samples or Failed per Round, Done at the end.
+@dataclass(frozen=True)
+class Ready:
+    load_s: float
+    threads: int | None
+    execution_precision: str
+    rss_before_load_mb: float | None
+    errors: dict[int, str]  # batch size -> why a first call at that size failed
+
+
+@dataclass(frozen=True)
+class Samples:
+    durations_ns: list[int]
+
+
+@dataclass(frozen=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    peak_rss_mb: float | None
+
+
+Reply = Ready | Samples | Failed | Done
 
 
 class _Pipe:
@@ -199,28 +240,21 @@ def _work(pipe: _Pipe) -> None:
             except Exception as e:
                 errors[batch] = _error_text(e)
     except Exception as e:
-        pipe.send(("error", _error_text(e)))
+        pipe.send(Failed(_error_text(e)))
         return
-    ready = {
-        "load_s": load_s,
-        "threads": runner.threads,
-        "execution_precision": runner.execution_precision,
-        "rss_before_load_mb": before,
-        "errors": errors,
-    }
-    pipe.send(("ready", ready))
+    pipe.send(Ready(load_s, runner.threads, runner.execution_precision, before, errors))
     sync = getattr(runner, "sync", None)
     while (request := pipe.recv()) is not None:
-        batch, warmup_s, min_s, min_runs, offset = request
+        r: Round = request
         try:
-            warm_up(runner.run, job.pools[batch], warmup_s, sync)
+            warm_up(runner.run, job.pools[r.batch], r.warmup_s, sync)
             samples = time_runs(
-                runner.run, job.pools[batch], min_s=min_s, min_runs=min_runs, sync=sync, start=offset
+                runner.run, job.pools[r.batch], min_s=r.min_s, min_runs=r.min_runs, sync=sync, start=r.offset
             )
-            pipe.send(("samples", samples))
+            pipe.send(Samples(samples))
         except Exception as e:
-            pipe.send(("error", _error_text(e)))
-    pipe.send(("done", peak_rss_mb()))
+            pipe.send(Failed(_error_text(e)))
+    pipe.send(Done(peak_rss_mb()))
 
 
 class Worker:
@@ -238,20 +272,20 @@ class Worker:
         with contextlib.suppress(OSError):  # a worker that died at start: receive() says so
             self.pipe.send(job)
 
-    def receive(self) -> tuple[str, object]:
+    def receive(self) -> Reply:
         try:
             return self.pipe.recv()
         except (EOFError, OSError, pickle.UnpicklingError):
-            return "error", f"worker process died (exit code {self.process.wait()})"
+            return Failed(f"worker process died (exit code {self.process.wait()})")
 
-    def ask(self, request) -> tuple[str, object]:
+    def ask(self, request: Round | None) -> Reply:
         with contextlib.suppress(OSError):
             self.pipe.send(request)
         return self.receive()
 
     def close(self) -> float | None:
         """Stop the worker; its peak RSS, or None when it had already failed."""
-        kind, value = self.ask(None) if not self.error else ("error", None)
+        reply = self.ask(None) if not self.error else None
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
@@ -259,4 +293,4 @@ class Worker:
             self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
             stream.close()
-        return value if kind == "done" else None
+        return reply.peak_rss_mb if isinstance(reply, Done) else None

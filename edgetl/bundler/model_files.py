@@ -8,38 +8,31 @@ from pathlib import Path
 
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision
+from edgetl.runfolder.folder import RunFolder
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.manifest import TensorSpec
-from edgetl_runtime.modelfile import BY_NAME, ModelFormat, model_format
+from edgetl_runtime.modelfile import BY_NAME, ONNX, model_format
 from edgetl_runtime.modelinfo import Precision
 
-# Run-folder file stem (the format adds its suffix) and the backends meant to run it, in order of
-# preference, kept to those that read the format: "auto" on a device takes the first model whose list
-# holds its backend, so INT8 serves CPUs and FP32 serves GPUs.
-MODEL_FILES: dict[Precision, tuple[str, tuple[str, ...]]] = {
+# The backends meant to run each precision's model, in order of preference, kept to those that read
+# the format: "auto" on a device takes the first model whose list holds its backend, so INT8 serves
+# CPUs and FP32 serves GPUs.
+MODEL_BACKENDS: dict[Precision, tuple[BackendName, ...]] = {
     # TensorRT runs the QDQ model as INT8 kernels (the CUDA provider would dequantize it back to float)
     Precision.INT8: (
-        "model.int8",
-        ("onnxruntime-cpu", "onnxruntime-openvino", "openvino-cpu", "onnxruntime-tensorrt"),
+        BackendName.ORT_CPU,
+        BackendName.ORT_OPENVINO,
+        BackendName.OPENVINO_CPU,
+        BackendName.ORT_TENSORRT,
     ),
     Precision.FP32: (
-        "model",
-        (
-            "onnxruntime-cpu",
-            "onnxruntime-cuda",
-            "onnxruntime-openvino",
-            "openvino-cpu",
-            "openvino-gpu",
-            "onnxruntime-tensorrt",
-        ),
+        BackendName.ORT_CPU,
+        BackendName.ORT_CUDA,
+        BackendName.ORT_OPENVINO,
+        BackendName.OPENVINO_CPU,
+        BackendName.OPENVINO_GPU,
+        BackendName.ORT_TENSORRT,
     ),
-}
-# The command that writes each run-folder model, by format
-REBUILD: dict[ExportFormat, dict[Precision, str]] = {
-    ExportFormat.ONNX: {Precision.FP32: "edgetl export {run}", Precision.INT8: "edgetl quantize {run}"},
-    ExportFormat.OPENVINO: {
-        Precision.FP32: "edgetl export {run} --format openvino",
-        Precision.INT8: "edgetl quantize {run} --backend nncf",
-    },
 }
 WANTED = {
     PackagePrecision.INT8: (Precision.INT8,),
@@ -48,62 +41,28 @@ WANTED = {
 }
 
 
-def model_path(run: Path, precision: Precision, fmt: ModelFormat) -> Path:
-    return run / (MODEL_FILES[precision][0] + fmt.suffix)
-
-
 def choose_models(
     run: Path, precision: PackagePrecision | None, form: ExportFormat
 ) -> list[tuple[Precision, Path, tuple[str, ...]]]:
     """(precision, run-folder file, backends meant to run it) of each model to ship, preferred first."""
-    fmt = BY_NAME[form.value]
+    fmt, folder = BY_NAME[form.value], RunFolder(run)
     if precision is None:
-        has_int8 = model_path(run, Precision.INT8, fmt).is_file()
+        has_int8 = folder.model_file(Precision.INT8, fmt.suffix).is_file()
         precision = PackagePrecision.BOTH if has_int8 else PackagePrecision.FP32
     chosen = []
     for p in WANTED[precision]:
-        path = model_path(run, p, fmt)
+        path = folder.model_file(p, fmt.suffix)
         if not path.is_file():
-            command = REBUILD[form][p].format(run=run)
+            command = fmt.rebuild[p].format(run=run)
             raise EdgetlError(
                 f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
             )
-        chosen.append((p, path, tuple(b for b in MODEL_FILES[p][1] if b in fmt.backends)))
+        chosen.append((p, path, tuple(b for b in MODEL_BACKENDS[p] if b in fmt.backends)))
     return chosen
 
 
-def _onnx_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    initializers = {t.name for t in graph.initializer}
-
-    def spec(value) -> TensorSpec:
-        t = value.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
-        return TensorSpec(value.name, shape, tensor_dtype_to_np_dtype(t.elem_type).name)
-
-    return [spec(v) for v in graph.input if v.name not in initializers], [spec(v) for v in graph.output]
-
-
-def _ir_tensors(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    import openvino as ov
-
-    model = ov.Core().read_model(str(path))
-
-    def spec(port) -> TensorSpec:
-        shape = tuple(d.get_length() if d.is_static else "?" for d in port.get_partial_shape())
-        return TensorSpec(port.get_any_name(), shape, port.get_element_type().to_dtype().name)
-
-    return [spec(p) for p in model.inputs], [spec(p) for p in model.outputs]
-
-
-TENSORS = {".onnx": _onnx_tensors, ".xml": _ir_tensors}
-
-
 def tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:
-    inputs, outputs = TENSORS[path.suffix](path)
+    inputs, outputs = model_format(path).tensors(path)
     if len(inputs) != 1 or len(outputs) != 1:
         raise BundleError(
             f"{path}: a classifier has one input and one output; this model has {len(inputs)} and {len(outputs)}"
@@ -119,7 +78,7 @@ def _inlined_external_data(src: Path, dst: Path) -> bool:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    if src.suffix != ".onnx":
+    if model_format(src) is not ONNX:
         return False
     proto = onnx.load(str(src), load_external_data=False)
     if not any(uses_external_data(t) for t in proto.graph.initializer):

@@ -15,19 +15,19 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
-from edgetl.bundler.model_files import MODEL_FILES, choose_models, copy_model, model_path, tensor_specs
+from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Stage, dataset_fingerprint, read_record
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Step, dataset_fingerprint
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
-from edgetl_runtime.modelfile import BY_NAME, model_format
-from edgetl_runtime.modelinfo import ModelInfo, Precision, read_model_info
+from edgetl_runtime.modelfile import BY_NAME, model_format, read_model_info
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.signing import load_private_key, sign_manifest
+from edgetl_runtime.timing import installed_versions
 
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
@@ -96,20 +96,28 @@ def _check_consistent(
 
 def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
     """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
-    summary = read_record(RunFolder(run).quantize_record)
+    record = RunFolder(run).load_quantization()
     settings = dict(info.quantization) if info is not None else {}
     metrics: dict = {}
-    if summary is None or (int8 is not None and Path(summary.get("int8_model") or "").name != int8.name):
+    if record is None or (int8 is not None and Path(record.int8_model).name != int8.name):
         # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
         return settings, metrics
     metrics = {
-        k: summary.get(k)
-        for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "agreement", "eval_images")
+        "fp32_accuracy": record.fp32_accuracy,
+        "int8_accuracy": record.int8_accuracy,
+        "accuracy_drop": record.accuracy_drop,
+        "agreement": record.agreement,
+        "eval_images": record.eval_images,
     }
     if info is None:
         return settings, metrics
-    settings |= {k: summary[k] for k in ("backend", "method", "num_calibration", "max_drop") if k in summary}
-    calibration = summary.get("calibration_manifest")
+    settings |= {
+        "backend": record.backend,
+        "method": record.method,
+        "num_calibration": record.num_calibration,
+        "max_drop": record.max_drop,
+    }
+    calibration = record.calibration_manifest
     if calibration and Path(calibration).is_file():
         settings["calibration_manifest"] = Path(calibration).name
         settings["calibration_manifest_sha256"] = sha256_file(calibration)
@@ -117,15 +125,11 @@ def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple
 
 
 def _benchmark_summary(run: Path) -> dict | None:
-    report = read_record(RunFolder(run).benchmark_record)
-    if report is None:
+    record = RunFolder(run).load_benchmark()
+    if record is None:
         return None
-    rows = [
-        {k: r.get(k) for k in BENCH_FIELDS if k in r}
-        for r in report.get("rows", [])
-        if r.get("status") == "ok"
-    ]
-    return {"rows": rows, "environment": report.get("environment", {})}
+    rows = [{k: getattr(r, k) for k in BENCH_FIELDS} for r in record.rows if r.ok]
+    return {"rows": rows, "environment": record.environment}
 
 
 def _dataset(run: RunFolder) -> dict | None:
@@ -157,27 +161,11 @@ def _git_commit() -> str | None:
     return (done.stdout.strip() or None) if done.returncode == 0 else None
 
 
-def _versions() -> dict:
-    found = {}
-    for name in VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def _creation_epoch(sources: list[Path]) -> int:
     """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
     if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
         return int(os.environ["SOURCE_DATE_EPOCH"])
     return max(int(p.stat().st_mtime) for p in sources)
-
-
-INSTALL = {
-    ExportFormat.ONNX: "pip install edgetl-runtime     # numpy + pillow + onnxruntime; no PyTorch",
-    ExportFormat.OPENVINO: "pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
-}
 
 
 def _readme(
@@ -197,7 +185,7 @@ The runtime does this for you from `manifest.json`.
 
 ## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
 
-    {INSTALL[form]}
+    {BY_NAME[form.value].install}
 
 ## Run
 
@@ -230,15 +218,15 @@ serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
 """
 
 
-def _stage(
+def _write_staging(
     run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
 ) -> tuple[Manifest, int]:
     """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
-    from edgetl.backbones.checkpoint import find_checkpoint, read_checkpoint_info
+    from edgetl.backbones.checkpoint import read_checkpoint_info
 
     fmt = BY_NAME[form.value]
     chosen = choose_models(run, precision, form)
-    checkpoint = find_checkpoint(run) if any(run.glob("*.safetensors")) else None
+    checkpoint = RunFolder(run).checkpoint()
     ckpt_info = read_checkpoint_info(checkpoint) if checkpoint else None
     infos = {path: read_model_info(path) for _, path, _ in chosen}
     info = _check_consistent(run, infos, ckpt_info.labels if ckpt_info else None)
@@ -282,7 +270,7 @@ def _stage(
         benchmark=_benchmark_summary(run),
         provenance={
             "backbone": info.backbone,
-            "versions": _versions(),
+            "versions": installed_versions(VERSIONED),
             "git_commit": _git_commit(),
             "dataset": _dataset(RunFolder(run)),
             "recipe": ckpt_info.recipe if ckpt_info else None,
@@ -383,12 +371,12 @@ def build_bundle(
     check_writable(out.parent, "--out", folder=True)
     folder = RunFolder(run)
     with folder.lock("package", read_only_ok=True):
-        folder.check_for(Stage.PACKAGE)
+        folder.check_for(Step.PACKAGE)
         staging = Path(
             tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
         )
         try:
-            manifest, epoch = _stage(run, staging, precision, name, form)
+            manifest, epoch = _write_staging(run, staging, precision, name, form)
             if signing_key is not None:
                 sign_manifest(staging, signing_key, epoch)
             if archive:
@@ -424,8 +412,8 @@ def build_bundle_from_models(
             )
         if model_format(path) is not model_format(paths[0]):
             raise EdgetlError(f"{path}: not a {paths[0].suffix} file like {paths[0].name}; give one format")
-        precision = Precision(read_model_info(path).precision)
-        if precision not in MODEL_FILES:
+        precision = read_model_info(path).precision
+        if precision not in MODEL_BACKENDS:
             raise EdgetlError(
                 f"{path}: a {precision.value} model; a bundle holds an FP32 and/or an INT8 model"
             )
@@ -439,7 +427,7 @@ def build_bundle_from_models(
         run.mkdir()
         fmt = model_format(paths[0])
         for precision, path in chosen.items():
-            target = model_path(run, precision, fmt)
+            target = RunFolder(run).model_file(precision, fmt.suffix)
             copy_model(path, target)
             for part, copied in zip(fmt.files(path), fmt.files(target), strict=True):
                 stat = part.stat()

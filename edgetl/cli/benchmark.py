@@ -74,17 +74,14 @@ def benchmark(
     edgetl benchmark model.onnx model.int8.onnx --backend onnxruntime-cpu --threads 2
     edgetl benchmark runs/a --batch 1,8 --plot latency.png --json
     """
-    from edgetl.bench.benchmark import benchmark as run_benchmark
+    from edgetl.api import benchmark as run_benchmark
     from edgetl.bench.results import plot_report
     from edgetl.console import log, print_json
 
-    if len(models) > 1 and any(m.is_dir() for m in models):
-        raise EdgetlError("give either one run folder or model files, not both")
-    target = models[0] if len(models) == 1 and models[0].is_dir() else list(models)
     if plot is not None:
         check_writable(plot, "--plot")
     report = run_benchmark(
-        target,
+        list(models),
         backends=backends or None,
         batches=_parse_batches(batch),
         threads=threads,

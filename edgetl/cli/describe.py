@@ -37,8 +37,8 @@ def describe(
     edgetl quantize described.onnx --calibration images/ --out described.int8.onnx
     edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
+    from edgetl.api import describe as describe_model
     from edgetl.console import out, print_json
-    from edgetl.exporter.describe import describe_model
 
     result = describe_model(model, out_path, labels=labels, preprocess=preprocess, name=name)
     if as_json:

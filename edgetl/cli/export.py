@@ -75,9 +75,9 @@ def export(
     edgetl export runs/a --format openvino --json          # also runs/a/model.xml + .bin
     edgetl export --backbone efficientnet_lite0 --out lite0.onnx
     """
+    from edgetl.api import export as export_onnx
     from edgetl.console import out as stdout
     from edgetl.console import print_json
-    from edgetl.exporter.export import export_onnx
 
     result = export_onnx(
         run,

@@ -66,31 +66,18 @@ def package(
     edgetl package runs/a --out runs/a/bundle-ir.tar.gz --format openvino
     edgetl package described.onnx described.int8.onnx --out bundle.tar.gz
     """
-    from edgetl.bundler.package import build_bundle, build_bundle_from_models
+    from edgetl.api import package as build
     from edgetl.console import out, print_json
-    from edgetl.errors import EdgetlError
-    from edgetl_runtime.modelfile import FORMATS
 
-    if len(sources) == 1 and (sources[0].is_dir() or sources[0].suffix not in FORMATS):
-        bundle = build_bundle(
-            sources[0],
-            out_path,
-            precision=precision,
-            format=model_format,
-            name=name,
-            sign=sign,
-            overwrite=overwrite,
-        )
-    elif any(s.is_dir() for s in sources):
-        raise EdgetlError("give one run folder, or one or two model files (FP32 and/or INT8), not both")
-    elif precision is not None:
-        raise EdgetlError("--precision picks models of a run folder; with model files, give the ones to ship")
-    elif model_format != opt.ExportFormat.ONNX.value:
-        raise EdgetlError(
-            "--format picks models of a run folder; model files are shipped in their own format"
-        )
-    else:
-        bundle = build_bundle_from_models(list(sources), out_path, name=name, sign=sign, overwrite=overwrite)
+    bundle = build(
+        list(sources),
+        out_path,
+        precision=precision,
+        format=model_format,
+        name=name,
+        sign=sign,
+        overwrite=overwrite,
+    )
     if as_json:
         print_json(bundle.to_dict())
         return

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from edgetl import options as opt
 from edgetl.cli.common import handle_errors, json_option
 
 
@@ -29,7 +30,7 @@ from edgetl.cli.common import handle_errors, json_option
 @click.option(
     "--max-drop",
     type=click.FloatRange(min=0),
-    default=0.5,
+    default=opt.DEFAULT_MAX_DROP,
     show_default=True,
     help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
     "a warning when the gate images cannot tell.",
@@ -37,22 +38,29 @@ from edgetl.cli.common import handle_errors, json_option
 @click.option(
     "--min-agreement",
     type=float,
-    default=0.95,
+    default=opt.DEFAULT_MIN_AGREEMENT,
     show_default=True,
     help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
     "a warning when the images cannot tell.",
 )
 @click.option(
     "--method",
-    default="auto",
+    default=opt.DEFAULT_QUANT_METHOD,
     show_default=True,
     help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction.",
 )
 @click.option(
-    "--backend", type=click.Choice(["onnxruntime", "nncf"]), default="onnxruntime", show_default=True
+    "--backend",
+    type=click.Choice(opt.choices(opt.QuantBackend)),
+    default=opt.QuantBackend.ONNXRUNTIME.value,
+    show_default=True,
 )
 @click.option(
-    "--num-calibration", type=int, default=300, show_default=True, help="Images to sample for calibration."
+    "--num-calibration",
+    type=int,
+    default=opt.DEFAULT_NUM_CALIBRATION,
+    show_default=True,
+    help="Images to sample for calibration.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -96,9 +104,9 @@ def quantize(
     edgetl quantize model.onnx --calibration photos/ --eval val/ --out model.int8.onnx
     edgetl quantize model.onnx --calibration model.int8.json --out again.onnx   # repeat exactly
     """
+    from edgetl.api import quantize as run_quantize
     from edgetl.console import out as console
     from edgetl.console import print_json
-    from edgetl.quantizer import quantize as run_quantize
 
     result = run_quantize(
         model,

@@ -31,9 +31,9 @@ def report(
     edgetl report runs/a --out a.html --open
     edgetl report runs/a --json
     """
+    from edgetl.api import report as build_report
     from edgetl.console import out as stdout
     from edgetl.console import print_json
-    from edgetl.reporting.report import build_report
 
     result = build_report(run, out, bundle=bundle, gallery_limit=gallery)
     if open_browser:

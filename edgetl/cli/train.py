@@ -118,9 +118,9 @@ def train(data: Path, out: Path, as_json: bool, devices: str | None, **options) 
     edgetl train --data DATA --out runs/a --devices 2            # torchrun, 2 processes
     torchrun --nproc-per-node 2 -m edgetl train --data DATA --out runs/a
     """
+    from edgetl.api import train as run_training
     from edgetl.console import print_json
     from edgetl.trainer.distributed import launched_rank
-    from edgetl.trainer.train import train as run_training
 
     if devices is not None:
         _relaunch(devices, as_json)

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edgetl_runtime.fileio import atomic_output
-
 
 def write_digits_imagefolder(
     out: str | Path,
@@ -50,10 +48,3 @@ def write_digits_imagefolder(
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
-
-
-def write_corrupt_image(path: str | Path) -> Path:
-    """A file with an image suffix that no decoder can read (for tests of the skip-and-count path)."""
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
-    return Path(path)

@@ -14,8 +14,9 @@ from edgetl.backbones.registry import EdgeModel
 from edgetl.errors import EdgetlError
 from edgetl.exporter.parity import Parity
 from edgetl.options import DEFAULT_OPSET, ExportFormat
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import OPENVINO
 from edgetl_runtime.modelinfo import ModelInfo
 
 # The dynamo exporter has no operator implementations below opset 18: asking for 17 silently yields 18
@@ -145,18 +146,16 @@ def write_openvino(
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
-    FORMATS[".xml"].embed(model, info.to_metadata())
+    OPENVINO.embed(model, info.to_metadata())
     xml_tmp = stack.enter_context(atomic_output(xml))
-    bin_of_tmp = xml_tmp.with_suffix(".bin")  # OpenVINO pairs the files by name
+    bin_of_tmp = OPENVINO.files(xml_tmp)[1]  # OpenVINO pairs the files by name
     stack.callback(bin_of_tmp.unlink, missing_ok=True)
     # save_model would otherwise halve the weights to FP16 and break FP32 parity.
     ov.save_model(model, str(xml_tmp), compress_to_fp16=False)
-    parity = check(xml_tmp, "openvino-cpu")
-    os.replace(bin_of_tmp, stack.enter_context(atomic_output(xml.with_suffix(".bin"))))
+    parity = check(xml_tmp, BackendName.OPENVINO_CPU)
+    os.replace(bin_of_tmp, stack.enter_context(atomic_output(OPENVINO.files(xml)[1])))
     return parity
 
 
-# one entry per format beyond ONNX: name -> (output suffix, writer)
-EXTRA_FORMATS: dict[ExportFormat, tuple[str, Callable[..., Parity]]] = {
-    ExportFormat.OPENVINO: (".xml", write_openvino)
-}
+# one writer per format beyond ONNX; its suffix and files are the format table's (modelfile.BY_NAME)
+EXTRA_FORMATS: dict[ExportFormat, Callable[..., Parity]] = {ExportFormat.OPENVINO: write_openvino}

@@ -15,8 +15,8 @@ from pathlib import Path
 from edgetl import __version__
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output, sha256_file
-from edgetl_runtime.modelfile import FORMATS
-from edgetl_runtime.modelinfo import ModelInfo, Precision
+from edgetl_runtime.modelfile import ONNX
+from edgetl_runtime.modelinfo import ModelInfo, graph_precision
 from edgetl_runtime.preprocess import Interpolation, PreprocessSpec
 
 # Named presets: normalisation and resampling; the crop comes from the model's input when fixed.
@@ -28,7 +28,6 @@ PRESETS: dict[str, PreprocessSpec] = {
         crop=299, resize=342, interpolation=Interpolation.BICUBIC, mean=(0.5,) * 3, std=(0.5,) * 3
     ),
 }
-QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger")
 
 
 @dataclass(frozen=True)
@@ -159,20 +158,19 @@ def describe_model(
         raise EdgetlError(
             f"--labels {labels}: {len(names)} labels but the model outputs {classes} scores per image"
         )
-    ops = {n.op_type for n in proto.graph.node}
     float16 = inputs[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    precision = Precision.INT8 if ops & set(QUANTIZED_OPS) else Precision.FP16 if float16 else Precision.FP32
+    precision = graph_precision((n.op_type for n in proto.graph.node), float16=float16)
     info = ModelInfo(
         labels=names,
         preprocess=spec,
         backbone=name or src.stem,
         input_name=inputs[0].name,
         output_name=proto.graph.output[0].name,
-        precision=precision.value,
+        precision=precision,
         edgetl_version=__version__,
         source_sha256=sha256_file(src),
     )
-    FORMATS[".onnx"].embed(proto, info.to_metadata())
+    ONNX.embed(proto, info.to_metadata())
     with atomic_output(out, "--out") as tmp:
         onnx.save(proto, str(tmp))
         try:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edgetl import __version__
-from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+from edgetl.backbones.checkpoint import load_checkpoint
 from edgetl.backbones.registry import EdgeModel, create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
@@ -35,14 +35,22 @@ from edgetl.options import (
     MAX_CHECK_IMAGES,
     ExportFormat,
 )
-from edgetl.runfolder.folder import TMP_PREFIX, ExportRecord, Kind, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import (
+    TMP_PREFIX,
+    ExportRecord,
+    Kind,
+    RunFolder,
+    Step,
+    check_output,
+    find_checkpoint,
+)
 from edgetl.runfolder.splits import SPLITS, Splits
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import BY_NAME, ONNX
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import ImageInput, list_images
 
-DEFAULT_ONNX = "model.onnx"
 SAMPLE_BATCH = 16
 SAMPLE_SEED = 0
 
@@ -221,17 +229,17 @@ def load_source(
 
 def _default_out(loaded: LoadedSource) -> Path:
     if loaded.run is not None:
-        return loaded.run / DEFAULT_ONNX
+        return RunFolder(loaded.run).model
     if loaded.checkpoint is not None:
-        return loaded.checkpoint.with_suffix(".onnx")
+        return loaded.checkpoint.with_suffix(ONNX.suffix)
     return Path(f"{loaded.info.backbone}.onnx")
 
 
 def _check_writable(out: Path) -> None:
     """Fail before the slow export, not after it."""
     if out.is_dir():
-        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {out / DEFAULT_ONNX}")
-    if out.suffix != ".onnx":
+        raise EdgetlError(f"--out {out}: is a folder; give a file name such as {RunFolder(out).model}")
+    if out.suffix != ONNX.suffix:
         raise EdgetlError(f"--out {out}: the file name must end in .onnx")
     check_writable(out, "--out")
 
@@ -279,14 +287,14 @@ def export_onnx(
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
     run = RunFolder(loaded.run)
     with run.lock("export"):
-        run.check_for(Stage.EXPORT)
+        run.check_for(Step.EXPORT)
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
 
 
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
     check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
-    info = loaded.info.with_(precision=precision.value)
+    info = loaded.info.with_(precision=precision)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")
     example = torch.from_numpy(np.resize(loaded.check, (2, *loaded.check.shape[1:])))
@@ -306,13 +314,13 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
             proto = optimize_onnx(proto, Path(work))
         if precision is Precision.FP16:
             proto = to_fp16(proto)
-        FORMATS[".onnx"].embed(proto, info.to_metadata())
+        ONNX.embed(proto, info.to_metadata())
         nodes = len(proto.graph.node)
         size = save_onnx(proto, tmp, out.name, stack)
-        checks = [check(tmp, "onnxruntime-cpu")]
+        checks = [check(tmp, BackendName.ORT_CPU)]
         written = {}
         for fmt in extra:
-            suffix, writer = EXTRA_FORMATS[fmt]
+            suffix, writer = BY_NAME[fmt.value].suffix, EXTRA_FORMATS[fmt]
             written[fmt] = out.with_suffix(suffix)
             checks.append(writer(tmp, written[fmt], info, stack, check))
     onnx_check = checks[0]
@@ -336,6 +344,8 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
         checks=tuple(checks),
     )
     if loaded.run is not None:
-        record = ExportRecord(str(out), result.source, info.source_sha256, sha256_file(out), result.to_dict())
+        record = ExportRecord.from_dict(
+            {**result.to_dict(), "source_sha256": info.source_sha256, "sha256": sha256_file(out)}
+        )
         RunFolder(loaded.run).save_export(record)
     return result

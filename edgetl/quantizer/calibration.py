@@ -19,6 +19,7 @@ import numpy as np
 from edgetl.console import warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import DataError
+from edgetl.options import DEFAULT_NUM_CALIBRATION
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 

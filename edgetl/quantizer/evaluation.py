@@ -13,10 +13,9 @@ from edgetl.console import track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import BundleError, DataError
 from edgetl.quantizer.calibration import list_labelled_images
-from edgetl_runtime.modelinfo import ModelInfo, read_model_info
-
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-QUANTIZED_OP_PREFIXES = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm")
+from edgetl_runtime.backends import BackendName
+from edgetl_runtime.modelfile import ONNX, OPENVINO, model_format, read_model_info
+from edgetl_runtime.modelinfo import ModelInfo, Precision, quantized_ops
 
 
 @dataclass(frozen=True)
@@ -33,9 +32,8 @@ def check_model(model_path: Path) -> ModelInfo:
 
     info = read_model_info(model_path)
     proto = onnx.load(str(model_path), load_external_data=False)
-    ops = {n.op_type for n in proto.graph.node}
-    quantized = sorted(o for o in ops if o in QUANTIZED_OPS or o.startswith(QUANTIZED_OP_PREFIXES))
-    if quantized or info.precision != "fp32":
+    quantized = quantized_ops(n.op_type for n in proto.graph.node)
+    if quantized or info.precision is not Precision.FP32:
         reason = f"has {', '.join(quantized)} nodes" if quantized else f"metadata says {info.precision}"
         raise BundleError(
             f"{model_path}: already quantized ({reason}); pass the FP32 model.onnx from `edgetl export`"
@@ -138,11 +136,11 @@ def load_eval_set(
     return EvalSet(np.stack(arrays), targets, skipped, tuple(pairs[i][0].resolve() for i in indices))
 
 
-def run_model(path: Path, inputs: np.ndarray, backend: str = "onnxruntime-cpu") -> np.ndarray:
+def run_model(path: Path, inputs: np.ndarray, backend: str = BackendName.ORT_CPU) -> np.ndarray:
     from edgetl_runtime.backends import load_session
 
     session = load_session(path, backend)
-    batch = batch_size(path) if path.suffix == ".onnx" else 1
+    batch = batch_size(path) if model_format(path) is ONNX else 1
     starts = track(range(0, len(inputs), batch), f"evaluating {path.name} on {len(inputs)} images")
     return np.concatenate([session.run(inputs[i : i + batch]) for i in starts])
 
@@ -154,16 +152,16 @@ def artifact_bytes(path: Path) -> int:
 def reference_bytes(fp32: Path, suffix: str) -> int:
     """The FP32 model's size in the format the INT8 one is written in: an IR is compared with an IR,
     whose .xml is much larger than an ONNX graph (it matters for small models)."""
-    if suffix != ".xml":
+    if suffix != OPENVINO.suffix:
         return fp32.stat().st_size
     import openvino as ov
 
     with tempfile.TemporaryDirectory(prefix="edgetl-ir-") as tmp:
-        xml = Path(tmp) / "fp32.xml"
+        xml = Path(tmp) / f"fp32{OPENVINO.suffix}"
         ov.save_model(ov.Core().read_model(str(fp32)), str(xml), compress_to_fp16=False)
         return artifact_bytes(xml)
 
 
 def artifact_files(path: Path) -> list[Path]:
-    """An OpenVINO IR is two files, the .xml and its .bin."""
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+    """The model and its companions (an OpenVINO IR is two files, the .xml and its .bin)."""
+    return list(model_format(path).files(path))

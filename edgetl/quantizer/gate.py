@@ -254,7 +254,7 @@ def measure_latency(path: Path, sample: np.ndarray, backend: str) -> float:
     return 1000.0 * float(np.median(times))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Gate:
     """Measures candidates against the FP32 model on the gate images and remembers every attempt."""
 

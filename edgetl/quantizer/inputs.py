@@ -18,17 +18,17 @@ from edgetl.quantizer.calibration import (
     select_calibration,
 )
 from edgetl.quantizer.evaluation import map_eval_classes
+from edgetl.runfolder.folder import CALIBRATION_JSON, RunFolder
+from edgetl.runfolder.splits import SPLITS
 from edgetl_runtime.modelfile import write_metadata
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
-
-MANIFEST_NAME = "calibration.json"
 
 
 def _check_out(model: Path, out: Path) -> Path:
     if out.resolve() == model.resolve():
         raise EdgetlError(f"--out {out}: that is the FP32 input model; write the INT8 model to another file")
-    if out.suffix.lower() == ".json" or out.name in ("splits.json", MANIFEST_NAME):
+    if out.suffix.lower() == ".json" or out.name in (SPLITS, CALIBRATION_JSON):
         raise EdgetlError(f"--out {out}: not a model file name; use e.g. model.int8.onnx")
     return out
 
@@ -67,29 +67,27 @@ def resolve_inputs(model, out, calibration, eval_dir, suffix: str) -> Inputs:
         if calibration is None:
             raise EdgetlError("--calibration DIR|MANIFEST.json is required when quantizing a model file")
         return Inputs(model, _check_out(model, Path(out)), calibration, eval_dir, None)
-    from edgetl.runfolder.splits import Splits
-
-    run = model
-    if not (run / "model.onnx").is_file():
-        raise EdgetlError(f"{run}: no model.onnx in this run folder; run `edgetl export {run}` first")
-    splits = Splits.load(run)
-    out = _check_out(run / "model.onnx", Path(out) if out is not None else run / f"model.int8{suffix}")
+    run, folder = model, RunFolder(model)
+    if not folder.model.is_file():
+        raise EdgetlError(
+            f"{run}: no {folder.model.name} in this run folder; run `edgetl export {run}` first"
+        )
+    splits = folder.load_splits()
+    out = _check_out(
+        folder.model, Path(out) if out is not None else folder.model_file(Precision.INT8, suffix)
+    )
     calib_items = None
     if calibration is None:
         if not splits.train:
-            raise DataError(
-                f"{run}/splits.json: no training images to calibrate with; pass --calibration DIR"
-            )
+            raise DataError(f"{folder.splits}: no training images to calibrate with; pass --calibration DIR")
         calib_items = splits.train
     eval_source = eval_dir if eval_dir is not None else (splits.val or None)
-    return Inputs(
-        run / "model.onnx", out, calibration, eval_source, run, calib_items, splits.labels, splits.labels
-    )
+    return Inputs(folder.model, out, calibration, eval_source, run, calib_items, splits.labels, splits.labels)
 
 
 def default_manifest_path(inputs: Inputs) -> Path:
     if inputs.run is not None:
-        return inputs.run / MANIFEST_NAME
+        return RunFolder(inputs.run).calibration
     return inputs.out.parent / "calibration" / f"{inputs.out.stem}.json"
 
 
@@ -125,5 +123,5 @@ def get_calibration(
 
 def write_model(candidate: Path, out: Path, info: ModelInfo, settings: dict, method: str) -> None:
     """Copy the chosen candidate to `out` atomically, carrying the FP32 metadata plus the settings."""
-    meta = info.with_(precision="int8", quantization={**settings, "method": method}).to_metadata()
+    meta = info.with_(precision=Precision.INT8, quantization={**settings, "method": method}).to_metadata()
     write_metadata(candidate, out, meta)

@@ -25,6 +25,7 @@ from edgetl.quantizer import nncf_backend, ort
 from edgetl.quantizer.calibration import CalibrationSet
 from edgetl.quantizer.evaluation import run_model
 from edgetl.quantizer.gate import Attempt, Evaluation, Gate, GateReport, score
+from edgetl_runtime.modelfile import ONNX, OPENVINO
 from edgetl_runtime.modelinfo import ModelInfo
 
 RECOVERY_ATTEMPTS = 6  # most sensitive tensor groups tried in float, one at a time
@@ -58,7 +59,7 @@ class Candidate:
         return self.paths[0]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Context:
     model: Path  # the FP32 ONNX model
     info: ModelInfo
@@ -107,7 +108,7 @@ class Context:
         exclude: Sequence[str],
         settings: dict,
         make: Maker,
-        suffix: str = ".onnx",
+        suffix: str = ONNX.suffix,
     ) -> Candidate:
         """Make the candidate's model(s) and measure them on the gate."""
         attempt = len(self.gate.attempts)
@@ -230,7 +231,7 @@ def rung_openvino(ctx: Context) -> None:
             "fast_bias_correction": nncf_backend.OPENVINO_VARIANTS[variant],
             "ignored_scope": list(ctx.exclude),
         }
-        ctx.fit("openvino", variant, ctx.exclude, settings, make, ".xml")
+        ctx.fit("openvino", variant, ctx.exclude, settings, make, OPENVINO.suffix)
         if ctx.best.attempt.passed and not ctx.search_all:
             return
 

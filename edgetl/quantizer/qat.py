@@ -155,7 +155,8 @@ def finetune_qat(run: Path, fp32_onnx: Path, info: ModelInfo, work: Path, *, see
     import torch
     import torch.nn.functional as F
 
-    from edgetl.backbones.checkpoint import find_checkpoint, load_checkpoint
+    from edgetl.backbones.checkpoint import load_checkpoint
+    from edgetl.runfolder.folder import find_checkpoint
 
     torch.manual_seed(seed)
     teacher, _ = load_checkpoint(find_checkpoint(run))

@@ -5,12 +5,18 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 from edgetl.console import log, warn
 from edgetl.errors import DataError, EdgetlError, GateError
-from edgetl.quantizer.calibration import DEFAULT_NUM_CALIBRATION, is_manifest
+from edgetl.options import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_MIN_AGREEMENT,
+    DEFAULT_NUM_CALIBRATION,
+    DEFAULT_QUANT_METHOD,
+    QuantBackend,
+)
+from edgetl.quantizer.calibration import is_manifest
 from edgetl.quantizer.evaluation import artifact_bytes, check_model, load_eval_set
 from edgetl.quantizer.gate import Attempt, Gate
 from edgetl.quantizer.inputs import (
@@ -23,20 +29,15 @@ from edgetl.quantizer.inputs import (
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb, refit
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Stage, check_output
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_output
+from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
+from edgetl_runtime.modelfile import ONNX, OPENVINO
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
 # ahead of their FakeQuantize, and its graph as XML: 0.34x on efficientnet_lite0, against an FP32 IR.
 MAX_SIZE_RATIO_IR = 0.4
-DEFAULT_MAX_DROP = 0.5
-DEFAULT_MIN_AGREEMENT = 0.95
-
-
-class QuantBackend(str, Enum):
-    ONNXRUNTIME = "onnxruntime"
-    NNCF = "nncf"
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,10 @@ class Quantizer:
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
     QuantBackend.ONNXRUNTIME: Quantizer(
-        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ".onnx", "onnxruntime-cpu", MAX_SIZE_RATIO
+        ONNX_LADDER, tuple(m.value for m in AUTO_ORDER), ONNX.suffix, BackendName.ORT_CPU, MAX_SIZE_RATIO
     ),
     QuantBackend.NNCF: Quantizer(
-        ("openvino",), tuple(OPENVINO_VARIANTS), ".xml", "openvino-cpu", MAX_SIZE_RATIO_IR
+        ("openvino",), tuple(OPENVINO_VARIANTS), OPENVINO.suffix, BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
 }
 # a recorded method -> the rung that repeats it
@@ -135,7 +136,7 @@ def quantize(
     eval_dir: str | Path | None = None,
     max_drop: float = DEFAULT_MAX_DROP,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    method: str = "auto",
+    method: str = DEFAULT_QUANT_METHOD,
     num_calibration: int = DEFAULT_NUM_CALIBRATION,
     seed: int = 0,
     allow_drop: bool = False,
@@ -173,7 +174,7 @@ def quantize(
     folder = RunFolder(inputs.run) if inputs.run is not None else None
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
-            folder.check_for(Stage.QUANTIZE)
+            folder.check_for(Step.QUANTIZE)
         info = check_model(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)
@@ -213,32 +214,32 @@ def quantize(
                 "pass images that did not calibrate the model with --eval"
             )
         gate = Gate(
-            inputs.model,
-            gate_inputs,
-            gate_labels,
-            info.labels,
-            max_drop,
-            min_agreement,
-            quantizer.session_backend,
-            quantizer.suffix,
-            quantizer.max_size_ratio,
+            fp32_model=inputs.model,
+            inputs=gate_inputs,
+            labels=gate_labels,
+            names=info.labels,
+            max_drop=max_drop,
+            min_agreement=min_agreement,
+            backend=quantizer.session_backend,
+            suffix=quantizer.suffix,
+            max_size_ratio=quantizer.max_size_ratio,
             calibration_images=len(calib),
             held_out=inputs.eval_source is None,
             folds=calib.folds if inputs.eval_source is None else None,
         )
         with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as tmp:
             ctx = Context(
-                inputs.model,
-                info,
-                calib,
-                calibration_labels(calib, info.labels),
-                gate,
-                Path(tmp),
-                methods,
-                search_all,
-                exclude,
-                inputs.run,
-                seed,
+                model=inputs.model,
+                info=info,
+                calib=calib,
+                calib_labels=calibration_labels(calib, info.labels),
+                gate=gate,
+                work=Path(tmp),
+                methods=methods,
+                search_all=search_all,
+                exclude=exclude,
+                run=inputs.run,
+                seed=seed,
             )
             best = climb(ctx, ladder)
             att, report = best.attempt, best.report
@@ -295,12 +296,8 @@ def quantize(
         )
         if folder is not None:
             folder.save_quantization(
-                QuantizationRecord(
-                    int8_model=str(inputs.out),
-                    fp32_model=str(inputs.model),
-                    source_sha256=model_sha,
-                    sha256=sha256_file(inputs.out),
-                    details=result.to_dict(),
+                QuantizationRecord.from_dict(
+                    {**result.to_dict(), "source_sha256": model_sha, "sha256": sha256_file(inputs.out)}
                 )
             )
     return result

@@ -40,8 +40,9 @@ class Misses:
 
 def _probabilities_onnx(model: Path, paths: list[str]) -> tuple[np.ndarray, list[int]]:
     from edgetl_runtime import Predictor
+    from edgetl_runtime.backends import BackendName
 
-    predictor = Predictor.from_model(model, backend="onnxruntime-cpu")
+    predictor = Predictor.from_model(model, backend=BackendName.ORT_CPU)
     results = predictor.predict(paths, top_k=len(predictor.labels))
     kept = [i for i, r in enumerate(results) if r.ok]
     probs = np.zeros((len(kept), len(predictor.labels)), dtype=np.float32)
@@ -73,13 +74,14 @@ def find_misses(run: Path, labels: list[str], val: list[tuple[str, int]], *, see
     if sampled:
         val = random.Random(seed).sample(val, MAX_EVAL_IMAGES)
     paths = [p for p, _ in val]
-    if (run / "model.onnx").is_file():
-        probs, kept = _probabilities_onnx(run / "model.onnx", paths)
+    from edgetl.runfolder.folder import RunFolder
+
+    folder = RunFolder(run)
+    if folder.model.is_file():
+        probs, kept = _probabilities_onnx(folder.model, paths)
         source = "model.onnx on onnxruntime-cpu (edgetl-runtime preprocessing)"
     else:
-        from edgetl.backbones.checkpoint import find_checkpoint
-
-        checkpoint = find_checkpoint(run)
+        checkpoint = folder.require_checkpoint()
         probs, kept = _probabilities_checkpoint(checkpoint, paths)
         source = f"{checkpoint.name} in PyTorch (edgetl-runtime preprocessing)"
     misses = []

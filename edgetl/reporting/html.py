@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from html import escape
 
 CSS = """
 :root { --ink:#1b2a3a; --muted:#5b6b7b; --line:#dde3ea; --card:#fff; --bg:#f4f6f9; --accent:#1f6fb2;
@@ -58,23 +58,40 @@ ul.reasons { font-size:13px; color:var(--muted); margin:4px 0; padding-left:20px
 """
 
 
+TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">\
+<title>{{ title }}</title><style>{{ css }}</style></head>\
+<body><header><h1>{{ title }}</h1><p>{{ subtitle }}</p><nav>\
+{% for s in sections %}<a href="#{{ s.name }}" class="{{ 'absent' if s.missing else '' }}">{{ s.title }}</a>{% endfor %}\
+</nav></header><main>\
+{% for s, half in rows %}<section id="{{ s.name }}" class="{{ 'half' if half else '' }}"><h2>{{ s.title }}</h2>\
+{{ s.body | safe }}</section>{% endfor %}\
+</main></body></html>
+"""
+
+
+@functools.cache
+def _template():
+    import jinja2
+
+    # autoescape: every value is escaped unless marked safe; only the sections' own HTML bodies are
+    env = jinja2.Environment(autoescape=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE)
+
+
 def page(title: str, subtitle: str, sections: Sequence) -> str:
-    nav = "".join(
-        f'<a href="#{s.name}" class="{"absent" if s.missing else ""}">{escape(s.title)}</a>' for s in sections
-    )
+    """The whole page; `title` and `subtitle` are text (escaped here), each section's body is HTML."""
+    from markupsafe import Markup
+
     # Two half sections share a row; a half section without a half neighbour takes the full width.
     halves = [
         s.half and ((i > 0 and sections[i - 1].half) or (i + 1 < len(sections) and sections[i + 1].half))
         for i, s in enumerate(sections)
     ]
-    body = "".join(
-        f'<section id="{s.name}" class="{"half" if half else ""}"><h2>{escape(s.title)}</h2>{s.body}</section>'
-        for s, half in zip(sections, halves, strict=True)
-    )
-    return (
-        "<!DOCTYPE html>\n"
-        f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
-        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
-        f"<body><header><h1>{escape(title)}</h1><p>{subtitle}</p><nav>{nav}</nav></header>"
-        f"<main>{body}</main></body></html>\n"
+    return _template().render(
+        title=title,
+        subtitle=subtitle,
+        css=Markup(CSS),
+        sections=sections,
+        rows=list(zip(sections, halves, strict=True)),
     )

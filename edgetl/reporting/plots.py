@@ -8,15 +8,13 @@ The figure builders return matplotlib Figures so the HTML report can embed the s
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from edgetl.console import warn
+from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
 
-CURVES_PNG = "curves.png"
-CONFUSION_PNG = "confusion.png"
 # Beyond this many classes a matrix's cells and names get too small to read: show the worst pairs.
 MAX_MATRIX_CLASSES = 40
 TOP_PAIRS = 25
@@ -270,26 +268,25 @@ def latency_figure(rows: Sequence[dict], batch: int = 1):
     return fig
 
 
-def read_json(path: Path):
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def write_training_plots(run: str | Path) -> list[Path]:
     """RUN/curves.png and RUN/confusion.png from the run's JSON; a failure warns and returns what was written.
 
     Called when training ends: by then the run is complete on disk, and a plotting problem (a broken
     matplotlib, a full disk) must not turn a good run into a failed command.
     """
+    from edgetl.runfolder.folder import RunFolder
+
     run = Path(run)
+    folder = RunFolder(run)
     written = []
     try:
-        history = read_json(run / "metrics.json")
-        summary = read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
-        written.append(save_png(curves_figure(history, summary.get("best_epoch")), run / CURVES_PNG))
-        confusion = read_json(run / "confusion.json")
-        written.append(
-            save_png(confusion_figure(confusion["labels"], confusion["matrix"]), run / CONFUSION_PNG)
-        )
+        history, summary, confusion = folder.load_metrics(), folder.load_summary(), folder.load_confusion()
+        if history is None or confusion is None:
+            raise EdgetlError(f"{folder.metrics.name} or {folder.confusion.name} missing")
+        best_epoch = summary.best_epoch if summary else None
+        written.append(save_png(curves_figure(history, best_epoch), folder.curves_png))
+        matrix = [list(row) for row in confusion.matrix]
+        written.append(save_png(confusion_figure(list(confusion.labels), matrix), folder.confusion_png))
     except Exception as e:  # plots are a bonus, the finished run is the result
         warn(
             f"{run}: could not draw the training plots ({type(e).__name__}: {e}); `edgetl report {run}` retries"

@@ -5,14 +5,21 @@ section (`Section`).
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.records import (
+    BenchmarkRecord,
+    CheckpointHeader,
+    ConfusionRecord,
+    QuantizationRecord,
+    SummaryRecord,
+)
+from edgetl.runfolder.splits import Splits
 
-REPORT_HTML = "report.html"
 GALLERY_LIMIT = 20
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "timm", "onnx", "onnxruntime", "openvino", "matplotlib")
 
@@ -31,57 +38,55 @@ class RunFiles:
 
     def __init__(self, run: Path, bundle: Path | None = None, gallery_limit: int = GALLERY_LIMIT) -> None:
         self.run, self.bundle_path, self.gallery_limit = run, bundle, gallery_limit
+        self.folder = RunFolder(run)
 
-    def json(self, name: str):
-        path = self.run / name
-        if not path.is_file():
+    @cached_property
+    def summary(self) -> SummaryRecord | None:
+        return self.folder.load_summary()
+
+    @cached_property
+    def metrics(self) -> list[dict] | None:
+        return self.folder.load_metrics()
+
+    @cached_property
+    def confusion(self) -> ConfusionRecord | None:
+        return self.folder.load_confusion()
+
+    @cached_property
+    def splits(self) -> Splits | None:
+        return self.folder.load_splits() if self.folder.splits.is_file() else None
+
+    @cached_property
+    def quantize(self) -> QuantizationRecord | None:
+        return self.folder.load_quantization()
+
+    @cached_property
+    def benchmark(self) -> BenchmarkRecord | None:
+        return self.folder.load_benchmark()
+
+    @cached_property
+    def checkpoint_header(self) -> CheckpointHeader | None:
+        """The edgetl header of the run's checkpoint (best, else last), read without loading weights."""
+        from safetensors import SafetensorError, safe_open
+
+        path = self.folder.checkpoint()
+        if path is None:
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise EdgetlError(f"{path}: unreadable ({e}); rerun the command that writes it") from None
-
-    @cached_property
-    def summary(self) -> dict | None:
-        return self.json("summary.json")
-
-    @cached_property
-    def metrics(self) -> list | None:
-        return self.json("metrics.json")
-
-    @cached_property
-    def confusion(self) -> dict | None:
-        return self.json("confusion.json")
-
-    @cached_property
-    def splits(self) -> dict | None:
-        return self.json("splits.json")
-
-    @cached_property
-    def quantize(self) -> dict | None:
-        return self.json("quantize.json")
-
-    @cached_property
-    def benchmark(self) -> dict | None:
-        return self.json("benchmark.json")
-
-    @cached_property
-    def checkpoint_header(self) -> dict | None:
-        """The edgetl header of the best checkpoint, read without torch (safetensors' JSON header)."""
-        for name in ("best.safetensors", "last.safetensors"):
-            path = self.run / name
-            if path.is_file():
-                with path.open("rb") as f:
-                    (size,) = struct.unpack("<Q", f.read(8))
-                    header = json.loads(f.read(size))
-                return json.loads(header.get("__metadata__", {}).get("edgetl", "{}"))
-        return None
+            with safe_open(str(path), "numpy") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError) as e:
+            raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
+        try:
+            header = json.loads(meta.get("edgetl", "{}"))
+        except ValueError as e:
+            raise EdgetlError(f"{path}: unreadable edgetl header ({e}); retrain the run") from None
+        return CheckpointHeader.from_dict(header, source=f"{path} (edgetl header)")
 
     @cached_property
     def bundle(self):
         """(path, manifest) of the run's bundle: --bundle, or one inside the run folder."""
         from edgetl_runtime.bundle import open_bundle
-        from edgetl_runtime.errors import EdgetlError as RuntimeError_
 
         candidates = [self.bundle_path] if self.bundle_path else []
         candidates += sorted(self.run.glob("*.tar.gz")) + sorted(
@@ -91,7 +96,7 @@ class RunFiles:
             try:
                 with open_bundle(path) as opened:
                     return path, opened.manifest
-            except (RuntimeError_, OSError) as e:
+            except (EdgetlError, OSError) as e:
                 if path == self.bundle_path:
                     raise EdgetlError(f"--bundle {path}: {e}") from None
         return None

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
 from edgetl.reporting.html import page
-from edgetl.reporting.records import GALLERY_LIMIT, REPORT_HTML, RunFiles, Section
+from edgetl.reporting.records import GALLERY_LIMIT, RunFiles, Section
 from edgetl.reporting.sections import SECTIONS
+from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.fileio import write_text_atomic
 
 
@@ -43,16 +43,15 @@ def build_report(
     run = Path(run)
     if not run.is_dir():
         raise EdgetlError(f"{run}: no such run folder; give the folder `edgetl train --out` wrote")
-    if not (run / "splits.json").is_file() and not (run / "summary.json").is_file():
+    folder = RunFolder(run)
+    if not folder.splits.is_file() and not folder.summary.is_file():
         raise EdgetlError(
             f"{run}: not a run folder (no splits.json or summary.json); train with `edgetl train --out {run}`"
         )
-    out = Path(out) if out else run / REPORT_HTML
+    out = Path(out) if out else folder.report_html
     files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
     sections = tuple(section(files) for section in SECTIONS)
     title = f"edgetl report: {run.resolve().name}"
     generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    write_text_atomic(
-        out, page(title, f"{escape(str(run))} · generated {generated} by edgetl {__version__}", sections)
-    )
+    write_text_atomic(out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections))
     return Report(out, sections)

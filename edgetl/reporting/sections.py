@@ -5,15 +5,16 @@ returns its HTML, or says which command writes the artifact it needs.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Callable
 from html import escape
-from importlib import metadata
 from pathlib import Path
 
 from edgetl.reporting import plots
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
+from edgetl.runfolder.folder import read_record
+from edgetl.runfolder.records import CheckpointHeader
 from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.timing import installed_versions
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -65,66 +66,62 @@ def mib(size: int) -> str:
 
 
 def section_summary(f: RunFiles) -> Section:
-    s, header, splits = f.summary, f.checkpoint_header or {}, f.splits
-    if s is None and not header:
+    s, header, splits = f.summary, f.checkpoint_header, f.splits
+    if s is None and header is None:
         return missing("summary", "Run", f"edgetl train --data DATA --out {f.run}", "training summary")
-    s, history = s or {}, f.metrics or []
-    spec = header.get("preprocess", {})
-    labels = s.get("labels") or header.get("labels") or []
-    num_train = s.get("num_train", len(splits["train"]) if splits else "–")
-    num_val = s.get("num_val", len(splits["val"]) if splits else "–")
+    header, history = header or CheckpointHeader(), f.metrics or []
+    spec = header.preprocess
+    labels = (s.labels if s else ()) or header.labels
+    num_train = s.num_train if s else (len(splits.train) if splits else "–")
+    num_val = s.num_val if s else (len(splits.val) if splits else "–")
     if s:
-        best = f"{pct(s.get('best_val_accuracy'))} at epoch {s.get('best_epoch')}"
-        trained = (
-            f"{s.get('train_seconds', 0):.0f} s, {s.get('epochs')} epochs on {escape(str(s.get('device')))}"
-        )
+        best = f"{pct(s.best_val_accuracy)} at epoch {s.best_epoch}"
+        trained = f"{s.train_seconds:.0f} s, {s.epochs} epochs on {escape(s.device)}"
     else:  # training still running or interrupted: what metrics.json has so far
         top = max(history, key=lambda r: r["val_accuracy"], default=None)
         best = f"{pct(top['val_accuracy'])} at epoch {top['epoch']} (so far)" if top else "–"
         trained = f"{sum(r.get('seconds', 0) for r in history):.0f} s in {len(history)} epochs (not finished)"
     items = [
-        ("backbone", escape(str(s.get("backbone") or header.get("backbone", "–")))),
+        ("backbone", escape((s.backbone if s else "") or header.backbone or "–")),
         ("input", f"{spec.get('crop', '–')} px ({escape(str(spec.get('interpolation', '')))})"),
         ("classes", str(len(labels))),
         ("images", f"{num_train} train / {num_val} val"),
-        ("unreadable skipped", str(s.get("skipped", splits.get("skipped", 0) if splits else "–"))),
+        ("unreadable skipped", str(s.skipped if s else splits.skipped if splits else "–")),
         ("best val accuracy", best),
         ("training", trained),
     ]
     q = f.quantize
     if q:
-        g = _gate(q)
+        g = q.verdict()
         items.append(
             (
                 "INT8 accuracy",
-                f"{pct(g.get('int8'))} ({g['drop']:+.2f} points drop)"
-                if g.get("drop") is not None
-                else pct(g.get("int8")),
+                f"{pct(g.int8)} ({g.drop:+.2f} points drop)" if g.drop is not None else pct(g.int8),
             )
         )
-    fastest = min((r for r in (f.benchmark or {}).get("rows", []) if r.get("status") == "ok" and r.get("batch") == 1),
-                  key=lambda r: r["p50_ms"], default=None)  # fmt: skip
+    rows = f.benchmark.rows if f.benchmark else ()
+    fastest = min((r for r in rows if r.ok and r.batch == 1), key=lambda r: r.p50_ms, default=None)
     if fastest:
-        items.append(("fastest, batch 1", f"{fastest['p50_ms']:.2f} ms p50 ({escape(fastest['backend'])} {escape(fastest['precision'].upper())})"))  # fmt: skip
-    if splits and splits.get("data_root"):
-        items.append(("data", f"<code>{escape(splits['data_root'])}</code>"))
+        items.append(("fastest, batch 1", f"{fastest.p50_ms:.2f} ms p50 ({escape(fastest.backend)} {escape(fastest.precision.upper())})"))  # fmt: skip
+    if splits and splits.data_root:
+        items.append(("data", f"<code>{escape(splits.data_root)}</code>"))
     return Section("summary", "Run", facts(items))
 
 
 def section_details(f: RunFiles) -> Section:
     """Recipe, package versions and the hashes that tie the artifacts to their inputs."""
-    header, s = f.checkpoint_header or {}, f.summary or {}
-    recipe = header.get("recipe", {})
+    header, s = f.checkpoint_header or CheckpointHeader(), f.summary
+    recipe = header.recipe
     stages = recipe.get("stages", [])
     stage_rows = [
         [str(i + 1), str(st.get("epochs")), "frozen" if not st.get("unfreeze") else f"last {st['unfreeze']} stages",
          str(st.get("lr")), str(st.get("lr_backbone", "–"))]
         for i, st in enumerate(stages)
     ]  # fmt: skip
-    run_stages = {st["index"]: st for st in s.get("stages", [])}
+    run_stages = {st.index: st for st in (s.stages if s else ())}
     for row in stage_rows:
         done = run_stages.get(int(row[0]))
-        row.append(f"{done['epochs_run']}{' (early stop)' if done['stopped_early'] else ''}" if done else "–")
+        row.append(f"{done.epochs_run}{' (early stop)' if done.stopped_early else ''}" if done else "–")
     keys = (
         "batch_size",
         "label_smoothing",
@@ -151,12 +148,7 @@ def _lineage(f: RunFiles) -> str:
     bundle = f.bundle
     provenance = bundle[1].provenance if bundle else {}
     versions = provenance.get("versions") or {}
-    now = {}
-    for name in VERSIONED:
-        try:
-            now[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
+    now = {k: v for k, v in installed_versions(VERSIONED).items() if v}
     recorded = {k: v for k, v in versions.items() if v}
     out = '<p class="note">Making this report: ' + " · ".join(
         f"{escape(k)} {escape(v)}" for k, v in now.items()
@@ -173,10 +165,9 @@ def _lineage(f: RunFiles) -> str:
         rows.append(["dataset split", dataset["fingerprint"], "bundle manifest (paths, labels, contents)"])
     if provenance.get("checkpoint_sha256"):
         rows.append(["checkpoint", provenance["checkpoint_sha256"], "bundle manifest"])
-    quant = f.quantize or {}
-    calibration = quant.get("calibration_manifest")
+    calibration = f.quantize.calibration_manifest if f.quantize else ""
     if calibration and Path(calibration).is_file():
-        recorded = json.loads(Path(calibration).read_text(encoding="utf-8"))
+        recorded = read_record(Path(calibration)) or {}
         rows.append(
             [
                 "calibration set",
@@ -186,9 +177,9 @@ def _lineage(f: RunFiles) -> str:
         )
         if recorded.get("model_sha256"):
             rows.append(["FP32 model calibrated", recorded["model_sha256"], "calibration manifest"])
-    for name in ("best.safetensors", "model.onnx", "model.int8.onnx"):
-        if (f.run / name).is_file():
-            rows.append([name, sha256_file(f.run / name), "sha256 of the file now"])
+    for path in (f.folder.best, f.folder.model, f.folder.int8):
+        if path.is_file():
+            rows.append([path.name, sha256_file(path), "sha256 of the file now"])
     if rows:
         out += table(["what", "sha256", "recorded in"], [[escape(a), f"<code>{escape(b)}</code>", escape(c)] for a, b, c in rows], numeric_from=9, cls="hashes")  # fmt: skip
     return out
@@ -202,7 +193,7 @@ def section_curves(f: RunFiles) -> Section:
             f"edgetl train --data DATA --out {f.run}",
             "per-epoch metrics (metrics.json)",
         )
-    best = (f.summary or {}).get("best_epoch")
+    best = f.summary.best_epoch if f.summary else None
     figure = plots.curves_figure(f.metrics, best, stacked=True)
     return Section("curves", "Learning curves", img(figure, "loss and accuracy per epoch"), half=True)
 
@@ -217,11 +208,9 @@ def section_confusion(f: RunFiles) -> Section:
             "confusion matrix (confusion.json)",
         )
     note = "Rows: true class (number of validation images in brackets); each row sums to 100%. Best checkpoint, PyTorch."
-    if len(c["labels"]) > plots.MAX_MATRIX_CLASSES:
-        note = (
-            f"{len(c['labels'])} classes are too many for a readable matrix: the most confused pairs instead."
-        )
-    return Section("confusion", "Confusion matrix", f'<p class="note">{note}</p>' + img(plots.confusion_figure(c["labels"], c["matrix"], compact=len(c["labels"]) <= 16), "confusion matrix"), half=len(c["labels"]) <= 16)  # fmt: skip
+    if len(c.labels) > plots.MAX_MATRIX_CLASSES:
+        note = f"{len(c.labels)} classes are too many for a readable matrix: the most confused pairs instead."
+    return Section("confusion", "Confusion matrix", f'<p class="note">{note}</p>' + img(plots.confusion_figure(list(c.labels), [list(r) for r in c.matrix], compact=len(c.labels) <= 16), "confusion matrix"), half=len(c.labels) <= 16)  # fmt: skip
 
 
 def section_per_class(f: RunFiles) -> Section:
@@ -230,12 +219,12 @@ def section_per_class(f: RunFiles) -> Section:
         return missing(
             "per_class", "Per class", f"edgetl train --data DATA --out {f.run}", "per-class results"
         )
-    labels, m = c["labels"], c["matrix"]
+    labels, m = c.labels, c.matrix
     n = len(labels)
     train_counts = [0] * n
-    for _, i in (f.splits or {}).get("train", []):
-        train_counts[int(i)] += 1
-    quant = (f.quantize or {}).get("per_class") or {}
+    for _, i in f.splits.train if f.splits else ():
+        train_counts[i] += 1
+    quant = f.quantize.per_class if f.quantize else {}
     rows = []
     for i, name in enumerate(labels):
         support, predicted = sum(m[i]), sum(row[i] for row in m)
@@ -261,52 +250,35 @@ def section_per_class(f: RunFiles) -> Section:
     )
 
 
-def _gate(q: dict) -> dict:
-    """The gate's verdict: quantize.json's "gate" object when written, else the older flat fields."""
-    if isinstance(q.get("gate"), dict):
-        return q["gate"]
-    n, drop, agreement = q.get("eval_images") or 0, q.get("accuracy_drop"), q.get("agreement")
-    ci = None
-    if n and drop is not None and agreement is not None:
-        # Images whose correctness differs are at most the disagreeing ones: a conservative paired bound.
-        half = 196 * ((1 - agreement) / n) ** 0.5
-        ci = [drop - half, drop + half]
-    return {
-        "metric": "top-1 accuracy", "images": n, "calibration_images": q.get("num_calibration"),
-        "fp32": q.get("fp32_accuracy"), "int8": q.get("int8_accuracy"), "drop": drop, "drop_ci95": ci,
-        "max_drop": q.get("max_drop"), "passed": q.get("passed"), "verdict": "passed" if q.get("passed") else "failed",
-        "reason": "interval: conservative bound from top-1 agreement (quantize.json has no gate record)" if ci else "",
-    }  # fmt: skip
-
-
 def section_quantization(f: RunFiles) -> Section:
     q = f.quantize
     if q is None:
         return missing(
             "quantization", "FP32 vs INT8", f"edgetl quantize {f.run}", "INT8 model (quantize.json)"
         )
-    g = _gate(q)
-    ci = g.get("drop_ci95")
+    g = q.verdict()
+    ci = g.drop_ci95
     ci_text = f"95% interval {ci[0]:+.2f} to {ci[1]:+.2f}" if ci else "no interval recorded"
-    verdict = str(g.get("verdict") or ("passed" if g.get("passed") else "failed"))
+    verdict = g.verdict or ("passed" if g.passed else "failed")
+    calibration_images = "–" if g.calibration_images is None else str(g.calibration_images)
     items = [
-        ("verdict", f'<span class="{"ok" if g.get("passed") else "bad"}">{escape(verdict)}</span>'),
-        (str(g.get("metric") or "accuracy") + " FP32 → INT8", f"{pct(g.get('fp32'))} → {pct(g.get('int8'))}"),
-        ("drop", f"{g['drop']:.2f} points ({ci_text}), allowed {g.get('max_drop')}" if g.get("drop") is not None else "–"),
-        ("gate images", f"{g.get('images')} (one image = {100 / g['images']:.2f} points)" if g.get("images") else "none (gate off)"),
-        ("calibration images", str(g.get("calibration_images", "–"))),
-        ("cross-fit", f"{g['cross_fit']['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g['cross_fit']['shipped_vs_fold_models_agreement'], 2)}" if g.get("cross_fit") else "–"),
-        ("top-1 agreement with FP32", pct(q.get("agreement"), 2)),
-        ("method", escape(f"{q.get('backend', '')} {q.get('method', '')}")),
-        ("size", f"{mib(q['fp32_bytes'])} → {mib(q['int8_bytes'])}" if q.get("int8_bytes") else "–"),
+        ("verdict", f'<span class="{"ok" if g.passed else "bad"}">{escape(verdict)}</span>'),
+        ((g.metric or "accuracy") + " FP32 → INT8", f"{pct(g.fp32)} → {pct(g.int8)}"),
+        ("drop", f"{g.drop:.2f} points ({ci_text}), allowed {g.max_drop}" if g.drop is not None else "–"),
+        ("gate images", f"{g.images} (one image = {100 / g.images:.2f} points)" if g.images else "none (gate off)"),
+        ("calibration images", calibration_images),
+        ("cross-fit", f"{g.cross_fit['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g.cross_fit['shipped_vs_fold_models_agreement'], 2)}" if g.cross_fit else "–"),
+        ("top-1 agreement with FP32", pct(q.agreement, 2)),
+        ("method", escape(f"{q.backend} {q.method}")),
+        ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),
     ]  # fmt: skip
     body = facts(items)
-    if g.get("reason"):
-        body += f'<p class="note">{escape(str(g["reason"]))}</p>'
-    attempts = q.get("attempts") or []
+    if g.reason:
+        body += f'<p class="note">{escape(g.reason)}</p>'
+    attempts = q.attempts
     if len(attempts) > 1:
-        rows = [[escape(a["method"]), str(len(a.get("exclude", []))), "–" if a.get("drop") is None else f"{a['drop']:.2f}",
-                 pct(a.get("agreement"), 2), f"{a['size_ratio']:.2f}×", "yes" if a.get("passed") else "no"] for a in attempts]  # fmt: skip
+        rows = [[escape(a.method), str(len(a.exclude)), "–" if a.drop is None else f"{a.drop:.2f}",
+                 pct(a.agreement, 2), f"{a.size_ratio:.2f}×", "yes" if a.passed else "no"] for a in attempts]  # fmt: skip
         body += "<h3>Gate attempts</h3>" + table(
             ["method", "float nodes", "drop (points)", "agreement", "size", "passed"], rows
         )
@@ -317,14 +289,14 @@ def section_gallery(f: RunFiles) -> Section:
     from edgetl.reporting.gallery import find_misses, thumbnail_data_uri
 
     splits = f.splits
-    if splits is None or (not (f.run / "model.onnx").is_file() and f.checkpoint_header is None):
+    if splits is None or (not f.folder.model.is_file() and f.checkpoint_header is None):
         return missing(
             "gallery",
             "Misclassified validation images",
             f"edgetl train --data DATA --out {f.run}",
             "validation split and model",
         )
-    found = find_misses(f.run, splits["labels"], [(p, int(i)) for p, i in splits["val"]])
+    found = find_misses(f.run, list(splits.labels), list(splits.val))
     shown = found.misses[: f.gallery_limit]
     cards = []
     for m in shown:
@@ -356,24 +328,23 @@ def section_latency(f: RunFiles) -> Section:
     b = f.benchmark
     if b is None:
         return missing("latency", "Latency", f"edgetl benchmark {f.run}", "benchmark (benchmark.json)")
-    rows = b.get("rows", [])
-    ok = [r for r in rows if r.get("status") == "ok"]
-    env = b.get("environment", {})
-    threads = sorted({str(r["threads"]) for r in ok if r.get("threads")})
+    ok = [r for r in b.rows if r.ok]
+    env = b.environment
+    threads = sorted({str(r.threads) for r in ok if r.threads})
     body = f'<p class="note">{escape(str(env.get("cpu", "")))}; threads {", ".join(threads) or "–"}; {escape(str(env.get("date", "")))}. Noisy rows (coefficient of variation too high after re-measuring) are marked.</p>'  # fmt: skip
-    for batch in sorted({r.get("batch", 1) for r in ok}):
-        body += img(plots.latency_figure(rows, batch), f"latency at batch {batch}")
+    for batch in sorted({r.batch for r in ok}):
+        body += img(plots.latency_figure([r.to_dict() for r in b.rows], batch), f"latency at batch {batch}")
     table_rows = [
-        [escape(r["backend"]), escape(r["precision"].upper()), str(r.get("batch")), f"{r['p50_ms']:.2f}",
-         f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['throughput']:.0f}", f"{r['cv']:.2f}" + (" noisy" if r.get("noisy") else ""),
-         f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "–"]
+        [escape(r.backend), escape(r.precision.upper()), str(r.batch), f"{r.p50_ms:.2f}",
+         f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.0f}", f"{r.cv:.2f}" + (" noisy" if r.noisy else ""),
+         f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "–"]
         for r in ok
     ]  # fmt: skip
     body += table(["backend", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s", "cv", "peak RSS MB"], table_rows, numeric_from=2)  # fmt: skip
-    others = [r for r in rows if r.get("status") != "ok"]
+    others = [r for r in b.rows if not r.ok]
     if others:
         body += "<h3>Not measured</h3><ul class='reasons'>" + "".join(
-            f"<li><b>{escape(r['backend'])}</b> {escape(r['precision'])}: {escape(r['status'])}, {escape(r.get('reason', ''))}</li>" for r in others
+            f"<li><b>{escape(r.backend)}</b> {escape(r.precision)}: {escape(r.status)}, {escape(r.reason)}</li>" for r in others
         ) + "</ul>"  # fmt: skip
     return Section("latency", "Latency", body)
 

@@ -6,8 +6,8 @@ A run is a chain of artifacts, each made from the one before and recording that 
     sha256) -> model.int8.onnx / quantize.json (model.onnx sha256) -> benchmark.json (sha256 of every
     model it timed) -> bundle manifest (all of them)
 
-`RunFolder.check_for(stage)` walks the links a stage consumes and raises `StaleArtifact`, a one-line
-error naming the artifact and the command that rebuilds it, so no stage mixes two trainings. Writing
+`RunFolder.check_for(step)` walks the links a pipeline step consumes and raises `StaleArtifact`, a one-line
+error naming the artifact and the command that rebuilds it, so no step mixes two trainings. Writing
 commands hold `RunFolder.lock()`; a second writer fails at once. Temporary files of interrupted
 commands (kill -9) are swept under the lock by the next writer.
 """
@@ -21,16 +21,47 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import (
+    BenchmarkRecord,
+    ConfusionRecord,
+    ExportRecord,
+    QuantizationRecord,
+    SummaryRecord,
+    load_typed,
+    read_json,
+    read_record,
+)
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 LOCK = ".edgetl.lock"
+# The run folder's file names: spelled here only; everything else asks RunFolder.
+BEST = "best.safetensors"
+LAST = "last.safetensors"
+# Head-only companions, written by cached-feature epochs where nothing but the head changes.
+BEST_HEAD = "best.head.safetensors"
+LAST_HEAD = "last.head.safetensors"
+LAST_STATE = "last_state.pt"
+FROZEN_CHOICE = "frozen_path.json"
+METRICS = "metrics.json"
+CONFUSION = "confusion.json"
+SUMMARY = "summary.json"
+CURVES_PNG = "curves.png"
+CONFUSION_PNG = "confusion.png"
+FP32_STEM = "model"  # model.onnx, model.xml (+ .bin); the format adds its suffix
+INT8_STEM = "model.int8"
+EXPORT_JSON = "export.json"
+QUANTIZE_JSON = "quantize.json"
+CALIBRATION_JSON = "calibration.json"
+BENCHMARK_JSON = "benchmark.json"
+BENCHMARK_PNG = "benchmark.png"
+REPORT_HTML = "report.html"
 # Temporary names edgetl itself picks (work folders, bundle staging) start with this.
 TMP_PREFIX = ".edgetl-tmp-"
 # atomic_output's temporaries: ".<name>.<8 random chars>.tmp<suffix>" (tempfile.mkstemp).
@@ -45,7 +76,7 @@ class RunLocked(EdgetlError):
     """Another edgetl command is writing the run folder."""
 
 
-class Stage(str, Enum):
+class Step(str, Enum):
     TRAIN = "train"
     EXPORT = "export"
     QUANTIZE = "quantize"
@@ -72,109 +103,34 @@ class Kind(str, Enum):
 # Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
 # order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
 ARTIFACTS: dict[str, Kind] = {
-    "report.html": Kind.REPORT,
-    "benchmark.json": Kind.BENCHMARK_RECORD,
-    "benchmark.png": Kind.BENCHMARK_RECORD,
-    "quantize.json": Kind.QUANTIZE_RECORD,
-    "calibration.json": Kind.CALIBRATION,
-    "model.int8.onnx": Kind.INT8_MODEL,
-    "model.int8.xml": Kind.INT8_MODEL,
-    "model.int8.bin": Kind.INT8_MODEL,
-    "export.json": Kind.EXPORT_RECORD,
-    "model.onnx": Kind.FP32_MODEL,
-    "model.onnx.data": Kind.FP32_MODEL,
-    "model.xml": Kind.FP32_MODEL,
-    "model.bin": Kind.FP32_MODEL,
-    "summary.json": Kind.TRAIN_RECORD,
-    "confusion.json": Kind.TRAIN_RECORD,
-    "confusion.png": Kind.TRAIN_RECORD,
-    "curves.png": Kind.TRAIN_RECORD,
-    "metrics.json": Kind.TRAIN_RECORD,
-    "last_state.pt": Kind.TRAIN_STATE,
-    "frozen_path.json": Kind.TRAIN_STATE,
-    "last.head.safetensors": Kind.CHECKPOINT,
-    "best.head.safetensors": Kind.CHECKPOINT,
-    "last.safetensors": Kind.CHECKPOINT,
-    "best.safetensors": Kind.CHECKPOINT,
+    REPORT_HTML: Kind.REPORT,
+    BENCHMARK_JSON: Kind.BENCHMARK_RECORD,
+    BENCHMARK_PNG: Kind.BENCHMARK_RECORD,
+    QUANTIZE_JSON: Kind.QUANTIZE_RECORD,
+    CALIBRATION_JSON: Kind.CALIBRATION,
+    f"{INT8_STEM}.onnx": Kind.INT8_MODEL,
+    f"{INT8_STEM}.xml": Kind.INT8_MODEL,
+    f"{INT8_STEM}.bin": Kind.INT8_MODEL,
+    EXPORT_JSON: Kind.EXPORT_RECORD,
+    f"{FP32_STEM}.onnx": Kind.FP32_MODEL,
+    f"{FP32_STEM}.onnx.data": Kind.FP32_MODEL,
+    f"{FP32_STEM}.xml": Kind.FP32_MODEL,
+    f"{FP32_STEM}.bin": Kind.FP32_MODEL,
+    SUMMARY: Kind.TRAIN_RECORD,
+    CONFUSION: Kind.TRAIN_RECORD,
+    CONFUSION_PNG: Kind.TRAIN_RECORD,
+    CURVES_PNG: Kind.TRAIN_RECORD,
+    METRICS: Kind.TRAIN_RECORD,
+    LAST_STATE: Kind.TRAIN_STATE,
+    FROZEN_CHOICE: Kind.TRAIN_STATE,
+    LAST_HEAD: Kind.CHECKPOINT,
+    BEST_HEAD: Kind.CHECKPOINT,
+    LAST: Kind.CHECKPOINT,
+    BEST: Kind.CHECKPOINT,
     SPLITS: Kind.SPLITS,
 }
 # What marks a folder as holding a run (train refuses to start over it silently).
-RUN_MARKERS = (SPLITS, "best.safetensors", "last.safetensors", "last_state.pt")
-
-
-# --- records ----------------------------------------------------------------------------------------
-
-
-def read_record(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise EdgetlError(f"{path}: unreadable ({e}); rerun the stage that writes it") from None
-    if not isinstance(d, dict):
-        raise EdgetlError(f"{path}: not an edgetl record (a JSON object is expected)")
-    return d
-
-
-@dataclass(frozen=True)
-class ExportRecord:
-    """RUN/export.json: what model.onnx was made from (`source_sha256`: the checkpoint's sha256)."""
-
-    onnx: str
-    source: str
-    source_sha256: str
-    sha256: str  # of the ONNX file written
-    details: dict = field(default_factory=dict)  # the full ExportResult summary
-
-    def to_dict(self) -> dict:
-        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExportRecord:
-        keys = ("onnx", "source", "source_sha256", "sha256")
-        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
-
-
-@dataclass(frozen=True)
-class QuantizationRecord:
-    """RUN/quantize.json: the INT8 model, the FP32 model it was made from, and the gate's figures.
-
-    `source_sha256` is the sha256 of the FP32 model.onnx quantized; `sha256` that of the INT8 file.
-    Records written before these fields existed leave them empty and the lineage falls back to the
-    calibration manifest's `model_sha256`.
-    """
-
-    int8_model: str
-    fp32_model: str
-    source_sha256: str = ""
-    sha256: str = ""
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {**self.details, **{k: v for k, v in asdict(self).items() if k != "details"}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> QuantizationRecord:
-        keys = ("int8_model", "fp32_model", "source_sha256", "sha256")
-        return cls(**{k: str(d.get(k) or "") for k in keys}, details=d)
-
-
-@dataclass(frozen=True)
-class BenchmarkRecord:
-    """RUN/benchmark.json: the report plus the sha256 of every model file (and checkpoint) it timed."""
-
-    sources: dict  # file name -> sha256
-    report: dict
-
-    def to_dict(self) -> dict:
-        return {**self.report, "sources": dict(self.sources)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BenchmarkRecord:
-        return cls(
-            sources=dict(d.get("sources") or {}), report={k: v for k, v in d.items() if k != "sources"}
-        )
+RUN_MARKERS = (SPLITS, BEST, LAST, LAST_STATE)
 
 
 def dataset_fingerprint(splits: Splits) -> str:
@@ -195,7 +151,7 @@ def dataset_fingerprint(splits: Splits) -> str:
 
 def _model_source(path: Path) -> str:
     """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
-    from edgetl_runtime.modelinfo import read_model_info
+    from edgetl_runtime.modelfile import read_model_info
 
     return read_model_info(path).source_sha256
 
@@ -209,54 +165,87 @@ class RunFolder:
 
     # paths
     splits = property(lambda self: self.root / SPLITS)
-    best = property(lambda self: self.root / "best.safetensors")
-    last = property(lambda self: self.root / "last.safetensors")
-    last_state = property(lambda self: self.root / "last_state.pt")
-    metrics = property(lambda self: self.root / "metrics.json")
-    confusion = property(lambda self: self.root / "confusion.json")
-    summary = property(lambda self: self.root / "summary.json")
-    model = property(lambda self: self.root / "model.onnx")
-    model_xml = property(lambda self: self.root / "model.xml")
-    int8 = property(lambda self: self.root / "model.int8.onnx")
-    int8_xml = property(lambda self: self.root / "model.int8.xml")
-    export_record = property(lambda self: self.root / "export.json")
-    quantize_record = property(lambda self: self.root / "quantize.json")
-    calibration = property(lambda self: self.root / "calibration.json")
-    benchmark_record = property(lambda self: self.root / "benchmark.json")
+    best = property(lambda self: self.root / BEST)
+    last = property(lambda self: self.root / LAST)
+    best_head = property(lambda self: self.root / BEST_HEAD)
+    last_head = property(lambda self: self.root / LAST_HEAD)
+    last_state = property(lambda self: self.root / LAST_STATE)
+    frozen_choice = property(lambda self: self.root / FROZEN_CHOICE)
+    metrics = property(lambda self: self.root / METRICS)
+    confusion = property(lambda self: self.root / CONFUSION)
+    summary = property(lambda self: self.root / SUMMARY)
+    curves_png = property(lambda self: self.root / CURVES_PNG)
+    confusion_png = property(lambda self: self.root / CONFUSION_PNG)
+    model = property(lambda self: self.root / f"{FP32_STEM}.onnx")
+    model_xml = property(lambda self: self.root / f"{FP32_STEM}.xml")
+    int8 = property(lambda self: self.root / f"{INT8_STEM}.onnx")
+    int8_xml = property(lambda self: self.root / f"{INT8_STEM}.xml")
+    export_record = property(lambda self: self.root / EXPORT_JSON)
+    quantize_record = property(lambda self: self.root / QUANTIZE_JSON)
+    calibration = property(lambda self: self.root / CALIBRATION_JSON)
+    benchmark_record = property(lambda self: self.root / BENCHMARK_JSON)
+    report_html = property(lambda self: self.root / REPORT_HTML)
+
+    def model_file(self, precision: Precision | str, suffix: str = ".onnx") -> Path:
+        """The run's FP32 or INT8 model in the format of `suffix` (".onnx", ".xml")."""
+        stem = INT8_STEM if Precision(precision) is Precision.INT8 else FP32_STEM
+        return self.root / f"{stem}{suffix}"
+
+    def onnx_models(self) -> list[Path]:
+        """The run's ONNX models that exist, FP32 first."""
+        return [p for p in (self.model, self.int8) if p.is_file()]
 
     def holds_run(self) -> bool:
         return any((self.root / name).exists() for name in RUN_MARKERS)
 
     def checkpoint(self) -> Path | None:
+        """The run's checkpoint: the best one, else the last (an interrupted run)."""
         return next((p for p in (self.best, self.last) if p.is_file()), None)
+
+    def require_checkpoint(self) -> Path:
+        """checkpoint(), or a one-line error saying how to get one."""
+        if not self.root.is_dir():
+            raise EdgetlError(
+                f"{self.root}: no such run folder; train one with `edgetl train --data DIR --out {self.root}`"
+            )
+        checkpoint = self.checkpoint()
+        if checkpoint is None:
+            raise EdgetlError(
+                f"{self.root}: run folder has no checkpoint ({BEST}); did `edgetl train` finish?"
+            )
+        return checkpoint
 
     # records
     def load_splits(self) -> Splits:
         return Splits.load(self.root)
 
-    def load_export(self) -> ExportRecord | None:
-        d = read_record(self.export_record)
-        return ExportRecord.from_dict(d) if d is not None else None
-
     def save_export(self, record: ExportRecord) -> Path:
         return write_text_atomic(self.export_record, json.dumps(record.to_dict(), indent=1))
 
     def load_quantization(self) -> QuantizationRecord | None:
-        d = read_record(self.quantize_record)
-        return QuantizationRecord.from_dict(d) if d is not None else None
+        return load_typed(QuantizationRecord, self.quantize_record)
 
     def save_quantization(self, record: QuantizationRecord) -> Path:
         return write_text_atomic(self.quantize_record, json.dumps(record.to_dict(), indent=1) + "\n")
 
     def load_benchmark(self) -> BenchmarkRecord | None:
-        d = read_record(self.benchmark_record)
-        return BenchmarkRecord.from_dict(d) if d is not None else None
+        return load_typed(BenchmarkRecord, self.benchmark_record)
 
     def save_benchmark(self, record: BenchmarkRecord) -> Path:
         return write_text_atomic(self.benchmark_record, json.dumps(record.to_dict(), indent=1))
 
-    def load_summary(self) -> dict | None:
-        return read_record(self.summary)
+    def load_summary(self) -> SummaryRecord | None:
+        return load_typed(SummaryRecord, self.summary)
+
+    def load_confusion(self) -> ConfusionRecord | None:
+        return load_typed(ConfusionRecord, self.confusion)
+
+    def load_metrics(self) -> list[dict] | None:
+        """metrics.json: one row per epoch so far (a list)."""
+        rows = read_json(self.metrics)
+        if rows is not None and not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+            raise EdgetlError(f"{self.metrics}: not a list of epoch records; rerun `edgetl train`")
+        return rows
 
     # locking and cleaning
     @contextlib.contextmanager
@@ -324,16 +313,16 @@ class RunFolder:
         return removed
 
     # lineage
-    def check_for(self, stage: Stage | str) -> None:
-        """Check the links of the chain that `stage` consumes; StaleArtifact names the first stale one.
+    def check_for(self, step: Step | str) -> None:
+        """Check the links of the chain that `step` consumes; StaleArtifact names the first stale one.
 
         Links whose records predate lineage (no sha256 recorded) are not checked.
         """
-        stage = Stage(stage)
+        step = Step(step)
         run = self.root
         splits = self.load_splits() if self.splits.is_file() else None
         checkpoint = self.checkpoint()
-        if stage is Stage.TRAIN or checkpoint is None:
+        if step is Step.TRAIN or checkpoint is None:
             return
         if self.last_state.is_file() and not self.summary.is_file():
             raise StaleArtifact(
@@ -349,7 +338,7 @@ class RunFolder:
                     f"{checkpoint}: trained on other data than {self.splits} records; retrain with "
                     f"`edgetl train --data DATA --out {run} --overwrite`"
                 )
-        if stage is Stage.EXPORT:
+        if step is Step.EXPORT:
             return
         checkpoint_sha = sha256_file(checkpoint)
         fp32 = [p for p in (self.model, self.model_xml) if p.is_file()]
@@ -359,11 +348,11 @@ class RunFolder:
                     f"{path}: exported from an older checkpoint than {checkpoint.name}; "
                     f"rebuild it with `edgetl export {run}`"
                 )
-        if stage is Stage.QUANTIZE:
+        if step is Step.QUANTIZE:
             return
         model_sha = sha256_file(self.model) if self.model.is_file() else None
         self._check_int8(checkpoint_sha, model_sha)
-        if stage is Stage.BENCHMARK:
+        if step is Step.BENCHMARK:
             return
         self._check_benchmark()
 
@@ -423,13 +412,13 @@ def _kind_of(path: Path) -> Kind | None:
     from edgetl_runtime.modelfile import is_model_file
 
     if is_model_file(path):
-        from edgetl_runtime.modelinfo import read_model_info
+        from edgetl_runtime.modelfile import read_model_info
 
         try:
             info: ModelInfo = read_model_info(path)
         except EdgetlError:
             return None
-        return Kind.INT8_MODEL if info.precision == "int8" else Kind.FP32_MODEL
+        return Kind.INT8_MODEL if info.precision is Precision.INT8 else Kind.FP32_MODEL
     return None
 
 
@@ -456,3 +445,9 @@ def check_output(
         raise EdgetlError(
             f"{option} {out}: holds a {existing.value}, not a {kind.value}; choose another path"
         )
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """A run folder's checkpoint (best, else last), or the file itself when given one."""
+    run = Path(run)
+    return run if run.is_file() else RunFolder(run).require_checkpoint()

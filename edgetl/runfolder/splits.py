@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import read_json, typed_record
 from edgetl_runtime.fileio import write_text_atomic
 
 SPLITS = "splits.json"
@@ -44,12 +45,4 @@ class Splits:
         path = Path(run) / SPLITS
         if not path.is_file():
             raise EdgetlError(f"{path}: missing; the run folder was not written by `edgetl train`")
-        d = json.loads(path.read_text())
-        return cls(
-            labels=tuple(d["labels"]),
-            train=tuple((p, int(i)) for p, i in d["train"]),
-            val=tuple((p, int(i)) for p, i in d["val"]),
-            data_root=d.get("data_root", ""),
-            skipped=int(d.get("skipped", 0)),
-            fingerprint=str(d.get("fingerprint", "")),
-        )
+        return typed_record(cls, read_json(path), str(path))

@@ -146,10 +146,6 @@ class World:
 _WORLD = World()
 
 
-def current_world() -> World:
-    return _WORLD
-
-
 def launched_rank() -> int:
     """This process's rank as torchrun set it (0 when not launched by torchrun)."""
     return int(os.environ.get("RANK", "0"))

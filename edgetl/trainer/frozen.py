@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 from edgetl.console import log
-from edgetl.runfolder.folder import TMP_PREFIX
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, read_json
 
-CHOICE_FILE = "frozen_path.json"
 CACHE_PREFIX = TMP_PREFIX + "prefix-cache-"  # so the run lock sweeps a killed run's cache
 PROBE_IMAGES = 16
 # bf16 keeps ~3 significant digits: features stay > 0.999 cosine-similar on real backbones; a path
@@ -232,10 +231,11 @@ class FrozenCompute:
 
     def __init__(self, run: Path, *, reuse: bool = False) -> None:
         self.run = Path(run)
+        self.choice_file = RunFolder(self.run).frozen_choice
         self.choice: PathChoice | None = None
         self.caches: dict[int, PrefixCache] = {}
-        if reuse and (self.run / CHOICE_FILE).is_file():
-            saved = json.loads((self.run / CHOICE_FILE).read_text())
+        if reuse and self.choice_file.is_file():
+            saved = read_json(self.choice_file)
             saved["path"] = FrozenPath(saved["path"])
             self.choice = PathChoice(**{**saved, "reused": True})
 
@@ -249,7 +249,7 @@ class FrozenCompute:
             log(f"frozen compute: not {p}: {why}")
         from edgetl_runtime.fileio import write_text_atomic
 
-        write_text_atomic(self.run / CHOICE_FILE, json.dumps(self.choice.to_dict(), indent=1))
+        write_text_atomic(self.choice_file, json.dumps(self.choice.to_dict(), indent=1))
         return run
 
     def summary(self) -> dict | None:

@@ -35,13 +35,13 @@ from edgetl.trainer.frozen import (
     PrefixCache,
     Runner,
 )
-from edgetl.trainer.recipe import Recipe, StagePlan
+from edgetl.trainer.recipe import PhasePlan, Recipe
 from edgetl.trainer.schedule import set_trainable, train_mode
 from edgetl_runtime.preprocess import PreprocessSpec
 
 
-@dataclass
-class StageContext:
+@dataclass(kw_only=True)
+class PhaseContext:
     """What every stage needs; mutable bookkeeping lives in `Book`."""
 
     model: EdgeModel
@@ -121,7 +121,7 @@ class StageContext:
             return tuple(self.model.forward_features(x, 0, stop).shape[1:])
 
 
-def _views(ctx: StageContext, views: int, lo: int, hi: int) -> Iterator[tuple[int, int, torch.Tensor]]:
+def _views(ctx: PhaseContext, views: int, lo: int, hi: int) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(view, first image, batch) for the plain view and then augmented views (`views` in all) of
     training images [lo, hi). Call under `_view_rng`: the same views every time, whatever the training RNG."""
     images, size = ctx.data.train_images, ctx.recipe.batch_size * 2
@@ -136,7 +136,7 @@ def _views(ctx: StageContext, views: int, lo: int, hi: int) -> Iterator[tuple[in
 
 
 @contextlib.contextmanager
-def _view_rng(ctx: StageContext):
+def _view_rng(ctx: PhaseContext):
     # A generator of its own, so caching neither depends on nor disturbs the training RNG (resume).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(ctx.seed + 1)
@@ -144,7 +144,7 @@ def _view_rng(ctx: StageContext):
 
 
 def frozen_pass(
-    ctx: StageContext,
+    ctx: PhaseContext,
     taps: tuple[int, ...],
     val_x: torch.Tensor,
     cache: PrefixCache | None,
@@ -176,7 +176,7 @@ def frozen_pass(
     return train, val
 
 
-def next_cut(ctx: StageContext, plan: StagePlan) -> int:
+def next_cut(ctx: PhaseContext, plan: PhasePlan) -> int:
     """First trainable stage of the partial-unfreeze stage after `plan`; 0 when there is none."""
     stages = ctx.recipe.stages
     later = stages[next(i for i, p in enumerate(stages) if p is plan) + 1 :]
@@ -184,7 +184,7 @@ def next_cut(ctx: StageContext, plan: StagePlan) -> int:
     return 0 if nxt is None else max(0, len(ctx.model.stages) - nxt.unfreeze)
 
 
-def plan_cache(ctx: StageContext, first: int) -> PrefixCache | None:
+def plan_cache(ctx: PhaseContext, first: int) -> PrefixCache | None:
     n, views = len(ctx.data.train_images), 1 + ctx.recipe.cache_views
     cache = PrefixCache.plan(views, n, ctx.prefix_shape(first), ctx.frozen.run)
     if ctx.world.active:
@@ -212,7 +212,7 @@ class CachedHead:
     stores the frozen prefix's outputs that the next partial-unfreeze stage starts from.
     """
 
-    def __init__(self, ctx: StageContext, plan: StagePlan, val_x: torch.Tensor) -> None:
+    def __init__(self, ctx: PhaseContext, plan: PhasePlan, val_x: torch.Tensor) -> None:
         self.ctx = ctx
         set_trainable(ctx.model, 0)
         ctx.model.eval()
@@ -262,7 +262,7 @@ class PartialUnfreeze:
     the plain view, every step augments afresh and runs the prefix without gradients.
     """
 
-    def __init__(self, ctx: StageContext, plan: StagePlan, val_x: torch.Tensor) -> None:
+    def __init__(self, ctx: PhaseContext, plan: PhasePlan, val_x: torch.Tensor) -> None:
         self.ctx = ctx
         self.first = set_trainable(ctx.model, plan.unfreeze, layers=plan.unfreeze_layers)
         ctx.model.eval()
@@ -342,11 +342,11 @@ class _Tail(torch.nn.Module):
         return self.model.head(self.model.forward_features(h, self.first))
 
 
-# Stage kind -> how it runs: frozen stages never touch the backbone, so they train on cached features.
-STAGE_RUNNERS = {True: CachedHead, False: PartialUnfreeze}
+# Phase kind -> how it runs: frozen stages never touch the backbone, so they train on cached features.
+PHASE_RUNNERS = {True: CachedHead, False: PartialUnfreeze}
 
 
-def optimise_step(ctx: StageContext, logits, targets, optimizer, scheduler, scaler) -> tuple[float, int]:
+def optimise_step(ctx: PhaseContext, logits, targets, optimizer, scheduler, scaler) -> tuple[float, int]:
     """One optimisation step; returns the batch's mean loss and its number of correct predictions."""
     loss = ctx.loss(logits, targets)
     optimizer.zero_grad(set_to_none=True)

@@ -56,7 +56,7 @@ class LrSchedule(str, Enum):
 
 
 @dataclass(frozen=True)
-class StagePlan:
+class PhasePlan:
     """One stage of the schedule: `epochs` epochs with the last `unfreeze` backbone stages trainable
     (or the last `unfreeze_layers` parameterised layers)."""
 
@@ -83,9 +83,9 @@ class Recipe:
 
     backbone: str = DEFAULT_BACKBONE
     weights: str = "default"
-    stages: tuple[StagePlan, ...] = (
-        StagePlan(epochs=30, unfreeze=0, lr=3e-3, warmup=1),
-        StagePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-4, warmup=0),
+    stages: tuple[PhasePlan, ...] = (
+        PhasePlan(epochs=30, unfreeze=0, lr=3e-3, warmup=1),
+        PhasePlan(epochs=2, unfreeze=2, lr=1e-3, lr_backbone=1e-4, warmup=0),
     )
     lr_decay: float = 0.5
     batch_size: int = 32
@@ -149,7 +149,7 @@ class Recipe:
         if "unfreeze" in stage_over:
             first = next((i for i, s in enumerate(stages) if not s.frozen), None)
             if first is None:
-                stages.append(StagePlan(epochs=stage_over.get("epochs", 1), unfreeze=stage_over["unfreeze"]))
+                stages.append(PhasePlan(epochs=stage_over.get("epochs", 1), unfreeze=stage_over["unfreeze"]))
             else:
                 stages[first] = replace(stages[first], unfreeze=stage_over["unfreeze"], unfreeze_layers=0)
         for i, s in enumerate(stages):
@@ -166,12 +166,12 @@ class Recipe:
         return replace(self, **overrides, stages=kept)
 
 
-def expand_gradual(stages: tuple[StagePlan, ...]) -> tuple[StagePlan, ...]:
+def expand_gradual(stages: tuple[PhasePlan, ...]) -> tuple[PhasePlan, ...]:
     """A `gradual` stage becomes `unfreeze` stages that unfreeze 1, 2, ... stages from the top
     (ULMFiT's gradual unfreezing), each with the stage's epochs and learning rates."""
     out = []
     for s in stages:
-        expand = isinstance(s, StagePlan) and s.gradual and s.unfreeze_layers == 0
+        expand = isinstance(s, PhasePlan) and s.gradual and s.unfreeze_layers == 0
         if expand and isinstance(s.unfreeze, int) and s.unfreeze >= 1:
             out += [replace(s, unfreeze=k, gradual=False) for k in range(1, s.unfreeze + 1)]
             continue
@@ -220,7 +220,7 @@ def _validate(r: Recipe) -> None:
         r.stages,
     )
     for i, s in enumerate(r.stages):
-        _require(isinstance(s, StagePlan), f"stages[{i}]", "a table of stage settings", s)
+        _require(isinstance(s, PhasePlan), f"stages[{i}]", "a table of stage settings", s)
         _integer(s.epochs, f"stages[{i}].epochs", 1)
         _integer(s.unfreeze, f"stages[{i}].unfreeze", 0)
         _integer(s.unfreeze_layers, f"stages[{i}].unfreeze_layers", 0)
@@ -294,7 +294,7 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
             raise RecipeError(
                 f"{source}: recipe key 'stages' must be a list of tables ([[stages]]), got {d['stages']!r}"
             )
-        stage_keys = {f.name for f in fields(StagePlan)}
+        stage_keys = {f.name for f in fields(PhasePlan)}
         stages = []
         for i, s in enumerate(d["stages"]):
             if not isinstance(s, dict):
@@ -304,7 +304,7 @@ def recipe_from_dict(d: dict, source: str = "recipe") -> Recipe:
                 raise RecipeError(f"{source}: stages[{i}] has unknown key(s) {', '.join(sorted(bad))}")
             if "epochs" not in s:
                 raise RecipeError(f"{source}: stages[{i}] needs 'epochs'")
-            stages.append(StagePlan(**s))
+            stages.append(PhasePlan(**s))
         d["stages"] = tuple(stages)
     try:
         return Recipe(**d)

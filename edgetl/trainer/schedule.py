@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgetl.backbones.registry import EdgeModel
-from edgetl.trainer.recipe import LrSchedule, Optimizer, Recipe, StagePlan
+from edgetl.trainer.recipe import LrSchedule, Optimizer, PhasePlan, Recipe
 
 # schedule -> the multiplier the cosine decays to; 1.0 keeps the stage's rates after warmup
 _LR_FLOOR = {LrSchedule.COSINE: 0.01, LrSchedule.CONSTANT: 1.0}
@@ -53,7 +53,7 @@ def _top_layer_params(model: EdgeModel, count: int) -> set[int]:
     return {id(p) for m in layers[max(0, len(layers) - count) :] for p in m.parameters(False)}
 
 
-def param_groups(model: EdgeModel, stage: StagePlan, recipe: Recipe) -> list[dict]:
+def param_groups(model: EdgeModel, stage: PhasePlan, recipe: Recipe) -> list[dict]:
     """The head at stage.lr, then each unfrozen backbone stage at lr_backbone * lr_decay**distance.
 
     Distance 0 is the stage next to the head, so learning rates shrink toward the input, where
@@ -73,7 +73,7 @@ def param_groups(model: EdgeModel, stage: StagePlan, recipe: Recipe) -> list[dic
 
 
 def make_optimizer(
-    model: EdgeModel, stage: StagePlan, recipe: Recipe, steps_per_epoch: int
+    model: EdgeModel, stage: PhasePlan, recipe: Recipe, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = _OPTIMIZERS[recipe.optimizer](param_groups(model, stage, recipe), recipe)
     shape = WarmupCosine(

@@ -12,10 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from edgetl.backbones.checkpoint import (
-    BEST,
-    BEST_HEAD,
-    LAST,
-    LAST_HEAD,
     CheckpointInfo,
     load_checkpoint,
     read_checkpoint_info,
@@ -27,19 +23,15 @@ from edgetl.backbones.checkpoint import (
 from edgetl.console import log
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
-from edgetl.trainer.phases import STAGE_RUNNERS, StageContext
+from edgetl.runfolder.folder import RunFolder
+from edgetl.trainer.phases import PHASE_RUNNERS, PhaseContext
 from edgetl.trainer.recipe import Recipe, recipe_from_dict
 from edgetl.trainer.schedule import make_optimizer
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
 
-LAST_STATE = "last_state.pt"
-METRICS = "metrics.json"
-CONFUSION = "confusion.json"
-SUMMARY = "summary.json"
-
 
 @dataclass(frozen=True)
-class StageResult:
+class PhaseResult:
     index: int
     unfreeze: int
     epochs_run: int
@@ -62,7 +54,7 @@ class TrainResult:
     labels: tuple[str, ...]
     backbone: str
     device: str
-    stages: tuple[StageResult, ...]
+    stages: tuple[PhaseResult, ...]
     frozen_compute: dict | None = None
     world_size: int = 1  # training processes (torchrun); 1 without it
     backend: str | None = None  # their torch.distributed backend: gloo (CPU) or nccl (CUDA)
@@ -85,7 +77,7 @@ def _score(accuracy: float, loss: float) -> tuple[float, float]:
 
 def save_last_state(run: Path, state: dict) -> None:
     """Optimizer, scheduler, RNG and bookkeeping of the last epoch, beside last.safetensors (--resume)."""
-    with atomic_output(run / LAST_STATE) as tmp:
+    with atomic_output(RunFolder(run).last_state) as tmp:
         torch.save(state, tmp)
 
 
@@ -112,11 +104,14 @@ def _confusion(labels: tuple[str, ...], targets: torch.Tensor, preds: list[int])
 
 
 def load_resume_state(run: Path) -> tuple[Recipe, dict]:
-    if not (run / LAST).is_file() or not (run / LAST_STATE).is_file():
-        raise EdgetlError(f"--resume: {run} has no {LAST} and {LAST_STATE}; start without --resume")
-    info = read_checkpoint_info(run / LAST)
-    state = torch.load(run / LAST_STATE, map_location="cpu", weights_only=True)
-    return recipe_from_dict(info.recipe, source=str(run / LAST)), state
+    folder = RunFolder(run)
+    if not folder.last.is_file() or not folder.last_state.is_file():
+        raise EdgetlError(
+            f"--resume: {run} has no {folder.last.name} and {folder.last_state.name}; start without --resume"
+        )
+    info = read_checkpoint_info(folder.last)
+    state = torch.load(folder.last_state, map_location="cpu", weights_only=True)
+    return recipe_from_dict(info.recipe, source=str(folder.last)), state
 
 
 @dataclass
@@ -138,9 +133,10 @@ class Session:
     """One training run in a run folder: stages in order, with checkpoints and metrics per epoch."""
 
     def __init__(
-        self, ctx: StageContext, run: Path, val_x: torch.Tensor, book: Book, elapsed: float, fingerprint: str
+        self, ctx: PhaseContext, run: Path, val_x: torch.Tensor, book: Book, elapsed: float, fingerprint: str
     ) -> None:
         self.ctx, self.run, self.val_x, self.book = ctx, run, val_x, book
+        self.folder = RunFolder(run)
         self.fingerprint = fingerprint
         self.val_y = ctx.data.val_targets
         self.best_weights: dict | None = None
@@ -158,14 +154,14 @@ class Session:
             self.fingerprint,
         )
 
-    def run_stage(self, s: int, resume: dict | None) -> None:
+    def run_phase(self, s: int, resume: dict | None) -> None:
         ctx, book, plan = self.ctx, self.book, self.ctx.recipe.stages[s]
         stage_start = time.perf_counter()
         if resume is None and book.best is not None:
             # Each stage starts from the best weights so far, not from an over-trained last epoch.
-            best = self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict()
+            best = self.best_weights or load_checkpoint(self.folder.best)[0].state_dict()
             ctx.model.load_state_dict(best)
-        runner = STAGE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
+        runner = PHASE_RUNNERS[plan.frozen](ctx, plan, self.val_x)
         optimizer, scheduler = make_optimizer(ctx.model, plan, ctx.recipe, runner.steps_per_epoch)
         scaler = torch.amp.GradScaler(ctx.device.type, enabled=ctx.amp is torch.float16)
         start_epoch, bad = 0, 0
@@ -181,7 +177,7 @@ class Session:
         # writes the head alone; the stage's end joins them into full best/last checkpoints again.
         save = save_head if plan.frozen else save_checkpoint
         if plan.frozen and resume is None and ctx.world.main:
-            save_checkpoint(ctx.model, self.info({}), self.run / LAST)
+            save_checkpoint(ctx.model, self.info({}), self.folder.last)
         for e in range(start_epoch, plan.epochs):
             if bad >= ctx.recipe.patience:
                 stopped = True
@@ -218,7 +214,11 @@ class Session:
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
                 if ctx.world.main:  # the other processes hold the same weights and write nothing
-                    save(ctx.model, self.info(metrics), self.run / (BEST_HEAD if plan.frozen else BEST))
+                    save(
+                        ctx.model,
+                        self.info(metrics),
+                        self.folder.best_head if plan.frozen else self.folder.best,
+                    )
             # Frozen epochs take milliseconds: log only the ones that matter.
             if not plan.frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -227,7 +227,9 @@ class Session:
                     + (" *" if improved else "")
                 )
             if ctx.world.main:
-                save(ctx.model, self.info(metrics), self.run / (LAST_HEAD if plan.frozen else LAST))
+                save(
+                    ctx.model, self.info(metrics), self.folder.last_head if plan.frozen else self.folder.last
+                )
                 save_last_state(
                     self.run,
                     {
@@ -236,13 +238,13 @@ class Session:
                         "scaler": scaler.state_dict(), "rng": torch.get_rng_state(), "book": asdict(book),
                     },
                 )  # fmt: skip
-                _write_json(self.run / METRICS, book.history)
+                _write_json(self.folder.metrics, book.history)
         if plan.frozen and ctx.world.main:
             self.join_heads()
         rows = [r for r in book.history if r["stage"] == s + 1]
         book.stages.append(
             asdict(
-                StageResult(
+                PhaseResult(
                     index=s + 1,
                     unfreeze=plan.unfreeze,
                     epochs_run=len(rows),
@@ -255,13 +257,12 @@ class Session:
 
     def join_heads(self) -> None:
         """Turn a cached-feature stage's head-only checkpoints into full ones (the backbone is the model's)."""
-        for head, full in ((BEST_HEAD, BEST), (LAST_HEAD, LAST)):
-            if (self.run / head).is_file():
-                state = self.best_weights if head == BEST_HEAD else self.ctx.model.state_dict()
-                save_state(
-                    with_head(state, self.run / head), read_checkpoint_info(self.run / head), self.run / full
-                )
-                (self.run / head).unlink()
+        folder = self.folder
+        for head, full in ((folder.best_head, folder.best), (folder.last_head, folder.last)):
+            if head.is_file():
+                state = self.best_weights if head == folder.best_head else self.ctx.model.state_dict()
+                save_state(with_head(state, head), read_checkpoint_info(head), full)
+                head.unlink()
 
     @property
     def elapsed(self) -> float:
@@ -272,7 +273,7 @@ class Session:
         confusion = _confusion(ctx.data.labels, self.val_y, book.best_preds)
         result = TrainResult(
             run=self.run,
-            checkpoint=self.run / BEST,
+            checkpoint=self.folder.best,
             best_val_accuracy=book.best[0],
             best_epoch=book.best_epoch,
             train_seconds=self.elapsed,
@@ -283,15 +284,15 @@ class Session:
             labels=ctx.data.labels,
             backbone=ctx.recipe.backbone,
             device=ctx.device.type,
-            stages=tuple(StageResult(**st) for st in book.stages),
+            stages=tuple(PhaseResult(**st) for st in book.stages),
             frozen_compute=ctx.frozen.summary(),
             world_size=ctx.world.size,
             backend=ctx.world.to_dict()["backend"],
         )
         if ctx.world.main:
-            _write_json(self.run / CONFUSION, confusion)
+            _write_json(self.folder.confusion, confusion)
             summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
-            _write_json(self.run / SUMMARY, summary)
+            _write_json(self.folder.summary, summary)
             write_training_plots(self.run)  # curves.png, confusion.png; warns instead of failing the run
         log(
             f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {result.train_seconds:.1f}s"

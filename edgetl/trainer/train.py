@@ -10,11 +10,12 @@ stage kind trains is in `stages`, the per-epoch bookkeeping, checkpoints and sum
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from edgetl.backbones.checkpoint import BEST_HEAD, LAST_HEAD, load_checkpoint, with_head
+from edgetl.backbones.checkpoint import load_checkpoint, with_head
 from edgetl.backbones.registry import create_model, get_backbone
 from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
@@ -25,12 +26,12 @@ from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
 from edgetl.trainer.frozen import FrozenCompute
-from edgetl.trainer.phases import StageContext
+from edgetl.trainer.phases import PhaseContext
 from edgetl.trainer.recipe import Balance, Recipe, resolve_recipe
-from edgetl.trainer.session import Book, Session, StageResult, TrainResult, load_resume_state
+from edgetl.trainer.session import Book, PhaseResult, Session, TrainResult, load_resume_state
 from edgetl_runtime.fileio import check_writable
 
-__all__ = ["StageResult", "TrainResult", "resolve_device", "train"]
+__all__ = ["PhaseResult", "TrainResult", "resolve_device", "train"]
 
 
 def _cuda_missing_reason() -> str:
@@ -132,13 +133,21 @@ def train(
         "label_smoothing": label_smoothing, "patience": patience, "balance": balance, "hflip": hflip,
         "image_size": image_size, "val_fraction": val_fraction, "cache_views": cache_views,
     }  # fmt: skip
+    request = TrainRequest(
+        data=data,
+        backbone=backbone,
+        recipe=recipe,
+        device=device,
+        seed=seed,
+        resume=resume,
+        overwrite=overwrite,
+        overrides=overrides,
+    )
     run = RunFolder(Path(out))
     if launched_rank() != 0:
         # under torchrun, rank 0 checks, locks and writes the run folder; the others only read it
         try:
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
         finally:
             close_world()
     _check_fresh(run, resume, overwrite)
@@ -146,18 +155,30 @@ def train(
     try:
         check_writable(run.root, "--out", folder=True)
         with run.lock("train"):
-            return _train_locked(
-                data, run, started, backbone, recipe, device, seed, resume, overwrite, overrides
-            )
+            return _train_locked(request, run, started=started)
     finally:
         close_world()
         if created:
             run.discard_if_empty()
 
 
-def _train_locked(
-    data, run: RunFolder, started, backbone, recipe, device, seed, resume, overwrite, overrides
-):
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What `train` was asked for, as the locked part of training receives it."""
+
+    data: str | Path
+    backbone: str | None
+    recipe: Recipe | str | Path | None
+    device: str
+    seed: int
+    resume: bool
+    overwrite: bool
+    overrides: dict  # recipe options given (None: keep the recipe's value)
+
+
+def _train_locked(request: TrainRequest, run: RunFolder, *, started: float):
+    data, recipe, device, seed = request.data, request.recipe, request.device, request.seed
+    resume, overwrite, overrides = request.resume, request.overwrite, request.overrides
     main = launched_rank() == 0
     if main:
         _check_fresh(run, resume, overwrite)  # again, now that no other writer can change the folder
@@ -167,7 +188,7 @@ def _train_locked(
         recipe, state = load_resume_state(run.root)
         seed = int(state["seed"])
     else:
-        recipe, state = resolve_recipe(recipe, backbone).with_overrides(**overrides), None
+        recipe, state = resolve_recipe(recipe, request.backbone).with_overrides(**overrides), None
     spec = recipe.preprocess_spec(get_backbone(recipe.backbone).preprocess)
     dev, amp = resolve_device(device)
     world = init_world(cuda=dev.type == "cuda")
@@ -190,8 +211,8 @@ def _train_locked(
     else:
         _check_same_data(run, splits)
         model, _ = load_checkpoint(run.last)
-        if (run.root / LAST_HEAD).is_file():  # interrupted in a cached-feature stage
-            model.load_state_dict(with_head(model.state_dict(), run.root / LAST_HEAD))
+        if run.last_head.is_file():  # interrupted in a cached-feature stage
+            model.load_state_dict(with_head(model.state_dict(), run.last_head))
     world.barrier()  # every process has read the old run before rank 0 changes the folder
     if main:
         check_writable(run.root, "--out", folder=True)
@@ -206,15 +227,25 @@ def _train_locked(
     if class_weights is not None:
         class_weights = class_weights.to(dev)
     frozen = FrozenCompute(run.root, reuse=state is not None)
-    ctx = StageContext(
-        model, images, recipe, spec, dev, amp, seed, class_weights, sample_weights, frozen, world
+    ctx = PhaseContext(
+        model=model,
+        data=images,
+        recipe=recipe,
+        spec=spec,
+        device=dev,
+        amp=amp,
+        seed=seed,
+        class_weights=class_weights,
+        sample_weights=sample_weights,
+        frozen=frozen,
+        world=world,
     )
     book = Book(**state["book"]) if state else Book()
     elapsed = state["elapsed"] + time.perf_counter() - started if state else time.perf_counter() - started
     session = Session(ctx, run.root, eval_tensor(images.val_pixels, spec), book, elapsed, splits.fingerprint)
-    if state is not None and (run.root / BEST_HEAD).is_file():
+    if state is not None and run.best_head.is_file():
         # the interrupted stage's best so far: its backbone is the stage's, which the model holds
-        session.best_weights = with_head(model.state_dict(), run.root / BEST_HEAD)
+        session.best_weights = with_head(model.state_dict(), run.best_head)
     for s in range(state["stage"] if state else 0, len(recipe.stages)):
-        session.run_stage(s, state if state and s == state["stage"] else None)
+        session.run_phase(s, state if state and s == state["stage"] else None)
     return session.finish()
