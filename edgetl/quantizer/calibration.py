@@ -23,7 +23,6 @@ from edgetl.options import DEFAULT_NUM_CALIBRATION
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 
-DEFAULT_NUM_CALIBRATION = 300
 # Without labelled gate images the given ones are cross-fitted: split in this many folds, a model
 # calibrated on all folds but one is judged on that one, and the model shipped is refit on them all.
 CROSS_FIT_FOLDS = 2
