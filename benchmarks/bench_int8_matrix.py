@@ -56,6 +56,11 @@ THREADS = 2
 FP32_MODEL: Path | None = None  # --fp32: an exported efficientnet_lite0 to reuse
 WITH_DEFAULT = False  # --with-default: also edgetl's default quantize (slow: it searches)
 OUTCOMES = Path("int8_matrix_outcomes")  # per-image outcomes, next to --out
+ARMS: tuple[str, ...] = ()  # --arms: run only arms whose names start with one of these
+
+
+def wanted(name: str) -> bool:
+    return not ARMS or name.startswith(ARMS)
 
 
 def uptime() -> str:
@@ -283,6 +288,8 @@ class Matrix:
         }
 
     def arm(self, name: str, build: Callable[[], Path], **extra) -> Path | None:
+        if not wanted(name):
+            return None
         start = time.time()
         print(f"[{self.case}] {name} ...", file=sys.stderr, flush=True)
         try:
@@ -377,9 +384,10 @@ def run_matrix(
 
     pre = preprocess_for_quantization(fp32, work / "pre.onnx")
     # one histogram (2048 bins, as edgetl's percentile), every cut-off from it
-    hist = collect(pre, x_cal, "Percentile", {"symmetric": False, "percentile": 99.999, "num_bins": 2048})
+    if wanted("ort-percentile") or wanted("mixed"):
+        hist = collect(pre, x_cal, "Percentile", {"symmetric": False, "percentile": 99.999, "num_bins": 2048})
     ranges_by_p = {}
-    for p in PERCENTILES:
+    for p in PERCENTILES if wanted("ort-percentile") or wanted("mixed") else ():
         hist.collector.percentile = p
         ranges_by_p[p] = hist.compute_data()
         m.arm(
@@ -388,7 +396,8 @@ def run_matrix(
         )
     # MinMax on all 300, per-channel, QDQ, pre-processed: the careful by-hand quantize_static (MinMax
     # ranges do not depend on batching, so the same ranges and the same model)
-    minmax = collect(pre, x_cal, "MinMax", {"symmetric": False}).compute_data()
+    if wanted("ort-minmax"):
+        minmax = collect(pre, x_cal, "MinMax", {"symmetric": False}).compute_data()
     m.arm("ort-minmax-by-hand", lambda: qdq(pre, minmax, work / "minmax.onnx"))
     m.arm("nncf-by-hand-defaults", lambda: by_hand_nncf(fp32, x_cal, work / "nncf-defaults.onnx"))
     m.arm(
@@ -441,7 +450,8 @@ def run_matrix(
             fp32, x_cal, work / "nncf-fbc-sq.onnx", fast_bias_correction=False, smooth_quant=True
         ),
     )
-    entropy = collect(pre, x_cal, "Entropy", {"symmetric": False})
+    if wanted("ort-entropy-128"):
+        entropy = collect(pre, x_cal, "Entropy", {"symmetric": False})
     m.arm(
         "ort-entropy-128-bins",
         lambda: qdq(pre, entropy.compute_data(), work / "ent-128.onnx", method="Entropy"),
@@ -451,7 +461,10 @@ def run_matrix(
         "nncf-openvino-channel-alignment",
         lambda: nncf_openvino(fp32, x_cal, work / "ov-cle.xml", channel_alignment=True),
     )
-    entropy = collect(pre, x_cal, "Entropy", {"symmetric": False, "num_bins": 512, "num_quantized_bins": 256})
+    if wanted("ort-entropy-512"):
+        entropy = collect(
+            pre, x_cal, "Entropy", {"symmetric": False, "num_bins": 512, "num_quantized_bins": 256}
+        )
     m.arm(
         "ort-entropy-512-bins",
         lambda: qdq(pre, entropy.compute_data(), work / "ent-512.onnx", method="Entropy"),
@@ -590,20 +603,56 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def merge(out: Path, others: list[Path], reference: str) -> None:
+    """Fold the arms of runs made side by side (`--arms`, same split and seed) into --out, and the
+    paired differences to the reference arm from their per-image outcomes."""
+    results = json.loads(out.read_text())
+    outcomes = dict(np.load(out.with_name(f"{out.stem}-outcomes-imagenet.npz")))
+    for other in others:
+        more = json.loads(other.read_text())
+        for case, rows in more.items():
+            if isinstance(rows, dict) and "fp32" in rows:
+                results.setdefault(case, {}).update({k: v for k, v in rows.items() if k != "fp32"})
+        results.setdefault("merged", []).append(more["command"])
+        outcomes.update(np.load(other.with_name(f"{other.stem}-outcomes-imagenet.npz")))
+    rows = results["imagenet"]
+    n = rows["fp32"]["images"]
+    idx = np.random.default_rng(SEED).integers(0, n, size=(BOOTSTRAP, n))
+    ra, rk = outcomes[f"{reference}.agree"], outcomes[f"{reference}.kl"]
+    for name, row in rows.items():
+        if f"{name}.agree" not in outcomes:
+            continue
+        da, dk = outcomes[f"{name}.agree"] - ra, outcomes[f"{name}.kl"] - rk
+        row["vs_reference"] = {
+            "reference": reference,
+            "agreement_diff": float(da.mean()),
+            "agreement_diff_ci95": interval(da, idx),
+            "kl_diff": float(dk.mean()),
+            "kl_diff_ci95": interval(dk, idx),
+        }
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="the JSON, rewritten after every arm")
     parser.add_argument("--render", action="store_true", help="only print --out's JSON as markdown")
+    parser.add_argument("--merge", type=Path, nargs="*", help="only fold these runs' arms into --out")
     parser.add_argument("--cases", default="imagenet,digits")
     parser.add_argument("--reference", default="ort-percentile-99.999", help="arm the differences are to")
     parser.add_argument("--fp32", type=Path, help="reuse this `edgetl export --backbone efficientnet_lite0`")
     parser.add_argument("--with-default", action="store_true", help="also run edgetl's default quantize")
+    parser.add_argument("--arms", default="", help="comma-separated name prefixes: run only those arms")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.out, args.merge, args.reference)
+        return
     if args.render:
         print(render(json.loads(args.out.read_text())))
         return
-    global FP32_MODEL, WITH_DEFAULT, OUTCOMES
+    global FP32_MODEL, WITH_DEFAULT, OUTCOMES, ARMS
     FP32_MODEL, WITH_DEFAULT = args.fp32, args.with_default
+    ARMS = tuple(a for a in args.arms.split(",") if a)
     OUTCOMES = args.out.with_name(f"{args.out.stem}-outcomes.npz")
     cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
     results: dict = {
