@@ -625,12 +625,13 @@ def render(results: dict) -> str:
                 if vs
                 else ""
             )
+            top1 = "–" if r.get("top1") is None else f"{100 * r['top1']:.2f}"
             ratio = (
                 r.get("latency_vs_fp32") or r.get("latency_pair_vs_fp32") or r.get("openvino_latency_vs_fp32")
             )
             lines.append(
                 f"| {name} | {100 * r['agreement']:.2f} [{100 * a[0]:.2f}, {100 * a[1]:.2f}] | "
-                f"{r['kl']:.5f} [{k[0]:.5f}, {k[1]:.5f}] | {diff} | {100 * r['top1']:.2f} | "
+                f"{r['kl']:.5f} [{k[0]:.5f}, {k[1]:.5f}] | {diff} | {top1} | "
                 + (f"{ratio:.2f}x |" if ratio else "|")
             )
         lines.append("")
