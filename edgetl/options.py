@@ -57,8 +57,21 @@ DEFAULT_QUANT_METHOD = "auto"
 # benchmark: time budget of every row
 WARMUP_S = 2.0
 MIN_S = 5.0
+MAX_ROW_S = 3600.0  # --warmup-s / --min-s: an hour per row; larger values are typos, not plans
 MIN_RUNS = 50
 ROUNDS = 5
+
+
+MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take 0 .. 2**32-1
+
+
+def check_seed(seed: int) -> int:
+    """A seed every library accepts (a huge one crashed deep inside numpy or torch)."""
+    from edgetl.errors import EdgetlError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise EdgetlError(f"--seed {seed!r}: give an integer from 0 to {MAX_SEED}")
+    return seed
 
 
 def choices(options) -> list[str]:

@@ -41,6 +41,7 @@ def test_the_verbs_are_the_cli_commands():
         edgetl.no_such_verb  # noqa: B018
 
 
+@pytest.mark.slow  # the whole pipeline end to end
 def test_readme_example_runs_and_its_bundle_predicts(tmp_path, monkeypatch, digits_dir, capsys):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     assert "edgetl.train(" in code and "edgetl.package(" in code

@@ -114,7 +114,12 @@ def test_a_silent_fallback_to_cpu_is_refused(tiny_run, monkeypatch, tmp_path):
 
     fake.got = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     session = rb.BACKENDS["onnxruntime-tensorrt"].load(tiny_run / "model.onnx", None)
-    assert session.execution_precision == "fp16" and session.providers[0] == "TensorrtExecutionProvider"
+    # what edgetl asked of TensorRT for an FP32 model: FP16 kernels, no INT8 calibration
+    name, options = fake.asked[0]
+    assert (
+        name == "TensorrtExecutionProvider" and options["trt_fp16_enable"] and not options["trt_int8_enable"]
+    )
+    assert session.execution_precision == "fp16" and session.backend == "onnxruntime-tensorrt"
 
     fake.got = ["CPUExecutionProvider"]
     with pytest.raises(BackendUnavailable, match="onnxruntime-cuda: CUDAExecutionProvider failed"):

@@ -57,7 +57,6 @@ def test_missing_and_unknown_model_files(tiny_run, tmp_path):
     with pytest.raises(BundleError, match="no such model file"):
         read_model_info(tmp_path / "none.xml")
     (tmp_path / "junk.xml").write_text("<not-an-ir/>")
-    pytest.importorskip("openvino")
     with pytest.raises(BundleError, match="not a loadable OpenVINO IR"):
         read_model_info(tmp_path / "junk.xml")
 
@@ -73,8 +72,6 @@ def test_format_table_knows_companions_and_backends():
 @pytest.fixture(scope="module")
 def ir_run(tiny_run, tmp_path_factory) -> Path:
     """The tiny run with its FP32 IR (edgetl export --format openvino) and INT8 IR (quantize --backend nncf)."""
-    pytest.importorskip("openvino")
-    pytest.importorskip("nncf")
     run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("ir") / "run"))
     onnx_before = sha256_file(run / "model.onnx")
     exported = CliRunner().invoke(main, ["export", str(run), "--format", "openvino", "--json"])

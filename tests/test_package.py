@@ -121,8 +121,12 @@ def test_folder_output_is_safe(tiny_run, tmp_path):
     (tmp_path / "notes.tar.gz").write_text("not an archive")
     with pytest.raises(EdgetlError, match="not a bundle"):
         build_bundle(tiny_run, tmp_path / "notes.tar.gz", overwrite=True)
+    # destructive if it regressed: checked on a copy, never on the shared run
+    copy = Path(shutil.copytree(tiny_run, tmp_path / "run-copy"))
+    before = sorted(p.name for p in copy.iterdir())
     with pytest.raises(EdgetlError, match="the run folder itself"):
-        build_bundle(tiny_run, tiny_run, overwrite=True)
+        build_bundle(copy, copy, overwrite=True)
+    assert sorted(p.name for p in copy.iterdir()) == before
     build_bundle(tiny_run, out, precision="fp32", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "labels.txt", "manifest.json", "model.onnx"]
     with pytest.raises(EdgetlError, match="no such run folder"):

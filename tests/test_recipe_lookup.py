@@ -29,6 +29,7 @@ def test_backbone_without_recipe_uses_the_defaults_with_that_backbone():
     assert resolve_recipe(backbone="resnet34").backbone == "resnet34"
 
 
+@pytest.mark.slow  # builds the wheel and installs it
 def test_named_recipe_resolves_from_an_installed_wheel(tmp_path):
     uv = shutil.which("uv")
     if uv is None:

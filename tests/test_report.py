@@ -29,10 +29,11 @@ TINY = Recipe(
     cache_views=1,
 )
 BENCH_ROWS = [
-    {"backend": "onnxruntime-cpu", "precision": p, "batch": 1, "status": "ok", "p50_ms": ms, "p90_ms": ms * 1.1,
-     "p99_ms": ms * 1.3, "throughput": 1000 / ms, "cv": 0.02, "threads": 2, "peak_rss_mb": 90.0}
-    for p, ms in (("fp32", 4.0), ("int8", 2.5))
-] + [{"backend": "onnxruntime-cuda", "precision": "fp32", "batch": 1, "status": "unavailable", "reason": "no GPU"}]  # fmt: skip
+    {"backend": "onnxruntime-cpu", "model": m, "precision": p, "batch": 1, "status": "ok", "p50_ms": ms,
+     "p90_ms": ms * 1.1, "p99_ms": ms * 1.3, "throughput": 1000 / ms, "cv": 0.02, "threads": 2, "peak_rss_mb": 90.0}
+    for m, p, ms in (("model.onnx", "fp32", 4.0), ("model.int8.onnx", "int8", 2.5))
+] + [{"backend": "onnxruntime-cuda", "model": "model.onnx", "precision": "fp32", "batch": 1, "status": "unavailable",
+      "reason": "no GPU"}]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_missing_artifacts_name_the_command(trained, tmp_path):
 
 def test_report_of_a_non_run_is_one_line_error(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path), "--json"])
-    assert result.exit_code != 0 and "not a run folder" in result.output
+    assert result.exit_code == 1 and "not a run folder" in json.loads(result.stdout)["error"]["message"]
 
 
 def test_report_renders_in_chromium(full_run, tmp_path):

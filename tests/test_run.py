@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from edgetl.cli import main
 from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
 from edgetl.exporter.export import export_onnx
-from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step, check_output
+from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step, check_outputs
 from edgetl.runfolder.splits import Splits
 
 TRAIN = ["--frozen-epochs", "2", "--epochs", "0", "--image-size", "32", "--no-hflip", "--device", "cpu"]
@@ -111,16 +112,18 @@ def test_a_second_writer_is_refused_at_once(trained, digits_dir):
 
 def test_quantize_onto_its_input_or_another_kind_is_refused(run_copy, tmp_path):
     with pytest.raises(EdgetlError, match="own input"):
-        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+        check_outputs([("--out", run_copy / "model.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"])
     with pytest.raises(EdgetlError, match="holds a FP32/FP16 model, not a INT8 model"):
-        check_output(run_copy / "model.onnx", Kind.INT8_MODEL, inputs=[run_copy])
+        check_outputs([("--out", run_copy / "model.onnx", Kind.INT8_MODEL)], inputs=[run_copy])
     outside = shutil.copyfile(run_copy / "model.onnx", tmp_path / "fp32.onnx")
     with pytest.raises(EdgetlError, match="holds a FP32/FP16 model"):
-        check_output(outside, Kind.INT8_MODEL)
+        check_outputs([("--out", outside, Kind.INT8_MODEL)])
     with pytest.raises(EdgetlError, match="holds the run's checkpoint"):
-        check_output(run_copy / "last.safetensors", Kind.INT8_MODEL)
-    check_output(run_copy / "model.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
-    check_output(tmp_path / "new.int8.onnx", Kind.INT8_MODEL, inputs=[run_copy / "model.onnx"])
+        check_outputs([("--out", run_copy / "last.safetensors", Kind.INT8_MODEL)])
+    check_outputs(
+        [("--out", run_copy / "model.int8.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"]
+    )
+    check_outputs([("--out", tmp_path / "new.int8.onnx", Kind.INT8_MODEL)], inputs=[run_copy / "model.onnx"])
     with pytest.raises(EdgetlError, match="holds a INT8 model"):
         export_onnx(run_copy, run_copy / "model.int8.onnx")
 
@@ -213,3 +216,106 @@ def test_train_val_accuracy_equals_runtime_predictions_on_the_fp32_bundle(traine
     correct = sum(predictions[str(Path(p))] == splits.labels[y] for p, y in splits.val)
     assert len(images) == summary["num_val"] == 12
     assert correct / len(images) == summary["best_val_accuracy"]
+
+
+# --- one test per lineage refusal, each on a copy of the shared run ------------------------------------
+
+
+def _interrupt_training(run: Path) -> None:
+    shutil.copyfile(run / BEST, run / "last_state.pt")  # a resumable state, and no summary.json
+
+
+def _train_on_other_data(run: Path) -> None:
+    splits = Splits.load(run)
+    splits.with_fingerprint("f" * 64).save(run)
+
+
+def _remove_fp32(run: Path) -> None:
+    (run / "model.onnx").unlink()
+
+
+def _with_note(path: Path) -> None:
+    """The same model with one more metadata entry: its source is unchanged, its sha256 is not."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "note", "edited"
+    onnx.save(proto, str(path))
+
+
+def _reexport_fp32(run: Path) -> None:
+    _with_note(run / "model.onnx")
+
+
+def _replace_int8(run: Path) -> None:
+    _with_note(run / "model.int8.onnx")
+
+
+LINEAGE = {
+    "interrupted-training": (_interrupt_training, Step.EXPORT, r"training was interrupted \(summary\.json missing\).*--resume", "export"),
+    "other-data": (_train_on_other_data, Step.EXPORT, r"best\.safetensors: trained on other data than .*splits\.json.*--overwrite", "export"),
+    "fp32-gone": (_remove_fp32, Step.BENCHMARK, r"model\.int8\.onnx: its FP32 model .*model\.onnx is gone.*edgetl export", "benchmark"),
+    "int8-from-another-fp32": (_reexport_fp32, Step.BENCHMARK, r"model\.int8\.onnx: quantized from another model\.onnx than the current one.*edgetl quantize", "benchmark"),
+    "record-of-another-int8": (_replace_int8, Step.PACKAGE, r"quantize\.json: describes another INT8 model.*edgetl quantize", "package"),
+}  # fmt: skip
+
+
+def _command(name: str, run: Path, tmp_path: Path, digits_dir: Path) -> list[str]:
+    return {
+        "train": ["train", "--data", str(digits_dir), "--out", str(run), "--overwrite", *TRAIN],
+        "export": ["export", str(run)],
+        "quantize": ["quantize", str(run)],
+        "benchmark": ["benchmark", str(run), "--backend", "onnxruntime-cpu", "--min-runs", "1"],
+        "package": ["package", str(run), "--out", str(tmp_path / "bundle")],
+        "report": ["report", str(run)],
+    }[name] + ["--json"]
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK}
+
+
+@pytest.mark.parametrize("case", LINEAGE)
+def test_each_stale_link_is_refused_by_name_and_nothing_is_written(case, run_copy, tmp_path, digits_dir):
+    RunFolder(run_copy).check_for(Step.PACKAGE)  # the copy is consistent before it is broken
+    breaks, stage, message, command = LINEAGE[case]
+    breaks(run_copy)
+    with pytest.raises(StaleArtifact, match=message):
+        RunFolder(run_copy).check_for(stage)
+    before = _snapshot(run_copy)
+    result = CliRunner().invoke(main, _command(command, run_copy, tmp_path, digits_dir))
+    assert result.exit_code == 1, result.output
+    assert re.search(message, json.loads(result.stdout)["error"]["message"])
+    assert _snapshot(run_copy) == before and not (tmp_path / "bundle").exists()
+
+
+@pytest.fixture()
+def locked_copy(run_copy):
+    """The copy's write lock held by another process for the test's duration."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from edgetl.runfolder.folder import RunFolder
+            with RunFolder({str(run_copy)!r}).lock("train"):
+                print("locked", flush=True)
+                sys.stdin.read()
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield run_copy
+    finally:
+        holder.communicate("", timeout=60)
+
+
+@pytest.mark.parametrize("command", ["train", "export", "quantize", "benchmark", "package", "report"])
+def test_every_writing_command_refuses_a_locked_run(command, locked_copy, tmp_path, digits_dir):
+    before = _snapshot(locked_copy)
+    result = CliRunner().invoke(main, _command(command, locked_copy, tmp_path, digits_dir))
+    assert result.exit_code == 1, result.output
+    message = json.loads(result.stdout)["error"]["message"]
+    assert "another edgetl command is writing this run folder" in message
+    assert f"before `edgetl {command}`" in message
+    assert _snapshot(locked_copy) == before and not (tmp_path / "bundle").exists()

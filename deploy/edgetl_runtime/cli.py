@@ -20,6 +20,8 @@ from .fileio import print_json, report_crash, report_error
 from .modelinfo import Precision
 
 EXIT_SOME_INPUTS_FAILED = EXIT_PARTIAL
+MAX_TIMED_S = 3600.0  # bench --warmup-s / --min-s: an hour; larger values are typos, not plans
+POOL = 4  # distinct random inputs bench cycles through
 
 EPILOG = (
     """\
@@ -30,6 +32,7 @@ examples:
   edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
   edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
   edgetl-run predict model.onnx photo.jpg       # a single model file with edgetl metadata
+  edgetl-run serve bundle.tar.gz --port 8080    # HTTP API + page on localhost (pip install edgetl-runtime[serve])
 
 trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
 """
@@ -107,6 +110,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .predictor import summarize_predictions
+
     paths = _expand(args.images)
     if not paths:
         raise EdgetlError("no images to classify: give image files or folders that contain images")
@@ -114,16 +119,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     results = predictor.predict(paths, top_k=args.top_k, batch_size=args.batch_size)
     failed = [r for r in results if not r.ok]
     if args.json:
-        print_json(
-            {
-                "bundle": str(args.bundle),
-                **predictor.describe(),
-                "predictions": [r.to_dict() for r in results],
-                "images": len(results),
-                "failed": len(failed),
-                "errors": [{"source": r.source, "error": r.error} for r in failed],
-            }
-        )
+        print_json(summarize_predictions(str(args.bundle), predictor, results))
     else:
         for r in results:
             if r.ok:
@@ -134,6 +130,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} of {len(results)} inputs could not be read (see errors)", file=sys.stderr)
         return EXIT_SOME_INPUTS_FAILED
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from .serve.app import ServeLimits
+        from .serve.server import serve_predictor
+    except ImportError as e:
+        raise EdgetlError(
+            f"serve needs the serve extra ({e.name} is missing): pip install 'edgetl-runtime[serve]'"
+        ) from None
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_mb << 20,
+        timeout_s=args.timeout_s,
+        workers=args.workers or os.cpu_count() or 1,
+        queue=args.queue,
+    )
+    predictor = _load(args)  # hashes and the signature are checked here, before the port opens
+    serve_predictor(
+        predictor,
+        args.bundle,
+        host=args.host,
+        port=args.port,
+        limits=limits,
+        access_log=args.access_log,
+        as_json=args.json,
+    )
     return 0
 
 
@@ -214,14 +239,21 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .timing import measure_latency, peak_rss_mb
+    from .timing import available_memory_bytes, measure_latency, peak_rss_mb
 
     predictor = _load(args)
     batch = predictor.fixed_batch or args.batch_size
     rng = np.random.default_rng(0)
     shape = predictor.preprocess.input_shape(batch)
+    # the pool below plus one call's activations (~16x its input): refused before it cannot fit
+    needed, available = (POOL + 16) * 4 * int(np.prod(shape)), available_memory_bytes()
+    if available is not None and needed > available:
+        raise EdgetlError(
+            f"--batch-size {batch}: needs about {needed / (1 << 30):.1f} GiB of memory, "
+            f"{available / (1 << 30):.1f} GiB is available; use a smaller batch"
+        )
     # a few distinct inputs so no figure comes from one cached tensor (the benchmark's method)
-    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(4)]
+    pool = [rng.standard_normal(shape, dtype=np.float32) for _ in range(POOL)]
     stats = measure_latency(
         predictor.session.run, pool, warmup_s=args.warmup_s, min_s=args.min_s, min_runs=args.min_runs
     )
@@ -319,6 +351,36 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-s", type=float, default=3.0, help="minimum timed seconds (default 3)")
     bench.add_argument("--min-runs", type=int, default=30, help="minimum timed runs (default 30)")
     bench.set_defaults(run=cmd_bench)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve the model over HTTP: POST /v1/predict, GET /v1/info, /healthz, /metrics and a page at /",
+    )
+    _model_options(serve)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device only)"
+    )
+    serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--workers", type=int, default=None, help="predictions run at once, threads (default: CPUs)"
+    )
+    serve.add_argument(
+        "--queue", type=int, default=16, help="requests that may wait beyond those; more get 503 (default 16)"
+    )
+    serve.add_argument(
+        "--max-body-mb", type=int, default=16, help="largest request body in MiB; larger get 413 (default 16)"
+    )
+    serve.add_argument(
+        "--timeout-s", type=float, default=30.0, help="per-request time limit in seconds (default 30)"
+    )
+    serve.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="largest image (width x height) to decode; larger ones get 400 (default 89478485)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -331,14 +393,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
         args = build_parser().parse_args(argv)
-        for option in ("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"):
+        for option in (
+            *("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"),
+            *("workers", "max_body_mb", "timeout_s"),
+        ):
             value = getattr(args, option, None)
             if value is not None and value < 1:
                 raise _UsageError(f"--{option.replace('_', '-')} must be at least 1, got {value}")
-        for option in ("warmup_s", "min_s"):
+        if getattr(args, "port", None) is not None and not 0 <= args.port <= 65535:
+            raise _UsageError(f"--port must be 0-65535, got {args.port}")
+        for option in ("warmup_s", "min_s", "queue"):
             value = getattr(args, option, None)
-            if value is not None and value < 0:
-                raise _UsageError(f"--{option.replace('_', '-')} must be at least 0, got {value}")
+            if value is not None and not 0 <= value <= MAX_TIMED_S:  # NaN fails this too
+                raise _UsageError(
+                    f"--{option.replace('_', '-')} must be between 0 and {MAX_TIMED_S:.0f}, got {value}"
+                )
     except _UsageError as e:
         report_error(e, as_json=as_json, kind="usage")
         raise SystemExit(EXIT_USAGE) from None

@@ -45,6 +45,17 @@ class BackendUnavailable(EdgetlError):
     """An inference backend cannot run here; the message says why."""
 
 
+def _looks_like_path(value: str) -> bool:
+    """An option's value that names a file: it exists, has a folder part or a file suffix."""
+    suffix = os.path.splitext(value)[1][1:]
+    return (
+        os.path.lexists(value)
+        or "/" in value
+        or os.sep in value
+        or (suffix.isalpha() and not value.startswith("'"))
+    )
+
+
 def error_fields(message: str, option: str | None = None, path: str | None = None) -> dict:
     """The one JSON shape of an error for both tools: {"message", "option", "path"}.
 
@@ -58,6 +69,8 @@ def error_fields(message: str, option: str | None = None, path: str | None = Non
         subject = m.group(1)
         # "--resume: ..." names an option, not a file
         named_file = os.path.lexists(subject) or not any(c.isspace() for c in subject)
+        if message.startswith("--") and not _looks_like_path(subject):
+            named_file = False  # "--batch 'abc': ..." names the option's value, not a file
         if named_file and not subject.startswith("--"):
             path = subject
     return {"message": message, "option": option, "path": path}

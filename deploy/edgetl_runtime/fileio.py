@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -12,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import EXIT_CRASH, EdgetlError, describe_error
+from .errors import EXIT_CRASH, EXIT_ERROR, EdgetlError, describe_error
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -27,6 +28,43 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# errno -> what to tell the user: a full or read-only disk is theirs to fix, not a bug in edgetl.
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free space or choose another path",
+    errno.EDQUOT: "disk quota exceeded; free space or choose another path",
+    errno.EFBIG: "file too large for this file system; choose another path",
+    errno.EROFS: "read-only file system; choose a writable path",
+    errno.EACCES: "permission denied; choose a path you may write (or read)",
+    errno.EPERM: "operation not permitted; choose a path you may write (or read)",
+}
+UNWRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def disk_error(error: BaseException, path: str | os.PathLike | None = None) -> EdgetlError | None:
+    """A handled one-line error for a full, read-only or forbidden disk (naming `path`, else the file
+    the error names), or None when `error` is something else."""
+    code = getattr(error, "errno", None)
+    if not isinstance(error, OSError) or code not in DISK_ERRORS:
+        return None
+    # a copy's error names the source first; a full or read-only disk is the destination's
+    written = code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+    where = path if path is not None else (error.filename2 if written else None) or error.filename
+    subject = f"{where}: " if where is not None else ""
+    return EdgetlError(f"{subject}{DISK_ERRORS[code]}", path=where)
+
+
+def _full_disk(error: Exception, folder: Path, path: Path) -> EdgetlError | None:
+    """Writers that wrap ENOSPC in their own exception (safetensors' SafetensorError, torch.save's
+    RuntimeError "unexpected pos"): a failed write into a file system with under 1 MiB left."""
+    try:
+        stat = os.statvfs(folder)
+    except (AttributeError, OSError):  # Windows has no statvfs
+        return None
+    if "os error 28" in str(error) or stat.f_bavail * stat.f_frsize < 1 << 20:
+        return EdgetlError(f"{path}: {DISK_ERRORS[errno.ENOSPC]}", path=path)
+    return None
 
 
 def _unwritable(path: Path, option: str, error: OSError) -> EdgetlError:
@@ -51,10 +89,18 @@ def _prepare(path: Path, option: str, folder: bool) -> Path:
 def check_writable(path: str | os.PathLike, option: str, *, folder: bool = False) -> Path:
     """Fail before slow work, not after it: `path` (a file, or a folder when `folder`) can be written.
 
-    Creates the folder that will hold it; `option` names the flag in the error (e.g. "--out").
+    Creates a folder `path` (not a file's missing folders); `option` names the flag in the error.
     """
     path = Path(path)
-    parent = _prepare(path, option, folder)
+    if folder:
+        parent = _prepare(path, option, folder)
+    else:
+        # a file's missing folders are made when it is written: a command refused later leaves none
+        if path.is_dir():
+            raise EdgetlError(f"{option} {path}: is a folder; give a file path")
+        parent = next(p for p in path.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise EdgetlError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
@@ -83,6 +129,12 @@ def atomic_output(path: str | os.PathLike, option: str = "output") -> Iterator[P
             # mkstemp creates 0600; artifacts get the permissions any other new file would have.
             tmp_path.chmod(0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except Exception as e:
+        # a disk that fills up mid-write: name the artifact, not the temporary (removed below)
+        handled = None if isinstance(e, EdgetlError) else disk_error(e, path) or _full_disk(e, parent, path)
+        if handled is None:
+            raise
+        raise handled from None
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -98,9 +150,14 @@ def _json_safe(value):
     return value
 
 
+def json_text(summary: dict) -> str:
+    """One JSON object as text: paths and enums as strings, NaN/inf as null."""
+    return json.dumps(_json_safe(summary), default=str)
+
+
 def print_json(summary: dict) -> None:
-    """Exactly one JSON object on stdout, nothing else (paths and enums as strings)."""
-    sys.stdout.write(json.dumps(_json_safe(summary), default=str) + "\n")
+    """Exactly one JSON object on stdout, nothing else."""
+    sys.stdout.write(json_text(summary) + "\n")
     sys.stdout.flush()
 
 
@@ -126,7 +183,15 @@ def report_error(
 
 
 def report_crash(error: BaseException, *, as_json: bool, tool: str) -> int:
-    """An exception nobody anticipated: one line naming it as a bug (traceback with EDGETL_DEBUG=1)."""
+    """An exception nobody anticipated: one line naming it as a bug (traceback with EDGETL_DEBUG=1).
+
+    A full, read-only or forbidden disk met anywhere (DISK_ERRORS) is no bug: it is reported as a
+    handled error naming the file, with EXIT_ERROR.
+    """
+    handled = disk_error(error)
+    if handled is not None:
+        report_error(handled, as_json=as_json)
+        return EXIT_ERROR
     if os.environ.get("EDGETL_DEBUG"):
         import traceback
 

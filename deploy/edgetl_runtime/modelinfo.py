@@ -102,7 +102,9 @@ class ModelInfo:
         if missing:
             raise MetadataMissing(
                 f"{source}: no edgetl metadata ({', '.join(sorted(missing))} missing); "
-                "export the model with `edgetl export` so it carries its labels and preprocessing"
+                "a model from elsewhere gets its labels and preprocessing with `edgetl describe "
+                f"{source} --labels LABELS.txt --preprocess imagenet --out described.onnx` (edgetl's own "
+                "models: `edgetl export`)"
             )
         bad = f"{source}: metadata {PREFIX}"
         fix = "re-export the model with `edgetl export`"

@@ -19,7 +19,7 @@ from .bundle import MAX_BUNDLE_BYTES, open_bundle
 from .errors import BundleError, ImageError
 from .manifest import Manifest
 from .modelfile import model_format, read_model_info
-from .preprocess import ImageInput, PreprocessSpec, preprocess_image
+from .preprocess import EncodedImage, ImageInput, PreprocessSpec, preprocess_image
 from .signing import TrustedKey
 
 DEFAULT_BATCH = 8
@@ -75,12 +75,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def _describe(item: ImageInput, position: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if isinstance(item, EncodedImage):
+        return item.name
     return f"<{type(item).__name__} #{position}>"
 
 
 def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One image or many; a 4-D array is a batch of HxWxC images."""
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if isinstance(images, (str, os.PathLike, Image.Image, EncodedImage)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
@@ -194,7 +196,6 @@ class Predictor:
         An unreadable input gets a Prediction with `error` set; the others are still classified.
         """
         items = _as_list(images)
-        k = max(1, min(top_k, len(self.labels)))
         size = batch_size or self.fixed_batch or DEFAULT_BATCH
         results: list[Prediction | None] = [None] * len(items)
         for start in range(0, len(items), size):
@@ -206,12 +207,18 @@ class Predictor:
                 except ImageError as e:
                     results[i] = Prediction(_describe(items[i], i), error=str(e))
             if arrays:
-                probs = softmax(self.logits(np.stack(arrays)))
+                probs = self.probabilities(np.stack(arrays))
                 for i, p in zip(readable, probs, strict=True):
-                    results[i] = self._decode(_describe(items[i], i), p, k)
+                    results[i] = self.decode(_describe(items[i], i), p, top_k)
         return results
 
-    def _decode(self, source: str, probs: np.ndarray, k: int) -> Prediction:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities (softmax) for a preprocessed batch."""
+        return softmax(self.logits(batch))
+
+    def decode(self, source: str, probs: np.ndarray, top_k: int) -> Prediction:
+        """One input's Prediction from its probabilities: the best `top_k` classes (1..labels)."""
+        k = max(1, min(top_k, len(self.labels)))
         best = np.argsort(-probs, kind="stable")[:k]
         top = tuple((self.labels[i], int(i), float(probs[i])) for i in best)
         return Prediction(source, label=top[0][0], index=top[0][1], score=top[0][2], top_k=top)
@@ -226,3 +233,16 @@ class Predictor:
             "labels": list(self.labels),
             "preprocess": self.preprocess.to_dict(),
         }
+
+
+def summarize_predictions(bundle: str, predictor: Predictor, results: Sequence[Prediction]) -> dict:
+    """The JSON object `edgetl-run predict --json` prints, and `edgetl-run serve` answers for one input."""
+    failed = [r for r in results if not r.ok]
+    return {
+        "bundle": bundle,
+        **predictor.describe(),
+        "predictions": [r.to_dict() for r in results],
+        "images": len(results),
+        "failed": len(failed),
+        "errors": [{"source": r.source, "error": r.error} for r in failed],
+    }

@@ -7,6 +7,7 @@ resize the shorter side to ``resize``, centre-crop ``crop``), so numbers match t
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -149,7 +150,15 @@ class PreprocessSpec:
         return cls.from_dict(d)
 
 
-ImageInput = str | Path | Image.Image | np.ndarray
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes held in memory (an upload), and the name its errors call it by."""
+
+    name: str
+    data: bytes
+
+
+ImageInput = str | Path | Image.Image | np.ndarray | EncodedImage
 
 
 # Pillow's own decompression-bomb limit (89.5 Mpx) is the default; set_max_pixels raises or lowers it.
@@ -167,38 +176,60 @@ def set_max_pixels(limit: int) -> None:
     Image.MAX_IMAGE_PIXELS = limit
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit greyscale is scaled (Pillow's convert would clip it to white)."""
+def _float_to_8bit(image: Image.Image, source: str | Path) -> Image.Image:
+    """A 32-bit float image (TIFF mode F): 0..1 scaled to 0..255, 0..255 kept; Pillow's convert
+    would clip 0..1 to black. Any other range (or NaN) has no meaning we can guess: refused."""
+    values = np.asarray(image, dtype=np.float64)
+    finite = bool(np.isfinite(values).all())
+    low, high = (float(values.min()), float(values.max())) if finite and values.size else (0.0, 0.0)
+    if not finite or low < 0 or high > 255:
+        shown = "NaN or infinite values" if not finite else f"values {low:g}..{high:g}"
+        raise ImageError(
+            f"{source}: a 32-bit float image with {shown}; edgetl reads float images in 0..1 or 0..255, "
+            "convert it to 8-bit"
+        )
+    scale = 255.0 if high <= 1 else 1.0
+    return Image.fromarray(np.round(values * scale).astype(np.uint8), "L")
+
+
+def _to_rgb(image: Image.Image, source: str | Path = "image") -> Image.Image:
+    """8-bit RGB; 16-bit greyscale and float images are scaled (Pillow's convert would clip them)."""
+    if image.mode == "F":
+        image = _float_to_8bit(image, source)
     if image.mode in _SIXTEEN_BIT:
         wide = np.clip(np.asarray(image).astype(np.int64), 0, 65535)
         image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _over_limit(path: Path, size: str) -> str:
+def _over_limit(path: Path | str, size: str) -> str:
     return (
         f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS} pixels (a decompression bomb?); "
         "raise it with --max-pixels if the image is genuine"
     )
 
 
-def _check_size(image: Image.Image, path: Path) -> None:
+def _check_size(image: Image.Image, path: Path | str) -> None:
     w, h = image.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and w * h > limit:
         raise ImageError(_over_limit(path, f"{w}x{h} = {w * h} pixels, "))
 
 
-def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Image:
+def decode_image(source: str | Path | EncodedImage, *, short_side: int | None = None) -> Image.Image:
     """The one decoder of image files: size limit, EXIF orientation, 16-bit scaling, RGB.
 
+    `source` is a path or an EncodedImage (bytes in memory); both get the same checks.
     `short_side` lets a JPEG decode at reduced size (DCT-domain draft, several times faster on
     full-size photos) when only that many pixels on the shorter side are needed.
     Raises ImageError naming the file for anything unreadable.
     """
-    path = Path(path)
+    if isinstance(source, EncodedImage):
+        path, opened = source.name, io.BytesIO(source.data)
+    else:
+        path = opened = Path(source)
     try:
-        with Image.open(path) as im:
+        with Image.open(opened) as im:
             _check_size(im, path)
             if short_side is not None:
                 w, h = im.size
@@ -207,7 +238,7 @@ def decode_image(path: str | Path, *, short_side: int | None = None) -> Image.Im
                     im.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
             im.load()
             ImageOps.exif_transpose(im, in_place=True)
-            return _to_rgb(im)
+            return _to_rgb(im, path)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -234,13 +265,26 @@ def load_image(source: ImageInput) -> Image.Image:
     return decode_image(source)
 
 
-def resize_crop(image: Image.Image, spec: PreprocessSpec) -> Image.Image:
-    """Resize the shorter side to spec.resize and centre-crop spec.crop (torchvision's rounding)."""
+def check_pixels(size: tuple[int, int], path: str | Path, what: str = "resized to ") -> None:
+    """The --max-pixels limit for an image about to be made (after resizing as well as on decode):
+    a 1 x 100000 PNG of 475 bytes scaled to a short side of 73 would be 7.3 M pixels long."""
+    w, h = size
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and w * h > limit:
+        raise ImageError(_over_limit(Path(path), f"{what}{w}x{h} = {w * h} pixels, "))
+
+
+def resize_crop(image: Image.Image, spec: PreprocessSpec, source: str | Path = "image") -> Image.Image:
+    """Resize the shorter side to spec.resize and centre-crop spec.crop (torchvision's rounding).
+
+    The resized image is held whole, so its size is bounded like a decoded one (check_pixels).
+    """
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
     new_short, new_long = spec.resize, int(spec.resize * long / short)
     size = (new_short, new_long) if w <= h else (new_long, new_short)
     if size != (w, h):
+        check_pixels(size, source)
         image = image.resize(size, _PIL_FILTERS[spec.interpolation])
     w, h = image.size
     top = round((h - spec.crop) / 2.0)
@@ -257,7 +301,8 @@ def normalize(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 def preprocess_image(source: ImageInput, spec: PreprocessSpec) -> np.ndarray:
     """One image -> float32 array of shape (3, crop, crop) for NCHW."""
-    return normalize(np.asarray(resize_crop(load_image(source), spec)), spec)
+    name = source if isinstance(source, (str, Path)) else "image"
+    return normalize(np.asarray(resize_crop(load_image(source), spec, name)), spec)
 
 
 def preprocess_batch(sources: Sequence[ImageInput], spec: PreprocessSpec) -> np.ndarray:

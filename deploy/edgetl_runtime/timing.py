@@ -142,6 +142,21 @@ def measure_latency(
     return stats_from_samples(time_runs(run, inputs, min_s=min_s, min_runs=min_runs, sync=sync), batch)
 
 
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can get without swapping (Linux MemAvailable, else free physical
+    pages); None where the OS does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def peak_rss_mb() -> float | None:
     """Peak resident memory of this process in MiB (None where the OS does not say)."""
     try:

@@ -38,10 +38,39 @@ class CheckpointInfo:
         return json.dumps(d, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> CheckpointInfo:
-        d = json.loads(text)
+    def from_json(cls, text: str, source: str | Path = "checkpoint") -> CheckpointInfo:
+        """Strict: anything but the header edgetl writes raises one EdgetlError naming the key."""
+        fix = "retrain, or give the checkpoint `edgetl train` wrote"
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise EdgetlError(f"{source}: its edgetl header is not JSON ({e}); {fix}") from None
+        if not isinstance(d, dict):
+            raise EdgetlError(f"{source}: its edgetl header is not a JSON object; {fix}")
+        fields = cls.__dataclass_fields__
+        unknown = sorted(set(d) - set(fields))
+        missing = [k for k in ("backbone", "labels", "preprocess") if k not in d]
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"key {missing[0]!r} missing"
+            raise EdgetlError(f"{source}: edgetl header: {what}; {fix}")
+        types = {
+            "backbone": str,
+            "labels": list,
+            "epoch": int,
+            "recipe": dict,
+            "metrics": dict,
+            "data_fingerprint": str,
+        }
+        for key, kind in types.items():
+            if key in d and not isinstance(d[key], kind):
+                raise EdgetlError(f"{source}: edgetl header key {key!r} must be a {kind.__name__}; {fix}")
+        if not all(isinstance(label, str) for label in d["labels"]):
+            raise EdgetlError(f"{source}: edgetl header key 'labels' must list strings; {fix}")
+        try:
+            d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
+        except (ValueError, TypeError, EdgetlError) as e:
+            raise EdgetlError(f"{source}: edgetl header key 'preprocess': {e}; {fix}") from None
         d["labels"] = tuple(d["labels"])
-        d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
         return cls(**d)
 
 
@@ -83,7 +112,7 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise EdgetlError(f"{path}: not a readable checkpoint ({e})") from None
     if "edgetl" not in meta:
         raise EdgetlError(f"{path}: not an edgetl checkpoint (no edgetl header)")
-    return CheckpointInfo.from_json(meta["edgetl"])
+    return CheckpointInfo.from_json(meta["edgetl"], path)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[EdgeModel, CheckpointInfo]:

@@ -38,18 +38,22 @@ from edgetl.bench.worker import (
 from edgetl.console import log, track, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.errors import EdgetlError
-from edgetl.options import MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
+from edgetl.options import MAX_ROW_S, MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Step
 from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
 from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
+    available_memory_bytes,
     describe_environment,
     stats_from_samples,
 )
 
 POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls cycle through
+# Activations and runtime arenas of one call, in multiples of the input batch: efficientnet_lite0
+# at 32 px took ~17x (20 GB for --batch 100000, issue 23); an estimate to refuse what cannot fit.
+ACTIVATION_FACTOR = 16
 SYNTHETIC_SEED = 0
 
 
@@ -196,6 +200,7 @@ def benchmark(
             folder.check_for(Step.BENCHMARK)
         names = list(backends) if backends else list(BENCH_BACKENDS)
         described = [_describe_model(p) for p in model_paths]
+        _check_memory(batches, described)
         checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
 
         rows, workers, pool_source = _plan(
@@ -254,8 +259,29 @@ def _check_arguments(backends, batches, threads, warmup_s, min_s, min_runs, roun
         raise EdgetlError(f"batch sizes must be positive integers, got {list(batches)}")
     if threads is not None and threads < 1:
         raise EdgetlError(f"--threads must be at least 1, got {threads}")
-    if warmup_s < 0 or min_s < 0 or min_runs < 1 or rounds < 1:
-        raise EdgetlError("warm-up and minimum times must be >= 0, minimum runs and rounds >= 1")
+    # written so that NaN fails too: it compares false with everything
+    if not (0 <= warmup_s <= MAX_ROW_S and 0 <= min_s <= MAX_ROW_S) or min_runs < 1 or rounds < 1:
+        raise EdgetlError(
+            f"warm-up and minimum times must be between 0 and {MAX_ROW_S:.0f} s, minimum runs and rounds >= 1"
+        )
+
+
+def _check_memory(batches: Sequence[int], models: list[TimedModel]) -> None:
+    """Refuse a batch that cannot fit in memory before starting it (the kernel would kill it)."""
+    available = available_memory_bytes()
+    if available is None or not models:
+        return
+    batch = max(batches)
+    image = max(4 * int(np.prod(m.preprocess.input_shape(1))) for m in models)
+    # the pool lives in this process and again in the worker, plus one call's activations
+    needed = batch * image * (2 * POOL_BATCHES + ACTIVATION_FACTOR)
+    if needed > available:
+        gib = 1 << 30
+        raise EdgetlError(
+            f"--batch {batch}: needs about {needed / gib:.1f} GiB of memory ({2 * POOL_BATCHES + ACTIVATION_FACTOR} x "
+            f"the {image / 1024:.0f} KiB input of each image), but {available / gib:.1f} GiB is available; "
+            "use a smaller batch"
+        )
 
 
 def _describe_checkpoint(path: Path, models: list[TimedModel]) -> TimedModel:

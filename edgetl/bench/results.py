@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from edgetl.console import quiet_third_party
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
 
@@ -128,7 +129,8 @@ def plot_report(report: BenchReport, path: str | Path) -> Path:
     env = report.environment
     threads = "/".join(str(t) for t in sorted({r.threads for r in measured if r.threads}))
     fig.suptitle(f"{env.get('cpu', '')}, threads {threads or 'n/a'}; {env.get('date', '')}", fontsize=9)
-    fig.tight_layout()
+    with quiet_third_party():  # matplotlib warns "Tight layout not applied" on small figures
+        fig.tight_layout()
     path = Path(path)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=120, format="png")

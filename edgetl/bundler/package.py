@@ -20,7 +20,7 @@ from pathlib import Path
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, Step, dataset_fingerprint
+from edgetl.runfolder.folder import TMP_PREFIX, Kind, RunFolder, Step, check_outputs, dataset_fingerprint
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
@@ -128,7 +128,12 @@ def _benchmark_summary(run: Path) -> dict | None:
     record = RunFolder(run).load_benchmark()
     if record is None:
         return None
-    rows = [{k: getattr(r, k) for k in BENCH_FIELDS} for r in record.rows if r.ok]
+    # fields a row has no value for (an older record, a GPU row's threads) are left out, not null
+    rows = [
+        {k: getattr(r, k) for k in BENCH_FIELDS if getattr(r, k) not in (None, "")}
+        for r in record.rows
+        if r.ok
+    ]
     return {"rows": rows, "environment": record.environment}
 
 
@@ -163,8 +168,15 @@ def _git_commit() -> str | None:
 
 def _creation_epoch(sources: list[Path]) -> int:
     """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
-    if os.environ.get("SOURCE_DATE_EPOCH", "").strip():
-        return int(os.environ["SOURCE_DATE_EPOCH"])
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if value:
+        # the reproducible-builds spec: a decimal count of seconds since 1970; tar needs it in 0 .. 8**11
+        if not (value.isascii() and value.isdigit()) or int(value) >= 8**11:
+            raise EdgetlError(
+                f"SOURCE_DATE_EPOCH={value!r}: not a Unix time (whole seconds since 1970, 0 .. {8**11 - 1}); "
+                "fix or unset it"
+            )
+        return int(value)
     return max(int(p.stat().st_mtime) for p in sources)
 
 
@@ -367,6 +379,7 @@ def build_bundle(
     name = name or run.resolve().name
     signing_key = load_private_key(sign) if sign else None
     archive = is_archive(out)
+    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[sign])
     _check_out(run, out, archive, overwrite)
     check_writable(out.parent, "--out", folder=True)
     folder = RunFolder(run)
@@ -404,6 +417,7 @@ def build_bundle_from_models(
     for OpenVINO IRs; mtimes kept, so the archive is as reproducible as a run's) and packaged like one.
     """
     paths = [Path(m) for m in models]
+    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[*paths, *(p.with_suffix(".bin") for p in paths)])
     chosen: dict[Precision, Path] = {}
     for path in paths:
         if not path.is_file():

@@ -5,8 +5,9 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.folder import Kind, check_outputs
 from edgetl_runtime.fileio import check_writable
 
 
@@ -30,17 +31,35 @@ def _ms(value: float | None) -> str:
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--backend", "backends", multiple=True, help="Backend to measure (repeatable; default: all).")
 @click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", type=int, help="CPU threads per backend (default: each library's own default).")
-@click.option("--warmup-s", type=float, default=opt.WARMUP_S, show_default=True, help="Warm-up time per row.")
 @click.option(
-    "--min-s", type=float, default=opt.MIN_S, show_default=True, help="Minimum timed seconds per row."
+    "--threads",
+    type=click.IntRange(1, 4096),
+    help="CPU threads per backend (default: each library's own default).",
 )
 @click.option(
-    "--min-runs", type=int, default=opt.MIN_RUNS, show_default=True, help="Minimum timed calls per row."
+    "--warmup-s",
+    type=FiniteFloat(0, opt.MAX_ROW_S),
+    default=opt.WARMUP_S,
+    show_default=True,
+    help="Warm-up time per row.",
+)
+@click.option(
+    "--min-s",
+    type=FiniteFloat(0, opt.MAX_ROW_S),
+    default=opt.MIN_S,
+    show_default=True,
+    help="Minimum timed seconds per row.",
+)
+@click.option(
+    "--min-runs",
+    type=click.IntRange(1, 10**7),
+    default=opt.MIN_RUNS,
+    show_default=True,
+    help="Minimum timed calls per row.",
 )
 @click.option(
     "--rounds",
-    type=int,
+    type=click.IntRange(1, 1000),
     default=opt.ROUNDS,
     show_default=True,
     help="Interleaved rounds the time is split into.",
@@ -79,6 +98,7 @@ def benchmark(
     from edgetl.console import log, print_json
 
     if plot is not None:
+        check_outputs([("--plot", plot, Kind.PLOT)], inputs=[*models, checkpoint], image_folders=[images])
         check_writable(plot, "--plot")
     report = run_benchmark(
         list(models),

@@ -7,16 +7,40 @@ Errors take the runtime's one shape (edgetl_runtime.fileio.report_error) and exi
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable, Sequence
 
 import click
 
 from edgetl.errors import EdgetlError
+from edgetl.options import MAX_SEED
 from edgetl_runtime.errors import EXIT_ERROR, EXIT_USAGE
 from edgetl_runtime.fileio import report_crash, report_error
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON summary object on stdout.")
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses NaN and infinities (click's FloatRange lets both through: NaN
+    compares false with every bound, so `--max-drop nan` would switch the accuracy gate off)."""
+
+    name = "finite float"
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+seed_option = click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Random seed (0 .. 2**32-1).",
+)
 
 
 def handle_errors(fn: Callable) -> Callable:

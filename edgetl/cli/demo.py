@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import handle_errors, json_option, seed_option
 
 
 @click.command()
@@ -15,7 +15,7 @@ from edgetl.cli.common import handle_errors, json_option
     show_default=True,
     help="Folder for the dataset and every artifact.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @json_option
 @handle_errors
 def demo(out: Path, seed: int, as_json: bool) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option
 
 
 @click.command()
@@ -18,7 +18,11 @@ from edgetl.cli.common import handle_errors, json_option
     help="ONNX file to write [default: RUN/model.onnx, or BACKBONE.onnx].",
 )
 @click.option(
-    "--opset", type=int, default=opt.DEFAULT_OPSET, show_default=True, help="ONNX opset (18 or newer)."
+    "--opset",
+    type=click.IntRange(18, 99),
+    default=opt.DEFAULT_OPSET,
+    show_default=True,
+    help="ONNX opset (18 or newer).",
 )
 @click.option(
     "--precision",
@@ -43,15 +47,21 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--tolerance",
-    type=float,
+    type=FiniteFloat(min=0),
     default=opt.DEFAULT_TOLERANCE,
     show_default=True,
     help="Max |logit diff| allowed.",
 )
 @click.option(
-    "--batch", type=int, default=opt.CHECK_BATCH, show_default=True, help="Batch size of the parity check."
+    "--batch",
+    type=click.IntRange(1, 4096),
+    default=opt.CHECK_BATCH,
+    show_default=True,
+    help="Batch size of the parity check.",
 )
-@click.option("--max-check-images", type=int, default=opt.MAX_CHECK_IMAGES, show_default=True)
+@click.option(
+    "--max-check-images", type=click.IntRange(min=1), default=opt.MAX_CHECK_IMAGES, show_default=True
+)
 @json_option
 @handle_errors
 def export(

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
 
 
 @click.command()
@@ -29,7 +29,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--max-drop",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0),
     default=opt.DEFAULT_MAX_DROP,
     show_default=True,
     help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
@@ -37,7 +37,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--min-agreement",
-    type=float,
+    type=FiniteFloat(0, 1),
     default=opt.DEFAULT_MIN_AGREEMENT,
     show_default=True,
     help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
@@ -57,12 +57,12 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--num-calibration",
-    type=int,
+    type=click.IntRange(min=1),
     default=opt.DEFAULT_NUM_CALIBRATION,
     show_default=True,
     help="Images to sample for calibration.",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option(
     "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
 )

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
 
 
 @click.command()
@@ -49,22 +49,22 @@ from edgetl.cli.common import handle_errors, json_option
     help="How many last backbone stages the first unfreezing stage trains.",
 )
 @click.option(
-    "--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="Head learning rate (all stages)."
+    "--lr", type=FiniteFloat(min=0, min_open=True), default=None, help="Head learning rate (all stages)."
 )
 @click.option(
     "--lr-backbone",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True),
     default=None,
     help="Learning rate of the last unfrozen stage.",
 )
 @click.option(
     "--lr-decay",
-    type=click.FloatRange(0, 1, min_open=True),
+    type=FiniteFloat(0, 1, min_open=True),
     default=None,
     help="Per-stage learning-rate factor toward the input.",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=None)
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=None)
+@click.option("--label-smoothing", type=FiniteFloat(0, 1, max_open=True), default=None)
 @click.option(
     "--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience in epochs."
 )
@@ -83,7 +83,7 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    type=FiniteFloat(0, 1, min_open=True, max_open=True),
     default=None,
     help="Validation share when DATA has no val/.",
 )
@@ -95,7 +95,7 @@ from edgetl.cli.common import handle_errors, json_option
     default=None,
     help="Train in N processes (torchrun, one per GPU with --device cuda) or on GPU ids 0,1,...",
 )
-@click.option("--seed", type=int, default=0, show_default=True)
+@seed_option
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run from RUN/last.safetensors (same --data)."
 )

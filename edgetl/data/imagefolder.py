@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from edgetl.runfolder.splits import Splits
 from edgetl_runtime.preprocess import (
     Interpolation,
     PreprocessSpec,
+    check_pixels,
     decode_image,
     list_images,
     load_image,
@@ -82,6 +84,11 @@ def scan_imagefolder(
             f"{train_dir}: found {len(train)} class folder(s); need at least 2, one sub-folder of images per class"
         )
     for name, files in train.items():
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):
+            # a newline in a class name would split labels.txt into more lines than classes
+            raise DataError(
+                f"{train_dir}: class folder {name!r} has control characters in its name; rename it"
+            )
         if not files:
             raise DataError(
                 f"{train_dir / name}: class folder has no images; add images or remove the folder"
@@ -125,6 +132,7 @@ def decode_for_training(path: Path, short_side: int, interpolation: Interpolatio
     w, h = image.size
     scale = short_side / min(w, h)
     size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+    check_pixels(size, path)  # random crops need the whole resized image: bound it (aspect-ratio bombs)
     return image if size == image.size else image.resize(size, Image.Resampling[interpolation.name])
 
 
@@ -160,7 +168,7 @@ def load_imagefolder(
         [p for p, _ in train_items], lambda p: decode_for_training(p, spec.resize, spec.interpolation)
     )
     val_decoded = _decode_all(
-        [p for p, _ in val_items], lambda p: np.asarray(resize_crop(load_image(p), spec))
+        [p for p, _ in val_items], lambda p: np.asarray(resize_crop(load_image(p), spec, p))
     )
     skipped = [
         str(p)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.folder import Kind, check_outputs
 from edgetl_runtime.fileio import atomic_output, sha256_file
 from edgetl_runtime.modelfile import ONNX
 from edgetl_runtime.modelinfo import ModelInfo, graph_precision
@@ -137,10 +138,10 @@ def describe_model(
     src, out = Path(model), Path(out)
     if not src.is_file():
         raise EdgetlError(f"{src}: no such model file")
-    if out.resolve() == src.resolve():
-        raise EdgetlError(
-            f"--out {out}: is the model itself; edgetl never rewrites your file, give a new path"
-        )
+    preset = str(preprocess) in PRESETS
+    # an FP32 or an INT8 model: which one is known once the file is read
+    models = (Kind.FP32_MODEL, Kind.INT8_MODEL)
+    check_outputs([("--out", out, models)], inputs=[src, labels, None if preset else preprocess])
     names = read_labels(labels)
     try:
         proto = onnx.load(str(src))
@@ -153,7 +154,12 @@ def describe_model(
     in_shape, out_shape = _dims(inputs[0]), _dims(proto.graph.output[0])
     layout, size = _input_layout(src, in_shape)
     spec = resolve_preprocess(preprocess, layout, size)
-    classes = out_shape[-1] if out_shape else None
+    if len(out_shape) != 2:
+        raise EdgetlError(
+            f"{src}: output {proto.graph.output[0].name!r} has shape {list(out_shape)}; edgetl runs "
+            "classifiers, whose output is [N, classes] (one score per label)"
+        )
+    classes = out_shape[-1]
     if isinstance(classes, int) and classes != len(names):
         raise EdgetlError(
             f"--labels {labels}: {len(names)} labels but the model outputs {classes} scores per image"
@@ -181,7 +187,7 @@ def describe_model(
             raise EdgetlError(
                 f"{src}: onnxruntime cannot run it with input {list(spec.input_shape(1))} ({e})"
             ) from None
-        if scores.shape[-1] != len(names):
+        if scores.ndim != 2 or scores.shape[-1] != len(names):
             raise EdgetlError(
                 f"--labels {labels}: {len(names)} labels but the model outputs {scores.shape[-1]} scores per image"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -41,7 +42,7 @@ from edgetl.runfolder.folder import (
     Kind,
     RunFolder,
     Step,
-    check_output,
+    check_outputs,
     find_checkpoint,
 )
 from edgetl.runfolder.splits import SPLITS, Splits
@@ -276,13 +277,19 @@ def export_onnx(
         raise EdgetlError(
             f"--format {formats}: choose from {', '.join(f.value for f in ExportFormat)}"
         ) from None
-    if tolerance < 0:
-        raise EdgetlError(f"--tolerance {tolerance}: must be >= 0")
+    if not 0 <= tolerance < math.inf:  # NaN fails this too: a NaN tolerance would pass any model
+        raise EdgetlError(f"--tolerance {tolerance}: must be a finite number >= 0")
     if batch < 1 or max_images < 1:
         raise EdgetlError("--batch and --max-check-images must be at least 1")
     check_opset(opset)
     loaded = load_source(source, backbone=backbone, check_images=check_images, max_images=max_images)
     out = Path(out) if out is not None else _default_out(loaded)
+    ir = [out.with_suffix(".xml"), out.with_suffix(".bin")] if extra else []
+    check_outputs(
+        [("--out", out, Kind.FP32_MODEL), *(("--format openvino", p, Kind.FP32_MODEL) for p in ir)],
+        inputs=[loaded.checkpoint],
+        image_folders=[check_images],
+    )
     if loaded.run is None:
         return _export(loaded, out, start, opset, precision, optimize, extra, tolerance, batch)
     run = RunFolder(loaded.run)
@@ -293,7 +300,6 @@ def export_onnx(
 
 def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, extra, tolerance, batch):
     _check_writable(out)
-    check_output(out, Kind.FP32_MODEL, inputs=[loaded.checkpoint] if loaded.checkpoint else [])
     info = loaded.info.with_(precision=precision)
 
     log(f"exporting {info.backbone} ({len(info.labels)} classes) to {out} (opset {opset}, {precision.value})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from edgetl.options import (
     DEFAULT_NUM_CALIBRATION,
     DEFAULT_QUANT_METHOD,
     QuantBackend,
+    check_seed,
 )
 from edgetl.quantizer.calibration import is_manifest
 from edgetl.quantizer.evaluation import artifact_bytes, check_model, load_eval_set
@@ -29,7 +31,7 @@ from edgetl.quantizer.inputs import (
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb, refit
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_output
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modelfile import ONNX, OPENVINO
@@ -162,15 +164,29 @@ def quantize(
         raise EdgetlError(
             f"--backend {backend!r}: choose one of {', '.join(b.value for b in QuantBackend)}"
         ) from None
-    if not 0 <= min_agreement <= 1:
+    if not 0 <= min_agreement <= 1:  # NaN fails both comparisons
         raise EdgetlError(f"--min-agreement {min_agreement}: a share between 0 and 1")
+    if not 0 <= max_drop < math.inf:  # a NaN --max-drop would switch the gate off
+        raise EdgetlError(f"--max-drop {max_drop}: a finite number of top-1 points >= 0")
+    check_seed(seed)
+    if num_calibration < 1:
+        raise EdgetlError(f"--num-calibration {num_calibration}: must be at least 1")
     quantizer = QUANTIZERS[qbackend]
     inputs = resolve_inputs(model_onnx, out, calibration, eval_dir, quantizer.suffix)
     if inputs.out.suffix != quantizer.suffix:
         raise EdgetlError(f"--out {inputs.out}: backend {qbackend.value} writes a {quantizer.suffix} file")
     if qat and (inputs.run is None or qbackend is not QuantBackend.ONNXRUNTIME):
         raise EdgetlError("--qat fine-tunes a run's model: pass a RUN folder (and the onnxruntime backend)")
-    check_output(inputs.out, Kind.INT8_MODEL, inputs=[inputs.model])
+    reused = inputs.calibration is not None and is_manifest(inputs.calibration)
+    manifest_path = Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
+    check_outputs(
+        [
+            ("--out", inputs.out, Kind.INT8_MODEL),
+            ("--manifest", None if reused else manifest_path, Kind.CALIBRATION),
+        ],
+        inputs=[inputs.model, inputs.calibration],
+        image_folders=[inputs.calibration, eval_dir if isinstance(eval_dir, (str, Path)) else None],
+    )
     folder = RunFolder(inputs.run) if inputs.run is not None else None
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
@@ -178,10 +194,6 @@ def quantize(
         info = check_model(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)
-        reused = inputs.calibration is not None and is_manifest(inputs.calibration)
-        manifest_path = (
-            Path(inputs.calibration) if reused else Path(manifest or default_manifest_path(inputs))
-        )
         check_writable(inputs.out, "--out")
         if not reused:
             # checked now so that a bad --manifest cannot leave the INT8 model written without its record

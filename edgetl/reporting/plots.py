@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from edgetl.console import warn
+from edgetl.console import quiet_third_party, warn
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
 
@@ -98,7 +98,8 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, sta
             color=COLOURS["best"],
         )
     acc_ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
+    with quiet_third_party():  # matplotlib warns "Tight layout not applied" on small figures
+        fig.tight_layout()
     return fig
 
 
@@ -180,7 +181,8 @@ def confusion_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]], *, 
     from matplotlib.ticker import PercentFormatter
 
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, format=PercentFormatter(1.0))
-    fig.tight_layout()
+    with quiet_third_party():  # matplotlib warns "Tight layout not applied" on small figures
+        fig.tight_layout()
     return fig
 
 
@@ -223,7 +225,8 @@ def confused_pairs_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]
         ax.set_xlim(0, max(d["count"] for d in pairs) * 1.35)
         ax.grid(axis="x", alpha=0.25)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
+    with quiet_third_party():  # matplotlib warns "Tight layout not applied" on small figures
+        fig.tight_layout()
     return fig
 
 
@@ -264,7 +267,8 @@ def latency_figure(rows: Sequence[dict], batch: int = 1):
     ax.set_xlabel(f"latency per call at batch {batch}, ms{scale} (bar: p50, whisker: p90)")
     ax.grid(axis="x", alpha=0.25)
     ax.legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
+    with quiet_third_party():  # matplotlib warns "Tight layout not applied" on small figures
+        fig.tight_layout()
     return fig
 
 

@@ -15,7 +15,7 @@ from edgetl.errors import EdgetlError
 from edgetl.reporting.html import page
 from edgetl.reporting.records import GALLERY_LIMIT, RunFiles, Section
 from edgetl.reporting.sections import SECTIONS
-from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.folder import Kind, RunFolder, check_outputs
 from edgetl_runtime.fileio import write_text_atomic
 
 
@@ -49,9 +49,14 @@ def build_report(
             f"{run}: not a run folder (no splits.json or summary.json); train with `edgetl train --out {run}`"
         )
     out = Path(out) if out else folder.report_html
-    files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
-    sections = tuple(section(files) for section in SECTIONS)
-    title = f"edgetl report: {run.resolve().name}"
-    generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    write_text_atomic(out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections))
+    check_outputs([("--out", out, Kind.REPORT)], inputs=[bundle])
+    # locked: a page read while another command rewrites the run could mix two of its states
+    with folder.lock("report", read_only_ok=True):
+        files = RunFiles(run, Path(bundle) if bundle else None, gallery_limit)
+        sections = tuple(section(files) for section in SECTIONS)
+        title = f"edgetl report: {run.resolve().name}"
+        generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        write_text_atomic(
+            out, page(title, f"{run} · generated {generated} by edgetl {__version__}", sections)
+        )
     return Report(out, sections)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
+from edgetl.console import warn
 from edgetl.reporting import plots
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
 from edgetl.runfolder.folder import read_record
@@ -365,6 +366,20 @@ def section_bundle(f: RunFiles) -> Section:
     rows.append(["<code>manifest.json</code>", "", "", "pins every file above"])
     size = path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
     lead = f"<code>{escape(str(path))}</code>: {mib(size)} on disk, created {escape(manifest.created)}; verified on load by <code>edgetl-run</code>."  # fmt: skip
+    packaged_from = manifest.provenance.get("checkpoint_sha256")
+    checkpoint = next(
+        (p for p in (f.run / "best.safetensors", f.run / "last.safetensors") if p.is_file()), None
+    )
+    if packaged_from and checkpoint is not None and packaged_from != sha256_file(checkpoint):
+        # a bundle left from an older training: it does not ship this run's model
+        warn(
+            f"{path}: stale bundle, packaged from another checkpoint than {checkpoint}; rebuild it with `edgetl package {f.run} --out {path} --overwrite`"
+        )
+        lead += (
+            f' <span class="bad">Stale: packaged from another checkpoint ({escape(packaged_from[:16])}…) than '
+            f"this run's {escape(checkpoint.name)}; rebuild it with <code>edgetl package {escape(str(f.run))} "
+            f"--out {escape(str(path))} --overwrite</code>.</span>"
+        )
     return Section("bundle", "Bundle", f'<p class="note">{lead}</p>' + table(["file", "precision", "size", "sha256"], rows, numeric_from=2))  # fmt: skip
 
 

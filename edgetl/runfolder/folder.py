@@ -20,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -37,7 +37,7 @@ from edgetl.runfolder.records import (
     read_record,
 )
 from edgetl.runfolder.splits import SPLITS, Splits
-from edgetl_runtime.fileio import sha256_file, write_text_atomic
+from edgetl_runtime.fileio import UNWRITABLE, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 LOCK = ".edgetl.lock"
@@ -62,6 +62,9 @@ CALIBRATION_JSON = "calibration.json"
 BENCHMARK_JSON = "benchmark.json"
 BENCHMARK_PNG = "benchmark.png"
 REPORT_HTML = "report.html"
+# `edgetl package RUN --out RUN/bundle.tar.gz` (or RUN/bundle/): removed with the run it ships
+BUNDLE_ARCHIVE = "bundle.tar.gz"
+BUNDLE_DIR = "bundle"
 # Temporary names edgetl itself picks (work folders, bundle staging) start with this.
 TMP_PREFIX = ".edgetl-tmp-"
 # atomic_output's temporaries: ".<name>.<8 random chars>.tmp<suffix>" (tempfile.mkstemp).
@@ -98,14 +101,18 @@ class Kind(str, Enum):
     CALIBRATION = "calibration manifest"
     BENCHMARK_RECORD = "benchmark record"
     REPORT = "run report"
+    PLOT = "plot image"
+    BUNDLE = "deploy bundle"
 
 
 # Run-folder file -> its kind, listed from the last stage back to the first: removing a run in this
 # order (`RunFolder.clear`) leaves a shorter but consistent chain at every step if interrupted.
 ARTIFACTS: dict[str, Kind] = {
+    BUNDLE_ARCHIVE: Kind.BUNDLE,
+    BUNDLE_DIR: Kind.BUNDLE,
     REPORT_HTML: Kind.REPORT,
     BENCHMARK_JSON: Kind.BENCHMARK_RECORD,
-    BENCHMARK_PNG: Kind.BENCHMARK_RECORD,
+    BENCHMARK_PNG: Kind.PLOT,
     QUANTIZE_JSON: Kind.QUANTIZE_RECORD,
     CALIBRATION_JSON: Kind.CALIBRATION,
     f"{INT8_STEM}.onnx": Kind.INT8_MODEL,
@@ -198,6 +205,12 @@ class RunFolder:
     def holds_run(self) -> bool:
         return any((self.root / name).exists() for name in RUN_MARKERS)
 
+    def foreign_artifacts(self) -> list[str]:
+        """Files named like a run's artifacts in a folder that holds no run: the user's own."""
+        if not self.root.is_dir() or self.holds_run():
+            return []
+        return [name for name in ARTIFACTS if (self.root / name).exists()]
+
     def checkpoint(self) -> Path | None:
         """The run's checkpoint: the best one, else the last (an interrupted run)."""
         return next((p for p in (self.best, self.last) if p.is_file()), None)
@@ -262,17 +275,20 @@ class RunFolder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire()
-        except PermissionError as e:
+        except Timeout:  # before OSError: filelock's Timeout is a TimeoutError
+            raise RunLocked(
+                f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "
+                f"before `edgetl {command}`, or use another folder"
+            ) from None
+        except OSError as e:
+            # a read-only mount is EROFS, not the PermissionError (EACCES) of a folder's mode bits
+            if e.errno not in UNWRITABLE:
+                raise
             if read_only_ok:
                 yield self
                 return
             raise EdgetlError(
                 f"{self.root}: cannot write to this run folder ({e.strerror}); `edgetl {command}` needs to"
-            ) from None
-        except Timeout:
-            raise RunLocked(
-                f"{self.root}: another edgetl command is writing this run folder; wait for it to finish "
-                f"before `edgetl {command}`, or use another folder"
             ) from None
         try:
             self.sweep()
@@ -299,13 +315,18 @@ class RunFolder:
 
     def clear(self) -> list[str]:
         """Remove every artifact of the run (call with the lock held), last stage first, so an
-        interruption leaves an older but consistent chain, never a newer artifact without its source."""
-        removed = []
+        interruption leaves an older but consistent chain, never a newer artifact without its source.
+
+        Only a folder that holds a run is cleared, and only the names a run writes: files of the same
+        names in a folder with no run are the user's (`foreign_artifacts`), never removed."""
+        removed: list[str] = []
+        if not self.holds_run():
+            return removed
         for name in ARTIFACTS:
             path = self.root / name
-            if path.is_dir():
+            if path.is_dir() and (path / "manifest.json").is_file():
                 shutil.rmtree(path)
-            elif path.exists():
+            elif path.is_file():
                 path.unlink()
             else:
                 continue
@@ -405,10 +426,30 @@ class RunFolder:
 # --- outputs ------------------------------------------------------------------------------------------
 
 
+def _sniff_html(head: bytes) -> bool:
+    return head.lstrip().lower().startswith((b"<!doctype html", b"<html"))
+
+
+def _sniff_safetensors(head: bytes) -> bool:
+    return len(head) > 9 and int.from_bytes(head[:8], "little") > 0 and head[8:10] == b'{"'
+
+
+# First bytes of a file -> what edgetl artifact it is (files outside a run folder, or renamed ones).
+SIGNATURES: tuple[tuple[Callable[[bytes], bool], Kind], ...] = (
+    (lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"), Kind.PLOT),
+    (lambda head: head.startswith(b"\x1f\x8b"), Kind.BUNDLE),
+    (_sniff_html, Kind.REPORT),
+    (_sniff_safetensors, Kind.CHECKPOINT),
+)
+
+
 def _kind_of(path: Path) -> Kind | None:
-    """The kind of an existing file: by its run-folder name, else by an edgetl model's precision."""
+    """The kind of an existing path: by its run-folder name, an edgetl bundle folder, a model file's
+    precision (a model without edgetl metadata counts as FP32), else by its first bytes."""
     if path.name in ARTIFACTS and path.parent.joinpath(SPLITS).is_file():
         return ARTIFACTS[path.name]
+    if path.is_dir():
+        return Kind.BUNDLE if (path / "manifest.json").is_file() else None
     from edgetl_runtime.modelfile import is_model_file
 
     if is_model_file(path):
@@ -417,34 +458,66 @@ def _kind_of(path: Path) -> Kind | None:
         try:
             info: ModelInfo = read_model_info(path)
         except EdgetlError:
-            return None
+            return Kind.FP32_MODEL
         return Kind.INT8_MODEL if info.precision is Precision.INT8 else Kind.FP32_MODEL
-    return None
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    return next((kind for sniff, kind in SIGNATURES if sniff(head)), None)
 
 
-def check_output(
-    out: str | Path, kind: Kind, *, inputs: Sequence[str | Path] = (), option: str = "--out"
+def _same_path(a: Path, b: Path) -> bool:
+    if not (a.exists() and b.exists()):
+        return a.resolve() == b.resolve()
+    return os.path.samefile(a, b)
+
+
+def check_outputs(
+    outputs: Sequence[tuple[str, str | Path | None, Kind | tuple[Kind, ...]]],
+    *,
+    inputs: Sequence[str | Path | None] = (),
+    image_folders: Sequence[str | Path | None] = (),
 ) -> None:
-    """Refuse to write `out` over one of the command's `inputs` or over an artifact of another kind.
+    """The one check every command's outputs go through, before any work: each (option, path, kind)
+    must not be one of the command's `inputs`, nor inside one of its `image_folders` (a later run
+    would read it as a photo), nor another output of the same command, nor an existing artifact of
+    another kind (a tuple of kinds: any of them may be replaced).
 
-    quantize calls check_output(out, Kind.INT8_MODEL, inputs=[model]): `--out RUN/model.onnx` is
-    refused instead of replacing the FP32 model with INT8 weights.
+    quantize checks [("--out", out, INT8_MODEL), ("--manifest", manifest, CALIBRATION)] with
+    inputs=[model, calibration, eval]: `--manifest model.onnx` is refused instead of replacing the
+    FP32 model with a calibration manifest. A `None` path (an option not given) is skipped.
     """
-    out = Path(out)
-    target = out.resolve()
-    for source in inputs:
-        if Path(source).exists() and Path(source).resolve() == target:
-            raise EdgetlError(f"{option} {out}: is this command's own input; choose another path")
+    given = [(option, Path(path), kind) for option, path, kind in outputs if path is not None]
+    sources = [Path(p) for p in [*inputs, *image_folders] if p is not None]
+    folders = [Path(p).resolve() for p in image_folders if p is not None and Path(p).is_dir()]
+    for i, (option, out, kind) in enumerate(given):
+        for source in sources:
+            if _same_path(out, source):
+                raise EdgetlError(f"{option} {out}: is this command's own input; choose another path")
+        for folder in folders:
+            if out.resolve().is_relative_to(folder):
+                raise EdgetlError(
+                    f"{option} {out}: is inside the image folder {folder}; choose a path outside it"
+                )
+        for other_option, other, _ in given[:i]:
+            if _same_path(out, other):
+                raise EdgetlError(f"{option} {out}: is also {other_option}; give each output its own path")
+        _check_kind(option, out, kind)
+
+
+def _check_kind(option: str, out: Path, kind: Kind | tuple[Kind, ...]) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
     if not out.exists():
         named = ARTIFACTS.get(out.name) if out.parent.joinpath(SPLITS).is_file() else None
-        if named is not None and named is not kind:
+        if named is not None and named not in kinds:
             raise EdgetlError(f"{option} {out}: that name holds the run's {named.value}; choose another path")
         return
     existing = _kind_of(out)
-    if existing is not None and existing is not kind:
-        raise EdgetlError(
-            f"{option} {out}: holds a {existing.value}, not a {kind.value}; choose another path"
-        )
+    if existing is not None and existing not in kinds:
+        wanted = " or ".join(k.value for k in kinds)
+        raise EdgetlError(f"{option} {out}: holds a {existing.value}, not a {wanted}; choose another path")
 
 
 def find_checkpoint(run: str | Path) -> Path:

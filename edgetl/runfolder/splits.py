@@ -45,4 +45,13 @@ class Splits:
         path = Path(run) / SPLITS
         if not path.is_file():
             raise EdgetlError(f"{path}: missing; the run folder was not written by `edgetl train`")
-        return typed_record(cls, read_json(path), str(path))
+        splits = typed_record(cls, read_json(path), str(path))
+        n = len(splits.labels)
+        for split in ("train", "val"):
+            for i, (_, label) in enumerate(getattr(splits, split)):
+                if not 0 <= label < n:  # typed_record checks types; an index must also name a label
+                    raise EdgetlError(
+                        f"{path}: key '{split}[{i}]' has label index {label}, not one of the {n} labels; "
+                        "rerun the stage that writes it"
+                    )
+        return splits

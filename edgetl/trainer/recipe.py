@@ -10,6 +10,7 @@ CLI options and `train()`'s keyword options replace recipe values, never the fil
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
@@ -198,7 +199,8 @@ def _is_int(value) -> bool:
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # TOML has `inf` and `nan`: `lr = inf` trains to a NaN loss, so neither is a number here
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _integer(value, key: str, minimum: int) -> None:

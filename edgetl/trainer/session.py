@@ -107,7 +107,8 @@ def load_resume_state(run: Path) -> tuple[Recipe, dict]:
     folder = RunFolder(run)
     if not folder.last.is_file() or not folder.last_state.is_file():
         raise EdgetlError(
-            f"--resume: {run} has no {folder.last.name} and {folder.last_state.name}; start without --resume"
+            f"--resume: {run} has no {folder.last.name} and {folder.last_state.name}; nothing to resume: "
+            "start over with --overwrite"
         )
     info = read_checkpoint_info(folder.last)
     state = torch.load(folder.last_state, map_location="cpu", weights_only=True)

@@ -21,7 +21,7 @@ from edgetl.console import log, warn
 from edgetl.data.imagefolder import eval_tensor, load_imagefolder
 from edgetl.device import cuda_autocast_dtype, place_model
 from edgetl.errors import EdgetlError
-from edgetl.options import Device
+from edgetl.options import Device, check_seed
 from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl.runfolder.splits import Splits
 from edgetl.trainer.distributed import close_world, init_world, launched_rank
@@ -84,11 +84,35 @@ def _check_same_data(run: RunFolder, splits: Splits) -> None:
 def _check_fresh(run: RunFolder, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise EdgetlError("--resume and --overwrite: choose one (continue the run, or replace it)")
+    foreign = run.foreign_artifacts()
+    if foreign:
+        raise EdgetlError(
+            f"--out {run.root}: holds {', '.join(foreign)} but no edgetl run; --overwrite removes only "
+            "what a run wrote, so move those files or choose another --out"
+        )
+    nothing_to_resume = run.holds_run() and run.checkpoint() is None and not run.last_state.is_file()
+    if nothing_to_resume and not overwrite:
+        raise EdgetlError(
+            f"--out {run.root}: holds a run interrupted before its first epoch ended (no checkpoint); "
+            "nothing to resume: pass --overwrite to start it over, or choose another --out"
+        )
     if run.holds_run() and not (resume or overwrite):
         raise EdgetlError(
             f"--out {run.root}: holds a run already; pass --resume to continue it, --overwrite to replace "
             "it (removes its checkpoints, models and records), or choose another --out"
         )
+
+
+def _check_apart(data: Path, out: Path) -> None:
+    """--out inside --data would add its plots to a class as photos; --data inside --out is cleared by
+    --overwrite. Both refused before anything is written."""
+    data, out = Path(data).resolve(), Path(out).resolve()
+    if out.is_relative_to(data):
+        raise EdgetlError(
+            f"--out {out}: is inside --data {data}; its plots would be read as images, choose a run folder outside it"
+        )
+    if data.is_relative_to(out):
+        raise EdgetlError(f"--data {data}: is inside --out {out}; keep the dataset outside the run folder")
 
 
 def train(
@@ -127,6 +151,7 @@ def train(
     removed first). The run folder is locked while training: a second writer fails at once.
     """
     started = time.perf_counter()
+    check_seed(seed)
     overrides = {
         "weights": weights, "frozen_epochs": frozen_epochs, "epochs": epochs, "unfreeze": unfreeze, "lr": lr,
         "lr_backbone": lr_backbone, "lr_decay": lr_decay, "batch_size": batch_size,
@@ -150,6 +175,7 @@ def train(
             return _train_locked(request, run, started=started)
         finally:
             close_world()
+    _check_apart(Path(data), run.root)
     _check_fresh(run, resume, overwrite)
     created = not run.root.exists()
     try:

@@ -1,0 +1,373 @@
+"""`edgetl-run serve`: a real server process on 127.0.0.1 answering real HTTP requests.
+
+Each server runs where torch cannot be imported (a fake torch that raises), as on a device. Every
+request loop is bounded in count and every request and process wait in time.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from headless_browser import CHROMIUM, UPLOAD_JS, Browser, BrowserError
+from PIL import Image
+
+from edgetl.bundler.package import build_bundle
+from edgetl_runtime.cli import main as run_main
+from edgetl_runtime.preprocess import list_images
+from edgetl_runtime.signing import generate_keypair
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+START_S = 60  # load + verify on a busy 2-core machine
+
+
+@pytest.fixture(scope="module")
+def signed_bundle(tiny_run, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A signed .tar.gz bundle, its signer's public key, and another key that did not sign it."""
+    out = tmp_path_factory.mktemp("serve")
+    private, public, _ = generate_keypair(out / "release")
+    _, stranger, _ = generate_keypair(out / "stranger")
+    return build_bundle(tiny_run, out / "bundle.tar.gz", sign=private).path, public, stranger
+
+
+@pytest.fixture(scope="module")
+def images(digits_dir) -> list[Path]:
+    return list_images(digits_dir / "val")
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory) -> dict:
+    """An environment where importing torch, torchvision or timm fails."""
+    fake = tmp_path_factory.mktemp("no_torch")
+    for name in ("torch", "torchvision", "timm"):
+        (fake / name).mkdir()
+        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is not on this device')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(DEPLOY)])}
+
+
+class Server:
+    """`edgetl-run serve BUNDLE --port 0 --json` in a subprocess; `url` from its one JSON line."""
+
+    def __init__(self, bundle: Path, env: dict, *options: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edgetl_runtime.cli",
+                "serve",
+                str(bundle),
+                "--port",
+                "0",
+                "--json",
+                *options,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        line = _readline(self.proc, START_S)
+        if not line:
+            self.stop()
+            raise AssertionError(f"server did not start: {self.proc.stderr.read()}")
+        self.info = json.loads(line)
+        self.host, port = self.info["url"].removeprefix("http://").split(":")
+        self.port = int(port)
+
+    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30):
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.headers, response.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            raise
+
+
+def _readline(proc: subprocess.Popen, timeout: float) -> str:
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return lines[0].strip() if lines else ""
+
+
+def _error(status: int, body: bytes, want_status: int, kind: str) -> dict:
+    assert status == want_status, body
+    data = json.loads(body)
+    assert set(data) == {"error"} and set(data["error"]) == {"message", "option", "path", "kind"}, data
+    assert data["error"]["kind"] == kind, data
+    assert "Traceback" not in data["error"]["message"]
+    return data["error"]
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, dict]:
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def _png(size: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(signed_bundle, no_torch) -> Iterator[Server]:
+    bundle, public, _ = signed_bundle
+    # 4096 pixels: the 32 px test images pass, a 128 px one is over the decode cap
+    s = Server(bundle, no_torch, "--trust", str(public), "--max-pixels", "4096", "--workers", "2")
+    yield s
+    assert s.stop() == 0
+
+
+def test_predict_answers_what_predict_json_prints(server, signed_bundle, images, capsys):
+    bundle, public, _ = signed_bundle
+    assert (
+        run_main(["predict", str(bundle), str(images[0]), "--json", "--top-k", "2", "--trust", str(public)])
+        == 0
+    )
+    expected = json.loads(capsys.readouterr().out)
+    status, headers, body = server.request(
+        "POST", "/v1/predict?top_k=2", images[0].read_bytes(), {"Content-Type": "image/png"}
+    )
+    assert status == 200, body
+    got = json.loads(body)
+    assert got["predictions"][0].pop("source") == "upload"
+    expected["predictions"][0].pop("source")
+    assert got == expected
+    assert "preprocess;dur=" in headers["server-timing"]
+    status, _, body = server.request(
+        "POST", "/v1/predict?top_k=2", *_multipart("digit.png", images[0].read_bytes())
+    )
+    assert status == 200 and json.loads(body)["predictions"][0]["source"] == "digit.png"
+    assert json.loads(body)["predictions"][0]["top_k"] == got["predictions"][0]["top_k"]
+
+
+def test_each_error_is_one_json_error_and_the_server_keeps_answering(server, images):
+    png = images[0].read_bytes()
+    status, _, body = server.request(
+        "POST", "/v1/predict", png[: len(png) // 2], {"Content-Type": "image/png"}
+    )
+    assert "not a readable image" in _error(status, body, 400, "bad_input")["message"]
+    status, _, body = server.request("POST", "/v1/predict", _png(128), {"Content-Type": "image/png"})
+    assert "over the limit of 4096 pixels" in _error(status, body, 400, "bad_input")["message"]
+    status, _, body = server.request("POST", "/v1/predict?top_k=0", png, {"Content-Type": "image/png"})
+    assert _error(status, body, 400, "bad_input")["option"] == "top_k"
+    status, _, body = server.request(
+        "POST", "/v1/predict", b"--zz--", {"Content-Type": "multipart/form-data; boundary=zz"}
+    )
+    assert "no file field named 'file'" in _error(status, body, 400, "bad_input")["message"]
+    status, _, body = server.request("POST", "/v1/predict", b"a cat", {"Content-Type": "text/plain"})
+    _error(status, body, 415, "unsupported_media_type")
+    # 64 MB, declared up front and sent in full by the client: refused before it is read
+    big = bytes(64 << 20)
+    status, _, body = server.request("POST", "/v1/predict", big, {"Content-Type": "image/jpeg"}, timeout=60)
+    assert _error(status, body, 413, "too_large")["option"] == "--max-body-mb"
+    # chunked, no length to refuse up front: stopped while streaming, at the cap
+    chunks = (big[i : i + (1 << 20)] for i in range(0, len(big), 1 << 20))
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    conn.request(
+        "POST", "/v1/predict", body=chunks, headers={"Content-Type": "image/jpeg"}, encode_chunked=True
+    )
+    response = conn.getresponse()
+    _error(response.status, response.read(), 413, "too_large")
+    conn.close()
+    status, _, body = server.request("GET", "/v2/predict")
+    _error(status, body, 404, "not_found")
+    status, headers, body = server.request("DELETE", "/v1/info")
+    _error(status, body, 405, "method_not_allowed")
+    assert "GET" in headers["allow"]
+    status, _, body = server.request("POST", "/v1/predict", png, {"Content-Type": "image/png"})
+    assert status == 200 and json.loads(body)["failed"] == 0
+    assert server.request("GET", "/healthz")[:1] == (200,)
+
+
+def test_info_and_metrics(server):
+    status, _, body = server.request("GET", "/v1/info")
+    info = json.loads(body)
+    assert status == 200 and info["verified"] is True
+    assert info["labels"] == ["0", "1", "2"] and info["precision"] == "int8"
+    assert info["signer"] and len(info["sha256"]) == 64 and info["preprocess"]["crop"] == 32
+    server.request("GET", "/nowhere")
+    status, headers, body = server.request("GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert 'edgetl_requests_total{route="other",status="404"}' in text
+    assert 'edgetl_errors_total{kind="not_found"}' in text
+    for histogram in ("edgetl_preprocess_seconds", "edgetl_inference_seconds", "edgetl_request_seconds"):
+        assert f"# TYPE {histogram} histogram" in text and f'{histogram}_bucket{{le="+Inf"}}' in text
+
+
+def test_concurrent_load_without_a_failure(server, images):
+    """8 clients x 50 requests, each on its own keep-alive connection."""
+    bodies = [p.read_bytes() for p in images]
+
+    def client(n: int) -> list[int]:
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        statuses = []
+        for i in range(50):
+            conn.request(
+                "POST",
+                "/v1/predict?top_k=1",
+                body=bodies[(n + i) % len(bodies)],
+                headers={"Content-Type": "image/png"},
+            )
+            response = conn.getresponse()
+            statuses.append(response.status if json.loads(response.read())["failed"] == 0 else -1)
+        conn.close()
+        return statuses
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        statuses = [s for result in pool.map(client, range(8), timeout=240) for s in result]
+    assert statuses == [200] * 400, f"{sum(s != 200 for s in statuses)} failures"
+    assert time.monotonic() - started < 240
+
+
+def _hold_a_slot(server: Server) -> http.client.HTTPConnection:
+    """A request whose body is still on its way: it holds an admission slot until it is sent."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    conn.putrequest("POST", "/v1/predict")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Content-Length", "100")
+    conn.endheaders(b"\x89PNG")
+    return conn
+
+
+def test_overload_is_503_with_retry_after_and_slow_bodies_time_out(signed_bundle, no_torch, images):
+    s = Server(signed_bundle[0], no_torch, "--workers", "1", "--queue", "0", "--timeout-s", "2")
+    try:
+        slow = _hold_a_slot(s)
+        time.sleep(0.3)
+        status, headers, body = s.request(
+            "POST", "/v1/predict", images[0].read_bytes(), {"Content-Type": "image/png"}
+        )
+        _error(status, body, 503, "overloaded")
+        assert headers["retry-after"] == "1"
+        response = slow.getresponse()  # the slow body never completes: 408 after --timeout-s
+        _error(response.status, response.read(), 408, "request_timeout")
+        slow.close()
+        status, _, _ = s.request("POST", "/v1/predict", images[0].read_bytes(), {"Content-Type": "image/png"})
+        assert status == 200  # its slot was given back
+    finally:
+        assert s.stop() == 0
+
+
+def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(signed_bundle, no_torch, images):
+    s = Server(signed_bundle[0], no_torch)
+    png = images[0].read_bytes()
+    conn = http.client.HTTPConnection(s.host, s.port, timeout=30)
+    conn.putrequest("POST", "/v1/predict")
+    conn.putheader("Content-Type", "image/png")
+    conn.putheader("Content-Length", str(len(png)))
+    conn.endheaders(png[:10])
+    time.sleep(0.3)
+    signalled = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    conn.send(png[10:])
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["failed"] == 0
+    assert s.proc.wait(timeout=10) == 0
+    assert time.monotonic() - signalled < 5
+    assert "stopped by SIGTERM" in s.proc.stderr.read()
+
+
+def test_bundle_is_verified_before_the_port_opens(signed_bundle, no_torch, tmp_path):
+    bundle, _, stranger = signed_bundle
+    command = [sys.executable, "-m", "edgetl_runtime.cli", "serve", str(bundle), "--port", "0", "--json"]
+    done = subprocess.run(
+        [*command, "--trust", str(stranger)], env=no_torch, capture_output=True, text=True, timeout=START_S
+    )
+    assert done.returncode == 1 and json.loads(done.stdout)["error"]["kind"] == "error"
+    tampered = tmp_path / "tampered.tar.gz"
+    shutil.copyfile(bundle, tampered)
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 1
+    tampered.write_bytes(bytes(data))
+    command[4] = str(tampered)
+    done = subprocess.run(command, env=no_torch, capture_output=True, text=True, timeout=START_S)
+    assert done.returncode == 1 and "url" not in done.stdout and "error" in json.loads(done.stdout)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
+    status, headers, body = server.request("GET", "/")
+    page = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    # self-contained: nothing is fetched from elsewhere, and the CSP forbids it anyway
+    assert "http://" not in page and "https://" not in page and " src=" not in page
+    assert "default-src 'none'" in headers["content-security-policy"]
+    browser = Browser(f"http://{server.host}:{server.port}/", str(tmp_path / "profile"))
+    try:
+        deadline = time.monotonic() + 60
+        while not (
+            pages := [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        ):
+            assert time.monotonic() < deadline, "Chromium opened no page"
+            time.sleep(0.2)
+        session = browser.call("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})[
+            "sessionId"
+        ]
+        phone = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
+        browser.call("Emulation.setDeviceMetricsOverride", phone, session)
+        url = f"http://{server.host}:{server.port}/"
+        loaded = {"expression": "location.href + ' ' + document.readyState", "returnByValue": True}
+        while True:  # the first document is about:blank, then the page; evaluate only in the page
+            with contextlib.suppress(BrowserError):
+                if browser.call("Runtime.evaluate", loaded, session)["result"]["value"] == f"{url} complete":
+                    break
+            assert time.monotonic() < deadline, "the page did not load within 60 s"
+            time.sleep(0.2)
+        photo = base64.b64encode(images[0].read_bytes()).decode()
+        shown = browser.call(
+            "Runtime.evaluate",
+            {"expression": f"{UPLOAD_JS}({json.dumps(photo)})", "awaitPromise": True, "returnByValue": True},
+            session,
+            timeout=90,
+        )["result"]["value"]
+        shot = base64.b64decode(browser.call("Page.captureScreenshot", {"format": "png"}, session)["data"])
+    finally:
+        browser.close()
+    # the script ran under the page's CSP: bundle info from /v1/info, then the top-k of the photo
+    assert shown["model"] == "run · int8 on onnxruntime-cpu · 3 labels", shown
+    assert len(shown["results"]) == 3 and all(r.endswith(" %") for r in shown["results"]), shown
+    assert "ms round trip" in shown["status"] and "inference" in shown["status"], shown
+    with Image.open(io.BytesIO(shot)) as im:
+        lo, hi = im.convert("L").getextrema()
+        assert im.size == (390, 844) and hi - lo > 100  # a phone's screen, not a blank page
+    assert shown["width"] <= 390, "the page is wider than a phone's screen"
