@@ -26,7 +26,7 @@ from edgetl.quantizer import (
     run_model,
 )
 from edgetl.quantizer import ladder as ladder_module
-from edgetl.quantizer.calibration import CalibrationManifest
+from edgetl.quantizer.calibration import CalibrationManifest, assign_folds
 from edgetl.quantizer.gate import score
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelfile import read_model_info
@@ -324,24 +324,77 @@ def test_interval_on_constructed_outcomes():
     assert low.verdict == "fail" and low.metric == "agreement"
 
 
-def test_no_gate_image_is_a_calibration_image(run, digits_dir, tmp_path):
+def _image_keys(x: np.ndarray) -> set[bytes]:
+    return {a.tobytes() for a in x}
+
+
+def test_cross_fit_never_judges_a_fold_model_on_its_own_calibration_images(
+    run, digits_dir, tmp_path, monkeypatch
+):
+    """Spies on what calibrates each model and on what the gate runs each model on."""
+    from edgetl.quantizer import gate as gate_module
+    from edgetl.quantizer import ort as ort_module
+
+    calibrated_on: dict[int, set[bytes]] = {}  # id(ranges) -> images
+    model_ranges: dict[str, int] = {}  # written model -> id(its ranges)
+    judged_on: dict[str, set[bytes]] = {}  # model the gate ran -> images
+    real_calibrate, real_quantize, real_run = (
+        ort_module.calibrate_ranges,
+        ort_module.quantize_with_ranges,
+        gate_module.run_model,
+    )
+
+    def calibrate(model, inputs, method):
+        ranges = real_calibrate(model, inputs, method)
+        calibrated_on[id(ranges)] = _image_keys(inputs)
+        return ranges
+
+    def quantize_with(model, method, ranges, out, exclude=()):
+        model_ranges[str(out)] = id(ranges)
+        return real_quantize(model, method, ranges, out, exclude)
+
+    def run_gate(path, inputs, *args):
+        judged_on.setdefault(str(path), set()).update(_image_keys(inputs))
+        return real_run(path, inputs, *args)
+
+    monkeypatch.setattr(ort_module, "calibrate_ranges", calibrate)
+    monkeypatch.setattr(ort_module, "quantize_with_ranges", quantize_with)
+    monkeypatch.setattr(gate_module, "run_model", run_gate)
     total = len(list((digits_dir / "train").rglob("*.png")))
     result = quantize(
-        run / "model.onnx",
-        tmp_path / "h.onnx",
-        calibration=digits_dir / "train",
-        method="minmax",
-        min_agreement=0,
+        run / "model.onnx", tmp_path / "h.onnx", calibration=digits_dir / "train", min_agreement=0
     )
-    manifest = CalibrationManifest.load(result.calibration_manifest)
-    calibrated = {p.resolve() for p in manifest.paths()}
-    held = {p.resolve() for p in manifest.holdout_paths()}
-    assert calibrated and held and not calibrated & held
+    given = {a.tobytes() for a in _given_images(result)}
+    assert len(given) == total == result.num_calibration == result.gate["images"]
+    measured = [p for p in judged_on if p in model_ranges]
+    assert measured and len(measured) == 2 * len(result.attempts)  # two fold models per attempt
+    for path in measured:
+        own = calibrated_on[model_ranges[path]]
+        assert own and judged_on[path] and not own & judged_on[path], path
+        assert own | judged_on[path] == given  # calibrated on one fold, judged on the other
+    # the model written is the refit on all images, which the gate never ran
+    shipped = [p for p in model_ranges if Path(p).name.startswith("shipped")]
+    assert len(shipped) == 1 and calibrated_on[model_ranges[shipped[0]]] == given
+    assert shipped[0] not in judged_on
     gate = result.gate
-    assert gate["metric"] == "agreement" and gate["held_out"] and "held out" in gate["reason"]
-    assert gate["images"] == len(held) and gate["calibration_images"] == len(calibrated)
-    assert gate["images"] + gate["calibration_images"] <= total
-    # an --eval folder that overlaps the calibration images loses the overlap
+    assert gate["metric"] == "agreement" and gate["held_out"] and "2-fold cross-fitted" in gate["reason"]
+    record = gate["cross_fit"]
+    assert record["folds"] == 2 and sum(m["judged_on"] for m in record["measured"]) == total
+    assert [m["calibrated_on"] for m in record["measured"]] == [m["judged_on"] for m in record["measured"]][
+        ::-1
+    ]
+    assert record["shipped"]["calibrated_on"] == total
+    assert 0 <= record["shipped_vs_fold_models_agreement"] <= 1
+    manifest = CalibrationManifest.load(result.calibration_manifest)
+    assert len(manifest.folds) == len(manifest.files) == total and not manifest.holdout
+    # the manifest repeats the cross-fit and the same shipped model
+    again = quantize(
+        run / "model.onnx", tmp_path / "again.onnx", calibration=result.calibration_manifest, min_agreement=0
+    )
+    assert again.gate["cross_fit"]["folds"] == 2 and again.method == result.method
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(run_model(again.int8_model, x), run_model(result.int8_model, x))
+    # an --eval folder that overlaps the calibration images loses the overlap, and no cross-fit
     overlap = quantize(
         run / "model.onnx",
         tmp_path / "o.onnx",
@@ -353,6 +406,58 @@ def test_no_gate_image_is_a_calibration_image(run, digits_dir, tmp_path):
         min_agreement=0,
     )
     assert overlap.gate["images"] == total - 6 and not overlap.gate["held_out"]
+    assert overlap.gate["cross_fit"] is None
+
+
+def _given_images(result) -> np.ndarray:
+    from edgetl.quantizer.calibration import load_calibration
+
+    info = read_model_info(result.fp32_model)
+    return load_calibration(result.calibration_manifest, info.preprocess, result.fp32_sha256).inputs
+
+
+def test_folds_are_class_balanced_and_equal():
+    labels = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 0, 0]  # stratified order; class 0 has 6
+    folds = np.asarray(assign_folds(labels, 2))
+    labels = np.asarray(labels)
+    assert abs(int(np.sum(folds == 0)) - int(np.sum(folds == 1))) <= 1
+    for c in range(3):
+        per_fold = np.bincount(folds[labels == c], minlength=2)
+        assert abs(per_fold[0] - per_fold[1]) <= 1
+    unlabelled = np.asarray(assign_folds([0] * 7, 2))
+    assert np.bincount(unlabelled).tolist() == [4, 3]
+
+
+def test_cross_fitted_300_images_can_pass():
+    fp32 = np.zeros(300, int)
+    int8 = fp32.copy()
+    int8[:3] = 1  # 99% agreement on 300 cross-fitted images: the interval clears 95%
+    report = judge(
+        fp32,
+        int8,
+        None,
+        max_drop=0.5,
+        min_agreement=0.95,
+        size_ratio=0.26,
+        max_size_ratio=0.3,
+        calibration_images=300,
+        held_out=True,
+        folds=2,
+    )
+    assert report.verdict == "pass" and report.agreement_ci95[0] > 0.95 and "cross-fitted" in report.reason
+    # the hold-out gate it replaces judged 100 of them: 99 of 100 could only warn
+    held = judge(
+        fp32[:100],
+        np.r_[1, fp32[1:100]],
+        None,
+        max_drop=0.5,
+        min_agreement=0.95,
+        size_ratio=0.26,
+        max_size_ratio=0.3,
+        calibration_images=200,
+        held_out=True,
+    )
+    assert held.agreement == 0.99 and held.verdict == "warn"
 
 
 def test_qat_folds_batchnorm_and_fake_quantizes_without_changing_the_model(run):
@@ -417,8 +522,12 @@ def test_bad_inputs(run, quantized, digits_dir, tmp_path):
     write_corrupt_image(corrupt / "a.png")
     with pytest.raises(DataError, match="none of the 1 images is readable"):
         quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt, eval_dir=digits_dir / "val")
-    with pytest.raises(DataError, match="too few to hold some out"):
-        quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=corrupt)
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted((digits_dir / "train").rglob("*.png"))[:3]:
+        shutil.copy(path, few / path.name)
+    with pytest.raises(DataError, match="too few to cross-fit"):
+        quantize(run / "model.onnx", tmp_path / "e.onnx", calibration=few)
     # destructive if it regressed: a copy of the run, never the shared one
     copy = Path(shutil.copytree(run, tmp_path / "run-copy"))
     with pytest.raises(EdgetlError, match="FP32 input"):

@@ -142,4 +142,14 @@ def quantize(
         f"gate ({gate['metric']}, {gate['images']} images, {gate['calibration_images']} calibrated): "
         f"{gate['verdict']}: {gate['reason']}"
     )
+    if gate.get("cross_fit"):
+        cf = gate["cross_fit"]
+        judged = ", ".join(
+            f"{m['judged_on']} by a model calibrated on {m['calibrated_on']}" for m in cf["measured"]
+        )
+        console.print(
+            f"cross-fit: {cf['folds']} fold models judged the images ({judged}); the model written is "
+            f"calibrated on all {cf['shipped']['calibrated_on']} and agrees with them on "
+            f"{pct(cf['shipped_vs_fold_models_agreement'])}"
+        )
     console.print(f"calibration manifest: {result.calibration_manifest}")

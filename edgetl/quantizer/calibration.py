@@ -23,8 +23,9 @@ from edgetl.options import DEFAULT_NUM_CALIBRATION
 from edgetl_runtime.fileio import sha256_file, write_text_atomic
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 
-HOLDOUT_EVERY = 3  # without labelled gate images, a third of the given ones is held out to gate on
-HOLDOUT_MAX = 1000
+# Without labelled gate images the given ones are cross-fitted: split in this many folds, a model
+# calibrated on all folds but one is judged on that one, and the model shipped is refit on them all.
+CROSS_FIT_FOLDS = 2
 MANIFEST_VERSION = 1
 
 
@@ -42,8 +43,9 @@ class CalibrationManifest:
     skipped: int = 0  # unreadable files met while sampling, left out
     method: str = ""  # the calibration method the quantization finally used
     settings: dict = field(default_factory=dict)  # the rest of that quantization's settings
-    # images held out of the calibration sample to gate the model on (no labelled eval set)
+    # images held out of the calibration sample to gate on (manifests before cross-fitting)
     holdout: tuple[tuple[str, str, int], ...] = ()
+    folds: tuple[int, ...] = ()  # each file's cross-fit fold; empty when a labelled set gated
 
     def with_(self, **changes) -> CalibrationManifest:
         return replace(self, **changes)
@@ -68,6 +70,7 @@ class CalibrationManifest:
             "settings": self.settings,
             "files": [{"path": p, "sha256": h, "label": i} for p, h, i in self.files],
             "holdout": [{"path": p, "sha256": h, "label": i} for p, h, i in self.holdout],
+            "folds": list(self.folds),
         }
 
     def save(self, path: str | Path) -> Path:
@@ -90,6 +93,7 @@ class CalibrationManifest:
                 method=d.get("method", ""),
                 settings=d.get("settings", {}),
                 holdout=tuple((f["path"], f["sha256"], int(f["label"])) for f in d.get("holdout", [])),
+                folds=tuple(int(k) for k in d.get("folds", [])),
             )
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a calibration manifest ({type(e).__name__}: {e})") from None
@@ -105,6 +109,11 @@ class CalibrationSet:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    @property
+    def folds(self) -> np.ndarray | None:
+        """Each image's cross-fit fold, None when the images are not cross-fitted."""
+        return np.asarray(self.manifest.folds) if self.manifest.folds else None
 
 
 def is_manifest(source: str | Path) -> bool:
@@ -156,12 +165,12 @@ def select_calibration(
     num: int = DEFAULT_NUM_CALIBRATION,
     seed: int = 0,
     source: str = "calibration images",
-    hold_out: bool = False,
+    cross_fit: bool = False,
 ) -> CalibrationSet:
     """Sample `num` images class-stratified, preprocess them, skip and count unreadable ones.
 
-    hold_out: every third image of the stratified order (so as class-balanced as the sample) is
-    held out of calibration for the gate, which must never measure on images that calibrated.
+    cross_fit: the sample is also split into CROSS_FIT_FOLDS folds (see `assign_folds`) for a gate
+    that judges each image with a model calibrated without it.
     """
     if num <= 0:
         raise DataError(f"--num-calibration must be positive, got {num}")
@@ -169,35 +178,26 @@ def select_calibration(
     if not items:
         raise DataError(f"{source}: no images to calibrate with")
     ordered = _stratified_order(items, seed)
-    gate_items: list[tuple[Path, int]] = []
-    gate_arrays: list[np.ndarray] = []
-    skipped = 0
-    if hold_out:
-        if len(ordered) < HOLDOUT_EVERY:
-            raise DataError(
-                f"{source}: {len(ordered)} images are too few to hold some out for the gate; "
-                "pass labelled gate images with --eval"
-            )
-        candidates = ordered[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY][:HOLDOUT_MAX]
-        held = set(candidates)
-        ordered = [item for item in ordered if item not in held]
-        gate_arrays, gate_kept, skipped = preprocess_readable([p for p, _ in candidates], spec, "gate")
-        gate_items = [candidates[i] for i in gate_kept]
-        if not gate_items:
-            raise DataError(f"{source}: none of the held-out gate images is readable")
-    arrays, kept, calib_skipped = preprocess_readable([p for p, _ in ordered], spec, "calibration", limit=num)
-    skipped += calib_skipped
+    arrays, kept, skipped = preprocess_readable([p for p, _ in ordered], spec, "calibration", limit=num)
     chosen = [ordered[i] for i in kept]
     if not chosen:
         raise DataError(f"{source}: none of the {len(items)} images is readable ({skipped} skipped)")
-    if hold_out:
+    folds: tuple[int, ...] = ()
+    if cross_fit:
+        if len(chosen) < 2 * CROSS_FIT_FOLDS:
+            raise DataError(
+                f"{source}: {len(chosen)} readable images are too few to cross-fit the gate on "
+                f"({2 * CROSS_FIT_FOLDS} at least); pass more, or labelled gate images with --eval"
+            )
+        folds = assign_folds([label for _, label in chosen], CROSS_FIT_FOLDS)
         warn(
-            f"{source}: no labelled gate images; {len(gate_items)} of the images are held out (seed {seed}) "
-            f"for an agreement-only gate, {len(chosen)} calibrate"
+            f"{source}: no labelled gate images; the {len(chosen)} images are cross-fitted in "
+            f"{CROSS_FIT_FOLDS} folds (seed {seed}): each is judged by a model calibrated without it, "
+            "and the model written is calibrated on all of them"
         )
-    elif len(chosen) < num:
+    if len(chosen) < num:
         warn(f"{source}: only {len(chosen)} readable images, fewer than the {num} requested; using them all")
-    root = Path(os.path.commonpath([str(p.parent) for p, _ in chosen + gate_items]))
+    root = Path(os.path.commonpath([str(p.parent) for p, _ in chosen]))
     manifest = CalibrationManifest(
         root=str(root),
         files=tuple((p.relative_to(root).as_posix(), sha256_file(p), label) for p, label in chosen),
@@ -207,9 +207,20 @@ def select_calibration(
         preprocess=spec,
         model_sha256=model_sha256,
         skipped=skipped,
-        holdout=tuple((p.relative_to(root).as_posix(), sha256_file(p), label) for p, label in gate_items),
+        folds=folds,
     )
-    return CalibrationSet(np.stack(arrays), manifest, np.stack(gate_arrays) if gate_arrays else None)
+    return CalibrationSet(np.stack(arrays), manifest)
+
+
+def assign_folds(labels: Sequence[int], k: int) -> tuple[int, ...]:
+    """Each image's fold, stratified: the images grouped by class (each class in its given, seeded
+    order) are dealt to the folds in turn, so each class is split across the folds to one image and
+    the folds are equal in size to one image."""
+    order = sorted(range(len(labels)), key=lambda i: labels[i])
+    folds = [0] * len(labels)
+    for position, i in enumerate(order):
+        folds[i] = position % k
+    return tuple(folds)
 
 
 def load_calibration(manifest_path: str | Path, spec: PreprocessSpec, model_sha256: str) -> CalibrationSet:

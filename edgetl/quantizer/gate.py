@@ -8,6 +8,11 @@ bootstrap of 1 or 2 discordant images is degenerate), and conditioning on b + c 
 images show; with no discordant image at all the interval is [0, 0]. Agreement with FP32 gets a
 Clopper-Pearson interval over all gate images.
 
+Without labelled gate images the given calibration images are cross-fitted: split in folds, each
+image is judged by a model calibrated on the other folds only, and the paired outcomes of all the
+images are pooled for the verdict; the model shipped is then calibrated on all of them (see
+`quantize`, which records how it differs from the fold models it was judged by).
+
 Policy: fail when the interval lies entirely above --max-drop (or the agreement interval entirely
 below --min-agreement), pass when it lies entirely within the bound, warn when the images cannot tell.
 """
@@ -107,10 +112,12 @@ class GateReport:
     resolvable_drop: float | None  # smallest drop these images can show to exceed max_drop
     fp32_only: int  # images only FP32 gets right
     int8_only: int
-    held_out: bool  # the gate images were held out of the given calibration images
+    held_out: bool  # the gate images came from the given calibration images (held out or cross-fitted)
     passed: bool
     verdict: str
     reason: str
+    # with a cross-fitted gate: the fold models measured, the model shipped, how they agree
+    cross_fit: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -130,8 +137,10 @@ def judge(
     max_size_ratio: float,
     calibration_images: int,
     held_out: bool,
+    folds: int = 0,
 ) -> GateReport:
-    """Verdict on one candidate from its paired predictions (class indices) on the gate images."""
+    """Verdict on one candidate from its paired predictions (class indices) on the gate images;
+    `folds` > 0 when they come from that many cross-fitted fold models."""
     n = len(fp32_pred)
     agree = int(np.sum(fp32_pred == int8_pred))
     agreement = agree / n
@@ -171,7 +180,10 @@ def judge(
         reasons.append(f"size {size_ratio:.2f}x the FP32 model, more than {max_size_ratio}x")
     if labels is None:
         reasons.append(
-            "no labels: agreement only, on images held out of the calibration images"
+            f"no labels: agreement only, {folds}-fold cross-fitted: each image judged by a model "
+            "calibrated without it"
+            if folds
+            else "no labels: agreement only, on images held out of the calibration images"
             if held_out
             else "no labels: agreement only"
         )
@@ -257,6 +269,8 @@ class Gate:
     max_size_ratio: float
     calibration_images: int
     held_out: bool
+    # cross-fit: each gate image's fold; fold model k, calibrated without fold k, judges fold k
+    folds: np.ndarray | None = None
     attempts: list[Attempt] = field(default_factory=list)
     reports: list[GateReport] = field(default_factory=list)
     predictions: list[np.ndarray] = field(default_factory=list)
@@ -266,10 +280,27 @@ class Gate:
         self.fp32 = compare_logits(self.fp32_logits, self.fp32_logits, self.labels, self.names)
         self.fp32_bytes = reference_bytes(self.fp32_model, self.suffix)
 
+    def run(self, candidates: Sequence[Path]) -> np.ndarray:
+        """Logits on the gate images: of the one candidate, or of each fold model on its own fold
+        (never on an image that calibrated it)."""
+        if self.folds is None:
+            if len(candidates) != 1:
+                raise ValueError(f"{len(candidates)} models for a gate without folds")
+            return run_model(candidates[0], self.inputs, self.backend)
+        if len(candidates) != int(self.folds.max()) + 1:
+            raise ValueError(f"{len(candidates)} fold models for {int(self.folds.max()) + 1} folds")
+        logits = np.empty_like(self.fp32_logits)
+        for k, path in enumerate(candidates):
+            judged = np.flatnonzero(self.folds == k)
+            logits[judged] = run_model(path, self.inputs[judged], self.backend)
+        return logits
+
     def measure(
-        self, rung: str, method: str, exclude: Sequence[str], candidate: Path
+        self, rung: str, method: str, exclude: Sequence[str], candidates: Sequence[Path]
     ) -> tuple[Attempt, Evaluation, GateReport]:
-        logits = run_model(candidate, self.inputs, self.backend)
+        """One candidate: a model, or (cross-fit) its fold models, which share its size and speed."""
+        candidate = candidates[0]
+        logits = self.run(candidates)
         ev = compare_logits(self.fp32_logits, logits, self.labels, self.names)
         ratio = artifact_bytes(candidate) / self.fp32_bytes
         report = judge(
@@ -282,6 +313,7 @@ class Gate:
             max_size_ratio=self.max_size_ratio,
             calibration_images=self.calibration_images,
             held_out=self.held_out,
+            folds=0 if self.folds is None else int(self.folds.max()) + 1,
         )
         latency = measure_latency(candidate, self.inputs, self.backend)
         attempt = Attempt(

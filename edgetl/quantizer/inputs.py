@@ -92,9 +92,9 @@ def default_manifest_path(inputs: Inputs) -> Path:
 
 
 def get_calibration(
-    inputs: Inputs, spec: PreprocessSpec, model_sha: str, num: int, seed: int, hold_out: bool
+    inputs: Inputs, spec: PreprocessSpec, model_sha: str, num: int, seed: int, cross_fit: bool
 ) -> CalibrationSet:
-    """The calibration sample; with `hold_out`, part of the given images is kept aside to gate on."""
+    """The calibration sample; with `cross_fit`, split in folds for a gate on the same images."""
     if inputs.calib_items is not None:
         return select_calibration(
             inputs.calib_items,
@@ -104,7 +104,7 @@ def get_calibration(
             num=num,
             seed=seed,
             source=f"{inputs.run} training split",
-            hold_out=hold_out,
+            cross_fit=cross_fit,
         )
     if is_manifest(inputs.calibration):
         return load_calibration(inputs.calibration, spec, model_sha)
@@ -117,7 +117,7 @@ def get_calibration(
         num=num,
         seed=seed,
         source=str(inputs.calibration),
-        hold_out=hold_out,
+        cross_fit=cross_fit,
     )
 
 

@@ -6,6 +6,10 @@ stopping at the first whose best candidate the gate does not refuse:
 3. nncf-ptq: NNCF's post-training quantization of the ONNX model, bias correction included;
 4. nncf-accuracy-control: NNCF reverting the quantizers that cost most accuracy (labels needed);
 5. qat: quantization-aware fine-tuning of a run's model on its train split (a run needed).
+
+A candidate is made by a `Maker` from a `Part` of the calibration images: all of them, or, when the
+gate is cross-fitted, each fold model from all images but its fold's. `refit` then makes the
+candidate that won again from all the images: the model shipped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import numpy as np
 from edgetl.console import log
 from edgetl.quantizer import nncf_backend, ort
 from edgetl.quantizer.calibration import CalibrationSet
+from edgetl.quantizer.evaluation import run_model
 from edgetl.quantizer.gate import Attempt, Evaluation, Gate, GateReport, score
 from edgetl_runtime.modelfile import ONNX, OPENVINO
 from edgetl_runtime.modelinfo import ModelInfo
@@ -28,13 +33,30 @@ SENSITIVITY_IMAGES = 16
 
 
 @dataclass(frozen=True)
+class Part:
+    """The images one model is calibrated on: all given ones, or all but one cross-fit fold's."""
+
+    name: str  # "all" or "without-fold-K"
+    inputs: np.ndarray
+    labels: np.ndarray | None
+
+
+Maker = Callable[[Part, Path], Path]  # calibrates a model on a part, written to the path
+
+
+@dataclass(frozen=True)
 class Candidate:
     attempt: Attempt
     evaluation: Evaluation
     report: GateReport
-    path: Path
+    paths: tuple[Path, ...]  # the model, or its fold models (fold k's judged fold k)
     settings: dict
     predictions: np.ndarray
+    make: Maker
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
 
 
 @dataclass(kw_only=True)
@@ -61,33 +83,64 @@ class Context:
             self._pre = ort.preprocess_for_quantization(self.model, self.work / "pre.onnx")
         return self._pre
 
-    def measure(
-        self, rung: str, method: str, exclude: Sequence[str], path: Path, settings: dict
+    def whole(self) -> Part:
+        return Part("all", self.calib.inputs, self.calib_labels)
+
+    def parts(self) -> list[Part]:
+        """What each model of a candidate calibrates on: all images, or all but fold k's."""
+        folds = self.gate.folds
+        if folds is None:
+            return [self.whole()]
+        labels = self.calib_labels
+        return [
+            Part(
+                f"without-fold-{k}",
+                self.calib.inputs[folds != k],
+                None if labels is None else labels[folds != k],
+            )
+            for k in range(int(folds.max()) + 1)
+        ]
+
+    def fit(
+        self,
+        rung: str,
+        method: str,
+        exclude: Sequence[str],
+        settings: dict,
+        make: Maker,
+        suffix: str = ONNX.suffix,
     ) -> Candidate:
-        att, ev, report = self.gate.measure(rung, method, exclude, path)
-        cand = Candidate(att, ev, report, path, settings, self.gate.predictions[-1])
+        """Make the candidate's model(s) and measure them on the gate."""
+        attempt = len(self.gate.attempts)
+        paths = tuple(make(part, self.work / f"cand-{attempt}-{part.name}{suffix}") for part in self.parts())
+        att, ev, report = self.gate.measure(rung, method, exclude, paths)
+        cand = Candidate(att, ev, report, paths, settings, self.gate.predictions[-1], make)
         self.candidates.append(cand)
         if self.best is None or score(att) < score(self.best.attempt):
             self.best = cand
         return cand
 
-    def candidate_path(self, suffix: str = ONNX.suffix) -> Path:
-        return self.work / f"cand-{len(self.gate.attempts)}{suffix}"
+    def sensitivity_images(self) -> np.ndarray:
+        """Gate images the first model of a candidate did not calibrate on."""
+        folds = self.gate.folds
+        judged = self.gate.inputs if folds is None else self.gate.inputs[folds == 0]
+        return judged[:SENSITIVITY_IMAGES]
 
 
 def _ort_candidate(ctx: Context, method: ort.Method, exclude: tuple[str, ...], rung: str) -> Candidate:
-    if method not in ctx.ranges:
-        log(f"calibrating ({method.value}) on {len(ctx.calib)} images")
-        ctx.ranges[method] = ort.calibrate_ranges(ctx.pre, ctx.calib.inputs, method)
-    out = ctx.candidate_path()
-    ort.quantize_with_ranges(ctx.pre, method, ctx.ranges[method], out, exclude)
+    def make(part: Part, out: Path) -> Path:
+        if (method, part.name) not in ctx.ranges:
+            log(f"calibrating ({method.value}) on {len(part.inputs)} images ({part.name})")
+            ctx.ranges[method, part.name] = ort.calibrate_ranges(ctx.pre, part.inputs, method)
+        return ort.quantize_with_ranges(ctx.pre, method, ctx.ranges[method, part.name], out, exclude)
+
     settings = {
         "backend": "onnxruntime",
         **ort.ORT_SETTINGS,
         "calibrator": ort.CALIBRATORS[method][1],
         "nodes_to_exclude": list(exclude),
     }
-    return ctx.measure(rung, method.value, exclude, out, settings)
+    return ctx.fit(rung, method.value, exclude, settings, make)
 
 
 def rung_calibration(ctx: Context) -> None:
@@ -103,7 +156,7 @@ def rung_float_nodes(ctx: Context) -> None:
     per attempt). Stops as soon as a group changes no gate prediction: the outcome cannot change."""
     base = min((c for c in ctx.candidates if c.attempt.rung == "calibration"), key=lambda c: score(c.attempt))
     log("the gate refuses: measuring per-tensor sensitivity to keep the worst tensors in float")
-    groups = ort.rank_sensitive_nodes(ctx.pre, base.path, ctx.gate.inputs[:SENSITIVITY_IMAGES])
+    groups = ort.rank_sensitive_nodes(ctx.pre, base.path, ctx.sensitivity_images())
     method = ort.Method(base.attempt.method)
     kept = base
     for group in groups[:RECOVERY_ATTEMPTS]:
@@ -122,21 +175,25 @@ def rung_float_nodes(ctx: Context) -> None:
 
 
 def rung_nncf_ptq(ctx: Context) -> None:
-    out = nncf_backend.quantize_onnx(ctx.model, ctx.calib.inputs, ctx.candidate_path(), exclude=ctx.exclude)
+    def make(part: Part, out: Path) -> Path:
+        return nncf_backend.quantize_onnx(ctx.model, part.inputs, out, exclude=ctx.exclude)
+
     settings = {
         "backend": "nncf-onnx",
         "preset": "mixed",
         "fast_bias_correction": True,
         "ignored_scope": list(ctx.exclude),
     }
-    ctx.measure("nncf-ptq", "nncf-ptq", ctx.exclude, out, settings)
+    ctx.fit("nncf-ptq", "nncf-ptq", ctx.exclude, settings, make)
 
 
 def rung_nncf_accuracy_control(ctx: Context) -> None:
-    log(f"NNCF accuracy control, validated on the {len(ctx.calib)} labelled calibration images")
-    out = nncf_backend.quantize_onnx_with_accuracy_control(
-        ctx.model, ctx.calib.inputs, ctx.calib_labels, ctx.candidate_path(), max_drop=ctx.gate.max_drop
-    )
+    def make(part: Part, out: Path) -> Path:
+        log(f"NNCF accuracy control, validated on {len(part.inputs)} labelled calibration images")
+        return nncf_backend.quantize_onnx_with_accuracy_control(
+            ctx.model, part.inputs, part.labels, out, max_drop=ctx.gate.max_drop
+        )
+
     settings = {
         "backend": "nncf-onnx",
         "preset": "mixed",
@@ -145,32 +202,36 @@ def rung_nncf_accuracy_control(ctx: Context) -> None:
             "iterations": nncf_backend.ACCURACY_CONTROL_ITERATIONS,
         },
     }
-    ctx.measure("nncf-accuracy-control", "nncf-accuracy-control", (), out, settings)
+    ctx.fit("nncf-accuracy-control", "nncf-accuracy-control", (), settings, make)
 
 
 def rung_qat(ctx: Context) -> None:
     from edgetl.quantizer.qat import finetune_qat
 
+    # applies only without cross-fit: the one model, fine-tuned once, is the candidate
     out, settings = finetune_qat(ctx.run, ctx.model, ctx.info, ctx.work, seed=ctx.seed)
-    ctx.measure("qat", "qat", (), out, settings)
+    ctx.fit("qat", "qat", (), settings, lambda part, _: out)
 
 
 def rung_openvino(ctx: Context) -> None:
     for variant in ctx.methods:
-        log(f"quantizing with NNCF ({variant}) on {len(ctx.calib)} images")
-        out = nncf_backend.quantize_openvino(
-            ctx.model,
-            ctx.calib.inputs,
-            ctx.candidate_path(OPENVINO.suffix),
-            fast_bias_correction=nncf_backend.OPENVINO_VARIANTS[variant],
-            exclude=ctx.exclude,
-        )
+
+        def make(part: Part, out: Path, variant: str = variant) -> Path:
+            log(f"quantizing with NNCF ({variant}) on {len(part.inputs)} images ({part.name})")
+            return nncf_backend.quantize_openvino(
+                ctx.model,
+                part.inputs,
+                out,
+                fast_bias_correction=nncf_backend.OPENVINO_VARIANTS[variant],
+                exclude=ctx.exclude,
+            )
+
         settings = {
             "backend": "nncf",
             "fast_bias_correction": nncf_backend.OPENVINO_VARIANTS[variant],
             "ignored_scope": list(ctx.exclude),
         }
-        ctx.measure("openvino", variant, ctx.exclude, out, settings)
+        ctx.fit("openvino", variant, ctx.exclude, settings, make, OPENVINO.suffix)
         if ctx.best.attempt.passed and not ctx.search_all:
             return
 
@@ -203,7 +264,11 @@ def _needs_calibration_rung(ctx: Context) -> str | None:
 
 
 def _needs_run(ctx: Context) -> str | None:
-    return None if ctx.run is not None else "needs a run folder (its checkpoint and train split)"
+    if ctx.run is None:
+        return "needs a run folder (its checkpoint and train split)"
+    if ctx.gate.folds is not None:
+        return "it trains on the train split that holds the cross-fitted gate images; pass --eval"
+    return None
 
 
 RUNGS: dict[str, Rung] = {
@@ -234,3 +299,38 @@ def climb(ctx: Context, rungs: Sequence[str]) -> Candidate:
     if ctx.best is None:
         raise RuntimeError("no rung of the ladder applied")  # the first rung always applies
     return ctx.best
+
+
+def refit(ctx: Context, best: Candidate) -> tuple[Path, dict | None]:
+    """The model to ship, and with a cross-fitted gate the record of how it relates to the fold
+    models the gate measured: it is `best` made again from all the images, so the gate could not
+    judge it on any of them; their agreement with it is recorded, marked as in-sample."""
+    folds = ctx.gate.folds
+    if folds is None:
+        return best.path, None
+    whole = ctx.whole()
+    log(f"refitting {best.attempt.rung}/{best.attempt.method} on all {len(whole.inputs)} images")
+    shipped = best.make(whole, ctx.work / f"shipped{best.path.suffix}")
+    pred = run_model(shipped, ctx.gate.inputs, ctx.gate.backend).argmax(1)
+    sizes = [int(np.sum(folds == k)) for k in range(len(best.paths))]
+    record = {
+        "folds": len(best.paths),
+        "measured": [
+            {"model": f"fold {k}", "calibrated_on": len(whole.inputs) - n, "judged_on": n}
+            for k, n in enumerate(sizes)
+        ],
+        "shipped": {
+            "calibrated_on": len(whole.inputs),
+            "differs": (
+                f"the same method and settings calibrated on all {len(whole.inputs)} images instead "
+                "of the other folds' share; the gate measured the fold models, not it"
+            ),
+        },
+        "shipped_vs_fold_models_agreement": float(np.mean(pred == best.predictions)),
+        "shipped_vs_fp32_agreement_in_sample": float(np.mean(pred == ctx.gate.fp32_logits.argmax(1))),
+    }
+    log(
+        f"the refit model agrees with the fold models on {100 * record['shipped_vs_fold_models_agreement']:.2f}% "
+        f"of the gate images"
+    )
+    return shipped, record

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from edgetl.console import log, warn
@@ -29,7 +29,7 @@ from edgetl.quantizer.inputs import (
     resolve_inputs,
     write_model,
 )
-from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb
+from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb, refit
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
@@ -152,8 +152,10 @@ def quantize(
 
     `calibration` is an image folder (sampled class-stratified, `num_calibration` images, `seed`) or
     a manifest .json from an earlier run, which repeats that quantization exactly. The gate measures
-    on images that did not calibrate: `eval_dir`, a run's val split, or else a seeded third of the
-    given images held out (agreement only). It refuses when the 95% interval of the top-1 drop lies
+    on images that did not calibrate the model measured: `eval_dir`, a run's val split, or else the
+    given images themselves, cross-fitted (agreement only): split in two seeded, class-balanced
+    folds, each judged by a model calibrated on the other, the model written calibrated on all of
+    them (`gate["cross_fit"]` records how it relates to the fold models). It refuses when the 95% interval of the top-1 drop lies
     above `max_drop` or that of the agreement with FP32 below `min_agreement`, warns when the images
     cannot tell, and climbs the ladder (see `ladder`) until a rung is not refused; then GateError
     and nothing is written, unless `allow_drop`. `qat` runs the quantization-aware rung directly.
@@ -227,8 +229,8 @@ def _quantize_images(
         if not reused:
             # checked now so that a bad --manifest cannot leave the INT8 model written without its record
             check_writable(manifest_path, "--manifest")
-        hold_out = inputs.eval_source is None and not reused
-        calib = get_calibration(inputs, info.preprocess, model_sha, num_calibration, seed, hold_out)
+        cross_fit = inputs.eval_source is None and not reused
+        calib = get_calibration(inputs, info.preprocess, model_sha, num_calibration, seed, cross_fit)
         ladder, exclude, search_all = quantizer.ladder, (), method == "auto"
         if qat:
             ladder = ("qat",)
@@ -245,7 +247,9 @@ def _quantize_images(
             calibrated = frozenset(p.resolve() for p in calib.manifest.paths())
             evalset = load_eval_set(inputs.eval_source, info, inputs.labels, exclude=calibrated)
             gate_inputs, gate_labels, eval_skipped = evalset.inputs, evalset.labels, evalset.skipped
-        elif calib.holdout is not None:
+        elif calib.folds is not None:
+            gate_inputs, gate_labels, eval_skipped = calib.inputs, None, 0
+        elif calib.holdout is not None:  # a manifest from before cross-fitting
             gate_inputs, gate_labels, eval_skipped = calib.holdout, None, 0
         else:
             raise DataError(
@@ -264,6 +268,7 @@ def _quantize_images(
             max_size_ratio=quantizer.max_size_ratio,
             calibration_images=len(calib),
             held_out=inputs.eval_source is None,
+            folds=calib.folds if inputs.eval_source is None else None,
         )
         with tempfile.TemporaryDirectory(prefix="edgetl-quant-") as tmp:
             ctx = Context(
@@ -293,8 +298,11 @@ def _quantize_images(
                 warn(f"gate: {report.reason}")
             else:
                 log(f"gate passes: {report.reason}")
+            shipped, cross_fit_record = refit(ctx, best)
+            if cross_fit_record is not None:
+                report = replace(report, cross_fit=cross_fit_record)
             settings = {**best.settings, "rung": att.rung, "fp32_sha256": model_sha}
-            write_model(best.path, inputs.out, info, settings, att.method)
+            write_model(shipped, inputs.out, info, settings, att.method)
         if not reused:
             calib.manifest.with_(method=att.method, settings=settings).save(manifest_path)
         ev = best.evaluation

@@ -280,6 +280,7 @@ def section_quantization(f: RunFiles) -> Section:
         ("drop", f"{g.drop:.2f} points ({ci_text}), allowed {g.max_drop}" if g.drop is not None else "–"),
         ("gate images", f"{g.images} (one image = {100 / g.images:.2f} points)" if g.images else "none (gate off)"),
         ("calibration images", calibration_images),
+        ("cross-fit", f"{g.cross_fit['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g.cross_fit['shipped_vs_fold_models_agreement'], 2)}" if g.cross_fit else "–"),
         ("top-1 agreement with FP32", pct(q.agreement, 2)),
         ("method", escape(f"{q.backend} {q.method}")),
         ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),

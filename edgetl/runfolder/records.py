@@ -202,6 +202,7 @@ class GateRecord(Record):
     passed: bool = False
     verdict: str = ""
     reason: str = ""
+    cross_fit: dict | None = None  # the fold models a cross-fitted gate measured, and the refit shipped
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,718 @@
+"""The INT8 experiment matrix: every post-training recipe measured in one run, on photos none calibrated on.
+
+Cases (each skipped with a message when its data is absent):
+
+- imagenet: the pretrained efficientnet_lite0 (`edgetl export --backbone efficientnet_lite0`) on
+  ../shared/data/imagenet-dev: a seeded 300 photos calibrate every arm, the other 450 measure.
+- digits: a short fine-tuned run on ../shared/data/sign-digits (64 px, 2 frozen + 1 unfreeze epoch);
+  a seeded 300 of its train split calibrate, its val split measures; plus edgetl's QAT rung.
+
+Arms: edgetl's default as on main (it held a third of the 300 out for its gate); a careful by-hand
+onnxruntime quantize_static (MinMax, per-channel, all 300); NNCF's own nncf.quantize (its defaults);
+NNCF with full bias correction (fast_bias_correction=False), SmoothQuant off and on; NNCF's channel
+alignment (its cross-layer equalisation, OpenVINO backend only) against the same NNCF IR without it;
+onnxruntime QDQ with calibration percentiles swept (one histogram, several cut-offs), entropy with two
+histogram sizes, MinMax; symmetric against asymmetric activation ranges; mixed precision: the k tensors
+onnxruntime's qdq_loss_debug ranks worst by SQNR (on 16 calibration images) kept in float or at 16 bits.
+
+Every arm: agreement with FP32 and mean KL(FP32 || INT8) on the measured photos, each with a paired
+bootstrap 95% interval (images resampled, the same resamples for every arm), the paired difference to
+the reference arm (`--reference`) with its interval, top-1, and batch-1 latency on onnxruntime CPU with
+2 threads (median of interleaved runs; `uptime` is recorded next to it: on a shared machine only the
+ratios measured in one run mean anything). The JSON is rewritten after every arm.
+
+    nice -n 10 uv run --frozen python benchmarks/bench_int8_matrix.py \
+        --out benchmarks/results/int8_matrix.json > /tmp/int8_matrix.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quantize import by_hand_nncf, edgetl
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+IMAGENET, DIGITS = DATA / "imagenet-dev", DATA / "sign-digits"
+CALIBRATE, MEASURE, SEED = 300, 450, 0
+BOOTSTRAP = 2000
+PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
+MIXED_K = (1, 2, 4, 8)
+SENSITIVITY_IMAGES = 16
+LATENCY_RUNS = 60
+THREADS = 2
+FP32_MODEL: Path | None = None  # --fp32: an exported efficientnet_lite0 to reuse
+WITH_DEFAULT = False  # --with-default: also edgetl's default quantize (slow: it searches)
+OUTCOMES = Path("int8_matrix_outcomes")  # per-image outcomes, next to --out
+ARMS: tuple[str, ...] = ()  # --arms: run only arms whose names start with one of these
+
+
+def wanted(name: str) -> bool:
+    return not ARMS or name.startswith(ARMS)
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+# ---- onnxruntime arms -------------------------------------------------------------------------
+
+
+def collect(pre: Path, x: np.ndarray, name: str, options: dict):
+    """An onnxruntime calibrator that has seen every calibration image (kept: compute_data again
+    with other cut-offs costs no new pass)."""
+    import onnxruntime as ort
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    from edgetl.quantizer.ort import _ArrayReader
+
+    inp = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    tmp = tempfile.mkdtemp(prefix="matrix-calib-")
+    cal = create_calibrator(
+        pre,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(Path(tmp) / "aug.onnx"),
+        calibrate_method=CalibrationMethod[name],
+        extra_options=options,
+    )
+    for s in range(0, len(x), 16):
+        cal.collect_data(_ArrayReader(inp, x[s : s + 16], 16))
+    return cal
+
+
+def qdq(
+    pre: Path,
+    ranges,
+    out: Path,
+    *,
+    method: str = "MinMax",
+    symmetric: bool = False,
+    exclude=(),
+    overrides: dict | None = None,
+) -> Path:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    from edgetl.quantizer.ort_compat import quantize_static_with_ranges
+
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
+    if overrides:
+        extra["TensorQuantOverrides"] = overrides
+        extra["UseQDQContribOps"] = True
+    return quantize_static_with_ranges(
+        pre,
+        out,
+        ranges,
+        calibrate_method=CalibrationMethod[method],
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=False,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=list(exclude),
+        extra_options=extra,
+    )
+
+
+def worst_tensors(pre: Path, qdq_path: Path, x: np.ndarray) -> list[tuple[str, float, tuple[str, ...]]]:
+    """(tensor, SQNR dB, its producer and consumers) worst first, by onnxruntime's qdq_loss_debug."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    from edgetl.quantizer.ort import _ArrayReader
+
+    inp = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    tmp = Path(tempfile.mkdtemp(prefix="matrix-sens-"))
+    modify_model_output_intermediate_tensors(str(pre), str(tmp / "f.onnx"))
+    modify_model_output_intermediate_tensors(str(qdq_path), str(tmp / "q.onnx"))
+    fa = collect_activations(str(tmp / "f.onnx"), _ArrayReader(inp, x, 1))
+    qa = collect_activations(str(tmp / "q.onnx"), _ArrayReader(inp, x, 1))
+    errors = compute_activation_error(create_activation_matching(qa, fa))
+    graph = onnx.load(str(pre)).graph
+    producers = {o: n.name for n in graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    ranked = sorted((e["qdq_err"], t) for t, e in errors.items() if np.isfinite(e.get("qdq_err", np.inf)))
+    return [
+        (t, float(err), tuple(x for x in (producers.get(t), *consumers.get(t, ())) if x)) for err, t in ranked
+    ]
+
+
+# ---- NNCF arms --------------------------------------------------------------------------------
+
+
+def nncf_onnx(
+    fp32: Path, x: np.ndarray, out: Path, *, fast_bias_correction: bool, smooth_quant: bool
+) -> Path:
+    import nncf
+    import onnx
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+    )
+
+    proto = onnx.load(str(fp32))
+    name = proto.graph.input[0].name
+    extra = {}
+    if smooth_quant:
+        # NNCF runs SmoothQuant only for transformer models; alpha 0.5 on convolutions as the paper
+        extra = {
+            "model_type": nncf.ModelType.TRANSFORMER,
+            "advanced_parameters": AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=0.5, matmul=0.95)
+            ),
+        }
+    q = nncf.quantize(
+        proto,
+        nncf.Dataset(list(x), lambda a: {name: a[None]}),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(x),
+        fast_bias_correction=fast_bias_correction,
+        **extra,
+    )
+    onnx.save(q, str(out))
+    return out
+
+
+def with_biases_of(qdq_path: Path, donor: Path, out: Path) -> Path:
+    """onnxruntime's QDQ model with the float biases of another quantization of the same graph (NNCF's,
+    bias-corrected), re-quantized to int32 at onnxruntime's bias scales: the correction without NNCF's
+    graph layout, which onnxruntime runs 3x slower than FP32."""
+    import onnx
+    from onnx import numpy_helper
+
+    d = onnx.load(str(donor))
+    d_init = {i.name: i for i in d.graph.initializer}
+    biases = {
+        n.name: numpy_helper.to_array(d_init[n.input[2]])
+        for n in d.graph.node
+        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in d_init
+    }
+    m = onnx.load(str(qdq_path))
+    inits = {i.name: i for i in m.graph.initializer}
+    producer = {o: n for n in m.graph.node for o in n.output}
+    for n in m.graph.node:
+        dq = producer.get(n.input[2]) if len(n.input) > 2 else None
+        if n.name in biases and dq is not None and dq.op_type == "DequantizeLinear":
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            q = np.round(biases[n.name].astype(np.float64) / scale).astype(np.int32)
+            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(q, dq.input[0]))
+    onnx.save(m, str(out))
+    return out
+
+
+def nncf_openvino(fp32: Path, x: np.ndarray, out: Path, *, channel_alignment: bool) -> Path:
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+    model = ov.Core().read_model(str(fp32))
+    q = nncf.quantize(
+        model,
+        nncf.Dataset(list(x), lambda a: a[None]),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(x),
+        advanced_parameters=AdvancedQuantizationParameters(disable_channel_alignment=not channel_alignment),
+    )
+    ov.save_model(q, str(out), compress_to_fp16=False)
+    return out
+
+
+# ---- measuring --------------------------------------------------------------------------------
+
+
+def run_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    from edgetl.quantizer import run_model
+
+    return run_model(path, x, "openvino-cpu" if path.suffix == ".xml" else "onnxruntime-cpu")
+
+
+def per_image(ref: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from edgetl_runtime.predictor import softmax
+
+    p, q = softmax(ref), softmax(logits)
+    kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+    return (logits.argmax(1) == ref.argmax(1)).astype(float), kl
+
+
+def interval(values: np.ndarray, idx: np.ndarray) -> list[float]:
+    means = values[idx].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def latencies(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
+    """Median batch-1 latency, onnxruntime CPU, 2 threads, runs interleaved across models."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    opts.inter_op_num_threads = 1
+    sessions = {
+        k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()
+    }
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for i in range(LATENCY_RUNS + 5):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, {s.get_inputs()[0].name: x[i % len(x) : i % len(x) + 1]})
+            if i >= 5:
+                times[k].append(time.perf_counter() - t)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+def openvino_latencies(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = {
+        k: core.compile_model(
+            str(p), "CPU", {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"}
+        )
+        for k, p in paths.items()
+    }
+    times: dict[str, list[float]] = {k: [] for k in compiled}
+    for i in range(LATENCY_RUNS + 5):
+        for k, c in compiled.items():
+            t = time.perf_counter()
+            c(x[i % len(x) : i % len(x) + 1])
+            if i >= 5:
+                times[k].append(time.perf_counter() - t)
+    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+
+
+class Matrix:
+    """Arms of one case: built one at a time, measured against FP32, written out after each."""
+
+    def __init__(self, case: str, fp32: Path, x: np.ndarray, y: np.ndarray, reference: str, save) -> None:
+        self.case, self.fp32, self.x, self.y, self.reference, self.save = case, fp32, x, y, reference, save
+        self.outcomes_file = OUTCOMES.with_name(f"{OUTCOMES.stem}-{case}.npz")
+        self.ref = run_logits(fp32, x)
+        self.idx = np.random.default_rng(SEED).integers(0, len(x), size=(BOOTSTRAP, len(x)))
+        self.paths: dict[str, Path] = {}
+        self.outcomes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.rows: dict[str, dict] = {
+            "fp32": {"arm": "fp32", "top1": float(np.mean(self.ref.argmax(1) == y)), "images": len(x)}
+        }
+
+    def arm(self, name: str, build: Callable[[], Path], **extra) -> Path | None:
+        if not wanted(name):
+            return None
+        start = time.time()
+        print(f"[{self.case}] {name} ...", file=sys.stderr, flush=True)
+        try:
+            path = build()
+        except Exception as e:  # an arm that cannot be built is a result too
+            traceback.print_exc()
+            self.rows[name] = {"arm": name, "error": f"{type(e).__name__}: {e}"[:500], **extra}
+            self.save()
+            return None
+        seconds = time.time() - start
+        logits = run_logits(path, self.x)
+        agree, kl = per_image(self.ref, logits)
+        self.paths[name], self.outcomes[name] = path, (agree, kl)
+        if path.suffix == ".onnx":  # against FP32 in the same minute; finish() times all together
+            lat = latencies({"fp32": self.fp32, name: path}, self.x)
+            extra = {**extra, "latency_pair_ms": lat, "latency_pair_vs_fp32": lat[name] / lat["fp32"]}
+        self.rows[name] = {
+            "arm": name,
+            "agreement": float(agree.mean()),
+            "agreement_ci95": interval(agree, self.idx),
+            "kl": float(kl.mean()),
+            "kl_ci95": interval(kl, self.idx),
+            "top1": float(np.mean(logits.argmax(1) == self.y)),
+            "images": len(self.x),
+            "size_mb": sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 1e6,
+            "build_seconds": round(seconds, 1),
+            **extra,
+        }
+        for other in self.outcomes if name == self.reference else [name]:
+            self.compare(other)
+        np.savez(
+            self.outcomes_file,
+            **{
+                f"{k}.{kind}": v
+                for k, (a, kl) in self.outcomes.items()
+                for kind, v in (("agree", a), ("kl", kl))
+            },
+        )
+        print(
+            f"[{self.case}] {name}: agreement {100 * agree.mean():.2f}% KL {kl.mean():.5f} ({seconds:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.save()
+        return path
+
+    def compare(self, name: str) -> None:
+        """The paired difference of an arm to the reference arm, per image, bootstrapped."""
+        if self.reference not in self.outcomes:
+            return
+        (ra, rk), (a, k) = self.outcomes[self.reference], self.outcomes[name]
+        da, dk = a - ra, k - rk
+        self.rows[name]["vs_reference"] = {
+            "reference": self.reference,
+            "agreement_diff": float(da.mean()),
+            "agreement_diff_ci95": interval(da, self.idx),
+            "kl_diff": float(dk.mean()),
+            "kl_diff_ci95": interval(dk, self.idx),
+        }
+
+    def finish(self) -> None:
+        """Latency for every arm in one interleaved run."""
+        load_before = uptime()
+        onnx_paths = {k: p for k, p in self.paths.items() if p.suffix == ".onnx"}
+        lat = latencies({"fp32": self.fp32, **onnx_paths}, self.x)
+        for k, ms in lat.items():
+            self.rows[k]["latency_ms"] = ms
+            self.rows[k]["latency_vs_fp32"] = ms / lat["fp32"]
+        ir = {k: p for k, p in self.paths.items() if p.suffix == ".xml"}
+        if ir:
+            import openvino as ov
+
+            fp32_ir = self.fp32.with_suffix(".fp32.xml")
+            ov.save_model(ov.Core().read_model(str(self.fp32)), str(fp32_ir), compress_to_fp16=False)
+            olat = openvino_latencies({"fp32": fp32_ir, **ir}, self.x)
+            self.rows["fp32"]["openvino_latency_ms"] = olat["fp32"]
+            for k in ir:
+                self.rows[k]["openvino_latency_ms"] = olat[k]
+                self.rows[k]["openvino_latency_vs_fp32"] = olat[k] / olat["fp32"]
+        self.rows["fp32"]["uptime"] = [load_before, uptime()]
+        self.save()
+
+
+# ---- the matrix -------------------------------------------------------------------------------
+
+
+def run_matrix(
+    m: Matrix, fp32: Path, x_cal: np.ndarray, work: Path, main_default: Callable[[], Path] | None
+) -> None:
+    """The arms, most decisive first (the JSON is rewritten after each, so a cut-short run still tells)."""
+    from edgetl.quantizer.ort import preprocess_for_quantization
+
+    pre = preprocess_for_quantization(fp32, work / "pre.onnx")
+    # one histogram (2048 bins, as edgetl's percentile), every cut-off from it
+    if wanted("ort-percentile") or wanted("mixed"):
+        hist = collect(pre, x_cal, "Percentile", {"symmetric": False, "percentile": 99.999, "num_bins": 2048})
+    ranges_by_p = {}
+    for p in PERCENTILES if wanted("ort-percentile") or wanted("mixed") else ():
+        hist.collector.percentile = p
+        ranges_by_p[p] = hist.compute_data()
+        m.arm(
+            f"ort-percentile-{p}",
+            lambda p=p: qdq(pre, ranges_by_p[p], work / f"pct-{p}.onnx", method="Percentile"),
+        )
+    # MinMax on all 300, per-channel, QDQ, pre-processed: the careful by-hand quantize_static (MinMax
+    # ranges do not depend on batching, so the same ranges and the same model)
+    if wanted("ort-minmax"):
+        minmax = collect(pre, x_cal, "MinMax", {"symmetric": False}).compute_data()
+    m.arm("ort-minmax-by-hand", lambda: qdq(pre, minmax, work / "minmax.onnx"))
+    m.arm("nncf-by-hand-defaults", lambda: by_hand_nncf(fp32, x_cal, work / "nncf-defaults.onnx"))
+    m.arm(
+        "ort-percentile-99.999-symmetric",
+        lambda: qdq(pre, ranges_by_p[99.999], work / "pct-sym.onnx", method="Percentile", symmetric=True),
+    )
+    m.arm("ort-minmax-symmetric", lambda: qdq(pre, minmax, work / "minmax-sym.onnx", symmetric=True))
+    # mixed precision on the current recipe (percentile 99.999): worst tensors ranked on calibration images
+    base = m.paths.get("ort-percentile-99.999")
+    if base is not None:
+        ranked = worst_tensors(pre, base, x_cal[:SENSITIVITY_IMAGES])
+        for k in MIXED_K:
+            worst = ranked[:k]
+            nodes = tuple(dict.fromkeys(n for _, _, group in worst for n in group))
+            tensors = [t for t, _, _ in worst]
+            info = {"tensors": tensors, "sqnr_db": [s for _, s, _ in worst]}
+            m.arm(
+                f"mixed-float-k{k}",
+                lambda nodes=nodes, k=k: qdq(
+                    pre, ranges_by_p[99.999], work / f"float-{k}.onnx", method="Percentile", exclude=nodes
+                ),
+                **info,
+            )
+            m.arm(
+                f"mixed-int16-k{k}",
+                lambda tensors=tensors, k=k: qdq(
+                    pre,
+                    ranges_by_p[99.999],
+                    work / f"int16-{k}.onnx",
+                    method="Percentile",
+                    overrides=_int16(tensors),
+                ),
+                **info,
+            )
+    m.arm(
+        "nncf-onnx-fast-bias-correction",
+        lambda: nncf_onnx(
+            fp32, x_cal, work / "nncf-fast.onnx", fast_bias_correction=True, smooth_quant=False
+        ),
+    )
+    m.arm(
+        "nncf-onnx-full-bias-correction",
+        lambda: nncf_onnx(
+            fp32, x_cal, work / "nncf-fbc.onnx", fast_bias_correction=False, smooth_quant=False
+        ),
+    )
+    donor, base = m.paths.get("nncf-onnx-full-bias-correction"), m.paths.get("ort-percentile-99.999")
+    if donor is not None and base is not None:
+        m.arm(
+            "ort-percentile-99.999-nncf-biases",
+            lambda: with_biases_of(base, donor, work / "pct-nncf-biases.onnx"),
+            note="onnxruntime's model, NNCF's bias-corrected biases",
+        )
+    m.arm(
+        "nncf-onnx-full-bias-correction-smoothquant",
+        lambda: nncf_onnx(
+            fp32, x_cal, work / "nncf-fbc-sq.onnx", fast_bias_correction=False, smooth_quant=True
+        ),
+    )
+    if wanted("ort-entropy-128"):
+        entropy = collect(pre, x_cal, "Entropy", {"symmetric": False})
+    m.arm(
+        "ort-entropy-128-bins",
+        lambda: qdq(pre, entropy.compute_data(), work / "ent-128.onnx", method="Entropy"),
+    )
+    m.arm("nncf-openvino", lambda: nncf_openvino(fp32, x_cal, work / "ov.xml", channel_alignment=False))
+    m.arm(
+        "nncf-openvino-channel-alignment",
+        lambda: nncf_openvino(fp32, x_cal, work / "ov-cle.xml", channel_alignment=True),
+    )
+    if wanted("ort-entropy-512"):
+        entropy = collect(
+            pre, x_cal, "Entropy", {"symmetric": False, "num_bins": 512, "num_quantized_bins": 256}
+        )
+    m.arm(
+        "ort-entropy-512-bins",
+        lambda: qdq(pre, entropy.compute_data(), work / "ent-512.onnx", method="Entropy"),
+    )
+    if main_default is not None:
+        m.arm("edgetl-main-default", main_default, note="main: 200 calibrate, method picked on 100 held out")
+
+
+def _int16(tensors: list[str]) -> dict:
+    from onnxruntime.quantization import QuantType
+
+    return {t: [{"quant_type": QuantType.QUInt16}] for t in tensors}
+
+
+def case_imagenet(work: Path, save, results: dict, reference: str) -> None:
+    from edgetl.quantizer import map_eval_classes, quantize
+    from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.preprocess import list_images, preprocess_image
+
+    fp32 = work / "lite0.onnx"
+    if FP32_MODEL is not None:
+        fp32.symlink_to(FP32_MODEL.resolve())
+    else:
+        edgetl("export", "--backbone", "efficientnet_lite0", "--out", str(fp32))
+    info = read_model_info(fp32)
+    images = sorted(list_images(IMAGENET))
+    random.Random(SEED).shuffle(images)
+    calib, measure = images[:CALIBRATE], images[CALIBRATE : CALIBRATE + MEASURE]
+    folder = work / "calibration"
+    for p in calib:
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        os.symlink(p, folder / p.parent.name / p.name)
+    synsets = sorted({p.parent.name for p in images})
+    index = dict(zip(synsets, map_eval_classes(synsets, info.labels), strict=True))
+    x_cal = np.stack([preprocess_image(p, info.preprocess) for p in calib])
+    x = np.stack([preprocess_image(p, info.preprocess) for p in measure])
+    y = np.asarray([index[p.parent.name] for p in measure])
+    m = Matrix("imagenet", fp32, x, y, reference, save)
+    results["imagenet"] = m.rows
+
+    def main_default() -> Path:
+        r = quantize(fp32, work / "edgetl.onnx", calibration=folder)
+        m.rows.setdefault("_edgetl", {})["gate"] = r.gate
+        return r.int8_model
+
+    run_matrix(m, fp32, x_cal, work, main_default if WITH_DEFAULT else None)
+    m.finish()
+
+
+def case_digits(work: Path, save, results: dict, reference: str) -> None:
+    from edgetl.quantizer import quantize
+    from edgetl.runfolder.splits import Splits
+    from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.preprocess import preprocess_image
+
+    run, data = work / "digits-run", work / "sign-digits"
+    (data / "train").mkdir(parents=True)
+    for folder in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
+        os.symlink(folder.resolve(), data / "train" / folder.name)
+    edgetl(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--no-hflip",
+        "--image-size",
+        "64",
+        "--frozen-epochs",
+        "2",
+        "--epochs",
+        "1",
+        "--seed",
+        str(SEED),
+    )
+    edgetl("export", str(run))
+    fp32 = run / "model.onnx"
+    info = read_model_info(fp32)
+    splits = Splits.load(run)
+    train = list(splits.train)
+    random.Random(SEED).shuffle(train)
+    x_cal = np.stack([preprocess_image(p, info.preprocess) for p, _ in train[:CALIBRATE]])
+    x = np.stack([preprocess_image(p, info.preprocess) for p, _ in splits.val])
+    y = np.asarray([label for _, label in splits.val])
+    m = Matrix("digits", fp32, x, y, reference, save)
+    results["digits"] = m.rows
+    dwork = work / "digits-arms"
+    dwork.mkdir()
+
+    def main_default() -> Path:
+        r = quantize(run, work / "digits-edgetl.onnx", allow_drop=True)
+        return r.int8_model
+
+    run_matrix(m, fp32, x_cal, dwork, main_default if WITH_DEFAULT else None)
+    m.arm("qat", lambda: quantize(run, work / "digits-qat.onnx", qat=True, allow_drop=True).int8_model)
+    m.finish()
+
+
+def render(results: dict) -> str:
+    """The JSON as markdown tables, one per case, arms in the order run."""
+    lines = [f"Command: `{results['command']}`; load at start: `{results['uptime_start']}`", ""]
+    for case, rows in results.items():
+        if not isinstance(rows, dict) or "fp32" not in rows:
+            continue
+        fp32 = rows["fp32"]
+        lines += [
+            f"### {case}: {fp32['images']} measured photos, FP32 top-1 {100 * fp32['top1']:.2f}%",
+            "",
+            "| arm | agreement % [95% CI] | KL [95% CI] | vs reference: agreement pts, KL [95% CI] | top-1 % | latency vs FP32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, r in rows.items():
+            if name == "fp32" or name.startswith("_"):
+                continue
+            if "error" in r:
+                lines.append(f"| {name} | failed: {r['error'][:120]} | | | | |")
+                continue
+            a, k = r["agreement_ci95"], r["kl_ci95"]
+            vs = r.get("vs_reference")
+            diff = (
+                f"{100 * vs['agreement_diff']:+.2f} [{100 * vs['agreement_diff_ci95'][0]:+.2f}, "
+                f"{100 * vs['agreement_diff_ci95'][1]:+.2f}], {vs['kl_diff']:+.5f} "
+                f"[{vs['kl_diff_ci95'][0]:+.5f}, {vs['kl_diff_ci95'][1]:+.5f}]"
+                if vs
+                else ""
+            )
+            top1 = "–" if r.get("top1") is None else f"{100 * r['top1']:.2f}"
+            ratio = (
+                r.get("latency_vs_fp32") or r.get("latency_pair_vs_fp32") or r.get("openvino_latency_vs_fp32")
+            )
+            lines.append(
+                f"| {name} | {100 * r['agreement']:.2f} [{100 * a[0]:.2f}, {100 * a[1]:.2f}] | "
+                f"{r['kl']:.5f} [{k[0]:.5f}, {k[1]:.5f}] | {diff} | {top1} | "
+                + (f"{ratio:.2f}x |" if ratio else "|")
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def merge(out: Path, others: list[Path], reference: str) -> None:
+    """Fold the arms of runs made side by side (`--arms`, same split and seed) into --out, and the
+    paired differences to the reference arm from their per-image outcomes."""
+    results = json.loads(out.read_text())
+    outcomes = dict(np.load(out.with_name(f"{out.stem}-outcomes-imagenet.npz")))
+    for other in others:
+        more = json.loads(other.read_text())
+        for case, rows in more.items():
+            if isinstance(rows, dict) and "fp32" in rows:
+                results.setdefault(case, {}).update({k: v for k, v in rows.items() if k != "fp32"})
+        results.setdefault("merged", []).append(more["command"])
+        outcomes.update(np.load(other.with_name(f"{other.stem}-outcomes-imagenet.npz")))
+    rows = results["imagenet"]
+    n = rows["fp32"]["images"]
+    idx = np.random.default_rng(SEED).integers(0, n, size=(BOOTSTRAP, n))
+    ra, rk = outcomes[f"{reference}.agree"], outcomes[f"{reference}.kl"]
+    for name, row in rows.items():
+        if f"{name}.agree" not in outcomes:
+            continue
+        da, dk = outcomes[f"{name}.agree"] - ra, outcomes[f"{name}.kl"] - rk
+        row["vs_reference"] = {
+            "reference": reference,
+            "agreement_diff": float(da.mean()),
+            "agreement_diff_ci95": interval(da, idx),
+            "kl_diff": float(dk.mean()),
+            "kl_diff_ci95": interval(dk, idx),
+        }
+    out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="the JSON, rewritten after every arm")
+    parser.add_argument("--render", action="store_true", help="only print --out's JSON as markdown")
+    parser.add_argument("--merge", type=Path, nargs="*", help="only fold these runs' arms into --out")
+    parser.add_argument("--cases", default="imagenet,digits")
+    parser.add_argument("--reference", default="ort-percentile-99.999", help="arm the differences are to")
+    parser.add_argument("--fp32", type=Path, help="reuse this `edgetl export --backbone efficientnet_lite0`")
+    parser.add_argument("--with-default", action="store_true", help="also run edgetl's default quantize")
+    parser.add_argument("--arms", default="", help="comma-separated name prefixes: run only those arms")
+    args = parser.parse_args()
+    if args.merge:
+        merge(args.out, args.merge, args.reference)
+        return
+    if args.render:
+        print(render(json.loads(args.out.read_text())))
+        return
+    global FP32_MODEL, WITH_DEFAULT, OUTCOMES, ARMS
+    FP32_MODEL, WITH_DEFAULT = args.fp32, args.with_default
+    ARMS = tuple(a for a in args.arms.split(",") if a)
+    OUTCOMES = args.out.with_name(f"{args.out.stem}-outcomes.npz")
+    cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
+    results: dict = {
+        "command": " ".join(sys.argv),
+        "uptime_start": uptime(),
+        "bootstrap": BOOTSTRAP,
+        "threads": THREADS,
+        "calibration_images": CALIBRATE,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+    with tempfile.TemporaryDirectory(prefix="bench-int8-matrix-") as tmp:
+        for name in args.cases.split(","):
+            data, fn = cases[name]
+            if not data.is_dir():
+                print(f"skipping {name}: {data} is absent (see ../shared/data/README)")
+                continue
+            (Path(tmp) / name).mkdir()
+            fn(Path(tmp) / name, save, results, args.reference)
+    results["uptime_end"] = uptime()
+    save()
+
+
+if __name__ == "__main__":
+    main()
