@@ -371,3 +371,58 @@ def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
         lo, hi = im.convert("L").getextrema()
         assert im.size == (390, 844) and hi - lo > 100  # a phone's screen, not a blank page
     assert shown["width"] <= 390, "the page is wider than a phone's screen"
+
+
+@pytest.fixture(scope="module")
+def text_bundle(tmp_path_factory) -> Path:
+    """A tiny text run (random 2-layer BERT, three topics), trained, exported and packaged."""
+    from tinytext import write_text_folder, write_tiny_bert
+
+    import edgetl
+
+    root = tmp_path_factory.mktemp("servetext")
+    bert = write_tiny_bert(root / "bert")
+    run = root / "run"
+    edgetl.train(
+        write_text_folder(root / "data"),
+        run,
+        backbone="all-minilm-l6-v2",
+        weights=str(bert),
+        frozen_epochs=8,
+        epochs=1,
+    )
+    edgetl.export(run)
+    return edgetl.package(run, root / "bundle.tar.gz").path
+
+
+def test_a_text_bundle_takes_text_plain_and_answers_what_predict_json_prints(text_bundle, no_torch, capsys):
+    text = "the team scored a late goal to win the league match"
+    assert run_main(["predict", str(text_bundle), text, "--json", "--top-k", "2"]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    server = Server(text_bundle, no_torch)
+    try:
+        status, _, body = server.request("GET", "/v1/info")
+        assert status == 200 and json.loads(body)["modality"] == "text"
+        status, _, body = server.request(
+            "POST", "/v1/predict?top_k=2", text.encode(), {"Content-Type": "text/plain; charset=utf-8"}
+        )
+        assert status == 200, body
+        got = json.loads(body)
+        assert got["predictions"][0].pop("source") == "upload"
+        expected["predictions"][0].pop("source")
+        assert got == expected
+        status, _, body = server.request("POST", "/v1/predict", *_multipart("note.txt", text.encode()))
+        assert status == 200 and json.loads(body)["predictions"][0]["source"] == "note.txt"
+        assert "text/plain" in _error(
+            *server.request("POST", "/v1/predict", _png(32), {"Content-Type": "image/png"})[::2], 415,
+            "unsupported_media_type",
+        )["message"]  # fmt: skip
+        for bad in (b"   ", b"\x00binary\x00"):
+            _error(
+                *server.request("POST", "/v1/predict", bad, {"Content-Type": "text/plain"})[::2],
+                400,
+                "bad_input",
+            )
+        assert server.request("GET", "/healthz")[0] == 200
+    finally:
+        assert server.stop() == 0

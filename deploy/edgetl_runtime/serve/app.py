@@ -11,6 +11,7 @@ import hashlib
 import re
 import time
 from base64 import b64encode
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from importlib.resources import files
@@ -25,10 +26,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import error_fields
+from ..errors import TextError, error_fields
 from ..fileio import json_text
+from ..inputs import TextInput
+from ..modality import Modality
 from ..predictor import Predictor, summarize_predictions
 from ..preprocess import EncodedImage
+from ..textinput import decode_bytes
 from .inference import InferencePool, Overloaded
 from .metrics import ServeMetrics
 
@@ -58,7 +62,39 @@ ERROR_STATUS = {
 }
 # starlette's own HTTPExceptions (routing) in our terms
 HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
-RAW_IMAGE = re.compile(r"^image/[a-z0-9.+-]+$")
+
+
+def _text_upload(name: str, body: bytes) -> TextInput:
+    try:
+        text, _ = decode_bytes(body, name)
+    except TextError as e:
+        raise ServeError(ErrorKind.BAD_INPUT, str(e)) from None
+    if not text.strip():
+        raise ServeError(ErrorKind.BAD_INPUT, "an empty text: nothing to classify")
+    return TextInput(name, text)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one model's POST /v1/predict takes: raw body media types, and the body as an input."""
+
+    raw: re.Pattern
+    hint: str
+    item: Callable[[str, bytes], EncodedImage | TextInput]
+
+
+UPLOADS: dict[Modality, Upload] = {
+    Modality.IMAGE: Upload(
+        re.compile(r"^image/[a-z0-9.+-]+$"),
+        "the image as the raw body with Content-Type image/* (e.g. image/jpeg)",
+        EncodedImage,
+    ),
+    Modality.TEXT: Upload(
+        re.compile(r"^text/plain$"),
+        "the text as the raw body with Content-Type text/plain (UTF-8)",
+        _text_upload,
+    ),
+}
 COMMON_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
 
 
@@ -94,13 +130,13 @@ def _query_top_k(request: Request) -> int:
     return int(raw)
 
 
-def _media_type(request: Request) -> str:
+def _media_type(request: Request, upload: Upload) -> str:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "multipart/form-data" and not RAW_IMAGE.match(media):
+    if media != "multipart/form-data" and not upload.raw.match(media):
         raise ServeError(
             ErrorKind.UNSUPPORTED_MEDIA_TYPE,
-            f"content type {media or '(none)'!r} is not accepted: send the image as the raw body with "
-            "Content-Type image/* (e.g. image/jpeg), or as multipart/form-data field 'file'",
+            f"content type {media or '(none)'!r} is not accepted: send {upload.hint}, "
+            "or as multipart/form-data field 'file'",
         )
     return media
 
@@ -136,7 +172,7 @@ async def _read_body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _uploaded_file(request: Request, body: bytes) -> EncodedImage:
+async def _uploaded_file(request: Request, body: bytes, kind: Upload) -> EncodedImage | TextInput:
     async def once():
         yield body
 
@@ -148,16 +184,16 @@ async def _uploaded_file(request: Request, body: bytes) -> EncodedImage:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ServeError(ErrorKind.BAD_INPUT, "multipart body has no file field named 'file'")
-        return EncodedImage(upload.filename or "file", await upload.read())
+        return kind.item(upload.filename or "file", await upload.read())
     finally:
         await form.close()
 
 
-async def _read_input(request: Request, media: str, cap: int) -> EncodedImage:
+async def _read_input(request: Request, media: str, cap: int, upload: Upload) -> EncodedImage | TextInput:
     body = await _read_body(request, cap)
     if media == "multipart/form-data":
-        return await _uploaded_file(request, body)
-    return EncodedImage("upload", body)
+        return await _uploaded_file(request, body, upload)
+    return upload.item("upload", body)
 
 
 def describe_service(bundle: str, predictor: Predictor, sha256: str, limits: ServeLimits) -> dict:
@@ -231,6 +267,7 @@ def build_app(
     metrics = metrics or ServeMetrics()
     pool = InferencePool(predictor, workers=limits.workers, queue=limits.queue, metrics=metrics)
     info = describe_service(bundle, predictor, sha256, limits)
+    upload = UPLOADS[predictor.modality]
     page = files(__package__).joinpath("page.html").read_text(encoding="utf-8")
     page_headers = page_response_headers(page)
 
@@ -259,12 +296,12 @@ def build_app(
     async def predict(request: Request) -> Response:
         started = time.perf_counter()
         top_k = _query_top_k(request)
-        media = _media_type(request)
+        media = _media_type(request, upload)
         _check_length(request, limits.max_body_bytes)
         reading = True
         try:
             with pool.admit() as slot, anyio.fail_after(limits.timeout_s):
-                item = await _read_input(request, media, limits.max_body_bytes)
+                item = await _read_input(request, media, limits.max_body_bytes, upload)
                 reading = False
                 outcome = await slot.run(item, top_k)
         except Overloaded:

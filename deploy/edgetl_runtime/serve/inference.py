@@ -23,9 +23,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..errors import ImageError
+from ..errors import InputError
+from ..inputs import TextInput
 from ..predictor import Prediction, Predictor
-from ..preprocess import EncodedImage, preprocess_image
+from ..preprocess import EncodedImage
 from .metrics import ServeMetrics
 
 
@@ -49,7 +50,7 @@ class Slot:
         self._pool = pool
         self.handed_off = False
 
-    async def run(self, item: EncodedImage, top_k: int) -> Outcome:
+    async def run(self, item: EncodedImage | TextInput, top_k: int) -> Outcome:
         future = self._pool.executor.submit(self._pool.predict_one, item, top_k)
         self.handed_off = True
         future.add_done_callback(lambda _: self._pool.release())
@@ -86,19 +87,21 @@ class InferencePool:
             self._admitted -= 1
         self.metrics.in_flight.dec()
 
-    def predict_one(self, item: EncodedImage, top_k: int) -> Outcome:
-        """Runs on a worker thread: decode + preprocess, then one model call."""
+    def predict_one(self, item: EncodedImage | TextInput, top_k: int) -> Outcome:
+        """Runs on a worker thread: decode + preprocess (or tokenize), then one model call."""
+        kind, spec = self.predictor.kind, self.predictor.preprocess
+        name = kind.name(item, 0)
         start = time.perf_counter()
         try:
-            array = preprocess_image(item, self.predictor.preprocess)
-        except ImageError as e:
-            return Outcome(Prediction(item.name, error=str(e)), time.perf_counter() - start, 0.0)
+            feed = kind.collate([kind.load(item, spec)], spec)
+        except InputError as e:
+            return Outcome(Prediction(name, error=str(e)), time.perf_counter() - start, 0.0)
         prepared = time.perf_counter()
-        probs = self.predictor.probabilities(array[None])[0]
+        probs = self.predictor.probabilities(feed)[0]
         done = time.perf_counter()
         self.metrics.preprocess_seconds.observe(prepared - start)
         self.metrics.inference_seconds.observe(done - prepared)
-        return Outcome(self.predictor.decode(item.name, probs, top_k), prepared - start, done - prepared)
+        return Outcome(self.predictor.decode(name, probs, top_k), prepared - start, done - prepared)
 
     def close(self) -> None:
         """Let running jobs finish (graceful shutdown waits for their requests anyway)."""
