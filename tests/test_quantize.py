@@ -149,7 +149,9 @@ def refuse_every_candidate(monkeypatch, **changes) -> None:
     quantize_module = importlib.import_module("edgetl.quantizer.quantize")  # the module, not the function
     backend = quantize_module.QuantBackend.ONNXRUNTIME
     quantizer = quantize_module.QUANTIZERS[backend]
-    monkeypatch.setitem(quantize_module.QUANTIZERS, backend, replace(quantizer, max_size_ratio=0.01, **changes))
+    monkeypatch.setitem(
+        quantize_module.QUANTIZERS, backend, replace(quantizer, max_size_ratio=0.01, **changes)
+    )
 
 
 calls: list[str] = []
@@ -203,9 +205,7 @@ def test_forced_failure_walks_every_real_rung(run, tmp_path, monkeypatch):
     rungs = list(dict.fromkeys(a.rung for a in result.attempts))
     assert rungs == ["calibration", "float-nodes", "nncf-ptq", "nncf-accuracy-control", "qat"]
     assert (
-        not result.passed
-        and result.gate["verdict"] == "fail"
-        and "more than 0.01x" in result.gate["reason"]
+        not result.passed and result.gate["verdict"] == "fail" and "more than 0.01x" in result.gate["reason"]
     )
     for attempt in result.attempts:
         # each candidate is a real INT8 model, measured on the 12 val images

@@ -20,7 +20,8 @@ from pathlib import Path
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, Kind, RunFolder, Step, check_outputs, dataset_fingerprint
+from edgetl.runfolder.folder import TMP_PREFIX, Kind, RunFolder, Step, dataset_fingerprint
+from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest

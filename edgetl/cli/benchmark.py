@@ -7,7 +7,8 @@ import click
 from edgetl import options as opt
 from edgetl.cli.common import FiniteFloat, handle_errors, json_option
 from edgetl.errors import EdgetlError
-from edgetl.runfolder.folder import Kind, check_outputs
+from edgetl.runfolder.folder import Kind
+from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.fileio import check_writable
 
 

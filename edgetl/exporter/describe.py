@@ -14,7 +14,8 @@ from pathlib import Path
 
 from edgetl import __version__
 from edgetl.errors import EdgetlError
-from edgetl.runfolder.folder import Kind, check_outputs
+from edgetl.runfolder.folder import Kind
+from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.fileio import atomic_output, sha256_file
 from edgetl_runtime.modelfile import ONNX
 from edgetl_runtime.modelinfo import ModelInfo, graph_precision

@@ -37,15 +37,8 @@ from edgetl.options import (
     MAX_CHECK_IMAGES,
     ExportFormat,
 )
-from edgetl.runfolder.folder import (
-    TMP_PREFIX,
-    ExportRecord,
-    Kind,
-    RunFolder,
-    Step,
-    check_outputs,
-    find_checkpoint,
-)
+from edgetl.runfolder.folder import TMP_PREFIX, ExportRecord, Kind, RunFolder, Step, find_checkpoint
+from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file

@@ -19,7 +19,8 @@ from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
 from edgetl.exporter.convert import save_onnx
 from edgetl.exporter.parity import Parity
-from edgetl.runfolder.folder import ExportRecord, Kind, RunFolder, Step, check_outputs, find_checkpoint
+from edgetl.runfolder.folder import ExportRecord, Kind, RunFolder, Step, find_checkpoint
+from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modality import Modality

@@ -32,7 +32,8 @@ from edgetl.quantizer.inputs import (
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb, refit
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step
+from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modality import Modality

@@ -17,7 +17,8 @@ from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
 from edgetl.quantizer.gate import Verdict, compare_logits, judge
 from edgetl.quantizer.inputs import write_model
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step, check_outputs
+from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step
+from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import check_writable, sha256_file

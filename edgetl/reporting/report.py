@@ -15,7 +15,8 @@ from edgetl.errors import EdgetlError
 from edgetl.reporting.html import page
 from edgetl.reporting.records import GALLERY_LIMIT, RunFiles, Section
 from edgetl.reporting.sections import SECTIONS
-from edgetl.runfolder.folder import Kind, RunFolder, check_outputs
+from edgetl.runfolder.folder import Kind, RunFolder
+from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.fileio import write_text_atomic
 
 
