@@ -238,12 +238,13 @@ class Attempt:
         return d
 
 
-def measure_latency(path: Path, sample: np.ndarray, backend: str) -> float:
-    """Median single-image latency in ms, one thread: enough to compare candidates of one model."""
+def measure_latency(path: Path, sample: np.ndarray | dict[str, np.ndarray], backend: str) -> float:
+    """Median single-input latency in ms, one thread: enough to compare candidates of one model."""
     from edgetl_runtime.backends import load_session
+    from edgetl_runtime.inputs import slice_feed
 
     session = load_session(path, backend, threads=1)
-    x = sample[:1]
+    x = slice_feed(sample, 0, 1)
     for _ in range(3):
         session.run(x)
     times = []

@@ -6,7 +6,6 @@ NNCF's transformer mode where nncf is installed, calibrated on training texts; t
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 from edgetl.console import log, quiet_third_party
 from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
-from edgetl.quantizer.gate import Verdict, compare_logits, judge
+from edgetl.quantizer.gate import Verdict, compare_logits, judge, measure_latency
 from edgetl.quantizer.inputs import write_model
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step
 from edgetl.runfolder.outputs import check_outputs
@@ -61,19 +60,10 @@ def _logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
     return out
 
 
-def latency_ms(path: Path, spec: TextSpec, length: int = LATENCY_LENGTH, runs: int = 20) -> float:
+def latency_ms(path: Path, spec: TextSpec, length: int = LATENCY_LENGTH) -> float:
     from edgetl_runtime.textinput import example_feed
 
-    session = load_session(path, "onnxruntime-cpu", threads=1)
-    feed = example_feed(spec, 1, min(length, spec.max_length))
-    for _ in range(3):
-        session.run(feed)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(feed)
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    return measure_latency(path, example_feed(spec, 1, min(length, spec.max_length)), "onnxruntime-cpu")
 
 
 class _Reader:
