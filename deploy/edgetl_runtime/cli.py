@@ -416,7 +416,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "predict":
+            # a "*" positional is matched (empty) before the options: inputs after an option arrive here
+            args.images += [a for a in extra if a == "-" or not a.startswith("-")]
+            extra = [a for a in extra if a != "-" and a.startswith("-")]
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         for option in (
             *("top_k", "batch_size", "threads", "min_runs", "max_pixels", "max_bundle_mb"),
             *("workers", "max_body_mb", "timeout_s"),
