@@ -128,34 +128,9 @@ def qdq(
 
 def worst_tensors(pre: Path, qdq_path: Path, x: np.ndarray) -> list[tuple[str, float, tuple[str, ...]]]:
     """(tensor, SQNR dB, its producer and consumers) worst first, by onnxruntime's qdq_loss_debug."""
-    import onnx
-    import onnxruntime as ort
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        modify_model_output_intermediate_tensors,
-    )
+    from edgetl.quantizer.ort import rank_quantized_tensors
 
-    from edgetl.quantizer.ort import _ArrayReader
-
-    inp = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    tmp = Path(tempfile.mkdtemp(prefix="matrix-sens-"))
-    modify_model_output_intermediate_tensors(str(pre), str(tmp / "f.onnx"))
-    modify_model_output_intermediate_tensors(str(qdq_path), str(tmp / "q.onnx"))
-    fa = collect_activations(str(tmp / "f.onnx"), _ArrayReader(inp, x, 1))
-    qa = collect_activations(str(tmp / "q.onnx"), _ArrayReader(inp, x, 1))
-    errors = compute_activation_error(create_activation_matching(qa, fa))
-    graph = onnx.load(str(pre)).graph
-    producers = {o: n.name for n in graph.node for o in n.output}
-    consumers: dict[str, list[str]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.name)
-    ranked = sorted((e["qdq_err"], t) for t, e in errors.items() if np.isfinite(e.get("qdq_err", np.inf)))
-    return [
-        (t, float(err), tuple(x for x in (producers.get(t), *consumers.get(t, ())) if x)) for err, t in ranked
-    ]
+    return rank_quantized_tensors(pre, qdq_path, x)
 
 
 # ---- NNCF arms --------------------------------------------------------------------------------

@@ -122,9 +122,16 @@ def quantize_with_ranges(
 def rank_sensitive_nodes(float_path: Path, qdq_path: Path, inputs: np.ndarray) -> list[tuple[str, ...]]:
     """Groups of nodes to keep in float, worst quantized tensor first.
 
-    A tensor's local quantization error (SQNR of its values before and after QDQ inside the INT8
-    model) ranks it; keeping it in float means excluding its producer and every consumer.
+    Keeping a tensor in float means excluding its producer and every consumer.
     """
+    return [nodes for _, _, nodes in rank_quantized_tensors(float_path, qdq_path, inputs) if nodes]
+
+
+def rank_quantized_tensors(
+    float_path: Path, qdq_path: Path, inputs: np.ndarray
+) -> list[tuple[str, float, tuple[str, ...]]]:
+    """(tensor, its qdq error in SQNR dB, its producer and consumers), worst first: a tensor's local
+    quantization error (its values before and after QDQ inside the INT8 model) ranks it."""
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
@@ -151,9 +158,6 @@ def rank_sensitive_nodes(float_path: Path, qdq_path: Path, inputs: np.ndarray) -
         for i in n.input:
             consumers.setdefault(i, []).append(n.name)
     ranked = sorted((e["qdq_err"], t) for t, e in errors.items() if np.isfinite(e.get("qdq_err", np.inf)))
-    groups = []
-    for _, tensor in ranked:
-        nodes = tuple(x for x in (producers.get(tensor), *consumers.get(tensor, ())) if x)
-        if nodes:
-            groups.append(nodes)
-    return groups
+    return [
+        (t, float(err), tuple(x for x in (producers.get(t), *consumers.get(t, ())) if x)) for err, t in ranked
+    ]
