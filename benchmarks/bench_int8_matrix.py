@@ -382,6 +382,7 @@ def run_matrix(
     m: Matrix, fp32: Path, x_cal: np.ndarray, work: Path, main_default: Callable[[], Path] | None
 ) -> None:
     """The arms, most decisive first (the JSON is rewritten after each, so a cut-short run still tells)."""
+    from edgetl.quantizer.bias_correction import correct_biases
     from edgetl.quantizer.ort import preprocess_for_quantization
 
     pre = preprocess_for_quantization(fp32, work / "pre.onnx")
@@ -395,6 +396,12 @@ def run_matrix(
         m.arm(
             f"ort-percentile-{p}",
             lambda p=p: qdq(pre, ranges_by_p[p], work / f"pct-{p}.onnx", method="Percentile"),
+        )
+    # onnxruntime's QDQ model, biases corrected (edgetl's recipe), at two cut-offs
+    for p in (99.99, 99.999) if wanted("ort-percentile") else ():
+        m.arm(
+            f"ort-percentile-{p}-bias-corrected",
+            lambda p=p: correct_biases(pre, m.paths[f"ort-percentile-{p}"], x_cal, work / f"pct-bc-{p}.onnx"),
         )
     # MinMax on all 300, per-channel, QDQ, pre-processed: the careful by-hand quantize_static (MinMax
     # ranges do not depend on batching, so the same ranges and the same model)
@@ -502,7 +509,7 @@ def case_imagenet(work: Path, save, results: dict, reference: str) -> None:
     images = sorted(list_images(IMAGENET))
     random.Random(SEED).shuffle(images)
     calib, measure = images[:CALIBRATE], images[CALIBRATE : CALIBRATE + MEASURE]
-    folder = work / "calibration"
+    folder = work / "calibration-images"  # not "calibration": the default manifest folder
     for p in calib:
         (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
         os.symlink(p, folder / p.parent.name / p.name)

@@ -53,6 +53,37 @@ def quantized(run, digits_dir, tmp_path_factory):
     return result
 
 
+def test_bias_correction_moves_only_biases_to_the_fp32_weights_channel_means(run, digits_dir, tmp_path):
+    from edgetl.quantizer import bias_correction as bc
+    from edgetl.quantizer import ort as ort_q
+    from edgetl_runtime.preprocess import list_images, preprocess_image
+
+    spec = read_model_info(run / "model.onnx").preprocess
+    x = np.stack([preprocess_image(p, spec) for p in sorted(list_images(digits_dir / "train"))[:24]])
+    pre = ort_q.preprocess_for_quantization(run / "model.onnx", tmp_path / "pre.onnx")
+    ranges = ort_q.calibrate_ranges(pre, x, ort_q.Method.MINMAX)
+    plain = ort_q.quantize_with_ranges(pre, ort_q.Method.MINMAX, ranges, tmp_path / "q.onnx")
+    fixed = bc.correct_biases(pre, plain, x, tmp_path / "fixed.onnx")
+
+    def own_error(path: Path) -> float:
+        """Sum over layers of |channel mean with FP32 weights - as quantized|, same quantized input."""
+        model, float_model = onnx.load(str(path)), onnx.load(str(pre))
+        layers = bc._corrected_layers(model)
+        probe, twins = bc._with_float_twins(model, float_model, layers)
+        means = bc._channel_means(probe, [n.output[0] for n, _ in layers] + twins, x, 8, "test")
+        return sum(
+            np.abs(means[t] - means[n.output[0]]).sum() for (n, _), t in zip(layers, twins, strict=True)
+        )
+
+    assert len(bc._corrected_layers(onnx.load(str(plain)))) > 10
+    assert own_error(fixed) < 0.2 * own_error(plain)
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(plain)).graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(str(fixed)).graph.initializer}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert before.keys() == after.keys() and changed
+    assert all(k.endswith("bias_quantized") and after[k].dtype == np.int32 for k in changed)
+
+
 def test_run_folder_writes_model_manifest_and_summary(run):
     summary = json.loads((run / "quantize.json").read_text())
     assert Path(summary["int8_model"]) == run / "model.int8.onnx"

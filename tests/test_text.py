@@ -135,19 +135,25 @@ def test_trainable_parameters_per_stage(bert):
 
 
 def test_cached_lower_layers_give_the_full_models_logits(bert):
-    from edgetl.trainer.text import Tokens, cache_states, run_top
+    from edgetl.trainer.text import Tokens, advance_cache, cache_states, run_top
     from edgetl_runtime.textinput import TextSpec
 
     model, files = _tiny_model(bert)
     spec = TextSpec(files.tokenizer, 16)
     tokens = Tokens.of(sentences("tech", 10), spec)
-    with torch.no_grad():
-        for index, states, mask in cache_states(model, tokens, 1, 0):
-            ids, full_mask = tokens.batch(index, 0)
-            assert torch.equal(mask, full_mask)
-            torch.testing.assert_close(
-                run_top(model, states, mask, 1), model(ids, mask), atol=1e-5, rtol=1e-5
-            )
+    cached = cache_states(model, tokens, 1, 0)
+    depth = len(model.layers)
+    # the frozen stage's pooled outputs: moved up from the unfreezing stage's cache, or made directly
+    direct = advance_cache(model, cache_states(model, tokens, depth, 0), depth, depth)
+    for pooled in (advance_cache(model, cached, 1, depth), direct):
+        with torch.no_grad():
+            for (index, states, mask), (_, pooled_states, _) in zip(cached, pooled, strict=True):
+                ids, full_mask = tokens.batch(index, 0)
+                assert torch.equal(mask, full_mask)
+                torch.testing.assert_close(
+                    run_top(model, states, mask, 1), model(ids, mask), atol=1e-5, rtol=1e-5
+                )
+                torch.testing.assert_close(model.head(pooled_states), model(ids, mask), atol=1e-5, rtol=1e-5)
 
 
 def test_training_and_device_tokenize_token_for_token(bert):

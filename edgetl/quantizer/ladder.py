@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.console import log
-from edgetl.quantizer import nncf_backend, ort
+from edgetl.quantizer import bias_correction, nncf_backend, ort
 from edgetl.quantizer.calibration import CalibrationSet
 from edgetl.quantizer.evaluation import run_model
 from edgetl.quantizer.gate import Attempt, Evaluation, Gate, GateReport, score
@@ -132,13 +132,15 @@ def _ort_candidate(ctx: Context, method: ort.Method, exclude: tuple[str, ...], r
         if (method, part.name) not in ctx.ranges:
             log(f"calibrating ({method.value}) on {len(part.inputs)} images ({part.name})")
             ctx.ranges[method, part.name] = ort.calibrate_ranges(ctx.pre, part.inputs, method)
-        return ort.quantize_with_ranges(ctx.pre, method, ctx.ranges[method, part.name], out, exclude)
+        ort.quantize_with_ranges(ctx.pre, method, ctx.ranges[method, part.name], out, exclude)
+        return bias_correction.correct_biases(ctx.pre, out, part.inputs, out)
 
     settings = {
         "backend": "onnxruntime",
         **ort.ORT_SETTINGS,
         "calibrator": ort.CALIBRATORS[method][1],
         "nodes_to_exclude": list(exclude),
+        "bias_correction": {"max_images": bias_correction.MAX_IMAGES},
     }
     return ctx.fit(rung, method.value, exclude, settings, make)
 

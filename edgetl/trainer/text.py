@@ -86,28 +86,45 @@ def pool(states: torch.Tensor, mask: torch.Tensor, model: TextClassifier) -> tor
     return (states * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
-def run_top(model: TextClassifier, states: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
-    """Logits from the hidden states entering layer `first` (the layers below it are cached)."""
+def run_layers(model: TextClassifier, states: torch.Tensor, mask: torch.Tensor, start: int, stop: int):
+    """The hidden states entering layer `stop` from those entering layer `start`."""
     extended = additive_mask(mask, states.dtype)
-    for layer in model.layers[first:]:
+    for layer in model.layers[start:stop]:
         out = layer(states, extended)
         states = out[0] if isinstance(out, tuple) else out
-    return model.head(pool(states, mask, model))
+    return states
+
+
+def run_top(model: TextClassifier, states: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+    """Logits from the hidden states entering layer `first` (the layers below it are cached)."""
+    return model.head(pool(run_layers(model, states, mask, first, len(model.layers)), mask, model))
 
 
 @torch.no_grad()
 def cache_states(model: TextClassifier, tokens: Tokens, first: int, pad: int) -> list:
-    """(index, states entering layer `first`, mask) per length bucket; `first` = all layers: pooled."""
+    """(index, states entering layer `first`, mask) per length bucket; only the embeddings and the
+    layers below `first` run."""
     model.eval()
     cached = []
     for index in length_buckets([len(t) for t in tokens.ids], EVAL_BATCH):
         ids, mask = tokens.batch(index, pad)
-        states = model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[
-            first
-        ]
-        kept = pool(states, mask, model) if first == len(model.layers) else states
-        cached.append((torch.from_numpy(index), kept, mask))
+        states = run_layers(model, model.encoder.embeddings(input_ids=ids), mask, 0, first)
+        cached.append((torch.from_numpy(index), states, mask))
     return cached
+
+
+@torch.no_grad()
+def advance_cache(model: TextClassifier, cached: list, start: int, first: int) -> list:
+    """A cache of states entering layer `start` moved up to layer `first`, with the weights those
+    layers have now; `first` = all layers: pooled outputs."""
+    if first == start < len(model.layers):
+        return cached
+    model.eval()
+    moved = []
+    for index, states, mask in cached:
+        states = run_layers(model, states, mask, start, first)
+        moved.append((index, pool(states, mask, model) if first == len(model.layers) else states, mask))
+    return moved
 
 
 def _trainable(model: TextClassifier, first: int, plan, decay: float) -> list[dict]:
@@ -167,6 +184,12 @@ class TextSession:
         self.history: list[dict] = []
         self.best: tuple = (-1.0, -math.inf)
         self.best_epoch, self.best_preds, self.stages = 0, [], []
+        self.cache: tuple[int, list, list] | None = None  # (layer, train states, val states) entering it
+
+    def _first(self, plan) -> int:
+        """The lowest layer a stage trains (all layers: the head alone)."""
+        depth = len(self.model.layers)
+        return depth - min(plan.unfreeze or plan.unfreeze_layers, depth)
 
     def info(self, epoch: int, metrics: dict) -> CheckpointInfo:
         return CheckpointInfo(
@@ -177,11 +200,20 @@ class TextSession:
 
     def run_stage(self, s: int, start_epoch: int = 0) -> None:
         plan, model = self.recipe.stages[s], self.model
-        first = len(model.layers) - min(plan.unfreeze or plan.unfreeze_layers, len(model.layers))
+        first = self._first(plan)
         frozen = first == len(model.layers)
         t0 = time.perf_counter()
-        train_cache = cache_states(model, self.train_tokens, first, self.pad)
-        val_cache = cache_states(model, self.val_tokens, first, self.pad)
+        if self.cache is None:
+            # once, below every stage still to run: the layers under it never train
+            lowest = min(self._first(p) for p in self.recipe.stages[s:])
+            self.cache = (
+                lowest,
+                cache_states(model, self.train_tokens, lowest, self.pad),
+                cache_states(model, self.val_tokens, lowest, self.pad),
+            )
+        lowest, train_base, val_base = self.cache
+        train_cache = advance_cache(model, train_base, lowest, first)
+        val_cache = advance_cache(model, val_base, lowest, first)
         log(
             f"stage {s + 1}: cached {'pooled outputs' if frozen else f'states entering layer {first + 1}'} in {time.perf_counter() - t0:.1f}s"
         )
