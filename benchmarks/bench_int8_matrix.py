@@ -63,6 +63,11 @@ def wanted(name: str) -> bool:
     return not ARMS or name.startswith(ARMS)
 
 
+def needs(group: str) -> bool:
+    """Whether an arm of the group (names starting with it) may be wanted: its shared inputs are."""
+    return not ARMS or any(a.startswith(group) or group.startswith(a) for a in ARMS)
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -387,10 +392,10 @@ def run_matrix(
 
     pre = preprocess_for_quantization(fp32, work / "pre.onnx")
     # one histogram (2048 bins, as edgetl's percentile), every cut-off from it
-    if wanted("ort-percentile") or wanted("mixed"):
+    if needs("ort-percentile") or needs("mixed"):
         hist = collect(pre, x_cal, "Percentile", {"symmetric": False, "percentile": 99.999, "num_bins": 2048})
     ranges_by_p = {}
-    for p in PERCENTILES if wanted("ort-percentile") or wanted("mixed") else ():
+    for p in PERCENTILES if needs("ort-percentile") or needs("mixed") else ():
         hist.collector.percentile = p
         ranges_by_p[p] = hist.compute_data()
         m.arm(
@@ -398,14 +403,14 @@ def run_matrix(
             lambda p=p: qdq(pre, ranges_by_p[p], work / f"pct-{p}.onnx", method="Percentile"),
         )
     # onnxruntime's QDQ model, biases corrected (edgetl's recipe), at two cut-offs
-    for p in (99.99, 99.999) if wanted("ort-percentile") else ():
+    for p in (99.99, 99.999) if needs("ort-percentile") else ():
         m.arm(
             f"ort-percentile-{p}-bias-corrected",
             lambda p=p: correct_biases(pre, m.paths[f"ort-percentile-{p}"], x_cal, work / f"pct-bc-{p}.onnx"),
         )
     # MinMax on all 300, per-channel, QDQ, pre-processed: the careful by-hand quantize_static (MinMax
     # ranges do not depend on batching, so the same ranges and the same model)
-    if wanted("ort-minmax"):
+    if needs("ort-minmax"):
         minmax = collect(pre, x_cal, "MinMax", {"symmetric": False}).compute_data()
     m.arm("ort-minmax-by-hand", lambda: qdq(pre, minmax, work / "minmax.onnx"))
     m.arm("nncf-by-hand-defaults", lambda: by_hand_nncf(fp32, x_cal, work / "nncf-defaults.onnx"))
@@ -466,7 +471,7 @@ def run_matrix(
             fp32, x_cal, work / "nncf-fbc-sq.onnx", fast_bias_correction=False, smooth_quant=True
         ),
     )
-    if wanted("ort-entropy-128"):
+    if needs("ort-entropy-128"):
         entropy = collect(pre, x_cal, "Entropy", {"symmetric": False})
     m.arm(
         "ort-entropy-128-bins",
@@ -477,7 +482,7 @@ def run_matrix(
         "nncf-openvino-channel-alignment",
         lambda: nncf_openvino(fp32, x_cal, work / "ov-cle.xml", channel_alignment=True),
     )
-    if wanted("ort-entropy-512"):
+    if needs("ort-entropy-512"):
         entropy = collect(
             pre, x_cal, "Entropy", {"symmetric": False, "num_bins": 512, "num_quantized_bins": 256}
         )
