@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_single_process_world_is_a_no_op():
     x = torch.arange(6.0).reshape(3, 2)
     assert not w.active and w.main
     assert w.gather_rows(x, 3) is x and w.broadcast(x) is x and w.sum([1.0, 2.0]) == [1.0, 2.0]
+    assert w.sum_tensor(x) is x
     assert w.local_batch(32) == 32 and w.to_dict() == {"world_size": 1, "backend": None}
     module = torch.nn.Linear(2, 2)
     assert w.wrap(module) is module
@@ -247,3 +249,69 @@ def test_resume_after_killing_one_rank(digits_dir, tmp_path):
     history = json.loads((run / "metrics.json").read_text())
     assert summary["epochs"] == 11 and summary["world_size"] == 2
     assert [r["epoch"] for r in history] == list(range(1, 12))
+
+
+def _text_inputs(root: Path) -> tuple[Path, Path, Path]:
+    """A tiny BERT and a recipe without dropout (so one and two processes train alike), and texts
+    whose classes are imbalanced (36/22/22: a weighted loss) and whose 65 training texts leave a last
+    length bucket of one text, which rank 1 has no share of."""
+    from tinytext import sentences, write_text_folder, write_tiny_bert
+
+    bert = write_tiny_bert(root / "bert", dropout=0.0)
+    data = write_text_folder(root / "data", per_class=22)
+    for i, text in enumerate(sentences("sport", 14, seed=9)):
+        (data / "sport" / f"x{i:03d}.txt").write_text(text, encoding="utf-8")
+    recipe = (Path(__file__).resolve().parents[1] / "models" / "all-minilm-l6-v2.toml").read_text()
+    for old, new in [("dropout = 0.1", "dropout = 0.0"), ("lr = 1e-2", "lr = 0.05"),
+                     ("lr_backbone = 1e-4", "lr_backbone = 1e-3"), ("patience = 4", "patience = 3")]:  # fmt: skip
+        assert old in recipe
+        recipe = recipe.replace(old, new)
+    (root / "recipe.toml").write_text(recipe, encoding="utf-8")
+    return bert, data, root / "recipe.toml"
+
+
+def _same_history(rows: list[dict], expected: list[dict]) -> None:
+    assert [(r["epoch"], r["stage"]) for r in rows] == [(r["epoch"], r["stage"]) for r in expected]
+    for key in ("val_accuracy", "val_loss", "train_accuracy", "train_loss"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in expected], abs=1e-5), key
+
+
+@pytest.mark.slow  # two 2-process text trainings (one of them resumed) and a 1-process one
+def test_text_on_two_processes_matches_one_process_and_resumes(tmp_path):
+    """Each rank trains on its share of every length bucket and the gradients are summed, so without
+    dropout every epoch (losses, accuracies, early stopping, best epoch) is the one-process epoch; a
+    rank stepping on its own share, or deciding alone, drifts off it (or hangs the collectives)."""
+    bert, data, recipe = _text_inputs(tmp_path)
+    run = tmp_path / "two"
+    args = ["train", "--data", str(data), "--recipe", str(recipe), "--weights", str(bert)]
+    args += ["--frozen-epochs", "10", "--epochs", "2", "--out", str(run), "--devices", "2", "--json"]
+    done = _edgetl(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)  # exactly one JSON object: rank 0's
+    assert summary["world_size"] == 2 and summary["backend"] == "gloo" and summary["num_train"] == 65
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in run.glob("*.safetensors")) == ["best.safetensors", "last.safetensors"]
+    assert done.stderr.count("stage 2/2 epoch 2/2") == 1  # rank 0 alone logs
+    history = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == list(range(1, summary["epochs"] + 1))
+    single = train(data, tmp_path / "one", recipe=recipe, weights=str(bert), frozen_epochs=10, epochs=2)
+    assert single.world_size == 1 and single.backend is None
+    _same_history(history, json.loads((tmp_path / "one" / "metrics.json").read_text()))
+    assert summary["best_epoch"] == single.best_epoch
+    assert [(s["epochs_run"], s["stopped_early"]) for s in summary["stages"]] == [
+        (s.epochs_run, s.stopped_early) for s in single.stages
+    ]
+    # as if stopped after the frozen stage (last.safetensors is the run's end, not the stage's, so the
+    # resumed stage 2 is checked against one process resuming the same folder)
+    state = json.loads((run / "last_state.json").read_text())
+    state["history"] = [r for r in state["history"] if r["stage"] == 1]
+    state.update(stage=1, stage_epoch=0, stages=state["stages"][:1])
+    (run / "last_state.json").write_text(json.dumps(state))
+    shutil.copytree(run, tmp_path / "alone")
+    again = _edgetl("train", "--data", str(data), "--out", str(run), "--resume", "--devices", "2", "--json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["epochs"] == summary["epochs"]
+    alone = train(data, tmp_path / "alone", resume=True)
+    assert alone.epochs == summary["epochs"] and alone.world_size == 1
+    _same_history(json.loads((run / "metrics.json").read_text()),
+                  json.loads((tmp_path / "alone" / "metrics.json").read_text()))  # fmt: skip

@@ -341,7 +341,7 @@ def test_the_embedded_encoder_is_listed_and_loads_offline():
     assert files.config["hidden_size"] == 384 and len(model.layers) == 6
 
 
-def test_cli_train_resumes_an_interrupted_text_run_and_refuses_devices(bert, tmp_path):
+def test_cli_train_resumes_an_interrupted_text_run(bert, tmp_path):
     from click.testing import CliRunner
 
     from edgetl.cli import main

@@ -14,8 +14,11 @@ TOPICS = {
 COMMON = "the a of and in to is was for on with by this that it new year"
 
 
-def write_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
-    """config.json + model.safetensors + tokenizer.json, as a Hugging Face BERT folder holds them."""
+def write_tiny_bert(
+    folder: Path, *, hidden: int = 32, layers: int = 2, seed: int = 0, dropout: float = 0.1
+) -> Path:
+    """config.json + model.safetensors + tokenizer.json, as a Hugging Face BERT folder holds them;
+    `dropout` 0 makes training deterministic (runs on different process counts can be compared)."""
     import torch
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
@@ -34,6 +37,7 @@ def write_tiny_bert(folder: Path, *, hidden: int = 32, layers: int = 2, seed: in
     config = BertConfig(
         vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=512, pad_token_id=0,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
     )  # fmt: skip
     torch.manual_seed(seed)
     model = BertModel(config, add_pooling_layer=False)

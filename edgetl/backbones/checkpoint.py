@@ -129,7 +129,11 @@ def _image_architecture(info: CheckpointInfo) -> torch.nn.Module:
 def _text_architecture(info: CheckpointInfo) -> torch.nn.Module:
     from edgetl.backbones.text import TextClassifier, build_encoder
 
-    return TextClassifier(build_encoder(info.architecture), len(info.labels), info.preprocess.pooling)
+    # the recipe's head dropout, which a resumed run trains on with (the encoder's is in its config)
+    dropout = info.recipe.get("dropout", 0.1)
+    return TextClassifier(
+        build_encoder(info.architecture), len(info.labels), info.preprocess.pooling, dropout
+    )
 
 
 # how each modality's checkpoint rebuilds its architecture without downloading weights

@@ -14,6 +14,8 @@ How training splits the work (train.py calls the helpers below):
 - validation logits are sharded and gathered (or broadcast from rank 0), so every rank takes the same
   early-stopping and best-checkpoint decisions; training metrics are summed over ranks;
 - only rank 0 writes the run folder, logs and shows progress; the others' stdout goes to stderr.
+
+Text models share out each length bucket's texts over the ranks instead (text.py says how).
 """
 
 from __future__ import annotations
@@ -99,6 +101,26 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Element-wise sum over ranks of a tensor shaped alike on every rank, on every rank."""
+        if not self.active:
+            return tensor
+        import torch.distributed as dist
+
+        t = tensor.to(self.comm_device()).contiguous()
+        dist.all_reduce(t)
+        return t.to(tensor.device)
+
+    def sum_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its sum over ranks, in one exchange; a parameter without a
+        gradient on this rank (it had no rows this step) adds zeros, so every rank steps alike."""
+        if not self.active:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self.sum_tensor(torch.cat([g.reshape(-1) for g in grads]))
+        for p, g in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad = g.view_as(p)
+
     def min(self, value: float) -> float:
         """The smallest `value` over ranks (budgets that every rank must agree on)."""
         if not self.active:
@@ -143,7 +165,8 @@ class World:
         return {"world_size": self.size, "backend": self.backend.value if self.backend else None}
 
 
-_WORLD = World()
+SINGLE = World()  # a process that torchrun did not start
+_WORLD = SINGLE
 
 
 def launched_rank() -> int:
@@ -190,7 +213,7 @@ def close_world() -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    _WORLD = World()
+    _WORLD = SINGLE
 
 
 def parse_devices(text: str) -> tuple[int, tuple[int, ...] | None]:

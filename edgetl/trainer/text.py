@@ -6,6 +6,11 @@ partial-unfreeze stage the hidden states entering its first trainable layer. Bat
 by length (each padded to its own longest text), so padding costs little. The run folder gets the
 records an image run gets: best/last.safetensors, splits.json, metrics.json, confusion.json,
 summary.json and the plots.
+
+Under torchrun (`--devices N`, gloo) each bucket's texts are shared out over the ranks (`share`):
+every rank caches, trains and evaluates its share of every bucket, the gradients are summed and the
+validation logits joined, so each step is the one-process step on the same bucket and every rank
+takes the same decisions; rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from edgetl.data.texts import TextData, load_texts
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
 from edgetl.runfolder.folder import BEST, CONFUSION, LAST, METRICS, SUMMARY, TEXT_STATE, RunFolder
+from edgetl.trainer.distributed import SINGLE, World
 from edgetl.trainer.recipe import Balance, Recipe
 from edgetl.trainer.session import PhaseResult, TrainResult, _confusion, _score
 from edgetl_runtime.fileio import check_writable, write_text_atomic
@@ -100,15 +106,24 @@ def run_top(model: TextClassifier, states: torch.Tensor, mask: torch.Tensor, fir
     return model.head(pool(run_layers(model, states, mask, first, len(model.layers)), mask, model))
 
 
+def share(index, world: World):
+    """A rank's texts of a length bucket: every world-th one (all of them in a single process)."""
+    return index[world.rank :: world.size]
+
+
 @torch.no_grad()
-def cache_states(model: TextClassifier, tokens: Tokens, first: int, pad: int) -> list:
+def cache_states(model: TextClassifier, tokens: Tokens, first: int, pad: int, world: World = SINGLE) -> list:
     """(index, states entering layer `first`, mask) per length bucket; only the embeddings and the
-    layers below `first` run."""
+    layers below `first` run. `index` is the whole bucket, the states and mask this rank's `share`
+    of it (None when it has none): a rank trains on its share of every bucket, so it never needs the
+    other shares' states, and caching them is split over the ranks with nothing to exchange."""
     model.eval()
     cached = []
     for index in length_buckets([len(t) for t in tokens.ids], EVAL_BATCH):
-        ids, mask = tokens.batch(index, pad)
-        states = run_layers(model, model.encoder.embeddings(input_ids=ids), mask, 0, first)
+        states = mask = None
+        if len(share(index, world)):
+            ids, mask = tokens.batch(share(index, world), pad)
+            states = run_layers(model, model.encoder.embeddings(input_ids=ids), mask, 0, first)
         cached.append((torch.from_numpy(index), states, mask))
     return cached
 
@@ -122,8 +137,10 @@ def advance_cache(model: TextClassifier, cached: list, start: int, first: int) -
     model.eval()
     moved = []
     for index, states, mask in cached:
-        states = run_layers(model, states, mask, start, first)
-        moved.append((index, pool(states, mask, model) if first == len(model.layers) else states, mask))
+        if states is not None:
+            states = run_layers(model, states, mask, start, first)
+            states = pool(states, mask, model) if first == len(model.layers) else states
+        moved.append((index, states, mask))
     return moved
 
 
@@ -150,11 +167,15 @@ def _class_weights(targets: np.ndarray, n: int, policy: Balance) -> torch.Tensor
 
 
 @torch.no_grad()
-def _evaluate(model, cached, targets: torch.Tensor, first: int, frozen: bool):
+def _evaluate(model, cached, targets: torch.Tensor, first: int, frozen: bool, world: World):
     model.eval()
     logits = torch.zeros(len(targets), model.head[-1].out_features)
     for index, states, mask in cached:
-        logits[index] = model.head(states) if frozen else run_top(model, states, mask, first)
+        if states is not None:
+            out = model.head(states) if frozen else run_top(model, states, mask, first)
+            logits[share(index, world)] = out
+    # each row is one rank's and zero on the others: the sum is the whole, bit for bit the same everywhere
+    logits = world.sum_tensor(logits)
     loss = F.cross_entropy(logits, targets).item()
     preds = logits.argmax(1)
     return float((preds == targets).float().mean()), loss, preds
@@ -162,17 +183,10 @@ def _evaluate(model, cached, targets: torch.Tensor, first: int, frozen: bool):
 
 class TextSession:
     def __init__(
-        self, model, data: TextData, recipe: Recipe, spec: TextSpec, run: Path, seed: int, files
+        self, model, data: TextData, recipe: Recipe, spec: TextSpec, run: Path, seed: int, files, world: World
     ) -> None:
-        self.model, self.data, self.recipe, self.spec, self.run, self.seed = (
-            model,
-            data,
-            recipe,
-            spec,
-            run,
-            seed,
-        )
-        self.architecture = files.config
+        self.model, self.data, self.recipe, self.spec, self.run = model, data, recipe, spec, run
+        self.seed, self.architecture, self.world = seed, files.config, world
         self.pad = 0
         self.train_tokens = Tokens.of(data.train_texts, spec)
         self.val_tokens = Tokens.of(data.val_texts, spec)
@@ -184,6 +198,8 @@ class TextSession:
         self.history: list[dict] = []
         self.best: tuple = (-1.0, -math.inf)
         self.best_epoch, self.best_preds, self.stages = 0, [], []
+        # kept in memory because only rank 0 writes best.safetensors (maybe on another machine)
+        self.best_weights: dict | None = None
         self.cache: tuple[int, list, list] | None = None  # (layer, train states, val states) entering it
 
     def _first(self, plan) -> int:
@@ -208,8 +224,8 @@ class TextSession:
             lowest = min(self._first(p) for p in self.recipe.stages[s:])
             self.cache = (
                 lowest,
-                cache_states(model, self.train_tokens, lowest, self.pad),
-                cache_states(model, self.val_tokens, lowest, self.pad),
+                cache_states(model, self.train_tokens, lowest, self.pad, self.world),
+                cache_states(model, self.val_tokens, lowest, self.pad, self.world),
             )
         lowest, train_base, val_base = self.cache
         train_cache = advance_cache(model, train_base, lowest, first)
@@ -218,6 +234,7 @@ class TextSession:
             f"stage {s + 1}: cached {'pooled outputs' if frozen else f'states entering layer {first + 1}'} in {time.perf_counter() - t0:.1f}s"
         )
         groups = _trainable(model, first, plan, self.recipe.lr_decay)
+        params = [p for g in groups for p in g["params"]]
         optimizer = torch.optim.AdamW(groups, weight_decay=self.recipe.weight_decay)
         steps = plan.epochs * len(train_cache)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -227,22 +244,28 @@ class TextSession:
         val_y = torch.from_numpy(self.data.val_targets)
         weights = _class_weights(self.data.train_targets, len(self.data.labels), self.recipe.balance)
         rng = np.random.default_rng(self.seed + s)
-        bad, stopped = 0, False
+        bad, stopped, total = 0, False, len(targets)
         for e in range(start_epoch, plan.epochs):
             model.train()
-            total = correct = loss_sum = 0
+            correct = loss_sum = 0.0
             for index, states, mask in (train_cache[i] for i in rng.permutation(len(train_cache))):
-                y = targets[index]
-                logits = model.head(states) if frozen else run_top(model, states, mask, first)
-                loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=self.recipe.label_smoothing)
                 optimizer.zero_grad()
-                loss.backward()
+                if states is not None:
+                    y = targets[share(index, self.world)]
+                    logits = model.head(states) if frozen else run_top(model, states, mask, first)
+                    # this rank's summed loss over the whole bucket's weight: the ranks' gradients add up
+                    # to the one-process mean's, however unevenly the bucket splits (DDP's average would not)
+                    norm = weights[targets[index]].sum() if weights is not None else len(index)
+                    loss = F.cross_entropy(logits, y, weight=weights, label_smoothing=self.recipe.label_smoothing,
+                                           reduction="sum") / norm  # fmt: skip
+                    loss.backward()
+                    loss_sum += loss.item() * len(index)
+                    correct += int((logits.argmax(1) == y).sum())
+                self.world.sum_grads(params)
                 optimizer.step()
                 scheduler.step()
-                loss_sum += loss.item() * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
-            val_acc, val_loss, preds = _evaluate(model, val_cache, val_y, first, frozen)
+            loss_sum, correct = self.world.sum([loss_sum, correct])
+            val_acc, val_loss, preds = _evaluate(model, val_cache, val_y, first, frozen, self.world)
             self.history.append({
                 "epoch": len(self.history) + 1, "stage": s + 1, "unfreeze": plan.unfreeze,
                 "train_loss": loss_sum / total, "train_accuracy": correct / total, "val_loss": val_loss,
@@ -256,7 +279,9 @@ class TextSession:
                     len(self.history),
                     preds.tolist(),
                 )
-                save_checkpoint(model, self.info(len(self.history), metrics), self.run / BEST)
+                self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                if self.world.main:
+                    save_checkpoint(model, self.info(len(self.history), metrics), self.run / BEST)
             bad = 0 if improved else bad + 1
             if not frozen or improved or e + 1 == plan.epochs:
                 log(
@@ -264,8 +289,9 @@ class TextSession:
                     f"acc {correct / total:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
                     + (" *" if improved else "")
                 )
-            save_checkpoint(model, self.info(len(self.history), metrics), self.run / LAST)
-            self.save_state(s, e + 1)
+            if self.world.main:
+                save_checkpoint(model, self.info(len(self.history), metrics), self.run / LAST)
+                self.save_state(s, e + 1)
             if bad >= self.recipe.patience and e + 1 < plan.epochs:
                 stopped = True
                 log(f"stage {s + 1}: no better validation score for {bad} epochs; stopping early")
@@ -275,11 +301,12 @@ class TextSession:
             index=s + 1, unfreeze=plan.unfreeze, epochs_run=len(rows), seconds=time.perf_counter() - t0,
             best_val_accuracy=max((r["val_accuracy"] for r in rows), default=0.0), stopped_early=stopped,
         )))  # fmt: skip
-        # the next stage starts from this stage's best weights, as for images
-        best, _ = load_checkpoint(self.run / BEST)
-        model.load_state_dict(best.state_dict())
-        save_checkpoint(model, self.info(len(self.history), {}), self.run / LAST)
-        self.save_state(s + 1, 0)  # this stage is done: --resume starts the next one
+        # the next stage starts from the best weights so far, as for images (on disk only when resumed
+        # after them: best.safetensors has not changed since this process started)
+        model.load_state_dict(self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict())
+        if self.world.main:
+            save_checkpoint(model, self.info(len(self.history), {}), self.run / LAST)
+            self.save_state(s + 1, 0)  # this stage is done: --resume starts the next one
 
     def save_state(self, stage: int, epoch: int) -> None:
         state = {"stage": stage, "stage_epoch": epoch, "seed": self.seed, "history": self.history, "best": list(self.best),
@@ -305,19 +332,22 @@ class TextSession:
             backbone=self.recipe.backbone, device=device, stages=tuple(PhaseResult(**st) for st in self.stages),
             frozen_compute={"modality": "text", "truncated": self.truncated, "max_length": self.spec.max_length,
                             "data": self.data.stats.to_dict()},
+            world_size=self.world.size, backend=self.world.to_dict()["backend"],
         )  # fmt: skip
-        write_text_atomic(self.run / CONFUSION, json.dumps(confusion, indent=1))
-        summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
-        write_text_atomic(self.run / SUMMARY, json.dumps(summary, indent=1))
-        write_training_plots(self.run)
+        if self.world.main:
+            write_text_atomic(self.run / CONFUSION, json.dumps(confusion, indent=1))
+            summary = {**result.to_dict(), "per_class_accuracy": confusion["per_class_accuracy"]}
+            write_text_atomic(self.run / SUMMARY, json.dumps(summary, indent=1))
+            write_training_plots(self.run)
         log(f"best val accuracy {result.best_val_accuracy:.3f} (epoch {result.best_epoch}) in {seconds:.1f}s")
         return result
 
 
 def train_text(
-    data, run: RunFolder, recipe: Recipe, *, seed: int, resume: bool, overwrite: bool, started: float
-) -> TrainResult:
-    """The text half of `edgetl train` (called with the run folder locked and checked)."""
+    data, run: RunFolder, recipe: Recipe, world: World, *, seed: int, resume: bool, overwrite: bool,
+    started: float,
+) -> TrainResult:  # fmt: skip
+    """The text half of `edgetl train` (called with the run folder locked and checked by rank 0)."""
     torch.manual_seed(seed)
     texts = load_texts(data, recipe.val_fraction, seed)
     log(
@@ -340,15 +370,17 @@ def train_text(
         model, files = create_text_model(
             recipe.backbone, len(texts.labels), weights=recipe.weights, dropout=recipe.dropout
         )
-    check_writable(run.root, "--out", folder=True)
-    if overwrite:
-        removed = run.clear()
-        if removed:
-            log(f"--overwrite: removed the old run's {', '.join(removed)}")
-    if state is None:
-        texts.splits.save(run.root)
+    world.barrier()  # every process has read the old run before rank 0 changes the folder
+    if world.main:
+        check_writable(run.root, "--out", folder=True)
+        if overwrite:
+            removed = run.clear()
+            if removed:
+                log(f"--overwrite: removed the old run's {', '.join(removed)}")
+        if state is None:
+            texts.splits.save(run.root)
     spec = TextSpec(files.tokenizer, recipe.max_length, model.pooling)
-    session = TextSession(model, texts, recipe, spec, run.root, seed, files)
+    session = TextSession(model, texts, recipe, spec, run.root, seed, files, world)
     first_stage, first_epoch = 0, 0
     if state is not None:
         session.restore(state)

@@ -221,15 +221,16 @@ def _run_modality(run: RunFolder, request: TrainRequest) -> Modality:
 def _train_text(request: TrainRequest, run: RunFolder, *, started: float):
     from edgetl.trainer.text import train_text
 
-    if launched_rank() != 0 or init_world(cuda=False).active:
-        raise EdgetlError("--devices: a text model trains in one process; drop --devices")
+    world = init_world(cuda=False)  # text trains on CPU: gloo
+    if world.active:
+        log(f"distributed: {world.size} processes, backend {world.backend.value}")
     if request.resume:
         info = read_checkpoint_info(run.last)
         recipe = recipe_from_dict(info.recipe, source=str(run.last))
     else:
         recipe = resolve_recipe(request.recipe, request.backbone).with_overrides(**request.overrides)
     return train_text(
-        request.data, run, recipe, seed=request.seed, resume=request.resume, overwrite=request.overwrite,
+        request.data, run, recipe, world, seed=request.seed, resume=request.resume, overwrite=request.overwrite,
         started=started,
     )  # fmt: skip
 
