@@ -112,14 +112,24 @@ def share(index, world: World):
 
 
 @torch.no_grad()
-def cache_states(model: TextClassifier, tokens: Tokens, first: int, pad: int, world: World = SINGLE) -> list:
+def cache_states(
+    model: TextClassifier,
+    tokens: Tokens,
+    first: int,
+    pad: int,
+    world: World = SINGLE,
+    batch: int = EVAL_BATCH,
+    rng: np.random.Generator | None = None,
+) -> list:
     """(index, states entering layer `first`, mask) per length bucket; only the embeddings and the
     layers below `first` run. `index` is the whole bucket, the states and mask this rank's `share`
     of it (None when it has none): a rank trains on its share of every bucket, so it never needs the
-    other shares' states, and caching them is split over the ranks with nothing to exchange."""
+    other shares' states, and caching them is split over the ranks with nothing to exchange.
+    Training buckets are drawn with `rng`: texts of equal length (all of them, when every text is
+    truncated) would otherwise fill buckets in file order, one class each."""
     model.eval()
     cached = []
-    for index in length_buckets([len(t) for t in tokens.ids], EVAL_BATCH):
+    for index in length_buckets([len(t) for t in tokens.ids], batch, rng):
         states = mask = None
         if len(share(index, world)):
             ids, mask = tokens.batch(share(index, world), pad)
@@ -222,11 +232,12 @@ class TextSession:
         if self.cache is None:
             # once, below every stage still to run: the layers under it never train
             lowest = min(self._first(p) for p in self.recipe.stages[s:])
-            self.cache = (
-                lowest,
-                cache_states(model, self.train_tokens, lowest, self.pad, self.world),
-                cache_states(model, self.val_tokens, lowest, self.pad, self.world),
+            # training buckets are the steps' batches, drawn alike on every rank
+            rng = np.random.default_rng(self.seed)
+            train = cache_states(
+                model, self.train_tokens, lowest, self.pad, self.world, self.recipe.batch_size, rng
             )
+            self.cache = (lowest, train, cache_states(model, self.val_tokens, lowest, self.pad, self.world))
         lowest, train_base, val_base = self.cache
         train_cache = advance_cache(model, train_base, lowest, first)
         val_cache = advance_cache(model, val_base, lowest, first)
