@@ -7,7 +7,9 @@ Cases (each skipped with a message when its data is absent):
 - digits: a short fine-tuned run on ../shared/data/sign-digits (64 px, 2 frozen + 1 unfreeze epoch);
   a seeded 300 of its train split calibrate, its val split measures; plus edgetl's QAT rung.
 
-Arms: edgetl's default as on main (it held a third of the 300 out for its gate); a careful by-hand
+Arms: edgetl's default (`--with-default`: `edgetl quantize` on the 300, cross-fitted); onnxruntime's
+QDQ model with edgetl's empirical bias correction, and with the first convolution and the classifier
+kept in float too (edgetl's recipe, built directly); a careful by-hand
 onnxruntime quantize_static (MinMax, per-channel, all 300); NNCF's own nncf.quantize (its defaults);
 NNCF with full bias correction (fast_bias_correction=False), SmoothQuant off and on; NNCF's channel
 alignment (its cross-layer equalisation, OpenVINO backend only) against the same NNCF IR without it;
@@ -388,7 +390,7 @@ def run_matrix(
 ) -> None:
     """The arms, most decisive first (the JSON is rewritten after each, so a cut-short run still tells)."""
     from edgetl.quantizer.bias_correction import correct_biases
-    from edgetl.quantizer.ort import preprocess_for_quantization
+    from edgetl.quantizer.ort import edge_layers, preprocess_for_quantization
 
     pre = preprocess_for_quantization(fp32, work / "pre.onnx")
     # one histogram (2048 bins, as edgetl's percentile), every cut-off from it
@@ -407,6 +409,19 @@ def run_matrix(
         m.arm(
             f"ort-percentile-{p}-bias-corrected",
             lambda p=p: correct_biases(pre, m.paths[f"ort-percentile-{p}"], x_cal, work / f"pct-bc-{p}.onnx"),
+        )
+    # ... and with the first convolution and the classifier kept in float (edgetl's default)
+    edges = edge_layers(pre)
+    for p in (99.999,) if needs("ort-percentile") else ():
+        m.arm(
+            f"ort-percentile-{p}-bias-corrected-float-edges",
+            lambda p=p: correct_biases(
+                pre,
+                qdq(pre, ranges_by_p[p], work / f"pct-edges-{p}.onnx", method="Percentile", exclude=edges),
+                x_cal,
+                work / f"pct-bc-edges-{p}.onnx",
+            ),
+            float_nodes=list(edges),
         )
     # MinMax on all 300, per-channel, QDQ, pre-processed: the careful by-hand quantize_static (MinMax
     # ranges do not depend on batching, so the same ranges and the same model)
@@ -491,7 +506,11 @@ def run_matrix(
         lambda: qdq(pre, entropy.compute_data(), work / "ent-512.onnx", method="Entropy"),
     )
     if main_default is not None:
-        m.arm("edgetl-main-default", main_default, note="main: 200 calibrate, method picked on 100 held out")
+        m.arm(
+            "edgetl-default",
+            main_default,
+            note="edgetl quantize with its defaults: all 300 images cross-fitted, the shipped model refit on all",
+        )
 
 
 def _int16(tensors: list[str]) -> dict:
