@@ -8,8 +8,8 @@ Cases (each skipped with a message when its data is absent):
   a seeded 300 of its train split calibrate, its val split measures; plus edgetl's QAT rung.
 
 Arms: edgetl's default (`--with-default`: `edgetl quantize` on the 300, cross-fitted); onnxruntime's
-QDQ model with edgetl's empirical bias correction, and with the first convolution and the classifier
-kept in float too (edgetl's recipe, built directly); a careful by-hand
+QDQ model with edgetl's empirical bias correction, and with the first convolution kept in float too
+(edgetl's recipe, built directly); a careful by-hand
 onnxruntime quantize_static (MinMax, per-channel, all 300); NNCF's own nncf.quantize (its defaults);
 NNCF with full bias correction (fast_bias_correction=False), SmoothQuant off and on; NNCF's channel
 alignment (its cross-layer equalisation, OpenVINO backend only) against the same NNCF IR without it;
@@ -390,7 +390,7 @@ def run_matrix(
 ) -> None:
     """The arms, most decisive first (the JSON is rewritten after each, so a cut-short run still tells)."""
     from edgetl.quantizer.bias_correction import correct_biases
-    from edgetl.quantizer.ort import edge_layers, preprocess_for_quantization
+    from edgetl.quantizer.ort import input_layers, preprocess_for_quantization
 
     pre = preprocess_for_quantization(fp32, work / "pre.onnx")
     # one histogram (2048 bins, as edgetl's percentile), every cut-off from it
@@ -410,16 +410,16 @@ def run_matrix(
             f"ort-percentile-{p}-bias-corrected",
             lambda p=p: correct_biases(pre, m.paths[f"ort-percentile-{p}"], x_cal, work / f"pct-bc-{p}.onnx"),
         )
-    # ... and with the first convolution and the classifier kept in float (edgetl's default)
-    edges = edge_layers(pre)
+    # ... and with the first convolution kept in float (edgetl's default)
+    edges = input_layers(pre)
     for p in (99.999,) if needs("ort-percentile") else ():
         m.arm(
-            f"ort-percentile-{p}-bias-corrected-float-edges",
+            f"ort-percentile-{p}-bias-corrected-float-stem",
             lambda p=p: correct_biases(
                 pre,
-                qdq(pre, ranges_by_p[p], work / f"pct-edges-{p}.onnx", method="Percentile", exclude=edges),
+                qdq(pre, ranges_by_p[p], work / f"pct-stem-{p}.onnx", method="Percentile", exclude=edges),
                 x_cal,
-                work / f"pct-bc-edges-{p}.onnx",
+                work / f"pct-bc-stem-{p}.onnx",
             ),
             float_nodes=list(edges),
         )

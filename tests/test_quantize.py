@@ -124,7 +124,7 @@ def test_quantized_model_has_qdq_nodes_and_metadata(run, quantized):
     assert quantized.gate["verdict"] == "pass" and all(a.verdict == "pass" for a in quantized.attempts)
 
 
-def test_first_convolution_and_classifier_stay_in_float(quantized):
+def test_first_convolution_stays_in_float(quantized):
     proto = onnx.load(str(quantized.int8_model))
     producer = {o: n for n in proto.graph.node for o in n.output}
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
@@ -132,10 +132,9 @@ def test_first_convolution_and_classifier_stay_in_float(quantized):
     def int8_weights(node) -> bool:
         return node.input[1] in producer and producer[node.input[1]].op_type == "DequantizeLinear"
 
-    assert len(layers) > 10 and layers[0].op_type == "Conv" and layers[-1].op_type == "Gemm"
-    assert not int8_weights(layers[0]) and not int8_weights(layers[-1])
-    assert all(int8_weights(n) for n in layers[1:-1])
-    assert set(quantized.settings["nodes_to_exclude"]) == {layers[0].name, layers[-1].name}
+    assert len(layers) > 10 and layers[0].op_type == "Conv"
+    assert not int8_weights(layers[0]) and all(int8_weights(n) for n in layers[1:])
+    assert quantized.settings["nodes_to_exclude"] == [layers[0].name]
 
 
 def test_manifest_repeats_the_same_quantization(run, quantized, digits_dir, tmp_path):

@@ -2,7 +2,7 @@
 stopping at the first whose best candidate the gate does not refuse:
 
 1. calibration: onnxruntime QDQ with each calibration method (auto measures all, keeps the best),
-   the first and last layers in float, biases corrected;
+   the first convolution in float, biases corrected;
 2. float-nodes: the most quantization-sensitive tensors kept in float, one group at a time;
 3. nncf-ptq: NNCF's post-training quantization of the ONNX model, bias correction included;
 4. nncf-accuracy-control: NNCF reverting the quantizers that cost most accuracy (labels needed);
@@ -147,7 +147,7 @@ def _ort_candidate(ctx: Context, method: ort.Method, exclude: tuple[str, ...], r
 
 
 def rung_calibration(ctx: Context) -> None:
-    exclude = tuple(dict.fromkeys((*ctx.exclude, *ort.edge_layers(ctx.pre))))
+    exclude = tuple(dict.fromkeys((*ctx.exclude, *ort.input_layers(ctx.pre))))
     for name in ctx.methods:
         _ort_candidate(ctx, ort.Method(name), exclude, "calibration")
         if ctx.best.attempt.passed and not ctx.search_all:

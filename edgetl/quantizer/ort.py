@@ -119,19 +119,22 @@ def quantize_with_ranges(
         )
 
 
-def edge_layers(model_path: Path) -> tuple[str, ...]:
-    """The layers kept in float in every onnxruntime candidate: the first convolution (it reads the
-    normalized image, whose three channels one uint8 range fits badly) and the classifier (its
-    error goes straight into the logits). Measured on imagenet-dev (300 calibrating, 450 judged, with
-    bias correction): KL to FP32 0.0042 -> 0.0029, agreement 97.1% -> 98.2%, for 0.54x -> 0.58x FP32
-    latency (benchmarks/results/int8_matrix.md)."""
+def input_layers(model_path: Path) -> tuple[str, ...]:
+    """The layers kept in float in every onnxruntime candidate: those reading the model's input (the
+    first convolution reads the normalized image, whose three channels one uint8 range fits badly).
+    Measured on imagenet-dev (300 calibrating, 450 judged, with bias correction): KL to FP32 0.0042
+    -> 0.0031, agreement 97.1% -> 98.0%, for 0.54x -> 0.57x FP32 latency and no size (a few hundred
+    weights). The classifier in float too helped a little more (KL 0.0029) but costs its weights'
+    size: 0.28x -> 0.48x FP32 for a 1000-class head, which the size gate refuses."""
     import onnx
 
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    layers = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     inputs = {i.name for i in graph.input}
-    reads_input = [n.name for n in layers if n.input and n.input[0] in inputs]
-    return tuple(dict.fromkeys([*reads_input, *(n.name for n in layers[-1:])]))
+    return tuple(
+        n.name
+        for n in graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and n.input and n.input[0] in inputs
+    )
 
 
 def rank_sensitive_nodes(float_path: Path, qdq_path: Path, inputs: np.ndarray) -> list[tuple[str, ...]]:
