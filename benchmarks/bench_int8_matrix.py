@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quantize import by_hand_nncf, edgetl
+from bench_quantize import by_hand_nncf, edgetl, fine_tuned_digits
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 IMAGENET, DIGITS = DATA / "imagenet-dev", DATA / "sign-digits"
@@ -556,39 +556,8 @@ def case_imagenet(work: Path, save, results: dict, reference: str) -> None:
 
 def case_digits(work: Path, save, results: dict, reference: str) -> None:
     from edgetl.quantizer import quantize
-    from edgetl.runfolder.splits import Splits
-    from edgetl_runtime.modelfile import read_model_info
-    from edgetl_runtime.preprocess import preprocess_image
 
-    run, data = work / "digits-run", work / "sign-digits"
-    (data / "train").mkdir(parents=True)
-    for folder in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
-        os.symlink(folder.resolve(), data / "train" / folder.name)
-    edgetl(
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        "--no-hflip",
-        "--image-size",
-        "64",
-        "--frozen-epochs",
-        "2",
-        "--epochs",
-        "1",
-        "--seed",
-        str(SEED),
-    )
-    edgetl("export", str(run))
-    fp32 = run / "model.onnx"
-    info = read_model_info(fp32)
-    splits = Splits.load(run)
-    train = list(splits.train)
-    random.Random(SEED).shuffle(train)
-    x_cal = np.stack([preprocess_image(p, info.preprocess) for p, _ in train[:CALIBRATE]])
-    x = np.stack([preprocess_image(p, info.preprocess) for p, _ in splits.val])
-    y = np.asarray([label for _, label in splits.val])
+    run, fp32, x_cal, x, y = fine_tuned_digits(work)
     m = Matrix("digits", fp32, x, y, reference, save)
     results["digits"] = m.rows
     dwork = work / "digits-arms"

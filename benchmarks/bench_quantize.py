@@ -172,8 +172,9 @@ def case_imagenet(work: Path, lock: Path) -> list[dict]:
     return rows(fp32, variants, x, y, extra, lock)
 
 
-def case_digits(work: Path, lock: Path) -> list[dict]:
-    from edgetl.quantizer import quantize
+def fine_tuned_digits(work: Path) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray]:
+    """A short fine-tuned sign-digits run, exported: (run, FP32 model, a seeded CALIBRATE of its train
+    split to calibrate, its val split and labels to measure)."""
     from edgetl.runfolder.splits import Splits
     from edgetl_runtime.modelfile import read_model_info
     from edgetl_runtime.preprocess import preprocess_image
@@ -184,21 +185,9 @@ def case_digits(work: Path, lock: Path) -> list[dict]:
     for folder in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
         os.symlink(folder.resolve(), data / "train" / folder.name)  # an ImageFolder without val/
     edgetl(
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        "--no-hflip",
-        "--image-size",
-        "64",
-        "--frozen-epochs",
-        "2",
-        "--epochs",
-        "1",
-        "--seed",
-        str(SEED),
-    )
+        "train", "--data", str(data), "--out", str(run), "--no-hflip", "--image-size", "64",
+        "--frozen-epochs", "2", "--epochs", "1", "--seed", str(SEED),
+    )  # fmt: skip
     edgetl("export", str(run))
     fp32 = run / "model.onnx"
     info = read_model_info(fp32)
@@ -208,6 +197,13 @@ def case_digits(work: Path, lock: Path) -> list[dict]:
     x_cal = np.stack([preprocess_image(p, info.preprocess) for p, _ in train[:CALIBRATE]])
     x = np.stack([preprocess_image(p, info.preprocess) for p, _ in splits.val])
     y = np.asarray([label for _, label in splits.val])
+    return run, fp32, x_cal, x, y
+
+
+def case_digits(work: Path, lock: Path) -> list[dict]:
+    from edgetl.quantizer import quantize
+
+    run, fp32, x_cal, x, y = fine_tuned_digits(work)
     extra = {}
     start = time.time()
     r = quantize(run, allow_drop=True)

@@ -78,13 +78,11 @@ def _channel_means(
     return {n: sums[n] / counts[n] for n in names}
 
 
-def _with_float_twins(model, float_model, layers) -> tuple[object, list[str]]:
-    """The model with, next to each layer, its FP32 twin fed the same quantized input; the twins'
-    output names."""
+def _with_float_twins(model, float_nodes: dict, float_inits: dict, layers) -> tuple[object, list[str]]:
+    """The model with, next to each layer, its FP32 twin (`float_nodes` by name, their weights in
+    `float_inits`) fed the same quantized input; the twins' output names."""
     import onnx
 
-    float_nodes = {n.name: n for n in float_model.graph.node}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     twins = []
@@ -112,15 +110,15 @@ def correct_biases(float_path: Path, qdq_path: Path, inputs: np.ndarray, out: Pa
 
     model, float_model = onnx.load(str(qdq_path)), onnx.load(str(float_path))
     float_nodes = {n.name: n for n in float_model.graph.node}
-    float_inits = {i.name for i in float_model.graph.initializer}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
     layers = [
         (n, dq)
         for n, dq in _corrected_layers(model)
-        if n.name in float_nodes and set(float_nodes[n.name].input[1:3]) <= float_inits
+        if n.name in float_nodes and set(float_nodes[n.name].input[1:3]) <= float_inits.keys()
     ]
     if not layers:
         return _save(model, out)
-    probe, twins = _with_float_twins(model, float_model, layers)
+    probe, twins = _with_float_twins(model, float_nodes, float_inits, layers)
     outputs = [n.output[0] for n, _ in layers]
     inputs = inputs[:MAX_IMAGES]
     means = _channel_means(probe, outputs + twins, inputs, batch_size(qdq_path), "bias correction")
