@@ -43,23 +43,17 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-def by_hand(run: Path, lr: float, epochs: int, seed: int) -> tuple[float, float]:
-    """Full fine-tune with transformers + torch alone: (val accuracy, seconds)."""
+def by_hand(train: list[str], ytrain, test: list[str], ytest, labels, lr: float, epochs: int, seed: int):
+    """Full fine-tune with transformers + torch alone: (per-text correctness on `test`, training seconds)."""
     import torch
 
     from edgetl.backbones.text import create_text_model
-    from edgetl.data.texts import read_recorded
-    from edgetl.runfolder.splits import Splits
     from edgetl_runtime.textinput import TextSpec, encode_texts
 
     torch.manual_seed(seed)
-    splits = Splits.load(run)
-    train = read_recorded([p for p, _ in splits.train])
-    val = read_recorded([p for p, _ in splits.val])
-    ytr = torch.tensor([y for _, y in splits.train])
-    yva = np.array([y for _, y in splits.val])
+    ytr = torch.as_tensor(np.asarray(ytrain))
     start = time.perf_counter()
-    model, files = create_text_model("all-minilm-l6-v2", len(splits.labels))
+    model, files = create_text_model("all-minilm-l6-v2", len(labels))
     spec = TextSpec(files.tokenizer, 128)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     steps = epochs * math.ceil(len(train) / 16)
@@ -79,13 +73,14 @@ def by_hand(run: Path, lr: float, epochs: int, seed: int) -> tuple[float, float]
             loss.backward()
             opt.step()
             sched.step()
+    seconds = time.perf_counter() - start
     model.eval()
     preds = []
     with torch.inference_mode():
-        for i in range(0, len(val), 32):
-            feed = encode_texts(val[i : i + 32], spec)
+        for i in range(0, len(test), 32):
+            feed = encode_texts(test[i : i + 32], spec)
             preds += model(torch.from_numpy(feed.ids), torch.from_numpy(feed.mask)).argmax(1).tolist()
-    return float(np.mean(np.array(preds) == yva)), time.perf_counter() - start
+    return (np.array(preds) == np.asarray(ytest)).astype(float), seconds
 
 
 def main() -> int:
@@ -115,10 +110,17 @@ def main() -> int:
     results["edgetl"] = {"val_accuracy": trained.best_val_accuracy, "ci95": wilson(k, n), "n_val": n,
                          "n_train": trained.num_train, "train_seconds": trained.train_seconds}  # fmt: skip
     print(json.dumps(results["edgetl"]), file=sys.stderr)
+    from edgetl.data.texts import read_recorded
+    from edgetl.runfolder.splits import Splits
+
+    splits = Splits.load(run)
+    train, val = read_recorded([p for p, _ in splits.train]), read_recorded([p for p, _ in splits.val])
+    ytrain, yval, labels = [y for _, y in splits.train], [y for _, y in splits.val], splits.labels
     tries = []
     for lr in (float(v) for v in args.lrs.split(",")):
         for epochs in (int(v) for v in args.epochs.split(",")):
-            acc, secs = by_hand(run, lr, epochs, args.seed)
+            correct, secs = by_hand(train, ytrain, val, yval, labels, lr, epochs, args.seed)
+            acc = float(correct.mean())
             tries.append({"lr": lr, "epochs": epochs, "val_accuracy": acc, "seconds": secs})
             print(json.dumps(tries[-1]), file=sys.stderr)
     best = max(tries, key=lambda t: t["val_accuracy"])

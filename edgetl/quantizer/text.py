@@ -31,6 +31,10 @@ BATCH = 16
 # accuracy): all-MiniLM-L6-v2 ends near 0.6x, a tiny test model near 0.8x; only a file that did not
 # shrink at all is refused
 TEXT_MAX_SIZE_RATIO = 0.95
+# An INT8 model ships for its speed: one not clearly faster than FP32 ranks after every one that is.
+# NNCF's transformer graph runs at 0.9-1.1x FP32 on onnxruntime CPU, so a bound at 1.0x let a noisy
+# timing on a busy machine pick it; dynamic INT8 runs at about 0.36x, static QDQ at 0.55x.
+TEXT_MIN_SPEEDUP_RATIO = 0.8
 
 
 @dataclass(frozen=True)
@@ -78,11 +82,13 @@ class _Reader:
 
 
 def rank_candidate(c: TextCandidate, fp32_ms: float) -> tuple:
-    """Best first: the gate's verdict, then faster than FP32 at all (an INT8 model slower than its FP32
-    source has no reason to ship: NNCF's transformer graph can be, on onnxruntime CPU), then agreement
-    with FP32, then KL, then latency."""
-    verdict = {Verdict.PASS.value: 0, Verdict.WARN.value: 1, Verdict.FAIL.value: 2}[c.verdict]
-    return (verdict, c.latency_ms >= fp32_ms, -c.agreement, c.kl, c.latency_ms)
+    """Best first: not failed by the gate, then clearly faster than FP32 (TEXT_MIN_SPEEDUP_RATIO), then
+    KL to FP32, then agreement, then latency. Pass and warn rank alike: on a validation split of a
+    few dozen texts one flipped text moves a candidate between them, while KL separates methods by
+    far more than its noise (on 80 texts: 79/80 agreeing at KL 0.0007 against 80/80 at KL 0.046, and
+    the second lost 5 of 400 held-out texts that the first kept)."""
+    return (c.verdict == Verdict.FAIL.value, c.latency_ms > TEXT_MIN_SPEEDUP_RATIO * fp32_ms, c.kl, -c.agreement,
+            c.latency_ms)  # fmt: skip
 
 
 def _without_value_info(src: Path, dst: Path) -> Path:

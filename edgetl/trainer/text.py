@@ -255,7 +255,7 @@ class TextSession:
         val_y = torch.from_numpy(self.data.val_targets)
         weights = _class_weights(self.data.train_targets, len(self.data.labels), self.recipe.balance)
         rng = np.random.default_rng(self.seed + s)
-        bad, stopped, total = 0, False, len(targets)
+        bad, stopped, stage_improved, total = 0, False, False, len(targets)
         for e in range(start_epoch, plan.epochs):
             model.train()
             correct = loss_sum = 0.0
@@ -291,16 +291,19 @@ class TextSession:
                     preds.tolist(),
                 )
                 self.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                if self.world.main:
+                if self.world.main and not frozen:
                     save_checkpoint(model, self.info(len(self.history), metrics), self.run / BEST)
             bad = 0 if improved else bad + 1
+            stage_improved |= improved
             if not frozen or improved or e + 1 == plan.epochs:
                 log(
                     f"stage {s + 1}/{len(self.recipe.stages)} epoch {e + 1}/{plan.epochs}: train loss {loss_sum / total:.3f} "
                     f"acc {correct / total:.3f} | val loss {val_loss:.3f} acc {val_acc:.3f}"
                     + (" *" if improved else "")
                 )
-            if self.world.main:
+            # a head-only epoch takes milliseconds: writing the whole model after each would cost more
+            # than redoing the stage on --resume, so the frozen stage writes its checkpoints once, below
+            if self.world.main and not frozen:
                 save_checkpoint(model, self.info(len(self.history), metrics), self.run / LAST)
                 self.save_state(s, e + 1)
             if bad >= self.recipe.patience and e + 1 < plan.epochs:
@@ -316,6 +319,9 @@ class TextSession:
         # after them: best.safetensors has not changed since this process started)
         model.load_state_dict(self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict())
         if self.world.main:
+            if frozen and stage_improved:
+                best = {"val_accuracy": self.best[0], "val_loss": -self.best[1]}
+                save_checkpoint(model, self.info(self.best_epoch, best), self.run / BEST)
             save_checkpoint(model, self.info(len(self.history), {}), self.run / LAST)
             self.save_state(s + 1, 0)  # this stage is done: --resume starts the next one
 
