@@ -182,9 +182,9 @@ def test_openvino_package_checks_lineage_and_missing_irs(ir_run, tiny_run, tmp_p
 
 
 def test_benchmark_reads_the_ir_metadata(ir_run):
-    from edgetl.bench.benchmark import _describe_model
+    from edgetl.bench.timed_models import describe_model
 
-    timed = _describe_model(ir_run / "model.int8.xml")
+    timed = describe_model(ir_run / "model.int8.xml")
     info = read_model_info(ir_run / "model.int8.xml")
     assert (timed.precision, timed.preprocess) == ("int8", info.preprocess)
     bin_mb = (ir_run / "model.int8.bin").stat().st_size / 2**20

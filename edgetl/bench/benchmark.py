@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl.bench.results import BenchReport, BenchRow, Status
+from edgetl.bench.timed_models import describe_checkpoint, describe_model
 from edgetl.bench.worker import (
     BENCH_BACKENDS,
     BenchBackend,
@@ -42,8 +43,7 @@ from edgetl.errors import EdgetlError
 from edgetl.options import MAX_ROW_S, MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Step
 from edgetl_runtime.modality import Modality
-from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
-from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
+from edgetl_runtime.modelinfo import Precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
     NOISY_CV,
@@ -57,62 +57,6 @@ POOL_BATCHES = 8  # distinct input batches per batch size that the timed calls c
 # at 32 px took ~17x (20 GB for --batch 100000, issue 23); an estimate to refuse what cannot fit.
 ACTIVATION_FACTOR = 16
 SYNTHETIC_SEED = 0
-
-
-def _model_size_mb(path: Path) -> float:
-    # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
-    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
-    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
-    return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
-
-
-def _graph_precision(model) -> Precision:
-    """Precision of a model without edgetl metadata, from what its graph contains."""
-    import onnx
-
-    float16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    return graph_precision((n.op_type for n in model.graph.node), float16=float16)
-
-
-def _describe_model(path: Path) -> TimedModel:
-    if not path.is_file():
-        raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
-    if FORMATS.get(path.suffix.lower()) is OPENVINO:
-        return _describe_ir(path)
-    import onnx
-
-    from edgetl.bench.macs import count_macs
-
-    try:
-        graph = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise EdgetlError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    try:
-        info = read_model_info(path)
-        precision, spec = info.precision, info.preprocess
-    except MetadataMissing:  # a model from elsewhere: read what the graph says (malformed metadata raises)
-        warn(f"{path.name}: no edgetl metadata; timing with ImageNet preprocessing at the graph's input size")
-        dims = graph.graph.input[0].type.tensor_type.shape.dim
-        size = dims[-1].dim_value if len(dims) == 4 and dims[-1].dim_value else 224
-        precision, spec = _graph_precision(graph), PreprocessSpec().with_size(size)
-    try:
-        macs = count_macs(graph)
-    except EdgetlError as e:
-        warn(f"{path.name}: {e}; GOPS left out")
-        macs = None
-    elem_type = graph.graph.input[0].type.tensor_type.elem_type
-    dtype = "float16" if elem_type == onnx.TensorProto.FLOAT16 else "float32"
-    return TimedModel(path, precision, spec, macs, _model_size_mb(path), dtype)
-
-
-def _describe_ir(path: Path) -> TimedModel:
-    try:
-        info = read_model_info(path)
-        precision, spec = info.precision, info.preprocess
-    except MetadataMissing:
-        warn(f"{path.name}: no edgetl metadata; timing as FP32 with ImageNet preprocessing")
-        precision, spec = Precision.FP32, PreprocessSpec()
-    return TimedModel(path, precision, spec, None, _model_size_mb(path))
 
 
 def _input_pools(
@@ -239,9 +183,9 @@ def _benchmark_images(
             folder = stack.enter_context(RunFolder(run).lock("benchmark"))
             folder.check_for(Step.BENCHMARK)
         names = list(backends) if backends else list(BENCH_BACKENDS)
-        described = [_describe_model(p) for p in model_paths]
+        described = [describe_model(p) for p in model_paths]
         _check_memory(batches, described)
-        checkpoint_model = _describe_checkpoint(Path(checkpoint), described) if checkpoint else None
+        checkpoint_model = describe_checkpoint(Path(checkpoint), described) if checkpoint else None
 
         rows, workers, pool_source = _plan(
             names,
@@ -326,15 +270,6 @@ def _check_memory(batches: Sequence[int], models: list[TimedModel]) -> None:
             f"the {image / 1024:.0f} KiB input of each image), but {available / gib:.1f} GiB is available; "
             "use a smaller batch"
         )
-
-
-def _describe_checkpoint(path: Path, models: list[TimedModel]) -> TimedModel:
-    from edgetl.backbones.checkpoint import read_checkpoint_info
-
-    info = read_checkpoint_info(path)
-    # the same network as its FP32 export, so that export's MAC count is the checkpoint's
-    macs = next((m.macs for m in models if m.precision == Precision.FP32), None)
-    return TimedModel(path, Precision.FP32, info.preprocess, macs, _model_size_mb(path))
 
 
 def _plan(names, models, checkpoint, batches, threads, image_paths, images_required):
