@@ -83,17 +83,42 @@ def by_hand(train: list[str], ytrain, test: list[str], ytest, labels, lr: float,
     return (np.array(preds) == np.asarray(ytest)).astype(float), seconds
 
 
+def add_arguments(ap: argparse.ArgumentParser, *, out: str, epochs: str) -> None:
+    """The options both text benchmarks take: the data, the by-hand sweep, the output and the seed."""
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--lrs", default="5e-5,1e-4", help="by-hand learning rates to try, comma-separated")
+    ap.add_argument("--epochs", default=epochs, help="by-hand epoch counts to try, comma-separated")
+    ap.add_argument("--out", type=Path, default=Path(out))
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def data_missing(data: Path) -> bool:
+    if data.is_dir():
+        return False
+    print(f"skipped: {data} not found (the BBC News folder of ../shared/data)", file=sys.stderr)
+    return True
+
+
+def by_hand_tries(train, ytrain, test, ytest, labels, args: argparse.Namespace, key: str) -> list[dict]:
+    """`by_hand` for every (lr, epochs) of --lrs x --epochs: lr, epochs, accuracy under `key`, seconds,
+    and the per-text `correct` array (left out of the progress line)."""
+    tries = []
+    for lr in (float(v) for v in args.lrs.split(",")):
+        for epochs in (int(v) for v in args.epochs.split(",")):
+            correct, secs = by_hand(train, ytrain, test, ytest, labels, lr, epochs, args.seed)
+            tries.append(
+                {"lr": lr, "epochs": epochs, key: float(correct.mean()), "seconds": secs, "correct": correct}
+            )
+            print(json.dumps({k: v for k, v in tries[-1].items() if k != "correct"}), file=sys.stderr)
+    return tries
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DATA)
+    add_arguments(ap, out="/tmp/bench_text", epochs="4,8")
     ap.add_argument("--per-class", type=int, default=0, help="articles per topic (0: all)")
-    ap.add_argument("--lrs", default="5e-5,1e-4", help="by-hand learning rates to try, comma-separated")
-    ap.add_argument("--epochs", default="4,8", help="by-hand epoch counts to try, comma-separated")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_text"))
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not args.data.is_dir():
-        print(f"skipped: {args.data} not found (the BBC News folder of ../shared/data)", file=sys.stderr)
+    if data_missing(args.data):
         return 0
     import edgetl
     from edgetl.quantizer.text import latency_ms
@@ -116,13 +141,10 @@ def main() -> int:
     splits = Splits.load(run)
     train, val = read_recorded([p for p, _ in splits.train]), read_recorded([p for p, _ in splits.val])
     ytrain, yval, labels = [y for _, y in splits.train], [y for _, y in splits.val], splits.labels
-    tries = []
-    for lr in (float(v) for v in args.lrs.split(",")):
-        for epochs in (int(v) for v in args.epochs.split(",")):
-            correct, secs = by_hand(train, ytrain, val, yval, labels, lr, epochs, args.seed)
-            acc = float(correct.mean())
-            tries.append({"lr": lr, "epochs": epochs, "val_accuracy": acc, "seconds": secs})
-            print(json.dumps(tries[-1]), file=sys.stderr)
+    tries = [
+        {k: v for k, v in t.items() if k != "correct"}
+        for t in by_hand_tries(train, ytrain, val, yval, labels, args, "val_accuracy")
+    ]
     best = max(tries, key=lambda t: t["val_accuracy"])
     results["by_hand"] = {**best, "ci95": wilson(round(best["val_accuracy"] * n), n), "tries": tries}
     results["time_ratio"] = trained.train_seconds / best["seconds"]

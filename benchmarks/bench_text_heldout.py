@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_text import DATA, by_hand, wilson
+from bench_text import add_arguments, by_hand_tries, data_missing, wilson
 
 
 def draw(src: Path, dst: Path, counts: dict[str, int], test: float, seed: int) -> tuple[Path, Path]:
@@ -83,20 +83,15 @@ def paired_interval(a: np.ndarray, b: np.ndarray, seed: int, n: int = 2000) -> t
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=DATA)
+    add_arguments(ap, out="/tmp/bench_text_heldout", epochs="3,5")
     ap.add_argument(
         "--train", default="business=240,politics=100,tech=60", help="topic=count of training articles"
     )
     ap.add_argument(
         "--test", type=float, default=1.0, help="test articles per training article of each topic"
     )
-    ap.add_argument("--lrs", default="5e-5,1e-4")
-    ap.add_argument("--epochs", default="3,5")
-    ap.add_argument("--out", type=Path, default=Path("/tmp/bench_text_heldout"))
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if not args.data.is_dir():
-        print(f"skipped: {args.data} not found (the BBC News folder of ../shared/data)", file=sys.stderr)
+    if data_missing(args.data):
         return 0
     if args.out.exists():
         raise SystemExit(f"--out: {args.out} exists; give a new folder")
@@ -134,13 +129,7 @@ def main() -> int:
     print(json.dumps(results["edgetl"]), file=sys.stderr)
 
     train_texts, train_y, _, _ = folder_texts(train_dir)
-    tries = []
-    for lr in (float(v) for v in args.lrs.split(",")):
-        for epochs in (int(v) for v in args.epochs.split(",")):
-            correct, secs = by_hand(train_texts, train_y, test_texts, test_y, labels, lr, epochs, args.seed)
-            tries.append({"lr": lr, "epochs": epochs, "test_accuracy": correct.mean(), "seconds": secs,
-                          "correct": correct})  # fmt: skip
-            print(json.dumps({k: v for k, v in tries[-1].items() if k != "correct"}), file=sys.stderr)
+    tries = by_hand_tries(train_texts, train_y, test_texts, test_y, labels, args, "test_accuracy")
     best = max(tries, key=lambda t: t["test_accuracy"])
     results["by_hand"] = {
         "lr": best["lr"], "epochs": best["epochs"], "test_accuracy": best["test_accuracy"], "seconds": best["seconds"],

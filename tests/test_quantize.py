@@ -69,9 +69,7 @@ def test_bias_correction_moves_only_biases_to_the_fp32_weights_channel_means(run
         """Sum over layers of |channel mean with FP32 weights - as quantized|, same quantized input."""
         model, float_model = onnx.load(str(path)), onnx.load(str(pre))
         layers = bc._corrected_layers(model)
-        float_nodes = {n.name: n for n in float_model.graph.node}
-        float_inits = {i.name: i for i in float_model.graph.initializer}
-        probe, twins = bc._with_float_twins(model, float_nodes, float_inits, layers)
+        probe, twins = bc._with_float_twins(model, *bc.float_tables(float_model), layers)
         means = bc._channel_means(probe, [n.output[0] for n, _ in layers] + twins, x, 8, "test")
         return sum(
             np.abs(means[t] - means[n.output[0]]).sum() for (n, _), t in zip(layers, twins, strict=True)

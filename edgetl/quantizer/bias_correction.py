@@ -78,6 +78,11 @@ def _channel_means(
     return {n: sums[n] / counts[n] for n in names}
 
 
+def float_tables(float_model) -> tuple[dict, dict]:
+    """The FP32 model's nodes and weights by name, as `_with_float_twins` takes them."""
+    return {n.name: n for n in float_model.graph.node}, {i.name: i for i in float_model.graph.initializer}
+
+
 def _with_float_twins(model, float_nodes: dict, float_inits: dict, layers) -> tuple[object, list[str]]:
     """The model with, next to each layer, its FP32 twin (`float_nodes` by name, their weights in
     `float_inits`) fed the same quantized input; the twins' output names."""
@@ -108,9 +113,8 @@ def correct_biases(float_path: Path, qdq_path: Path, inputs: np.ndarray, out: Pa
     import onnx
     from onnx import numpy_helper
 
-    model, float_model = onnx.load(str(qdq_path)), onnx.load(str(float_path))
-    float_nodes = {n.name: n for n in float_model.graph.node}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
+    model = onnx.load(str(qdq_path))
+    float_nodes, float_inits = float_tables(onnx.load(str(float_path)))
     layers = [
         (n, dq)
         for n, dq in _corrected_layers(model)

@@ -255,7 +255,7 @@ class TextSession:
         val_y = torch.from_numpy(self.data.val_targets)
         weights = _class_weights(self.data.train_targets, len(self.data.labels), self.recipe.balance)
         rng = np.random.default_rng(self.seed + s)
-        bad, stopped, stage_improved, total = 0, False, False, len(targets)
+        bad, stopped, total = 0, False, len(targets)
         for e in range(start_epoch, plan.epochs):
             model.train()
             correct = loss_sum = 0.0
@@ -294,7 +294,6 @@ class TextSession:
                 if self.world.main and not frozen:
                     save_checkpoint(model, self.info(len(self.history), metrics), self.run / BEST)
             bad = 0 if improved else bad + 1
-            stage_improved |= improved
             if not frozen or improved or e + 1 == plan.epochs:
                 log(
                     f"stage {s + 1}/{len(self.recipe.stages)} epoch {e + 1}/{plan.epochs}: train loss {loss_sum / total:.3f} "
@@ -319,7 +318,7 @@ class TextSession:
         # after them: best.safetensors has not changed since this process started)
         model.load_state_dict(self.best_weights or load_checkpoint(self.run / BEST)[0].state_dict())
         if self.world.main:
-            if frozen and stage_improved:
+            if frozen and self.best_epoch in {r["epoch"] for r in rows}:
                 best = {"val_accuracy": self.best[0], "val_loss": -self.best[1]}
                 save_checkpoint(model, self.info(self.best_epoch, best), self.run / BEST)
             save_checkpoint(model, self.info(len(self.history), {}), self.run / LAST)
