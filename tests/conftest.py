@@ -26,3 +26,27 @@ def tiny_run(tmp_path_factory, digits_dir) -> Path:
     from tinyrun import make_run
 
     return make_run(tmp_path_factory.mktemp("tiny") / "run", digits_dir)
+
+
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory) -> Path:
+    from tinytext import write_tiny_bert
+
+    return write_tiny_bert(tmp_path_factory.mktemp("bert") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory, bert) -> Path:
+    """A trained, exported, quantized and packaged tiny text run."""
+    from tinytext import write_text_folder
+
+    import edgetl
+
+    root = tmp_path_factory.mktemp("textrun")
+    data = write_text_folder(root / "data", per_class=14)
+    run = root / "run"
+    edgetl.train(data, run, backbone="all-minilm-l6-v2", weights=str(bert), frozen_epochs=8, epochs=1, seed=0)
+    edgetl.export(run)
+    edgetl.quantize(run, allow_drop=True)
+    edgetl.package(run, root / "bundle.tar.gz")
+    return run

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from cliprobe import SMALL, assert_json_error, assert_one_line, dataset, invoke, write_png
 from onnx import TensorProto, helper
 from PIL import Image
-from test_hostile import SMALL, assert_json_error, assert_one_line, dataset, invoke, write_png
 
 from edgetl.data.imagefolder import decode_for_training
 from edgetl.errors import ImageError

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_hostile import assert_json_error, assert_one_line, invoke
+from cliprobe import assert_json_error, assert_one_line, invoke
 
 from edgetl.backbones.checkpoint import load_checkpoint, save_checkpoint
 from edgetl_runtime.errors import EXIT_ERROR

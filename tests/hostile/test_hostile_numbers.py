@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_hostile import assert_json_error, assert_one_line, invoke
+from cliprobe import assert_json_error, assert_one_line, invoke
 
 from edgetl.errors import EdgetlError
 from edgetl_runtime.errors import EXIT_ERROR, EXIT_USAGE

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from test_hostile import assert_json_error, assert_one_line, invoke
+from cliprobe import assert_json_error, assert_one_line, invoke
 
 from edgetl.runfolder.folder import RunFolder
 from edgetl_runtime.errors import EXIT_ERROR

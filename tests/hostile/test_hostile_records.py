@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cliprobe import assert_json_error, assert_one_line, invoke
 from safetensors.torch import load_file, save_file
-from test_hostile import assert_json_error, assert_one_line, invoke
 
 from edgetl_runtime.errors import EXIT_ERROR
 

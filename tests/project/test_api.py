@@ -16,7 +16,7 @@ from edgetl import api
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.preprocess import list_images
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_import_is_light_and_fast():

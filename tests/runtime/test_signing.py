@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_hostile import assert_json_error, assert_one_line, invoke
+from cliprobe import assert_json_error, assert_one_line, invoke
 
 from edgetl.bundler.package import build_bundle
 from edgetl_runtime import BundleError, Predictor

@@ -26,7 +26,7 @@ from edgetl_runtime.errors import EdgetlError
 from edgetl_runtime.fileio import write_text_atomic
 from edgetl_runtime.preprocess import list_images, preprocess_batch
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @pytest.fixture(scope="module")

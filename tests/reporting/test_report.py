@@ -20,7 +20,7 @@ from edgetl.runfolder.folder import RunFolder
 from edgetl.trainer.recipe import PhasePlan, Recipe
 from edgetl.trainer.train import train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = Recipe(
     stages=(PhasePlan(epochs=2, unfreeze=0, lr=1e-2),),
     image_size=32,

@@ -32,7 +32,7 @@ from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.preprocess import list_images
 from edgetl_runtime.signing import generate_keypair
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 START_S = 60  # load + verify on a busy 2-core machine
 
 

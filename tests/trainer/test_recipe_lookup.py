@@ -13,7 +13,7 @@ import pytest
 
 from edgetl.trainer.recipe import RecipeError, recipe_names, resolve_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_missing_recipe_name_lists_the_known_ones():

@@ -261,7 +261,7 @@ def _text_inputs(root: Path) -> tuple[Path, Path, Path]:
     data = write_text_folder(root / "data", per_class=22)
     for i, text in enumerate(sentences("sport", 14, seed=9)):
         (data / "sport" / f"x{i:03d}.txt").write_text(text, encoding="utf-8")
-    recipe = (Path(__file__).resolve().parents[1] / "models" / "all-minilm-l6-v2.toml").read_text()
+    recipe = (Path(__file__).resolve().parents[2] / "models" / "all-minilm-l6-v2.toml").read_text()
     for old, new in [("dropout = 0.1", "dropout = 0.0"), ("lr = 1e-2", "lr = 0.05"),
                      ("lr_backbone = 1e-4", "lr_backbone = 1e-3"), ("patience = 4", "patience = 3")]:  # fmt: skip
         assert old in recipe

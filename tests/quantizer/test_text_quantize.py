@@ -1,0 +1,41 @@
+"""Text INT8: the candidates tried, the gate's record, and the ranking that keeps a slow INT8 out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def test_int8_gate_and_record(text_run):
+    q = json.loads((text_run / "quantize.json").read_text())
+    from edgetl.quantizer.nncf_backend import nncf_available
+
+    methods = {"dynamic", "static-qdq-matmul"} | ({"nncf-transformer"} if nncf_available() else set())
+    assert {a["method"] for a in q["attempts"]} == methods
+    assert q["gate"]["images"] == q["eval_images"] > 0 and q["method"] in methods
+    import onnx
+
+    graph = onnx.load(str(text_run / "model.int8.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Gather" in ops and (
+        "MatMulInteger" in ops or "DynamicQuantizeLinear" in ops or "QuantizeLinear" in ops
+    )
+
+
+def test_an_int8_candidate_not_clearly_faster_than_fp32_is_not_chosen():
+    from edgetl.quantizer.text import TextCandidate, rank_candidate
+
+    slow = TextCandidate("nncf-transformer", 0.95, 0.0007, 1.0, -5.0, (-5.0, 4.75), 0.26, 45.8, "warn")
+    fast = TextCandidate("dynamic", 0.95, 0.0011, 1.0, -5.0, (-5.0, 4.75), 0.65, 19.3, "warn")
+    assert min([slow, fast], key=lambda c: rank_candidate(c, 31.0)) is fast
+    # agreeing on one more text does not buy a model that a busy machine timed at 0.9x FP32
+    barely = TextCandidate("nncf-transformer", 0.96, 0.0007, 1.0, -5.0, (-5.0, 4.75), 0.26, 27.9, "warn")
+    assert min([barely, fast], key=lambda c: rank_candidate(c, 31.0)) is fast
+    # one flipped text of 80 (warn) does not outweigh a KL seventy times lower
+    close = TextCandidate("dynamic", 79 / 80, 0.0007, 0.95, 1.25, (-1.19, 1.25), 0.65, 14.2, "warn")
+    coarse = TextCandidate("static-qdq-matmul", 1.0, 0.046, 0.96, 0.0, (0.0, 0.0), 0.65, 18.0, "pass")
+    assert min([coarse, close], key=lambda c: rank_candidate(c, 40.0)) is close
+    failing = TextCandidate("static-qdq-matmul", 0.5, 0.9, 0.5, 40.0, (30.0, 50.0), 0.65, 10.0, "fail")
+    assert min([failing, slow], key=lambda c: rank_candidate(c, 31.0)) is slow
