@@ -305,9 +305,12 @@ class ExportRequest:
 def _export_images(r: ExportRequest) -> ExportResult:
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
-    ir = [out.with_suffix(".xml"), out.with_suffix(".bin")] if r.extra else []
+    extra = [(f"--format {fmt.value}", BY_NAME[fmt.value]) for fmt in r.extra]
+    extra_files = [
+        (option, p, Kind.FP32_MODEL) for option, f in extra for p in f.files(out.with_suffix(f.suffix))
+    ]
     check_outputs(
-        [("--out", out, Kind.FP32_MODEL), *(("--format openvino", p, Kind.FP32_MODEL) for p in ir)],
+        [("--out", out, Kind.FP32_MODEL), *extra_files],
         inputs=[loaded.checkpoint],
         image_folders=[r.check_images],
     )
