@@ -47,14 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from int8_arms import collect, int16_overrides, nncf_onnx, nncf_openvino, qdq, with_biases_of, worst_tensors
 from int8_cases import (
     CALIBRATE,
-    DIGITS,
-    IMAGENET,
     SEED,
     by_hand_nncf,
     fine_tuned_digits,
     imagenet_case,
     interleaved_ms,
     onnxruntime_ms,
+    present_cases,
 )
 from int8_matrix_render import render
 
@@ -435,7 +434,7 @@ def main() -> None:
     FP32_MODEL, WITH_DEFAULT = args.fp32, args.with_default
     ARMS = tuple(a for a in args.arms.split(",") if a)
     OUTCOMES = args.out.with_name(f"{args.out.stem}-outcomes.npz")
-    cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
+    cases = {"imagenet": case_imagenet, "digits": case_digits}
     results: dict = {
         "command": " ".join(sys.argv),
         "uptime_start": uptime(),
@@ -449,13 +448,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-matrix-") as tmp:
-        for name in args.cases.split(","):
-            data, fn = cases[name]
-            if not data.is_dir():
-                print(f"skipping {name}: {data} is absent (see ../shared/data/README)")
-                continue
+        for name in present_cases(args.cases):
             (Path(tmp) / name).mkdir()
-            fn(Path(tmp) / name, save, results, args.reference)
+            cases[name](Path(tmp) / name, save, results, args.reference)
     results["uptime_end"] = uptime()
     save()
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_cases import DIGITS, IMAGENET, by_hand_nncf, fine_tuned_digits, imagenet_case, onnxruntime_ms
+from int8_cases import by_hand_nncf, fine_tuned_digits, imagenet_case, onnxruntime_ms, present_cases
 
 LATENCY_RUNS = 50
 
@@ -158,15 +158,11 @@ def main() -> None:
     parser.add_argument("--cases", default="imagenet,digits")
     parser.add_argument("--timing-lock", type=Path, default=Path("/tmp/edgetl-timing.lock"))
     args = parser.parse_args()
-    cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
+    cases = {"imagenet": case_imagenet, "digits": case_digits}
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        for name in args.cases.split(","):
-            data, fn = cases[name]
-            if not data.is_dir():
-                print(f"skipping {name}: {data} is absent (see ../shared/data/README)")
-                continue
-            results[name] = fn(Path(tmp), args.timing_lock)
+        for name in present_cases(args.cases):
+            results[name] = cases[name](Path(tmp), args.timing_lock)
             print_table(name, results[name])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,14 @@ CALIBRATE, MEASURE, SEED = 300, 450, 0
 WARMUP_RUNS = 5
 
 
+def present_cases(names: str) -> list[str]:
+    """The cases of the comma-separated `names` whose data is here; a line names each one skipped."""
+    data = {"imagenet": IMAGENET, "digits": DIGITS}
+    for name in (n for n in names.split(",") if not data[n].is_dir()):
+        print(f"skipping {name}: {data[name]} is absent (see ../shared/data/README)")
+    return [n for n in names.split(",") if data[n].is_dir()]
+
+
 def edgetl(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "edgetl", *args], check=True, stdout=subprocess.DEVNULL)
 

@@ -246,47 +246,45 @@ def _cuda_reason() -> str | None:
     return _ort_provider_reason("CUDAExecutionProvider", "onnxruntime-gpu") or _cuda_device_reason()
 
 
+def _ort_backend(name: BackendName, device: str, provider: str, check: Callable[[], str | None]) -> Backend:
+    return Backend(name, device, check, lambda p, t, exact=False: OrtSession(p, t, provider, name))
+
+
+def _openvino_backend(name: BackendName, device: str) -> Backend:
+    """OpenVINO's own runtime on its `device` ("CPU", "GPU"): it reads ONNX and its IR."""
+    return Backend(
+        name,
+        device.lower(),
+        lambda: _openvino_reason(device),
+        lambda p, t, exact=False: OpenVinoSession(p, t, device, name, exact),
+        (ONNX.suffix, OPENVINO.suffix),
+    )
+
+
 BACKENDS: dict[BackendName, Backend] = {
     b.name: b
     for b in (
-        Backend(
+        _ort_backend(
             BackendName.ORT_CPU,
             "cpu",
+            "CPUExecutionProvider",
             lambda: _ort_provider_reason("CPUExecutionProvider", "onnxruntime"),
-            lambda p, t, exact=False: OrtSession(p, t, "CPUExecutionProvider", BackendName.ORT_CPU),
         ),
-        Backend(
-            BackendName.ORT_CUDA,
-            "gpu",
-            _cuda_reason,
-            lambda p, t, exact=False: OrtSession(p, t, "CUDAExecutionProvider", BackendName.ORT_CUDA),
-        ),
+        _ort_backend(BackendName.ORT_CUDA, "gpu", "CUDAExecutionProvider", _cuda_reason),
         Backend(
             BackendName.ORT_TENSORRT,
             "gpu",
             _tensorrt_reason,
             lambda p, t, exact=False: _load_tensorrt(p, t, exact),
         ),
-        Backend(
+        _ort_backend(
             BackendName.ORT_OPENVINO,
             "cpu",
+            "OpenVINOExecutionProvider",
             lambda: _ort_provider_reason("OpenVINOExecutionProvider", "onnxruntime-openvino"),
-            lambda p, t, exact=False: OrtSession(p, t, "OpenVINOExecutionProvider", BackendName.ORT_OPENVINO),
         ),
-        Backend(
-            BackendName.OPENVINO_CPU,
-            "cpu",
-            lambda: _openvino_reason("CPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "CPU", BackendName.OPENVINO_CPU, exact),
-            (ONNX.suffix, OPENVINO.suffix),
-        ),
-        Backend(
-            BackendName.OPENVINO_GPU,
-            "gpu",
-            lambda: _openvino_reason("GPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", BackendName.OPENVINO_GPU, exact),
-            (ONNX.suffix, OPENVINO.suffix),
-        ),
+        _openvino_backend(BackendName.OPENVINO_CPU, "CPU"),
+        _openvino_backend(BackendName.OPENVINO_GPU, "GPU"),
     )
 }
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EdgetlError, TextError
+from .fileio import list_files
 from .preprocess import SpecError
 
 TEXT_SUFFIXES = frozenset({".txt"})
@@ -199,11 +200,4 @@ def read_text(path: str | Path) -> tuple[str, str]:
 
 def list_texts(folder: str | Path) -> list[Path]:
     """.txt files under `folder` (recursive), sorted; hidden files skipped."""
-    folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in TEXT_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return list_files(folder, TEXT_SUFFIXES)

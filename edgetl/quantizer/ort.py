@@ -108,24 +108,27 @@ def quantize_with_ranges(
     model_path: Path, method: Method, ranges, out: Path, exclude: Sequence[str] = ()
 ) -> Path:
     """QDQ model from ranges of calibrate_ranges (same ranges, same model on every onnxruntime)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
     from edgetl.quantizer.ort_compat import quantize_static_with_ranges
 
     with _quiet_library():
         return quantize_static_with_ranges(
-            model_path,
-            out,
-            ranges,
-            calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
-            quant_format=QuantFormat[ORT_SETTINGS["format"]],
-            per_channel=ORT_SETTINGS["per_channel"],
-            reduce_range=ORT_SETTINGS["reduce_range"],
-            activation_type=QuantType[ORT_SETTINGS["activation_type"]],
-            weight_type=QuantType[ORT_SETTINGS["weight_type"]],
-            nodes_to_exclude=exclude,
-            extra_options=dict(ORT_SETTINGS["extra_options"]),
+            model_path, out, ranges, nodes_to_exclude=exclude, **static_settings(method)
         )
+
+
+def static_settings(method: Method) -> dict:
+    """ORT_SETTINGS with `method`'s calibration, as quantize_static's keyword arguments."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    return dict(
+        calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
+        quant_format=QuantFormat[ORT_SETTINGS["format"]],
+        per_channel=ORT_SETTINGS["per_channel"],
+        reduce_range=ORT_SETTINGS["reduce_range"],
+        activation_type=QuantType[ORT_SETTINGS["activation_type"]],
+        weight_type=QuantType[ORT_SETTINGS["weight_type"]],
+        extra_options=dict(ORT_SETTINGS["extra_options"]),
+    )
 
 
 def input_layers(model_path: Path) -> tuple[str, ...]:

@@ -12,8 +12,7 @@ from pathlib import Path
 from edgetl.console import warn
 from edgetl.reporting import plots
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
-from edgetl.runfolder.folder import read_record
-from edgetl.runfolder.records import CheckpointHeader
+from edgetl.runfolder.records import CheckpointHeader, read_record
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.inputs import INPUT_KINDS, parse_modality
 from edgetl_runtime.modality import Modality
