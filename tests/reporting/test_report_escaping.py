@@ -5,7 +5,6 @@ in the page's HTML and in headless Chromium's DOM.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
@@ -13,7 +12,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from headless_browser import CHROMIUM, Browser, BrowserError
+from headless_browser import CHROMIUM, Browser
 
 from edgetl.reporting.report import build_report
 
@@ -98,26 +97,14 @@ def test_hostile_names_run_nothing_in_chromium(page, tmp_path):
     browser = Browser("about:blank", str(tmp_path / "profile"))
     try:
         deadline = time.monotonic() + 60
-        while not (
-            pages := [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
-        ):
-            assert time.monotonic() < deadline, "Chromium opened no page"
-            time.sleep(0.2)
-        target = {"targetId": pages[0]["targetId"], "flatten": True}
-        session = browser.call("Target.attachToTarget", target)["sessionId"]
+        session = browser.attach_page(deadline)
         browser.call("Page.enable", {}, session)
         # before any of the page's own code could run: every way a payload announces itself is recorded
         spy = "window.ran = []; for (const f of ['alert', 'confirm', 'prompt']) window[f] = (x) => window.ran.push(String(x));"
         browser.call("Page.addScriptToEvaluateOnNewDocument", {"source": spy}, session)
         url = page.resolve().as_uri()
         browser.call("Page.navigate", {"url": url}, session)
-        probe = {"expression": "location.href + ' ' + document.readyState", "returnByValue": True}
-        while True:
-            with contextlib.suppress(BrowserError):
-                if browser.call("Runtime.evaluate", probe, session)["result"]["value"] == f"{url} complete":
-                    break
-            assert time.monotonic() < deadline, "the report did not load within 60 s"
-            time.sleep(0.2)
+        browser.wait_loaded(session, url, deadline)
         time.sleep(1)  # a failed <img src=x> reports its error asynchronously
         check = """({
             ran: window.ran,
