@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.folder import RunFolder
-from edgetl.runfolder.records import CheckpointHeader, EnvironmentRecord, ProvenanceRecord
+from edgetl.runfolder.records import CheckpointHeader, CrossFitRecord, EnvironmentRecord, ProvenanceRecord
 from edgetl.runfolder.splits import Splits
 
 if TYPE_CHECKING:
@@ -59,6 +59,15 @@ class RunFiles:
     def bench_environment(self) -> EnvironmentRecord:
         environment = self.benchmark.environment if self.benchmark else {}
         return EnvironmentRecord.from_dict(environment, source=f"{self.folder.benchmark_record} environment")
+
+    @cached_property
+    def cross_fit(self) -> CrossFitRecord | None:
+        gate = self.quantize.verdict() if self.quantize else None
+        if gate is None or not gate.cross_fit:
+            return None
+        return CrossFitRecord.from_dict(
+            gate.cross_fit, source=f"{self.folder.quantize_record} gate.cross_fit"
+        )
 
     @cached_property
     def calibration(self) -> CalibrationManifest | None:

@@ -192,7 +192,7 @@ def section_quantization(f: RunFiles) -> Section:
     q = f.quantize
     if q is None:
         return missing("quantization", "FP32 vs INT8", "edgetl quantize {run}", "INT8 model (quantize.json)", f.run)  # fmt: skip
-    g = q.verdict()
+    g, cf = q.verdict(), f.cross_fit
     ci = g.drop_ci95
     ci_text = f"95% interval {ci[0]:+.2f} to {ci[1]:+.2f}" if ci else "no interval recorded"
     calibration_images = "–" if g.calibration_images is None else str(g.calibration_images)
@@ -201,7 +201,7 @@ def section_quantization(f: RunFiles) -> Section:
         ("drop", f"{g.drop:.2f} points ({ci_text}), allowed {g.max_drop}" if g.drop is not None else "–"),
         ("gate images", f"{g.images} (one image = {100 / g.images:.2f} points)" if g.images else "none (gate off)"),
         ("calibration images", calibration_images),
-        ("cross-fit", f"{g.cross_fit['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g.cross_fit['shipped_vs_fold_models_agreement'], 2)}" if g.cross_fit else "–"),
+        ("cross-fit", f"{cf.folds} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(cf.shipped_vs_fold_models_agreement, 2)}" if cf else "–"),
         ("top-1 agreement with FP32", pct(q.agreement, 2)),
         ("method", f"{q.backend} {q.method}"),
         ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),

@@ -115,6 +115,14 @@ class GateRecord(Record):
 
 
 @dataclass(frozen=True)
+class CrossFitRecord(Record):
+    """What a report shows of a gate's "cross_fit" (kept whole, as a dict, in the gate record)."""
+
+    folds: int
+    shipped_vs_fold_models_agreement: float
+
+
+@dataclass(frozen=True)
 class AttemptRecord(Record):
     """One candidate the quantization ladder tried."""
 

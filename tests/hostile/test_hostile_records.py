@@ -113,6 +113,10 @@ ROWS = {
         _edit_json("quantize.json", lambda d: d.update(per_class={"0": 1})), ["report"],
         "quantize.json: key 'per_class.0' must be a JSON object",
     ),
+    "quantize.json cross-fit folds a string, then report": (
+        _edit_json("quantize.json", lambda d: d["gate"].update(cross_fit={"folds": "<script>", "shipped_vs_fold_models_agreement": 1.0})),
+        ["report"], "quantize.json gate.cross_fit: key 'folds' must be an integer",
+    ),
     "checkpoint header recipe stages a string, then report": (
         _edit_header(lambda d: d["recipe"].update(stages="x")), ["report"],
         "best.safetensors (edgetl header): key 'recipe.stages' must be a JSON list",

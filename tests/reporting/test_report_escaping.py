@@ -21,16 +21,15 @@ CLASS = "<img src=x onerror=alert(1)>"
 FILE = '<script>alert(2)<script>x" onmouseover="alert(3).png'
 BACKEND = "<b onclick=alert(4)>ort</b>"
 REASON = "<iframe srcdoc='<script>alert(5)</script>'></iframe>"
-# a hand-edited quantize.json: the one value the f-string page inserted without escaping it
-FOLDS = "<script>alert(6)</script>"
-SHOWN = (CLASS, BACKEND, REASON, FOLDS)  # as page text; FILE is in the cards' title and alt
+GATE = "<script>alert(6)</script>"
+SHOWN = (CLASS, BACKEND, REASON, GATE)  # as page text; FILE is in the cards' title and alt
 
 
 @pytest.fixture(scope="module")
 def hostile_run(tiny_run, tmp_path_factory) -> Path:
     """tiny_run with class 0 renamed CLASS, every validation image copied to a FILE-like name and
     labelled as the next class (so the gallery shows every one), a benchmark naming BACKEND and
-    REASON, and a cross-fitted gate of FOLDS folds."""
+    REASON, and a gate whose metric and reason are GATE."""
     root = tmp_path_factory.mktemp("hostile")
     run = Path(shutil.copytree(tiny_run, root / "run"))
     splits = json.loads((run / "splits.json").read_text())
@@ -53,7 +52,7 @@ def hostile_run(tiny_run, tmp_path_factory) -> Path:
     ]  # fmt: skip
     (run / "benchmark.json").write_text(json.dumps({"rows": rows, "environment": {"cpu": CLASS}}))
     quantize = json.loads((run / "quantize.json").read_text())
-    quantize["gate"]["cross_fit"] = {"folds": FOLDS, "shipped_vs_fold_models_agreement": 0.9}
+    quantize["gate"].update(metric=GATE, reason=GATE)
     (run / "quantize.json").write_text(json.dumps(quantize))
     return run
 
