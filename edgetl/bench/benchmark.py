@@ -284,12 +284,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
         if backend.source == Source.CHECKPOINT and checkpoint is None:
             for b in batches:
                 rows[(name, "", b)] = BenchRow(
-                    name,
-                    "-",
-                    Precision.FP32,
-                    b,
-                    Status.SKIPPED,
-                    "no checkpoint: give a run folder or checkpoint=",
+                    backend=name,
+                    model="-",
+                    precision=Precision.FP32,
+                    batch=b,
+                    status=Status.SKIPPED,
+                    reason="no checkpoint: give a run folder or checkpoint=",
                 )
             continue
         reason = backend.check()
@@ -297,12 +297,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
             status, why = _applicability(backend, model, reason)
             for b in batches:
                 rows[(name, str(model.path), b)] = BenchRow(
-                    name,
-                    model.path.name,
-                    model.precision,
-                    b,
-                    status,
-                    why,
+                    backend=name,
+                    model=model.path.name,
+                    precision=model.precision,
+                    batch=b,
+                    status=status,
+                    reason=why,
                     model_path=str(model.path),
                     device=backend.device,
                     macs=model.macs,

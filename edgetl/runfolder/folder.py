@@ -29,11 +29,12 @@ from edgetl.errors import EdgetlError
 from edgetl.runfolder.records import (
     BenchmarkRecord,
     ConfusionRecord,
+    EpochRecord,
     ExportRecord,
     QuantizationRecord,
     SummaryRecord,
+    load_epochs,
     load_typed,
-    read_json,
 )
 from edgetl.runfolder.splits import SPLITS, Splits
 from edgetl_runtime.fileio import UNWRITABLE, check_writable, sha256_file, write_text_atomic
@@ -249,12 +250,8 @@ class RunFolder:
     def load_confusion(self) -> ConfusionRecord | None:
         return load_typed(ConfusionRecord, self.confusion)
 
-    def load_metrics(self) -> list[dict] | None:
-        """metrics.json: one row per epoch so far (a list)."""
-        rows = read_json(self.metrics)
-        if rows is not None and not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
-            raise EdgetlError(f"{self.metrics}: not a list of epoch records; rerun `edgetl train`")
-        return rows
+    def load_metrics(self) -> tuple[EpochRecord, ...] | None:
+        return load_epochs(self.metrics)
 
     # locking and cleaning
     @contextlib.contextmanager

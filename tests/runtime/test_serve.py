@@ -7,7 +7,6 @@ request loop is bounded in count and every request and process wait in time.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
@@ -24,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from headless_browser import CHROMIUM, UPLOAD_JS, Browser, BrowserError
+from headless_browser import CHROMIUM, UPLOAD_JS, Browser
 from PIL import Image
 
 from edgetl.bundler.package import build_bundle
@@ -335,24 +334,10 @@ def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
     browser = Browser(f"http://{server.host}:{server.port}/", str(tmp_path / "profile"))
     try:
         deadline = time.monotonic() + 60
-        while not (
-            pages := [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
-        ):
-            assert time.monotonic() < deadline, "Chromium opened no page"
-            time.sleep(0.2)
-        session = browser.call("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})[
-            "sessionId"
-        ]
+        session = browser.attach_page(deadline)
         phone = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
         browser.call("Emulation.setDeviceMetricsOverride", phone, session)
-        url = f"http://{server.host}:{server.port}/"
-        loaded = {"expression": "location.href + ' ' + document.readyState", "returnByValue": True}
-        while True:  # the first document is about:blank, then the page; evaluate only in the page
-            with contextlib.suppress(BrowserError):
-                if browser.call("Runtime.evaluate", loaded, session)["result"]["value"] == f"{url} complete":
-                    break
-            assert time.monotonic() < deadline, "the page did not load within 60 s"
-            time.sleep(0.2)
+        browser.wait_loaded(session, f"http://{server.host}:{server.port}/", deadline)
         photo = base64.b64encode(images[0].read_bytes()).decode()
         shown = browser.call(
             "Runtime.evaluate",
