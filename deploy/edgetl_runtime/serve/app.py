@@ -32,7 +32,7 @@ from ..inputs import TextInput
 from ..modality import Modality
 from ..predictor import Predictor, summarize_predictions
 from ..preprocess import EncodedImage
-from ..textinput import decode_bytes
+from ..textinput import MAX_TEXT_BYTES, decode_bytes
 from .inference import InferencePool, Overloaded
 from .metrics import ServeMetrics
 
@@ -43,6 +43,7 @@ class ErrorKind(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_TIMEOUT = "request_timeout"  # the client sent its body too slowly
     TOO_LARGE = "too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"  # request line and headers over the HTTP parser's buffer
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"  # the prediction did not finish within --timeout-s
@@ -55,6 +56,7 @@ ERROR_STATUS = {
     ErrorKind.METHOD_NOT_ALLOWED: 405,
     ErrorKind.REQUEST_TIMEOUT: 408,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.HEADERS_TOO_LARGE: 431,
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorKind.OVERLOADED: 503,
     ErrorKind.TIMEOUT: 503,
@@ -65,8 +67,9 @@ HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
 
 
 def _text_upload(name: str, body: bytes) -> TextInput:
+    # read as far as a text file is read in training; the tokenizer caps what it takes of that again
     try:
-        text, _ = decode_bytes(body, name)
+        text, _ = decode_bytes(body[:MAX_TEXT_BYTES], name, complete=len(body) <= MAX_TEXT_BYTES)
     except TextError as e:
         raise ServeError(ErrorKind.BAD_INPUT, str(e)) from None
     if not text.strip():
@@ -115,17 +118,41 @@ class ServeError(Exception):
         self.headers = headers or {}
 
 
+def error_body(kind: ErrorKind, message: str, option=None, path=None) -> dict:
+    """The shared error shape, with the HTTP status that goes with it."""
+    return {"error": {**error_fields(message, option, path), "kind": kind.value}}
+
+
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(
         json_text(body), status, {**COMMON_HEADERS, **(headers or {})}, media_type="application/json"
     )
 
 
+# top_k past the number of classes is all of them; six digits bound int() and the echo of a bad value
+TOP_K = re.compile(r"[0-9]{1,6}")
+PREDICT_QUERY = ("top_k",)
+
+
 def _query_top_k(request: Request) -> int:
-    raw = request.query_params.get("top_k", "5")
-    if not raw.isdigit() or int(raw) < 1:
+    """The one query parameter of POST /v1/predict; anything else in the query is refused by name."""
+    params = request.query_params
+    for name in params:
+        if name not in PREDICT_QUERY:
+            raise ServeError(
+                ErrorKind.BAD_INPUT,
+                f"unknown query parameter {name[:64]!r}; POST /v1/predict takes only {', '.join(PREDICT_QUERY)}",
+                option=name[:64],
+            )
+    values = params.getlist("top_k") or ["5"]
+    raw = values[0]
+    if len(values) > 1 or not TOP_K.fullmatch(raw) or int(raw) < 1:
+        shown = raw[:16] + ("..." if len(raw) > 16 else "")
         raise ServeError(
-            ErrorKind.BAD_INPUT, f"top_k must be a whole number >= 1, got {raw!r}", option="top_k"
+            ErrorKind.BAD_INPUT,
+            f"top_k must be given once, as a whole number from 1 to 999999 in ASCII digits, got {shown!r}"
+            + (f" and {len(values) - 1} more" if len(values) > 1 else ""),
+            option="top_k",
         )
     return int(raw)
 
@@ -273,8 +300,7 @@ def build_app(
 
     def error_response(kind: ErrorKind, message: str, option=None, path=None, headers=None) -> Response:
         metrics.errors.labels(kind.value).inc()
-        fields = error_fields(message, option, path)
-        return json_response({"error": {**fields, "kind": kind.value}}, ERROR_STATUS[kind], headers)
+        return json_response(error_body(kind, message, option, path), ERROR_STATUS[kind], headers)
 
     async def on_serve_error(request: Request, e: ServeError) -> Response:
         return error_response(e.kind, str(e), e.option, headers=e.headers)
