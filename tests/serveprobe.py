@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -64,10 +65,14 @@ class Server:
             conn.close()
 
     def raw(self, request: bytes, timeout: float = 30) -> tuple[int, dict, bytes]:
-        """Send bytes no HTTP client would (status, headers, body): the server closes after answering."""
+        """Send bytes no HTTP client would; (status, headers, body) of the answer. Sent in pieces, and
+        no more once the server has answered: it closes then, and bytes it never read would reset the
+        connection before its answer is read."""
         with socket.create_connection((self.host, self.port), timeout=timeout) as sock:
-            sock.sendall(request)
-            sock.shutdown(socket.SHUT_WR)
+            for start in range(0, len(request), 4096):
+                if select.select([sock], [], [], 0.01)[0]:
+                    break
+                sock.sendall(request[start : start + 4096])
             data = b""
             while chunk := sock.recv(65536):
                 data += chunk

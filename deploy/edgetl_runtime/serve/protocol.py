@@ -1,13 +1,16 @@
-"""Requests the HTTP parser refuses, answered in the shared JSON error shape.
+"""The HTTP connection before the app sees a request: parser errors in JSON, a deadline for the head.
 
 uvicorn answers a request h11 cannot parse (a request line and headers over h11's buffer, a
 Content-Length that is not a number, a broken request line) itself, before any app runs, in plain
-text. This is uvicorn's h11 protocol with that one answer in JSON; the server pins it, so whether
-httptools happens to be installed does not change what a client gets.
+text; and it waits for a request's head without end, so connections that drip their headers a byte
+at a time (or send nothing) are held until the process runs out of file descriptors. This is
+uvicorn's h11 protocol with that answer in JSON and a deadline for each request head; the server
+pins it, so whether httptools happens to be installed does not change what a client gets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from http import HTTPStatus
 
@@ -38,6 +41,46 @@ def protocol_error(error: BaseException | None) -> tuple[int, dict]:
 
 
 class JsonErrorProtocol(H11Protocol):
+    def __init__(self, *args, head_timeout_s: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timeout_s = head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._await_head()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._await_head()  # the next request on this kept-alive connection has a deadline too
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if not self._waiting_for_head():
+            self._cancel_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _waiting_for_head(self) -> bool:
+        return self.cycle is None or self.cycle.response_complete
+
+    def _await_head(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        # no request yet, so nothing to answer: closed like uvicorn closes an idle kept-alive connection
+        self._head_timer = None
+        if self._waiting_for_head() and not self.transport.is_closing():
+            self.timeout_keep_alive_handler()
+
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this inside its `except h11.RemoteProtocolError`: the one place the cause is known
         status, body = protocol_error(sys.exc_info()[1])

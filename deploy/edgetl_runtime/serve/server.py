@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -67,7 +68,8 @@ def run_server(
     config = uvicorn.Config(
         app,
         lifespan="off",
-        http=JsonErrorProtocol,
+        # a request's head must arrive within --timeout-s, as its body must
+        http=functools.partial(JsonErrorProtocol, head_timeout_s=limits.timeout_s),
         ws="none",  # no WebSocket route: an upgrade request is an ordinary request here
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_level="info" if access_log else "warning",
