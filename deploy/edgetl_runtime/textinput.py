@@ -22,14 +22,13 @@ from .errors import EdgetlError, TextError
 from .preprocess import SpecError
 
 TEXT_SUFFIXES = frozenset({".txt"})
-# A NUL byte in the first block of a file without a BOM marks a binary file renamed .txt (UTF-8 and
-# 8-bit text never hold one; UTF-16 does, and says so with its BOM).
+# A NUL byte in the first block of a file without a UTF-16/32 BOM marks a binary file renamed .txt.
 BINARY_PROBE = 8192
-# Longest first: the UTF-32 LE BOM starts with the UTF-16 LE one.
+# Text whose BOM says it is UTF-16 or UTF-32 (Windows Notepad's "Unicode" is UTF-16 LE); longest
+# first, since the UTF-32 LE BOM starts with the UTF-16 LE one. A UTF-8 BOM is read with UTF-8 below.
 BOMS = (
     (codecs.BOM_UTF32_LE, "utf-32-le"),
     (codecs.BOM_UTF32_BE, "utf-32-be"),
-    (codecs.BOM_UTF8, "utf-8"),
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
@@ -196,7 +195,8 @@ def example_feed(
 
 
 def decode_bytes(data: bytes, source: str, *, complete: bool = True) -> tuple[str, str]:
-    """(text, encoding): by its BOM (UTF-8, UTF-16, UTF-32), else UTF-8, else the first fallback.
+    """(text, encoding): by its UTF-16 or UTF-32 BOM, else UTF-8 (with or without BOM), else the first
+    fallback that decodes.
 
     `complete=False` says `data` is the start of a longer text: a character cut at its end is dropped.
     """
@@ -210,14 +210,16 @@ def decode_bytes(data: bytes, source: str, *, complete: bool = True) -> tuple[st
                     f"{source}: starts with a {encoding} BOM but is not {encoding} ({e.reason} at byte "
                     f"{e.start + len(bom)}); save it again as UTF-8"
                 ) from None
+    # NUL bytes never occur in 8-bit or UTF-8 text: only the UTF-16/32 found above may hold them
     if b"\x00" in data[:BINARY_PROBE]:
         raise TextError(
             f"{source}: a binary file, not text (NUL bytes, no BOM); give a UTF-8, UTF-16 (with BOM) or "
             "Latin-1 text file"
         )
-    for encoding in ("utf-8", *FALLBACK_ENCODINGS):
+    for encoding in ("utf-8-sig", *FALLBACK_ENCODINGS):
         try:
-            return codecs.getincrementaldecoder(encoding)().decode(data, final=complete), encoding
+            text = codecs.getincrementaldecoder(encoding)().decode(data, final=complete)
+            return text, encoding.removesuffix("-sig")
         except UnicodeDecodeError:
             continue
     raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
