@@ -71,7 +71,17 @@ class Sampler:
 
 def start_server(bundle: Path, options: list[str]) -> tuple[subprocess.Popen, str, int]:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "deploy")}
-    command = [sys.executable, "-m", "edgetl_runtime.cli", "serve", str(bundle), "--port", "0", "--json", *options]
+    command = [
+        sys.executable,
+        "-m",
+        "edgetl_runtime.cli",
+        "serve",
+        str(bundle),
+        "--port",
+        "0",
+        "--json",
+        *options,
+    ]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     url = json.loads(proc.stdout.readline())["url"]
     host, port = url.removeprefix("http://").split(":")
