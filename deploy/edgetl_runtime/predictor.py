@@ -24,6 +24,7 @@ from .modality import Modality
 from .modelfile import model_format, read_model_info
 from .preprocess import EncodedImage, ImageInput
 from .signing import TrustedKey
+from .textinput import TextSpec
 
 DEFAULT_BATCH = 8
 
@@ -86,7 +87,7 @@ def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     return list(images)
 
 
-def _check_tokenizer(bundled: InputSpec, model: Path) -> None:
+def _check_tokenizer(bundled: TextSpec, model: Path) -> None:
     """The manifest's tokenizer must be the one the model file was exported with: the manifest's own
     checksum cannot tell, whoever rewrites the tokenizer can re-hash the manifest (signed or not)."""
     carried = getattr(read_model_info(model).preprocess, "tokenizer_sha256", "none")

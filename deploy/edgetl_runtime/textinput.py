@@ -164,7 +164,7 @@ def pad_id(spec: TextSpec) -> int:
 
 
 def tokenized_chars(spec: TextSpec) -> int:
-    """How many characters of a text are tokenized at most (the rest cannot reach max_length)."""
+    """How many characters of a text are tokenized at most (see CHARS_PER_TOKEN)."""
     return spec.max_length * CHARS_PER_TOKEN
 
 

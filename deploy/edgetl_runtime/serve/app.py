@@ -119,7 +119,7 @@ class ServeError(Exception):
 
 
 def error_body(kind: ErrorKind, message: str, option=None, path=None) -> dict:
-    """The shared error shape, with the HTTP status that goes with it."""
+    """The shared error shape; its HTTP status is ERROR_STATUS[kind]."""
     return {"error": {**error_fields(message, option, path), "kind": kind.value}}
 
 
