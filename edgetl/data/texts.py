@@ -40,7 +40,7 @@ class TextStats:
     unreadable: int = 0  # skipped: binary or unreadable
     unlabelled: int = 0  # skipped: table rows with a blank label
     fallback_decoded: int = 0  # not UTF-8: decoded as cp1252 or latin-1
-    cut: int = 0  # files over MAX_TEXT_BYTES: only their start was read
+    cut: int = 0  # files over MAX_TEXT_BYTES (table texts over as many characters): their start only
     duplicates: int = 0  # val texts that also occur in train (kept, reported)
     problems: tuple[str, ...] = field(default_factory=tuple)  # the first few reasons, for the warning
 
@@ -191,6 +191,9 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
             reader.counts["empty"] += 1
             reader.problems.append(f"{path}{ROW_MARK}{n}: empty text")
             continue
+        if len(text) > MAX_TEXT_BYTES:  # as for a file: what lies past it costs memory, never tokens
+            reader.counts["cut"] += 1
+            text = text[:MAX_TEXT_BYTES]
         classes.setdefault(_check_label(label, f"{path}{ROW_MARK}{n}"), []).append(
             (f"{path.resolve()}{ROW_MARK}{n}", text)
         )
@@ -272,7 +275,7 @@ def load_texts(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Te
         )
     if stats.cut:
         warn(
-            f"{stats.cut} text file(s) over {MAX_TEXT_BYTES >> 20} MiB: only their first {MAX_TEXT_BYTES >> 20} MiB "
+            f"{stats.cut} text(s) over {MAX_TEXT_BYTES >> 20} MiB: only their first {MAX_TEXT_BYTES >> 20} MiB "
             "is read (the model reads the first max_length tokens of that)"
         )
     if stats.fallback_decoded:

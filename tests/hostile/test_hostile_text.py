@@ -59,6 +59,16 @@ def test_a_long_text_is_read_and_tokenized_only_as_far_as_the_model_reads(
     assert max(seen) <= tokenized_chars(spec) and encoded.truncated == 1
 
 
+def test_a_long_table_text_is_cut_like_a_file(tmp_path):
+    from edgetl.data.texts import load_texts, read_recorded
+    from edgetl_runtime.textinput import MAX_TEXT_BYTES
+
+    rows = [*_two_topics(), {"text": "goal " * (MAX_TEXT_BYTES // 4), "label": "sport"}]
+    texts = load_texts(_jsonl(tmp_path / "data.jsonl", rows), val_fraction=0.5)
+    assert texts.stats.cut == 1 and max(map(len, (*texts.train_texts, *texts.val_texts))) == MAX_TEXT_BYTES
+    assert read_recorded([p for p, _ in texts.splits.train]) == list(texts.train_texts)
+
+
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_a_quoted_csv_field_keeps_its_newlines(tmp_path, newline):
     from edgetl.data.texts import load_texts
