@@ -143,7 +143,9 @@ def plain_loop(bundle: Path, images: list[tuple[str, bytes]], requests: int, max
 
 
 class Served:
-    def __init__(self, bundle: Path, workers: int | None) -> None:
+    def __init__(
+        self, bundle: Path, workers: int | None, options: tuple[str, ...] = ("--queue", "64")
+    ) -> None:
         command = [
             sys.executable,
             "-m",
@@ -153,8 +155,7 @@ class Served:
             "--port",
             "0",
             "--json",
-            "--queue",
-            "64",
+            *options,
         ]
         if workers:
             command += ["--workers", str(workers)]

@@ -25,16 +25,14 @@ import http.client
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
+from bench_serve import Served
 
-ROOT = Path(__file__).resolve().parents[1]
 TEXT = b"the late goal won the match and the bank raised its price "
 
 
@@ -67,25 +65,6 @@ class Sampler:
             if line.startswith("VmHWM:"):
                 return round(int(line.split()[1]) / 1024, 1)
         return 0.0
-
-
-def start_server(bundle: Path, options: list[str]) -> tuple[subprocess.Popen, str, int]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "deploy")}
-    command = [
-        sys.executable,
-        "-m",
-        "edgetl_runtime.cli",
-        "serve",
-        str(bundle),
-        "--port",
-        "0",
-        "--json",
-        *options,
-    ]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = json.loads(proc.stdout.readline())["url"]
-    host, port = url.removeprefix("http://").split(":")
-    return proc, host, int(port)
 
 
 def post(host: str, port: int, body: bytes, media: str, timeout: float = 60) -> int:
@@ -155,9 +134,10 @@ def main() -> None:
     media, body = ("image/png", args.image.read_bytes()) if args.image else ("text/plain", b"")
     if not args.image:
         body = (TEXT * (args.body_kb * 1024 // len(TEXT) + 1))[: args.body_kb * 1024]
-    options = ["--workers", "2", "--queue", "16", "--timeout-s", str(args.timeout_s)]
+    options = ("--queue", "16", "--timeout-s", str(args.timeout_s))
     load_before = os.getloadavg()
-    proc, host, port = start_server(args.bundle, options)
+    served = Served(args.bundle, 2, options)
+    proc, host, port = served.proc, served.host, served.port
     sampler = Sampler(proc.pid)
     try:
         warm = [post(host, port, TEXT if not args.image else body, media) for _ in range(20)]
@@ -176,7 +156,7 @@ def main() -> None:
         code = proc.wait(timeout=30)
     result = {
         "bundle": str(args.bundle),
-        "server": f"edgetl-run serve {' '.join(options)} (127.0.0.1)",
+        "server": f"edgetl-run serve --workers 2 {' '.join(options)} (127.0.0.1)",
         "cpus": os.cpu_count(),
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "rss": "psutil.Process.memory_info().rss every 20 ms; VmHWM from /proc/PID/status at the end",
