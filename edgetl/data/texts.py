@@ -119,7 +119,7 @@ def _class_texts(folder: Path, reader: _Reader) -> dict[str, list[tuple[str, str
     return classes
 
 
-def _json_rows(path: Path, content: str) -> list[tuple[int, dict]]:
+def _read_json_rows(path: Path, content: str) -> list[tuple[int, dict]]:
     rows = []
     # JSON Lines end at "\n" only: str.splitlines() would also split inside a string at U+2028,
     # U+2029 or U+0085, which json.dumps(ensure_ascii=False) writes raw
@@ -146,7 +146,7 @@ def _json_rows(path: Path, content: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def _csv_rows(path: Path, content: str, delimiter: str) -> tuple[list[tuple[int, dict]], set]:
+def _read_csv_rows(path: Path, content: str, delimiter: str) -> tuple[list[tuple[int, dict]], set]:
     # newline="" is what csv expects: a quoted field keeps its newlines (CRLF ones too)
     table = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
     try:
@@ -168,10 +168,10 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
         warn(f"{path}: not UTF-8; decoded as {encoding}")
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
     if delimiter is None:
-        rows = _json_rows(path, content)
+        rows = _read_json_rows(path, content)
         columns = set().union(*(r.keys() for _, r in rows)) if rows else set()
     else:
-        rows, columns = _csv_rows(path, content, delimiter)
+        rows, columns = _read_csv_rows(path, content, delimiter)
     missing = sorted({"text", "label"} - columns)
     if missing:
         raise DataError(

@@ -25,7 +25,7 @@ MAX_HEAD_BYTES = 16 * 1024
 REASON_CHARS = 80  # h11's reason may quote the offending line; a client's bytes are not echoed at length
 
 
-def protocol_error(error: BaseException | None) -> tuple[int, dict]:
+def describe_protocol_error(error: BaseException | None) -> tuple[int, dict]:
     """(status, body) for the parser's RemoteProtocolError (None when uvicorn gave no cause)."""
     if isinstance(error, h11.RemoteProtocolError) and error.error_status_hint == 431:
         kind = ErrorKind.HEADERS_TOO_LARGE
@@ -83,7 +83,7 @@ class JsonErrorProtocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn calls this inside its `except h11.RemoteProtocolError`: the one place the cause is known
-        status, body = protocol_error(sys.exc_info()[1])
+        status, body = describe_protocol_error(sys.exc_info()[1])
         payload = json_text(body).encode()
         headers = [
             (b"content-type", b"application/json"),
