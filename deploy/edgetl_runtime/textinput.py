@@ -34,6 +34,22 @@ BOMS = (
 )
 # Tried in order after UTF-8; latin-1 maps every byte, so decoding always ends somewhere.
 FALLBACK_ENCODINGS = ("cp1252", "latin-1")
+# What a client may declare as a text body's charset (HTTP Content-Type), by codecs' canonical names:
+# zlib, base64 or rot13 are codecs too, but not text encodings.
+DECLARED_CHARSETS = frozenset(
+    {
+        "utf-8",
+        "utf-16",
+        "utf-16-le",
+        "utf-16-be",
+        "utf-32",
+        "utf-32-le",
+        "utf-32-be",
+        "ascii",
+        "iso8859-1",
+        "cp1252",
+    }
+)
 # The most of one text file that is read: far more than any model reads (max_length tokens), so a
 # 50 MB one-line file costs what its first MiB costs.
 MAX_TEXT_BYTES = 1 << 20
@@ -223,6 +239,27 @@ def decode_bytes(data: bytes, source: str, *, complete: bool = True) -> tuple[st
         except UnicodeDecodeError:
             continue
     raise AssertionError("latin-1 decodes every byte")  # pragma: no cover
+
+
+def decode_declared(data: bytes, source: str, charset: str, *, complete: bool = True) -> str:
+    """`data` in the charset its sender declared, strictly (see decode_bytes for `complete`)."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        name = ""
+    if name not in DECLARED_CHARSETS:
+        raise TextError(
+            f"{source}: charset {charset[:40]!r} is not read here; send UTF-8 (or UTF-16, UTF-32, ASCII, "
+            "Latin-1, cp1252), or leave the charset out"
+        )
+    try:  # utf-16 and utf-32 read their own BOM; a UTF-8 one is dropped too
+        return codecs.getincrementaldecoder("utf-8-sig" if name == "utf-8" else name)().decode(
+            data, final=complete
+        )
+    except UnicodeDecodeError as e:
+        raise TextError(
+            f"{source}: not {charset} as declared ({e.reason} at byte {e.start}); fix the charset"
+        ) from None
 
 
 def read_text(path: str | Path, limit: int | None = None) -> tuple[str, str]:

@@ -93,6 +93,27 @@ def test_a_utf16_text_with_a_bom_is_classified(server, bom, encoding):
     assert status == 200 and json.loads(body)["failed"] == 0, body
 
 
+@pytest.mark.parametrize("charset", ["utf-16-le", "cp1252", "latin-1"])
+def test_a_declared_charset_is_how_the_body_is_read(server, charset):
+    text = "the late goal won the match, café"
+    status, _, body = _predict(server, "?top_k=1", text.encode(charset), f"text/plain; charset={charset}")
+    assert status == 200 and json.loads(body)["failed"] == 0, body
+
+
+@pytest.mark.parametrize(
+    "charset, body, message",
+    [
+        ("zlib", b"x\x9c\xcbH\xcd\xc9\xc9\x07\x00\x06,\x02\x15", "charset 'zlib' is not read here"),
+        ("koi8-r", "гол".encode("koi8-r"), "charset 'koi8-r' is not read here"),
+        ("utf-8", "café".encode("latin-1"), "not utf-8 as declared"),
+    ],
+    ids=["a bytes codec", "a charset not read", "not what it says"],
+)
+def test_a_charset_that_cannot_be_read_is_400(server, charset, body, message):
+    status, _, answer = _predict(server, "", body, f"text/plain; charset={charset}")
+    assert message in assert_error(status, answer, 400, "bad_input")["message"]
+
+
 def _multipart(parts: list[tuple[str, str, bytes]], end: bool = True) -> tuple[bytes, dict]:
     boundary = uuid.uuid4().hex
     body = b"".join(

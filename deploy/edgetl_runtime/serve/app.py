@@ -17,6 +17,7 @@ from enum import Enum
 from importlib.resources import files
 
 import anyio
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -32,7 +33,7 @@ from ..inputs import TextInput
 from ..modality import Modality
 from ..predictor import Predictor, summarize_predictions
 from ..preprocess import EncodedImage
-from ..textinput import MAX_TEXT_BYTES, decode_bytes
+from ..textinput import MAX_TEXT_BYTES, decode_bytes, decode_declared
 from .inference import InferencePool, Overloaded
 from .metrics import ServeMetrics
 
@@ -66,10 +67,14 @@ ERROR_STATUS = {
 HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
 
 
-def _text_upload(name: str, body: bytes) -> TextInput:
+def _text_upload(name: str, body: bytes, charset: str | None) -> TextInput:
     # read as far as a text file is read in training; the tokenizer caps what it takes of that again
+    start, complete = body[:MAX_TEXT_BYTES], len(body) <= MAX_TEXT_BYTES
     try:
-        text, _ = decode_bytes(body[:MAX_TEXT_BYTES], name, complete=len(body) <= MAX_TEXT_BYTES)
+        if charset:
+            text = decode_declared(start, name, charset, complete=complete)
+        else:
+            text, _ = decode_bytes(start, name, complete=complete)
     except TextError as e:
         raise ServeError(ErrorKind.BAD_INPUT, str(e)) from None
     if not text.strip():
@@ -83,14 +88,14 @@ class Upload:
 
     raw: re.Pattern
     hint: str
-    item: Callable[[str, bytes], EncodedImage | TextInput]
+    item: Callable[[str, bytes, str | None], EncodedImage | TextInput]  # name, body, declared charset
 
 
 UPLOADS: dict[Modality, Upload] = {
     Modality.IMAGE: Upload(
         re.compile(r"^image/[a-z0-9.+-]+$"),
         "the image as the raw body with Content-Type image/* (e.g. image/jpeg)",
-        EncodedImage,
+        lambda name, body, _charset: EncodedImage(name, body),
     ),
     Modality.TEXT: Upload(
         re.compile(r"^text/plain$"),
@@ -211,7 +216,9 @@ async def _uploaded_file(request: Request, body: bytes, kind: Upload) -> Encoded
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ServeError(ErrorKind.BAD_INPUT, "multipart body has no file field named 'file'")
-        return kind.item(upload.filename or "file", await upload.read())
+        return kind.item(
+            upload.filename or "file", await upload.read(), _charset(upload.headers.get("content-type"))
+        )
     finally:
         await form.close()
 
@@ -220,7 +227,12 @@ async def _read_input(request: Request, media: str, cap: int, upload: Upload) ->
     body = await _read_body(request, cap)
     if media == "multipart/form-data":
         return await _uploaded_file(request, body, upload)
-    return upload.item("upload", body)
+    return upload.item("upload", body, _charset(request.headers.get("content-type")))
+
+
+def _charset(content_type: str | None) -> str | None:
+    charset = parse_options_header(content_type)[1].get(b"charset")
+    return charset.decode("latin-1") if charset else None
 
 
 def describe_service(bundle: str, predictor: Predictor, sha256: str, limits: ServeLimits) -> dict:
