@@ -217,7 +217,7 @@ async def _uploaded_file(request: Request, body: bytes, kind: Upload) -> Encoded
         if not isinstance(upload, UploadFile):
             raise ServeError(ErrorKind.BAD_INPUT, "multipart body has no file field named 'file'")
         return kind.item(
-            upload.filename or "file", await upload.read(), _charset(upload.headers.get("content-type"))
+            upload.filename or "file", await upload.read(), _parse_charset(upload.headers.get("content-type"))
         )
     finally:
         await form.close()
@@ -227,10 +227,10 @@ async def _read_input(request: Request, media: str, cap: int, upload: Upload) ->
     body = await _read_body(request, cap)
     if media == "multipart/form-data":
         return await _uploaded_file(request, body, upload)
-    return upload.item("upload", body, _charset(request.headers.get("content-type")))
+    return upload.item("upload", body, _parse_charset(request.headers.get("content-type")))
 
 
-def _charset(content_type: str | None) -> str | None:
+def _parse_charset(content_type: str | None) -> str | None:
     charset = parse_options_header(content_type)[1].get(b"charset")
     return charset.decode("latin-1") if charset else None
 
