@@ -122,8 +122,10 @@ def plain_loop(bundle: Path, images: list[tuple[str, bytes]], requests: int, max
 
 
 class Served:
-    def __init__(self, bundle: Path, workers: int | None) -> None:
-        serve = ("serve", str(bundle), "--port", "0", "--json", "--queue", "64")
+    def __init__(
+        self, bundle: Path, workers: int | None, options: tuple[str, ...] = ("--queue", "64")
+    ) -> None:
+        serve = ("serve", str(bundle), "--port", "0", "--json", *options)
         command = [sys.executable, "-m", "edgetl_runtime.cli", *serve]
         if workers:
             command += ["--workers", str(workers)]

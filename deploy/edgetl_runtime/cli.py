@@ -57,11 +57,16 @@ def _expand(predictor, arguments: Sequence[str], lines: Sequence[Path]) -> list:
     for text anything that is not a path is the text itself), then the lines of --lines files and of
     stdin ("-")."""
     from .inputs import TextInput
+    from .modality import Modality
+    from .preprocess import EncodedImage
 
     items: list = []
     for argument in arguments:
-        if argument == "-":
+        if argument == "-" and predictor.modality is Modality.TEXT:
             items += _lines(sys.stdin.read(), "stdin")
+            continue
+        if argument == "-":  # an image model reads one image's bytes
+            items.append(EncodedImage("stdin", sys.stdin.buffer.read()))
             continue
         found = predictor.kind.from_argument(argument)
         if not found and Path(argument).is_dir():
@@ -77,7 +82,11 @@ def _expand(predictor, arguments: Sequence[str], lines: Sequence[Path]) -> list:
 def _lines(text: str, source: str) -> list:
     from .inputs import TextInput
 
-    return [TextInput(f"{source}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # lines end at "\n" (and "\r\n"): str.splitlines() would also cut a text at U+2028 or U+0085
+    lines = text.split("\n")
+    return [
+        TextInput(f"{source}:{n}", line.removesuffix("\r")) for n, line in enumerate(lines, 1) if line.strip()
+    ]
 
 
 def _is_model_file(path: Path) -> bool:

@@ -10,12 +10,10 @@ import base64
 import http.client
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,14 +23,13 @@ from pathlib import Path
 import pytest
 from headless_browser import CHROMIUM, UPLOAD_JS, Browser
 from PIL import Image
+from serveprobe import START_S, Server, no_torch_env
+from serveprobe import assert_error as _error
 
 from edgetl.bundler.package import build_bundle
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.preprocess import list_images
 from edgetl_runtime.signing import generate_keypair
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-START_S = 60  # load + verify on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -51,78 +48,7 @@ def images(digits_dir) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory) -> dict:
-    """An environment where importing torch, torchvision or timm fails."""
-    fake = tmp_path_factory.mktemp("no_torch")
-    for name in ("torch", "torchvision", "timm"):
-        (fake / name).mkdir()
-        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is not on this device')\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(DEPLOY)])}
-
-
-class Server:
-    """`edgetl-run serve BUNDLE --port 0 --json` in a subprocess; `url` from its one JSON line."""
-
-    def __init__(self, bundle: Path, env: dict, *options: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgetl_runtime.cli",
-                "serve",
-                str(bundle),
-                "--port",
-                "0",
-                "--json",
-                *options,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = _readline(self.proc, START_S)
-        if not line:
-            self.stop()
-            raise AssertionError(f"server did not start: {self.proc.stderr.read()}")
-        self.info = json.loads(line)
-        self.host, port = self.info["url"].removeprefix("http://").split(":")
-        self.port = int(port)
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise
-
-
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return lines[0].strip() if lines else ""
-
-
-def _error(status: int, body: bytes, want_status: int, kind: str) -> dict:
-    assert status == want_status, body
-    data = json.loads(body)
-    assert set(data) == {"error"} and set(data["error"]) == {"message", "option", "path", "kind"}, data
-    assert data["error"]["kind"] == kind, data
-    assert "Traceback" not in data["error"]["message"]
-    return data["error"]
+    return no_torch_env(tmp_path_factory.mktemp("no_torch"))
 
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, dict]:
