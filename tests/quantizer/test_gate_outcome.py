@@ -35,7 +35,9 @@ def run(tiny_run, tmp_path) -> Path:
 def _first_rung_only(monkeypatch) -> None:
     module = importlib.import_module("edgetl.quantizer.quantize")  # the module, not the function
     backend = module.QuantBackend.ONNXRUNTIME
-    monkeypatch.setitem(module.QUANTIZERS, backend, replace(module.QUANTIZERS[backend], ladder=("calibration",)))
+    monkeypatch.setitem(
+        module.QUANTIZERS, backend, replace(module.QUANTIZERS[backend], ladder=("calibration",))
+    )
 
 
 def _lose_images(monkeypatch, run: Path, lost: int) -> None:
@@ -54,7 +56,9 @@ def _lose_images(monkeypatch, run: Path, lost: int) -> None:
             return logits
         labels = np.array([label_of[x.tobytes()] for x in inputs])
         right = np.flatnonzero(logits.argmax(1) == labels)
-        assert len(right) >= lost, "the tiny run's FP32 model gets fewer val images right than this test needs"
+        assert len(right) >= lost, (
+            "the tiny run's FP32 model gets fewer val images right than this test needs"
+        )
         for i in right[:lost]:
             logits[i] = np.roll(logits[i], 1)  # its top-1 moves to another class
         return logits
@@ -89,13 +93,17 @@ def test_the_reported_rung_is_the_rung_whose_model_was_written(run, tmp_path, mo
     must all name that next rung, and the file written must be its INT8 model."""
 
     def refused(ctx):
-        ctx.fit("calibration", "minmax", (), {"made": "fp32 copy"}, lambda part, out: shutil.copy(ctx.model, out))
+        ctx.fit(
+            "calibration", "minmax", (), {"made": "fp32 copy"}, lambda part, out: shutil.copy(ctx.model, out)
+        )
 
     def passing(ctx):
         ladder_module._ort_candidate(ctx, ladder_module.ort.Method.MINMAX, (), "nncf-ptq")
 
     always = ladder_module.RUNGS["calibration"].applies
-    monkeypatch.setitem(ladder_module.RUNGS, "calibration", ladder_module.Rung("calibration", refused, always))
+    monkeypatch.setitem(
+        ladder_module.RUNGS, "calibration", ladder_module.Rung("calibration", refused, always)
+    )
     monkeypatch.setitem(
         ladder_module.RUNGS, "float-nodes", ladder_module.Rung("float-nodes", refused, lambda ctx: "not here")
     )

@@ -176,7 +176,9 @@ def test_climb_stops_at_the_first_rung_whose_best_passes(tmp_path, monkeypatch):
     assert ran == ["calibration", "float-nodes"] and best.attempt.rung == "float-nodes"
     # nothing passes: every rung is climbed and the best refused one is returned
     ran.clear()
-    attempts = [_attempt(r, "fail", kl) for r, kl in (("calibration", 0.3), ("float-nodes", 0.1), ("nncf-ptq", 0.2))]
+    attempts = [
+        _attempt(r, "fail", kl) for r, kl in (("calibration", 0.3), ("float-nodes", 0.1), ("nncf-ptq", 0.2))
+    ]
     best = climb(_context(attempts, tmp_path), ("calibration", "float-nodes", "nncf-ptq"))
     assert ran == ["calibration", "float-nodes", "nncf-ptq"] and best.attempt.rung == "float-nodes"
     assert not best.attempt.passed
