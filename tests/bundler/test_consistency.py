@@ -23,7 +23,7 @@ def _with_metadata(src: Path, dst: Path, **changes: str) -> Path:
 
 def _other_preprocess(model: Path) -> str:
     spec = json.loads(read_metadata(model)["edgetl.preprocess"])
-    spec["mean"] = [0.5 for _ in spec["mean"]]
+    spec["mean"] = [m + 0.1 for m in spec["mean"]]
     return json.dumps(spec)
 
 
