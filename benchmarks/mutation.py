@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
 import difflib
 import json
@@ -238,19 +239,78 @@ def _fingerprint(folder: Path) -> list[tuple[str, int, int]]:
                   for p in folder.rglob("*") if p.is_file())  # fmt: skip
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], env: dict, timeout: float) -> tuple[str, float]:
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "pytest", *PYTEST, *tests], cwd=tree, env=env, timeout=timeout,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - started
+# third-party imports the tests need, made once in the worker before it forks a child per mutant
+# (they take most of a pytest start on a busy 2-core machine); edgetl itself is imported by each
+# child, so each sees its own mutant
+PRELOAD = ("numpy", "scipy.stats", "torch", "timm", "onnx", "onnxruntime", "PIL.Image", "click",
+           "safetensors", "tokenizers", "starlette.applications", "pytest")  # fmt: skip
+
+
+def _status(code: int) -> str:
     # 2 and 3: the mutant broke collection or pytest itself, which fails the tests too; 4 and 5 (usage,
     # nothing collected) are this script's error
-    status = {0: "survived", 1: "killed", 2: "killed", 3: "killed"}.get(done.returncode, "error")
-    return status, time.perf_counter() - started
+    return {0: "survived", 1: "killed", 2: "killed", 3: "killed"}.get(code, "error")
+
+
+def serve_worker() -> None:
+    """--worker: one JSON request per stdin line ({"tests": [...], "timeout": s}), each run by pytest
+    in a forked child in its own process group (killed whole on timeout); one JSON answer per line."""
+    import importlib
+    import signal
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    import pytest
+
+    for line in sys.stdin:
+        request = json.loads(line)
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.setpgid(0, 0)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            code = 3
+            try:
+                code = int(pytest.main([*PYTEST, *request["tests"]]))
+            finally:
+                os._exit(code)
+        deadline = started + request["timeout"]
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                answer = _status(os.waitstatus_to_exitcode(status))
+                break
+            if time.perf_counter() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                answer = "timeout"
+                break
+            time.sleep(0.2)
+        print(json.dumps({"status": answer, "seconds": time.perf_counter() - started}), flush=True)
+
+
+class Worker:
+    """The --worker process, started on the copied tree."""
+
+    def __init__(self, tree: Path, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=tree, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def run(self, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
+        self.proc.stdin.write(json.dumps({"tests": list(tests), "timeout": timeout}) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        return answer["status"], answer["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def _copy_tree(dest: Path) -> Path:
@@ -269,22 +329,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant's tests")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mutation.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        serve_worker()
+        return 0
     chosen = [m for m in MODULES if not args.module or m in args.module or Path(m).name in args.module
               or m.replace("/", ".").removesuffix(".py").endswith(tuple(args.module))]  # fmt: skip
     if not chosen:
         parser.error(f"--module: choose from {', '.join(MODULES)}")
-    mutants = {m: list(find_mutants(m)) for m in chosen}
+    found = {m: list(find_mutants(m)) for m in chosen}
+    mutants = dict(found)
     if args.max_mutants:
-        for m, found in mutants.items():
-            step = max(1, len(found) / args.max_mutants)
-            mutants[m] = [found[int(i * step)] for i in range(min(args.max_mutants, len(found)))]
+        for m, listed in mutants.items():
+            step = max(1, len(listed) / args.max_mutants)
+            mutants[m] = [listed[int(i * step)] for i in range(min(args.max_mutants, len(listed)))]
     if args.list:
-        for found in mutants.values():
-            for mutant in found:
+        for listed in mutants.values():
+            for mutant in listed:
                 print(mutant.id)
         return 0
-    started = time.perf_counter()
+    command = "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="edgetl-mutation-") as tmp:
         tree = _copy_tree(Path(tmp))
@@ -292,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         fixtures.mkdir()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "deploy")]),
                "EDGETL_TEST_FIXTURES": str(fixtures), "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
+        worker = Worker(tree, env)
         for module in chosen:
+            module_started = time.perf_counter()
             tests = MODULES[module]
-            status, seconds = run_tests(tree, tests, env, args.timeout * 10)
+            status, seconds = worker.run(tests, args.timeout * 10)
             print(f"{module}: {len(mutants[module])} mutants; its tests unmutated: {status} in {seconds:.0f} s",
                   flush=True)  # fmt: skip
             if status != "survived":
-                results[module] = {"error": f"its tests do not pass unmutated ({status})"}
+                results[module] = {"error": f"its tests do not pass unmutated ({status})", "command": command}
+                report = merged_report(args.out, results)
                 continue
             pristine = Path(tmp) / "pristine"
             shutil.rmtree(pristine, ignore_errors=True)
@@ -309,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for mutant in mutants[module]:
                     (tree / module).write_text(mutant.source)
-                    status, seconds = run_tests(tree, tests, env, args.timeout)
+                    status, seconds = worker.run(tests, args.timeout)
                     diff = diff_of(mutant) if status == "survived" else ""
                     outcomes.append(Outcome(mutant.id, status, round(seconds, 1), diff))
                     print(f"  {status:8} {seconds:6.1f} s  {mutant.id}", flush=True)
@@ -320,23 +388,37 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.copytree(pristine, fixtures, symlinks=True)
             finally:
                 (tree / module).write_text(original)
-            results[module] = _summary(outcomes)
-    total = {k: sum(r.get(k, 0) for r in results.values()) for k in ("mutants", "killed", "survived")}
-    report = {
-        "command": "python benchmarks/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        **total,
-        "score": round(total["killed"] / total["mutants"], 3) if total["mutants"] else None,
-        "seconds": round(time.perf_counter() - started),
-        "modules": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"{total['mutants']} mutants, {total['killed']} killed, {total['survived']} survived "
-          f"in {report['seconds']} s -> {args.out}")  # fmt: skip
+            results[module] = {
+                **_summary(outcomes, len(found[module])),
+                "command": command,
+                "wall_seconds": round(time.perf_counter() - module_started),
+            }
+            report = merged_report(args.out, results)  # after each module: a long run keeps what it did
+        worker.close()
+    print(f"{report['mutants']} mutants, {report['killed']} killed, {report['survived']} survived "
+          f"in {report['seconds']} s (all modules in {args.out})")  # fmt: skip
     return 0
 
 
-def _summary(outcomes: list[Outcome]) -> dict:
+def merged_report(out: Path, results: dict[str, dict]) -> dict:
+    """The modules just run replace their earlier results in `out`; the totals cover every module
+    recorded, so the file can be filled one module at a time."""
+    modules = json.loads(out.read_text())["modules"] if out.is_file() else {}
+    modules.update(results)
+    modules = {m: modules[m] for m in MODULES if m in modules}
+    done = [r for r in modules.values() if "mutants" in r]
+    total = {k: sum(r[k] for r in done) for k in ("mutants", "killed", "survived", "seconds")}
+    report = {
+        **total,
+        "score": round(total["killed"] / total["mutants"], 3) if total["mutants"] else None,
+        "modules": modules,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _summary(outcomes: list[Outcome], found: int) -> dict:
     killed = [o for o in outcomes if o.status in ("killed", "timeout")]
     survivors = [o for o in outcomes if o.status == "survived"]
     return {
@@ -345,6 +427,7 @@ def _summary(outcomes: list[Outcome]) -> dict:
         "survived": len(survivors),
         "timeouts": sum(o.status == "timeout" for o in outcomes),
         "errors": [o.id for o in outcomes if o.status == "error"],
+        "found": found,  # mutants in the module; more than `mutants` when --max-mutants sampled them
         "seconds": round(sum(o.seconds for o in outcomes)),
         "survivors": [asdict(o) for o in survivors],
     }
