@@ -140,6 +140,7 @@ def _fit_all(ctx: Context, n: int) -> None:
         # the first of equals stays
         ((("pass", 0.2), ("pass", 0.2)), 0),
     ],
+    ids=["pass-over-warn", "warn-over-fail", "lowest-kl", "lowest-kl-first", "first-of-equals"],
 )
 def test_ladder_keeps_the_best_candidate(verdicts, kept, tmp_path):
     attempts = [_attempt("calibration", v, kl) for v, kl in verdicts]
