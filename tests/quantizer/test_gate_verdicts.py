@@ -183,3 +183,14 @@ def test_climb_stops_at_the_first_rung_whose_best_passes(tmp_path, monkeypatch):
     best = climb(_context(attempts, tmp_path), ("calibration", "float-nodes", "nncf-ptq"))
     assert ran == ["calibration", "float-nodes", "nncf-ptq"] and best.attempt.rung == "float-nodes"
     assert not best.attempt.passed
+
+
+def test_resolvable_drop_is_the_fewest_images_lost_whose_interval_clears_the_bound():
+    from edgetl.quantizer import paired_drop_ci, resolvable_drop
+
+    # on 12 images only all 12 lost clears 45 points (11 lost starts at +39.4); nothing clears 50
+    assert resolvable_drop(12, 45.0) == 100.0 and resolvable_drop(12, 50.0) is None
+    # a lower end exactly at the bound does not clear it: one more image is needed
+    at = paired_drop_ci(7, 0, 150)[0]
+    assert resolvable_drop(150, at) == pytest.approx(800 / 150)
+    assert resolvable_drop(150, at - 1e-9) == pytest.approx(700 / 150)
