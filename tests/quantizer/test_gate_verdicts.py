@@ -79,6 +79,8 @@ def test_agreement_only_gate_says_how_its_images_were_kept_apart():
     options = dict(max_drop=1.0, min_agreement=0.0, size_ratio=0.2, max_size_ratio=0.3, calibration_images=9)
     crossed = judge(labels, labels, None, held_out=True, folds=2, **options)
     assert "2-fold cross-fitted" in crossed.reason and crossed.resolvable_drop is None
+    # without labels nothing is lost or gained, whatever the agreement
+    assert (crossed.drop, crossed.fp32_only, crossed.int8_only, crossed.int8) == (None, 0, 0, 1.0)
     held = judge(labels, labels, None, held_out=True, **options)
     assert "held out of the calibration images" in held.reason and "cross-fitted" not in held.reason
     bare = judge(labels, labels, None, held_out=False, **options)
@@ -194,3 +196,12 @@ def test_resolvable_drop_is_the_fewest_images_lost_whose_interval_clears_the_bou
     at = paired_drop_ci(7, 0, 150)[0]
     assert resolvable_drop(150, at) == pytest.approx(800 / 150)
     assert resolvable_drop(150, at - 1e-9) == pytest.approx(700 / 150)
+
+
+def test_compare_logits_without_labels_measures_agreement_only():
+    from edgetl.quantizer import compare_logits
+
+    fp32 = np.array([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0]], np.float32)
+    int8 = np.array([[3.0, 0.0], [3.0, 0.0], [2.0, 0.0]], np.float32)
+    ev = compare_logits(fp32, int8, None, ("a", "b"))
+    assert ev.accuracy is None and ev.per_class == {} and ev.agreement == pytest.approx(2 / 3)
