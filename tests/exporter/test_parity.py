@@ -74,3 +74,26 @@ def test_fp16_tolerance_scales_with_the_largest_logit_and_fp32_keeps_the_given_o
     assert gate_tolerance(1e-4, Precision.FP16, reference) == pytest.approx(0.5)
     assert gate_tolerance(1.0, Precision.FP16, reference) == 1.0
     assert gate_tolerance(1e-4, Precision.FP32, reference) == 1e-4
+
+
+def test_a_model_the_runtime_cannot_load_is_one_error_naming_the_fix(tmp_path):
+    from edgetl.errors import EdgetlError
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(EdgetlError, match=r"onnxruntime-cpu cannot load the exported model .*try --opset"):
+        _gate(broken, LOGITS, 1.0)
+
+
+def test_torch_logits_in_chunks_equal_one_forward_pass():
+    import torch
+
+    from edgetl.exporter.parity import torch_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2).eval()
+    batch = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(batch)).numpy()
+    got = torch_logits(model, batch, chunk=2)
+    assert got.shape == (5, 2) and np.allclose(got, whole, atol=1e-6)
