@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from tinyonnx import write_identity
 
 from edgetl.errors import GateError
 from edgetl.exporter.parity import compare_logits, gate, gate_tolerance
@@ -18,14 +17,7 @@ from edgetl_runtime.modelinfo import Precision
 @pytest.fixture(scope="module")
 def identity(tmp_path_factory) -> Path:
     """A model whose logits are its input: the runtime answers exactly what the test feeds it."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path_factory.mktemp("parity") / "identity.onnx"
-    onnx.save(model, str(path))
-    return path
+    return write_identity(tmp_path_factory.mktemp("parity") / "identity.onnx", ["n", 3])
 
 
 LOGITS = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 0.0, 4.0], [0.5, 0.0, 0.2]], np.float32)

@@ -205,3 +205,15 @@ def test_compare_logits_without_labels_measures_agreement_only():
     int8 = np.array([[3.0, 0.0], [3.0, 0.0], [2.0, 0.0]], np.float32)
     ev = compare_logits(fp32, int8, None, ("a", "b"))
     assert ev.accuracy is None and ev.per_class == {} and ev.agreement == pytest.approx(2 / 3)
+
+
+def test_latency_is_in_milliseconds(tmp_path):
+    """The text ladder ranks INT8 against FP32 by this figure: a one-node model takes well under a
+    millisecond a run, never seconds."""
+    from tinyonnx import write_identity
+
+    from edgetl.quantizer.gate import measure_latency
+
+    write_identity(tmp_path / "identity.onnx", [1, 3])
+    ms = measure_latency(tmp_path / "identity.onnx", np.zeros((4, 3), np.float32), "onnxruntime-cpu")
+    assert 0 < ms < 50
