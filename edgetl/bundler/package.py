@@ -315,6 +315,14 @@ def build_bundle_from_models(
                 f"{path}: a second {precision.value} model (first: {chosen[precision]}); give one of each"
             )
         chosen[precision] = path
+    fp32, int8 = chosen.get(Precision.FP32), chosen.get(Precision.INT8)
+    # without a run folder's records, the INT8 model's own record of its FP32 model is the lineage
+    made_from = read_model_info(int8).quantization.get("fp32_sha256") if fp32 and int8 else None
+    if made_from and made_from != sha256_file(fp32):
+        raise BundleError(
+            f"{int8}: quantized from another FP32 model than {fp32} (the sha256 it records differs); "
+            f"give the model it was quantized from, or quantize {fp32} again"
+        )
     with tempfile.TemporaryDirectory(prefix=".edgetl-models-") as tmp:
         run = Path(tmp) / (name or paths[0].stem)
         run.mkdir()

@@ -141,6 +141,23 @@ def test_each_error_is_one_json_error_and_the_server_keeps_answering(server, ima
     assert server.request("GET", "/healthz")[:1] == (200,)
 
 
+def test_a_declared_over_size_body_is_refused_before_it_is_sent(server):
+    """The header alone decides: 64 MiB declared, 4 bytes sent, the rest never. Only the early
+    refusal answers this; the streaming count would wait for a body that does not come (the
+    streaming count's own test is the chunked upload above)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    try:
+        conn.putrequest("POST", "/v1/predict")
+        conn.putheader("Content-Type", "image/png")
+        conn.putheader("Content-Length", str(64 << 20))
+        conn.endheaders(b"\x89PNG")
+        response = conn.getresponse()
+        error = _error(response.status, response.read(), 413, "too_large")
+        assert "over the limit of" in error["message"] and error["option"] == "--max-body-mb"
+    finally:
+        conn.close()
+
+
 def test_info_and_metrics(server):
     status, _, body = server.request("GET", "/v1/info")
     info = json.loads(body)
