@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from .errors import BackendUnavailable
+from .litert import LiteRtSession, litert_reason
 from .modelinfo import is_quantized_file
 from .timing import physical_cores
 
@@ -31,6 +32,7 @@ class BackendName(str, Enum):
     ORT_OPENVINO = "onnxruntime-openvino"
     OPENVINO_CPU = "openvino-cpu"
     OPENVINO_GPU = "openvino-gpu"
+    LITERT_CPU = "litert-cpu"
 
     def __str__(self) -> str:  # the name in messages on every Python (3.11 changed a mixin's format)
         return self.value
@@ -286,6 +288,13 @@ BACKENDS: dict[BackendName, Backend] = {
             lambda: _openvino_reason("GPU"),
             lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", BackendName.OPENVINO_GPU, exact),
             (".onnx", ".xml"),
+        ),
+        Backend(
+            BackendName.LITERT_CPU,
+            "cpu",
+            litert_reason,
+            lambda p, t, exact=False: LiteRtSession(p, t, BackendName.LITERT_CPU),
+            (".tflite",),
         ),
     )
 }

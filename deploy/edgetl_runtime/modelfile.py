@@ -1,9 +1,9 @@
-"""Model files edgetl reads and writes, one table entry per format: ONNX and OpenVINO IR.
+"""Model files edgetl reads and writes, one table entry per format: ONNX, OpenVINO IR and LiteRT.
 
 The one table of model formats: export, quantize, benchmark, package and the runtime ask it for a
 format's suffix, the files a model needs beside it (an IR's ``.bin``), how it stores edgetl's metadata
 (flat ``edgetl.*`` str -> str, see ModelInfo.to_metadata: ONNX in ``metadata_props``, an IR in
-``rt_info["edgetl"]``), its input and output tensors, the edgetl command that rebuilds a run's model
+``rt_info["edgetl"]``, a .tflite in its flatbuffer ``metadata``), its input and output tensors, the edgetl command that rebuilds a run's model
 in it, and what a device installs to run it.
 Metadata is read with the onnx package where it is installed (edgetl) and with onnxruntime alone on a
 device; onnx (also for writing) and openvino are imported lazily.
@@ -189,7 +189,45 @@ OPENVINO = ModelFormat(
     },
     install="pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
 )
-FORMATS: dict[str, ModelFormat] = {f.suffix: f for f in (ONNX, OPENVINO)}
+def _read_tflite(path: Path) -> dict[str, str]:
+    from .litert import read_tflite_metadata
+
+    return read_tflite_metadata(path)
+
+
+def _embed_tflite(model, meta: dict[str, str]) -> None:
+    from .litert import embed_tflite_metadata
+
+    embed_tflite_metadata(model, meta)
+
+
+def _write_tflite(src: Path, dst: Path, meta: dict[str, str]) -> None:
+    from .litert import write_tflite_metadata
+
+    write_tflite_metadata(src, dst, meta)
+
+
+def _tflite_tensors(path: Path) -> tuple[list, list]:
+    from .litert import tflite_tensors
+
+    return tflite_tensors(path)
+
+
+LITERT = ModelFormat(
+    "litert",
+    ".tflite",
+    (),
+    _read_tflite,
+    _embed_tflite,
+    _write_tflite,
+    _tflite_tensors,
+    rebuild={
+        Precision.FP32: "edgetl export {run} --format litert",
+        Precision.INT8: "edgetl quantize {run} --backend litert",
+    },
+    install="pip install 'edgetl-runtime[litert]'     # numpy + pillow + ai-edge-litert; no PyTorch",
+)
+FORMATS: dict[str, ModelFormat] = {f.suffix: f for f in (ONNX, OPENVINO, LITERT)}
 BY_NAME: dict[str, ModelFormat] = {f.name: f for f in FORMATS.values()}
 
 

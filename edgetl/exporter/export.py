@@ -83,6 +83,7 @@ class ExportResult:
     nodes: int
     seconds: float
     checks: tuple[Parity, ...] = field(default_factory=tuple)
+    litert: Path | None = None
 
     @property
     def artifact(self) -> Path:
@@ -93,6 +94,10 @@ class ExportResult:
         d = asdict(self)
         d["onnx"] = str(self.onnx)
         d["openvino"] = str(self.openvino) if self.openvino else None
+        if self.litert is None:  # the summary of an export without LiteRT keeps its keys
+            del d["litert"]
+        else:
+            d["litert"] = str(self.litert)
         d["checks"] = [{**asdict(c), "passed": c.passed} for c in self.checks]
         return d
 
@@ -305,9 +310,13 @@ class ExportRequest:
 def _export_images(r: ExportRequest) -> ExportResult:
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
-    ir = [out.with_suffix(".xml"), out.with_suffix(".bin")] if r.extra else []
+    extra = [
+        (f"--format {fmt.value}", p, Kind.FP32_MODEL)
+        for fmt in r.extra
+        for p in BY_NAME[fmt.value].files(out.with_suffix(BY_NAME[fmt.value].suffix))
+    ]
     check_outputs(
-        [("--out", out, Kind.FP32_MODEL), *(("--format openvino", p, Kind.FP32_MODEL) for p in ir)],
+        [("--out", out, Kind.FP32_MODEL), *extra],
         inputs=[loaded.checkpoint],
         image_folders=[r.check_images],
     )
@@ -348,8 +357,9 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
     reference = torch_logits(loaded.model, loaded.check, batch)
     limit = gate_tolerance(tolerance, precision, reference)
 
-    def check(path: Path, runtime: str) -> Parity:
-        return gate(path, runtime, reference, loaded.check, limit, precision, batch)
+    def check(path: Path, runtime: str, layout: str = "NCHW") -> Parity:
+        images = loaded.check if layout == "NCHW" else loaded.check.transpose(0, 2, 3, 1)
+        return gate(path, runtime, reference, np.ascontiguousarray(images), limit, precision, batch)
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(out))
@@ -373,6 +383,7 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
     result = ExportResult(
         onnx=out,
         openvino=written.get(ExportFormat.OPENVINO),
+        litert=written.get(ExportFormat.LITERT),
         backbone=info.backbone,
         source=str(loaded.checkpoint) if loaded.checkpoint else f"pretrained:{info.backbone}",
         opset=opset,
