@@ -38,7 +38,8 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option
     multiple=True,
     default=(opt.ExportFormat.ONNX.value,),
     show_default=True,
-    help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file.",
+    help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file; litert a LiteRT "
+    "model.tflite (converter in its own environment, docs/litert.md).",
 )
 @click.option(
     "--check-images",
@@ -83,6 +84,7 @@ def export(
     \b
     edgetl export runs/a                                   # -> runs/a/model.onnx + runs/a/export.json
     edgetl export runs/a --format openvino --json          # also runs/a/model.xml + .bin
+    edgetl export runs/a --format litert                   # also runs/a/model.tflite
     edgetl export --backbone efficientnet_lite0 --out lite0.onnx
     """
     from edgetl.api import export as export_onnx
