@@ -189,6 +189,8 @@ OPENVINO = ModelFormat(
     },
     install="pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
 )
+
+
 def _read_tflite(path: Path) -> dict[str, str]:
     from .litert import read_tflite_metadata
 

@@ -27,6 +27,7 @@ from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.data.modality import source_modality
 from edgetl.errors import EdgetlError
+from edgetl.exporter import litert
 from edgetl.exporter.convert import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, to_fp16, to_onnx
 from edgetl.exporter.parity import Parity, gate, gate_tolerance, torch_logits
 from edgetl.options import (
@@ -332,6 +333,8 @@ def _export_images(r: ExportRequest) -> ExportResult:
 def _export_text(r: ExportRequest) -> ExportResult:
     from edgetl.exporter.text import export_text
 
+    if ExportFormat.LITERT in r.extra:
+        raise EdgetlError(f"--format litert: {litert.TEXT_REFUSAL}")
     if r.extra or r.precision is not Precision.FP32 or r.optimize or r.check_images or r.backbone:
         raise EdgetlError(
             "a text model exports to FP32 ONNX from its run, checked on its own validation texts: "

@@ -31,6 +31,10 @@ ONNX2TF = "onnx2tf==2.6.9"
 MIN_PYTHON = (3, 12)
 PYTHON_ENV = "EDGETL_LITERT_PYTHON"  # a Python >= 3.12 for the converter's environment
 CONVERT_TIMEOUT_S = 1800
+TEXT_REFUSAL = (
+    "a text run ships as ONNX only: onnx2tf converts its encoder, but its agreement with ONNX on "
+    "held-out texts is unmeasured and the LiteRT session takes no token inputs yet (docs/text.md)"
+)
 
 
 def litert_spec(spec: PreprocessSpec) -> PreprocessSpec:
