@@ -92,11 +92,7 @@ def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
     folder = RunFolder(run)
     models, checkpoint = folder.onnx_models(), folder.checkpoint()
     # a run exported with --format litert is timed in that format too, beside its ONNX models
-    tflite = (
-        folder.model_file(Precision.FP32, LITERT.suffix),
-        folder.model_file(Precision.INT8, LITERT.suffix),
-    )
-    models += [p for p in tflite if p.is_file()]
+    models += [p for p in map(folder.model_file, ("fp32", "int8"), [LITERT.suffix] * 2) if p.is_file()]
     if not models and checkpoint is None:
         raise EdgetlError(
             f"{run}: no model.onnx, model.int8.onnx or checkpoint; run `edgetl export {run}` first"
