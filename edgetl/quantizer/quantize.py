@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modality import Modality
 from edgetl_runtime.modelfile import LITERT, ONNX, OPENVINO
+from edgetl_runtime.modelinfo import ModelInfo
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -55,6 +57,7 @@ class Quantizer:
     session_backend: str  # runs the candidates for the gate
     max_size_ratio: float
     reads: str = ONNX.suffix  # the FP32 model's format (a run's model.onnx, or model.tflite)
+    check: Callable[[Path], ModelInfo] = check_model  # the FP32 model's metadata, or why it is refused
 
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
@@ -65,7 +68,13 @@ QUANTIZERS: dict[QuantBackend, Quantizer] = {
         ("openvino",), tuple(OPENVINO_VARIANTS), OPENVINO.suffix, BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
     QuantBackend.LITERT: Quantizer(
-        ("litert",), (LITERT_RECIPE,), LITERT.suffix, BackendName.LITERT_CPU, MAX_SIZE_RATIO, LITERT.suffix
+        ("litert",),
+        (LITERT_RECIPE,),
+        LITERT.suffix,
+        BackendName.LITERT_CPU,
+        MAX_SIZE_RATIO,
+        LITERT.suffix,
+        check_tflite,
     ),
 }
 # a recorded method -> the rung that repeats it
@@ -230,7 +239,7 @@ def _quantize_images(
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
             folder.check_for(Step.QUANTIZE)
-        info = check_tflite(inputs.model) if quantizer.reads == LITERT.suffix else check_model(inputs.model)
+        info = quantizer.check(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)
         check_writable(inputs.out, "--out")
