@@ -116,7 +116,7 @@ def case_imagenet(work: Path) -> dict:
     models = [onnx, work / "lite0.int8.onnx", tflite, work / "lite0.int8.tflite"]
     before = uptime()
     report = edgetl.benchmark(
-        [str(m) for m in models], backends=["onnxruntime-cpu", "litert-cpu"], batches=[1], threads=[2],
+        [str(m) for m in models], backends=["onnxruntime-cpu", "litert-cpu"], batches=[1], threads=2,
     )  # fmt: skip
     out["latency"] = {
         "uptime_before": before, "uptime_after": uptime(),
@@ -151,9 +151,12 @@ def device_labels(env: Path, bundle: Path, photos: list[Path]) -> list[str]:
 
 
 def case_digits(work: Path) -> dict:
-    run = work / "digits-run"
+    run, data = work / "digits-run", work / "sign-digits"
+    (data / "train").mkdir(parents=True)
+    for folder in sorted(p for p in (DATA / "sign-digits").iterdir() if p.is_dir()):
+        (data / "train" / folder.name).symlink_to(folder.resolve())  # no val/: train splits it, seeded
     t = time.perf_counter()
-    edgetl.train(DATA / "sign-digits", run, image_size=64, frozen_epochs=2, epochs=1, seed=SEED)
+    edgetl.train(data, run, image_size=64, frozen_epochs=2, epochs=1, hflip=False, seed=SEED)
     edgetl.export(run, formats=("onnx", "litert"))
     q_onnx = edgetl.quantize(run)
     edgetl.package(run, work / "onnx-bundle", precision="int8")
@@ -175,20 +178,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "litert_lite0.json")
     parser.add_argument("--cases", nargs="+", default=["imagenet", "digits"])
+    parser.add_argument("--work", type=Path, help="an empty or new folder for the models made")
     args = parser.parse_args()
     result: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "uptime": uptime()}
     cases = {"imagenet": (case_imagenet, "imagenet-dev"), "digits": (case_digits, "sign-digits")}
-    with tempfile.TemporaryDirectory(prefix="bench-litert-") as tmp:
-        for name in args.cases:
-            run_case, folder = cases[name]
-            if not (DATA / folder).is_dir():
-                result[name] = {"skipped": f"{DATA / folder} not found"}
-                continue
-            work = Path(tmp) / name
-            work.mkdir()
-            result[name] = run_case(work)
-            args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-            print(f"{name} done", flush=True)
+    # models stay in --work (a fresh temporary folder by default) for a look after the run
+    root = args.work or Path(tempfile.mkdtemp(prefix="bench-litert-"))
+    for name in args.cases:
+        run_case, folder = cases[name]
+        if not (DATA / folder).is_dir():
+            result[name] = {"skipped": f"{DATA / folder} not found"}
+            continue
+        work = root / name
+        work.mkdir(parents=True)
+        result[name] = run_case(work)
+        args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        print(f"{name} done, its files in {work}", flush=True)
     print(json.dumps(result, indent=2, default=str))
 
 

@@ -309,6 +309,8 @@ class ExportRequest:
 
 
 def _export_images(r: ExportRequest) -> ExportResult:
+    if ExportFormat.LITERT in r.extra:
+        litert.find_converter()  # before the slow export, not after it
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
     extra = [
