@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import BackendUnavailable
 from .litert import LiteRtSession, litert_reason
-from .modelinfo import is_quantized_file
+from .modelfile import LITERT, ONNX, OPENVINO, is_int8
 from .timing import physical_cores
 
 
@@ -56,7 +56,7 @@ class Backend:
     device: str  # "cpu" or "gpu": where the work runs, so callers can synchronise or pick precisions
     check: Callable[[], str | None]  # None when usable here, else the reason it is not
     load: Callable[..., Session]  # (path, threads, exact=False)
-    formats: tuple[str, ...] = (".onnx",)
+    formats: tuple[str, ...] = (ONNX.suffix,)  # the suffixes of modelfile.FORMATS it loads
 
 
 def _cuda_device_reason() -> str | None:
@@ -136,7 +136,7 @@ def tensorrt_options(path: Path, exact: bool) -> tuple[dict[str, object], str]:
     """
     cache = tensorrt_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    int8 = is_quantized_file(path)
+    int8 = is_int8(path)
     options = {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
@@ -280,21 +280,21 @@ BACKENDS: dict[BackendName, Backend] = {
             "cpu",
             lambda: _openvino_reason("CPU"),
             lambda p, t, exact=False: OpenVinoSession(p, t, "CPU", BackendName.OPENVINO_CPU, exact),
-            (".onnx", ".xml"),
+            (ONNX.suffix, OPENVINO.suffix),
         ),
         Backend(
             BackendName.OPENVINO_GPU,
             "gpu",
             lambda: _openvino_reason("GPU"),
             lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", BackendName.OPENVINO_GPU, exact),
-            (".onnx", ".xml"),
+            (ONNX.suffix, OPENVINO.suffix),
         ),
         Backend(
             BackendName.LITERT_CPU,
             "cpu",
             litert_reason,
             lambda p, t, exact=False: LiteRtSession(p, t, BackendName.LITERT_CPU),
-            (".tflite",),
+            (LITERT.suffix,),
         ),
     )
 }

@@ -117,8 +117,8 @@ def tflite_tensors(path: Path) -> tuple[list, list]:
 
 
 def is_quantized_tflite(path: Path) -> bool:
-    """INT8 when the weights of some convolution or fully connected op are int8 (full-integer and
-    dynamic-range models alike; ModelInfo.quantization says which)."""
+    """INT8 when some tensor of the graph is int8 or uint8 (a float model has float32 tensors and
+    int32 shapes only); ModelInfo.quantization says which INT8 it is."""
     schema, _, model = _load_model(path)
     graph = model.Subgraphs(0)
     integer = {schema.TensorType.INT8, schema.TensorType.UINT8}

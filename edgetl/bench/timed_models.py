@@ -8,15 +8,15 @@ from pathlib import Path
 from edgetl.bench.worker import TimedModel
 from edgetl.console import warn
 from edgetl.errors import EdgetlError
-from edgetl_runtime.modelfile import FORMATS, LITERT, OPENVINO, read_model_info
-from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
+from edgetl_runtime.modelfile import FORMATS, LITERT, OPENVINO, graph_precision, model_files, read_model_info
+from edgetl_runtime.modelinfo import MetadataMissing, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
 
 def model_size_mb(path: Path) -> float:
     # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
-    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
-    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
+    # a checkpoint (the pytorch rows) is one file
+    parts = [*model_files(path), path.with_name(path.name + ".data")]
     return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
 
 

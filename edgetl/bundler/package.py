@@ -25,7 +25,7 @@ from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
-from edgetl_runtime.modelfile import BY_NAME, model_format, read_model_info
+from edgetl_runtime.modelfile import BY_NAME, model_files, model_format, read_model_info
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.signing import load_private_key, sign_manifest
 from edgetl_runtime.timing import installed_versions
@@ -417,7 +417,7 @@ def build_bundle_from_models(
     for OpenVINO IRs; mtimes kept, so the archive is as reproducible as a run's) and packaged like one.
     """
     paths = [Path(m) for m in models]
-    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[*paths, *(p.with_suffix(".bin") for p in paths)])
+    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[f for p in paths for f in model_files(p)])
     chosen: dict[Precision, Path] = {}
     for path in paths:
         if not path.is_file():

@@ -313,13 +313,12 @@ def _export_images(r: ExportRequest) -> ExportResult:
         litert.find_converter()  # before the slow export, not after it
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
-    extra = [
-        (f"--format {fmt.value}", p, Kind.FP32_MODEL)
-        for fmt in r.extra
-        for p in BY_NAME[fmt.value].files(out.with_suffix(BY_NAME[fmt.value].suffix))
+    extra = [(f"--format {fmt.value}", BY_NAME[fmt.value]) for fmt in r.extra]
+    extra_files = [
+        (option, p, Kind.FP32_MODEL) for option, f in extra for p in f.files(out.with_suffix(f.suffix))
     ]
     check_outputs(
-        [("--out", out, Kind.FP32_MODEL), *extra],
+        [("--out", out, Kind.FP32_MODEL), *extra_files],
         inputs=[loaded.checkpoint],
         image_folders=[r.check_images],
     )

@@ -13,8 +13,8 @@ import numpy as np
 from edgetl.console import log
 from edgetl.console import quiet_third_party as quiet_library
 from edgetl.errors import BundleError, EdgetlError
-from edgetl_runtime.litert import is_quantized_tflite, tflite_tensors
-from edgetl_runtime.modelfile import read_model_info
+from edgetl_runtime.litert import tflite_tensors
+from edgetl_runtime.modelfile import is_int8, read_model_info
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 RECIPE = "static_wi8_ai8"
@@ -36,7 +36,7 @@ def check_tflite(path: Path) -> ModelInfo:
     """The FP32 .tflite's metadata, refusing a quantized model or one whose input its metadata
     does not describe (the counterpart of evaluation.check_model for ONNX)."""
     info = read_model_info(path)
-    if is_quantized_tflite(path) or info.precision is not Precision.FP32:
+    if is_int8(path) or info.precision is not Precision.FP32:
         raise BundleError(
             f"{path}: already quantized; pass the FP32 model.tflite from `edgetl export RUN --format litert`"
         )
