@@ -11,8 +11,7 @@ from edgetl.errors import EdgetlError
 from edgetl.quantizer import quantize
 from edgetl.quantizer.litert import SCHEME, check_tflite
 from edgetl_runtime.errors import BundleError
-from edgetl_runtime.litert import is_quantized_tflite
-from edgetl_runtime.modelfile import read_model_info
+from edgetl_runtime.modelfile import is_int8, read_model_info
 
 
 def test_litert_int8_is_full_integer_and_gated(litert_run):
@@ -26,7 +25,7 @@ def test_litert_int8_is_full_integer_and_gated(litert_run):
     assert gate["verdict"] in ("pass", "warn", "fail") and record["kl"] >= 0
     assert record["size_ratio"] <= 0.3
     int8 = litert_run / "model.int8.tflite"
-    assert is_quantized_tflite(int8) and not is_quantized_tflite(litert_run / "model.tflite")
+    assert is_int8(int8) and not is_int8(litert_run / "model.tflite")  # the graph decides
     info = read_model_info(int8)
     assert info.precision == "int8" and info.preprocess.layout == "NHWC"
     assert info.quantization["scheme"] == SCHEME and "full-integer static" in SCHEME
