@@ -282,7 +282,7 @@ def section_quantization(f: RunFiles) -> Section:
         ("calibration images", calibration_images),
         ("cross-fit", f"{g.cross_fit['folds']} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(g.cross_fit['shipped_vs_fold_models_agreement'], 2)}" if g.cross_fit else "–"),
         ("top-1 agreement with FP32", pct(q.agreement, 2)),
-        ("method", escape(f"{q.backend} {q.method}")),
+        ("method", escape(f"{q.backend} {q.method}" + (f" ({q.settings['scheme']})" if "scheme" in q.settings else ""))),
         ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),
     ]  # fmt: skip
     body = facts(items)
