@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 
 from .errors import BackendUnavailable
-from .modelfile import ONNX, OPENVINO, is_int8
+from .litert import LiteRtSession, litert_reason
+from .modelfile import LITERT, ONNX, OPENVINO, is_int8
 from .timing import physical_cores
 
 
@@ -31,6 +32,7 @@ class BackendName(str, Enum):
     ORT_OPENVINO = "onnxruntime-openvino"
     OPENVINO_CPU = "openvino-cpu"
     OPENVINO_GPU = "openvino-gpu"
+    LITERT_CPU = "litert-cpu"
 
     def __str__(self) -> str:  # the name in messages on every Python (3.11 changed a mixin's format)
         return self.value
@@ -285,6 +287,13 @@ BACKENDS: dict[BackendName, Backend] = {
         ),
         _openvino_backend(BackendName.OPENVINO_CPU, "CPU"),
         _openvino_backend(BackendName.OPENVINO_GPU, "GPU"),
+        Backend(
+            BackendName.LITERT_CPU,
+            "cpu",
+            litert_reason,
+            lambda p, t, exact=False: LiteRtSession(p, t, BackendName.LITERT_CPU),
+            (LITERT.suffix,),
+        ),
     )
 }
 

@@ -1,10 +1,11 @@
-"""Model files edgetl reads and writes, one table entry per format: ONNX and OpenVINO IR.
+"""Model files edgetl reads and writes, one table entry per format: ONNX, OpenVINO IR and LiteRT.
 
 The one table of model formats: export, quantize, benchmark, package and the runtime ask it for a
 format's suffix, the files a model needs beside it (an IR's ``.bin``), how it stores edgetl's metadata
 (flat ``edgetl.*`` str -> str, see ModelInfo.to_metadata: ONNX in ``metadata_props``, an IR in
-``rt_info["edgetl"]``), its input and output tensors, whether its graph is INT8, the edgetl command
-that rebuilds a run's model in it, and what a device installs to run it.
+``rt_info["edgetl"]``, a .tflite in its flatbuffer ``metadata``), its input and output tensors,
+whether its graph is INT8, the edgetl command that rebuilds a run's model in it, and what a device
+installs to run it.
 Metadata is read with the onnx package where it is installed (edgetl) and with onnxruntime alone on a
 device; onnx (also for writing) and openvino are imported lazily.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from . import litert
 from .errors import BundleError
 from .fileio import atomic_output
 from .modelinfo import PREFIX, ModelInfo, Precision
@@ -247,7 +249,24 @@ OPENVINO = ModelFormat(
     },
     install="pip install 'edgetl-runtime[openvino]'     # numpy + pillow + openvino; no PyTorch",
 )
-FORMATS: dict[str, ModelFormat] = {f.suffix: f for f in (ONNX, OPENVINO)}
+
+
+LITERT = ModelFormat(
+    name="litert",
+    suffix=".tflite",
+    companions=(),
+    read=litert.read_tflite_metadata,
+    embed=litert.embed_tflite_metadata,  # into the schema's ModelT
+    write=litert.write_tflite_metadata,
+    tensors=litert.tflite_tensors,
+    is_int8=litert.is_quantized_tflite,
+    rebuild={
+        Precision.FP32: "edgetl export {run} --format litert",
+        Precision.INT8: "edgetl quantize {run} --backend litert",
+    },
+    install="pip install 'edgetl-runtime[litert]'     # numpy + pillow + ai-edge-litert; no PyTorch",
+)
+FORMATS: dict[str, ModelFormat] = {f.suffix: f for f in (ONNX, OPENVINO, LITERT)}
 BY_NAME: dict[str, ModelFormat] = {f.name: f for f in FORMATS.values()}
 
 

@@ -27,7 +27,8 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_opti
     type=click.Choice(opt.choices(opt.ExportFormat)),
     multiple=True,
     default=(opt.ExportFormat.ONNX.value,),
-    help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file.",
+    help="openvino also writes OpenVINO IR (.xml + .bin) beside the ONNX file; litert a LiteRT "
+    "model.tflite (converter in its own environment, docs/litert.md).",
 )
 @path_option(
     "--check-images",
@@ -48,6 +49,7 @@ def export(run: Path | None, out: Path | None, as_json: bool, **options) -> None
     \b
     edgetl export runs/a                                   # -> runs/a/model.onnx + runs/a/export.json
     edgetl export runs/a --format openvino --json          # also runs/a/model.xml + .bin
+    edgetl export runs/a --format litert                   # also runs/a/model.tflite
     edgetl export --backbone efficientnet_lite0 --out lite0.onnx
     """
     from edgetl.api import export as export_onnx

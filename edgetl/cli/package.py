@@ -23,8 +23,8 @@ from edgetl.cli.common import handle_errors, json_option, path_option
     "--format",
     type=click.Choice(opt.choices(opt.ExportFormat)),
     default=opt.ExportFormat.ONNX.value,
-    help="Models of a run folder to ship: ONNX, or the OpenVINO IRs (`edgetl export --format openvino`, "
-    "`edgetl quantize --backend nncf`).",
+    help="Models of a run folder to ship: ONNX, the OpenVINO IRs (`edgetl export --format openvino`, "
+    "`edgetl quantize --backend nncf`), or LiteRT (`--format litert`, `--backend litert`).",
 )
 @click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
 @path_option(

@@ -40,10 +40,14 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_opti
 @click.option(
     "--method",
     default=opt.DEFAULT_QUANT_METHOD,
-    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
 )
 @click.option(
-    "--backend", type=click.Choice(opt.choices(opt.QuantBackend)), default=opt.QuantBackend.ONNXRUNTIME.value
+    "--backend",
+    type=click.Choice(opt.choices(opt.QuantBackend)),
+    default=opt.QuantBackend.ONNXRUNTIME.value,
+    help="nncf writes an OpenVINO IR (model.int8.xml); litert a full-integer LiteRT model.int8.tflite "
+    "from the run's model.tflite (AI Edge Quantizer, static_wi8_ai8).",
 )
 @click.option(
     "--num-calibration",

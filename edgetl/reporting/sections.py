@@ -203,7 +203,7 @@ def section_quantization(f: RunFiles) -> Section:
         ("calibration images", calibration_images),
         ("cross-fit", f"{cf.folds} fold models judged the images; the model shipped is refit on all, agreeing with them on {pct(cf.shipped_vs_fold_models_agreement, 2)}" if cf else "–"),
         ("top-1 agreement with FP32", pct(q.agreement, 2)),
-        ("method", f"{q.backend} {q.method}"),
+        ("method", f"{q.backend} {q.method}" + (f" ({q.settings['scheme']})" if "scheme" in q.settings else "")),
         ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),
     ]  # fmt: skip
     attempts = [

@@ -87,6 +87,7 @@ class ExportRecord(Record):
     nodes: int = 0
     seconds: float = 0.0
     checks: tuple[dict, ...] = ()
+    litert: str | None = None  # the .tflite written beside the ONNX file (--format litert)
 
 
 @dataclass(frozen=True)
