@@ -10,8 +10,9 @@ Cases (each skipped with a message when its data is absent):
   exactly one of them agrees), sizes, and batch-1 / 2-thread p50 of all four models on onnxruntime-cpu
   and litert-cpu, interleaved (`edgetl benchmark`'s protocol) with the load average beside it.
 - digits: a short fine-tuned run on ../shared/data/sign-digits, exported, quantized and packaged as
-  ONNX and as LiteRT; both bundles predict the validation photos with `edgetl-run` in a fresh
-  runtime-only environment (edgetl-runtime[litert], no torch), and the labels are compared.
+  ONNX and as LiteRT (INT8 bundles, and FP32 bundles); each pair predicts the validation photos with
+  `edgetl-run` in a fresh runtime-only environment (edgetl-runtime[litert], no torch), and the labels
+  are compared.
 
     nice -n 10 uv run --frozen python benchmarks/bench_litert.py \
         --out benchmarks/results/litert_lite0.json > /tmp/bench_litert.log 2>&1 &
@@ -180,12 +181,19 @@ def case_digits(work: Path) -> dict:
     edgetl.package(run, work / "litert-bundle", precision="int8", format="litert", overwrite=True)
     build_s = time.perf_counter() - t
     photos = [Path(p) for p, _ in json.loads((run / "splits.json").read_text())["val"]]
+    for form in ("onnx", "litert"):  # the FP32 models too, as bundles of their own
+        edgetl.package(run, work / f"{form}-fp32-bundle", precision="fp32", format=form, overwrite=True)
     env = runtime_env(work)
-    onnx_labels = device_labels(env, work / "onnx-bundle", photos)
-    litert_labels = device_labels(env, work / "litert-bundle", photos)
-    same = float(np.mean([a == b for a, b in zip(onnx_labels, litert_labels, strict=True)]))
+
+    def same_labels(onnx_bundle: str, litert_bundle: str) -> float:
+        onnx_labels = device_labels(env, work / onnx_bundle, photos)
+        litert_labels = device_labels(env, work / litert_bundle, photos)
+        return float(np.mean([a == b for a, b in zip(onnx_labels, litert_labels, strict=True)]))
+
     return {
-        "build_seconds": round(build_s, 1), "val_photos": len(photos), "same_label_share": same,
+        "build_seconds": round(build_s, 1), "val_photos": len(photos),
+        "same_label_share": same_labels("onnx-bundle", "litert-bundle"),
+        "fp32_same_label_share": same_labels("onnx-fp32-bundle", "litert-fp32-bundle"),
         "onnx_int8_gate": gate_summary(q_onnx), "litert_int8_gate": gate_summary(q_litert),
     }  # fmt: skip
 
