@@ -10,8 +10,9 @@ Cases (each skipped with a message when its data is absent):
   exactly one of them agrees), sizes, and batch-1 / 2-thread p50 of all four models on onnxruntime-cpu
   and litert-cpu, interleaved (`edgetl benchmark`'s protocol) with the load average beside it.
 - digits: a short fine-tuned run on ../shared/data/sign-digits, exported, quantized and packaged as
-  ONNX and as LiteRT; both bundles predict the validation photos with `edgetl-run` in a fresh
-  runtime-only environment (edgetl-runtime[litert], no torch), and the labels are compared.
+  ONNX and as LiteRT (INT8 bundles, and FP32 bundles); each pair predicts the validation photos with
+  `edgetl-run` in a fresh runtime-only environment (edgetl-runtime[litert], no torch), and the labels
+  are compared.
 
     nice -n 10 uv run --frozen python benchmarks/bench_litert.py \
         --out benchmarks/results/litert_lite0.json > /tmp/bench_litert.log 2>&1 &
@@ -66,15 +67,12 @@ def logits(model: Path, photos: list[Path]) -> np.ndarray:
     return np.concatenate([session.run(preprocess_image(p, spec)[None]) for p in photos])
 
 
-def gate_summary(q) -> dict:
-    g = q.gate
-    return {
-        "model": str(q.int8_model), "backend": q.backend, "method": q.method, "verdict": g["verdict"],
-        "agreement": g["agreement"], "agreement_ci95": g["agreement_ci95"], "kl": q.kl,
-        "fp32_top1": q.fp32_accuracy, "int8_top1": q.int8_accuracy, "drop": q.accuracy_drop,
-        "drop_ci95": g["drop_ci95"], "size_ratio": q.size_ratio, "int8_bytes": q.int8_bytes,
-        "fp32_bytes": q.fp32_bytes, "images": g["images"], "seconds": None,
-    }  # fmt: skip
+def gate_summary(q: dict) -> dict:
+    """The figures of a quantization summary (QuantResult.to_dict(), or a run's quantize.json)."""
+    keys = ("int8_model", "backend", "method", "kl", "fp32_accuracy", "int8_accuracy", "accuracy_drop",
+            "size_ratio", "int8_bytes", "fp32_bytes")  # fmt: skip
+    gate = {k: q["gate"][k] for k in ("verdict", "agreement", "agreement_ci95", "drop_ci95", "images")}
+    return {**{k: q[k] for k in keys}, **gate}
 
 
 def case_imagenet(work: Path, onnx_method: str) -> dict:
@@ -104,7 +102,7 @@ def case_imagenet(work: Path, onnx_method: str) -> dict:
         q = edgetl.quantize(
             fp32, int8, calibration=calib_dir, eval_dir=eval_dir, backend=backend, method=method
         )
-        arms[name] = {**gate_summary(q), "seconds": round(time.perf_counter() - t, 1)}
+        arms[name] = {**gate_summary(q.to_dict()), "seconds": round(time.perf_counter() - t, 1)}
         print(json.dumps({name: arms[name]}), flush=True)
     arms["litert"]["scheme"] = SCHEME
     out["int8"] = arms
@@ -165,24 +163,37 @@ def device_labels(env: Path, bundle: Path, photos: list[Path]) -> list[str]:
 
 def case_digits(work: Path) -> dict:
     run, data = work / "digits-run", work / "sign-digits"
-    (data / "train").mkdir(parents=True)
-    for folder in sorted(p for p in (DATA / "sign-digits").iterdir() if p.is_dir()):
-        (data / "train" / folder.name).symlink_to(folder.resolve())  # no val/: train splits it, seeded
+    if not data.is_dir():
+        (data / "train").mkdir(parents=True)
+        for folder in sorted(p for p in (DATA / "sign-digits").iterdir() if p.is_dir()):
+            (data / "train" / folder.name).symlink_to(folder.resolve())  # no val/: train splits it, seeded
     t = time.perf_counter()
-    edgetl.train(data, run, image_size=64, frozen_epochs=2, epochs=1, hflip=False, seed=SEED)
-    edgetl.export(run, formats=("onnx", "litert"))
-    q_onnx = edgetl.quantize(run)
-    edgetl.package(run, work / "onnx-bundle", precision="int8")
-    q_litert = edgetl.quantize(run, backend="litert")
-    edgetl.package(run, work / "litert-bundle", precision="int8", format="litert")
+    # each step that an earlier run in this --work finished is kept
+    if not (run / "summary.json").is_file():
+        edgetl.train(data, run, image_size=64, frozen_epochs=2, epochs=1, hflip=False, seed=SEED)
+    if not (run / "model.tflite").is_file():
+        edgetl.export(run, formats=("onnx", "litert"))
+    if not (run / "model.int8.onnx").is_file():
+        edgetl.quantize(run)
+    q_onnx = json.loads((run / "quantize.json").read_text())
+    edgetl.package(run, work / "onnx-bundle", precision="int8", overwrite=True)
+    q_litert = edgetl.quantize(run, backend="litert").to_dict()
+    edgetl.package(run, work / "litert-bundle", precision="int8", format="litert", overwrite=True)
     build_s = time.perf_counter() - t
     photos = [Path(p) for p, _ in json.loads((run / "splits.json").read_text())["val"]]
+    for form in ("onnx", "litert"):  # the FP32 models too, as bundles of their own
+        edgetl.package(run, work / f"{form}-fp32-bundle", precision="fp32", format=form, overwrite=True)
     env = runtime_env(work)
-    onnx_labels = device_labels(env, work / "onnx-bundle", photos)
-    litert_labels = device_labels(env, work / "litert-bundle", photos)
-    same = float(np.mean([a == b for a, b in zip(onnx_labels, litert_labels, strict=True)]))
+
+    def same_labels(onnx_bundle: str, litert_bundle: str) -> float:
+        onnx_labels = device_labels(env, work / onnx_bundle, photos)
+        litert_labels = device_labels(env, work / litert_bundle, photos)
+        return float(np.mean([a == b for a, b in zip(onnx_labels, litert_labels, strict=True)]))
+
     return {
-        "build_seconds": round(build_s, 1), "val_photos": len(photos), "same_label_share": same,
+        "build_seconds": round(build_s, 1), "val_photos": len(photos),
+        "same_label_share": same_labels("onnx-bundle", "litert-bundle"),
+        "fp32_same_label_share": same_labels("onnx-fp32-bundle", "litert-fp32-bundle"),
         "onnx_int8_gate": gate_summary(q_onnx), "litert_int8_gate": gate_summary(q_litert),
     }  # fmt: skip
 

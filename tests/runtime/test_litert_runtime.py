@@ -94,7 +94,7 @@ def test_benchmark_times_the_runs_tflite_models(litert_run):
     from edgetl.bench.benchmark import benchmark
 
     report = benchmark(
-        litert_run, backends=["litert-cpu"], batches=[1], threads=[1], warmup_s=0, min_s=0.05, min_runs=3
+        litert_run, backends=["litert-cpu"], batches=[1], threads=1, warmup_s=0, min_s=0.05, min_runs=3
     )
     rows = {r.model: r for r in report.rows if r.status.value == "ok"}
     assert set(rows) == {"model.tflite", "model.int8.tflite"}
