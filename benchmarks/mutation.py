@@ -331,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant's tests")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mutation.json")
+    parser.add_argument(
+        "--fixtures",
+        type=Path,
+        help="reuse the tiny runs built in this folder by unmutated code (EDGETL_TEST_FIXTURES)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -355,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="edgetl-mutation-") as tmp:
         tree = _copy_tree(Path(tmp))
-        fixtures = Path(tmp) / "fixtures"
-        fixtures.mkdir()
+        fixtures = args.fixtures or Path(tmp) / "fixtures"
+        fixtures.mkdir(exist_ok=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "deploy")]),
                "EDGETL_TEST_FIXTURES": str(fixtures), "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
         worker = Worker(tree, env)
