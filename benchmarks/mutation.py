@@ -37,7 +37,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTEST = ["-x", "-q", "-p", "no:cacheprovider", "--no-header"]
+# --timeout=0: pytest-timeout's 300 s per test would fail a tiny run's build on a loaded machine (the
+# build is then retried by every later process); the worker's deadline per mutant bounds each run
+PYTEST = ["-x", "-q", "-p", "no:cacheprovider", "--no-header", "--timeout=0"]
 
 # module -> the tests that guard it (files or node ids), all fast once the tiny runs exist
 MODULES: dict[str, tuple[str, ...]] = {
@@ -329,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per mutant's tests")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/mutation.json")
+    parser.add_argument(
+        "--fixtures",
+        type=Path,
+        help="reuse the tiny runs built in this folder by unmutated code (EDGETL_TEST_FIXTURES)",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -353,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="edgetl-mutation-") as tmp:
         tree = _copy_tree(Path(tmp))
-        fixtures = Path(tmp) / "fixtures"
-        fixtures.mkdir()
+        fixtures = args.fixtures or Path(tmp) / "fixtures"
+        fixtures.mkdir(exist_ok=True)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "deploy")]),
                "EDGETL_TEST_FIXTURES": str(fixtures), "PYTHONDONTWRITEBYTECODE": "1"}  # fmt: skip
         worker = Worker(tree, env)
@@ -383,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {status:8} {seconds:6.1f} s  {mutant.id}", flush=True)
                     if status == "survived":
                         print(diff, flush=True)
+                    partial = {
+                        **_summary(outcomes, len(found[module])),
+                        "complete": False,
+                        "command": command,
+                    }
+                    merged_report(args.out, {**results, module: partial})  # an interrupted run keeps its part
                     if _fingerprint(fixtures) != built:  # a mutant wrote into a shared run: restore it
                         shutil.rmtree(fixtures)
                         shutil.copytree(pristine, fixtures, symlinks=True)
@@ -390,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                 (tree / module).write_text(original)
             results[module] = {
                 **_summary(outcomes, len(found[module])),
+                "complete": True,
                 "command": command,
                 "wall_seconds": round(time.perf_counter() - module_started),
             }
