@@ -35,11 +35,11 @@ INSIDE=/tmp/edgetl-check # the work folder's path inside the userland
 
 die() { echo "arm64_check: $*" >&2; exit 1; }
 log() { echo "arm64_check: $*" >&2; }
-phase_start=$SECONDS
-phase() { # report the previous phase's duration, then name the next
-    log "  ($((SECONDS - phase_start)) s)"
-    phase_start=$SECONDS
-    log "$*"
+started=$SECONDS phase_start=$SECONDS phase_name="checks and mounts"
+phase() { # the previous phase's duration, then the next one's name
+    log "$phase_name: $((SECONDS - phase_start)) s"
+    phase_name="$1" phase_start=$SECONDS
+    log "$phase_name ..."
 }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (debootstrap, chroot and mount need it)"
@@ -55,6 +55,7 @@ case "$CPU" in # what the kernel of such a board shows in /proc/cpuinfo (see mou
 esac
 
 WORK="$(mktemp -d "${TMPDIR:-/var/tmp}/edgetl-arm64-work.XXXXXX")"
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     local m
     for m in "$ROOT$INSIDE" "$ROOT/proc/cpuinfo" "$ROOT/proc" "$ROOT/sys" "$ROOT/dev"; do
@@ -175,7 +176,7 @@ x86 edgetl package "$WORK/digits/run" --precision fp32 --out "$WORK/bundles/digi
 x86 edgetl package "$WORK/digits/run" --precision int8 --out "$WORK/bundles/digits-onnx-int8.tar.gz" >/dev/null
 if x86 edgetl export --help | grep -q litert; then
     x86 edgetl export "$WORK/digits/run" --format litert >/dev/null
-    x86 edgetl quantize "$WORK/digits/run" >/dev/null
+    x86 edgetl quantize "$WORK/digits/run" --backend litert >/dev/null
     x86 edgetl package "$WORK/digits/run" --format litert --precision int8 \
         --out "$WORK/bundles/digits-litert-int8.tar.gz" >/dev/null
 else
@@ -203,4 +204,8 @@ for bundle in "$WORK"/bundles/*.tar.gz; do
 done
 
 phase "writing $RESULT"
-helper report "$WORK/results" "$RESULT"
+status=0
+helper report "$WORK/results" "$RESULT" || status=$?
+phase "done"
+log "total: $((SECONDS - started)) s"
+exit "$status"

@@ -154,6 +154,8 @@ def compare(args: argparse.Namespace) -> None:
         "same_top1": same,
         "agreement": same / len(x86),
         "max_abs_dprob": max(deltas),
+        # the max is one value out of inputs x classes; the mean says whether it is typical
+        "mean_abs_dprob": sum(deltas) / len(deltas),
         "x86": json.loads(args.x86_versions.read_text()),
         "arm64": json.loads(args.arm_versions.read_text()),
     }
@@ -183,7 +185,7 @@ def report(args: argparse.Namespace) -> int:
         else:
             print(
                 f"{r['name']:<16} {r['format']:<7} {r['precision']:<5} same top-1 {r['same_top1']}/{r['inputs']}"
-                f"  max |dprob| {r['max_abs_dprob']:.2e}"
+                f"  |dprob| max {r['max_abs_dprob']:.2e} mean {r['mean_abs_dprob']:.2e}"
             )
     if bad:
         print(f"below {args.min_agreement:.0%} agreement: {', '.join(bad)}", file=sys.stderr)
