@@ -20,3 +20,20 @@ def test_export_parity_at_several_lengths(text_run, bert):
     assert (
         info.preprocess.tokenizer == (bert / "tokenizer.json").read_text()
     )  # the model carries its tokenizer
+
+
+def test_text_export_parity_gate_refuses_and_writes_nothing(text_run, tmp_path):
+    """No conversion reproduces PyTorch to 0: the gate refuses, names the length, writes nothing."""
+    import pytest
+
+    from edgetl.errors import GateError
+    from edgetl.exporter.export import export_onnx
+    from edgetl.runfolder.folder import find_checkpoint
+
+    out = tmp_path / "strict.onnx"
+    refusal = r"--tolerance 0(\.0)?: onnxruntime differs from PyTorch at onnxruntime-cpu@16"
+    with pytest.raises(GateError, match=refusal):
+        export_onnx(find_checkpoint(text_run), out, tolerance=0.0)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    loose = export_onnx(find_checkpoint(text_run), tmp_path / "loose.onnx", tolerance=1e-3)
+    assert (tmp_path / "loose.onnx").is_file() and all(c.passed for c in loose.checks)

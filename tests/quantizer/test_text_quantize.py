@@ -39,3 +39,60 @@ def test_an_int8_candidate_not_clearly_faster_than_fp32_is_not_chosen():
     assert min([coarse, close], key=lambda c: rank_candidate(c, 40.0)) is close
     failing = TextCandidate("static-qdq-matmul", 0.5, 0.9, 0.5, 40.0, (30.0, 50.0), 0.65, 10.0, "fail")
     assert min([failing, slow], key=lambda c: rank_candidate(c, 31.0)) is slow
+
+
+def _copy(text_run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(text_run, tmp_path / "run"))
+
+
+def test_text_gate_refuses_and_writes_nothing_unless_the_drop_is_allowed(text_run, tmp_path, monkeypatch):
+    """A size bound no INT8 text model meets (0.01x): the refusal, its message, nothing written."""
+    import pytest
+
+    from edgetl.errors import GateError
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer import text as text_module
+
+    run = _copy(text_run, tmp_path)
+    record = (run / "quantize.json").read_bytes()
+    monkeypatch.setattr(text_module, "TEXT_MAX_SIZE_RATIO", 0.01)
+    out = tmp_path / "refused.int8.onnx"
+    with pytest.raises(GateError, match="every method failed") as refused:
+        quantize(run, out, method="dynamic")
+    assert "more than 0.01x" in str(refused.value) and "--allow-drop" in str(refused.value)
+    assert not out.exists() and (run / "quantize.json").read_bytes() == record
+    kept = quantize(run, out, method="dynamic", allow_drop=True)
+    assert out.is_file() and kept.gate["verdict"] == "fail" and not kept.summary["passed"]
+    assert json.loads((run / "quantize.json").read_text())["passed"] is False
+
+
+def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run, tmp_path, monkeypatch):
+    from edgetl.data.texts import read_recorded
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer import text as text_module
+    from edgetl.runfolder.splits import Splits
+
+    run = _copy(text_run, tmp_path)
+    calibrated, gated = [], []
+    dynamic, logits = text_module._dynamic, text_module._logits
+
+    def calibrate(src, dst, texts, spec):
+        calibrated.extend(texts)
+        return dynamic(src, dst, texts, spec)
+
+    def gate_logits(path, texts, spec):
+        gated.append(list(texts))
+        return logits(path, texts, spec)
+
+    monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": calibrate})
+    monkeypatch.setattr(text_module, "_logits", gate_logits)
+    result = quantize(run, tmp_path / "x.int8.onnx", num_calibration=10, allow_drop=True)
+    splits = Splits.load(run)
+    train = set(read_recorded([p for p, _ in splits.train]))
+    val = read_recorded([p for p, _ in splits.val])
+    assert len(calibrated) == 10 and set(calibrated) <= train
+    assert not set(calibrated) & set(val)
+    assert gated and all(texts == val for texts in gated)  # FP32 and INT8 judged on every val text
+    assert result.gate["images"] == len(val) and result.gate["calibration_images"] == 10
