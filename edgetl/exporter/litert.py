@@ -23,6 +23,7 @@ from edgetl.console import log
 from edgetl.errors import EdgetlError
 from edgetl.exporter.parity import Parity
 from edgetl_runtime.backends import BackendName
+from edgetl_runtime.fileio import atomic_output
 from edgetl_runtime.litert import write_tflite_metadata
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import PreprocessSpec
@@ -124,9 +125,8 @@ def onnx_to_tflite(onnx_path: Path, out: Path) -> Path:
 def write_litert(
     onnx_path: Path, tflite: Path, info: ModelInfo, stack: contextlib.ExitStack, check: Callable
 ) -> Parity:
-    """ONNX -> .tflite with the metadata inside, gated against the ONNX model, renamed on success."""
-    from edgetl_runtime.fileio import atomic_output
-
+    """ONNX -> .tflite with the metadata inside, renamed only when it passes the parity gate on the
+    check images (against the PyTorch logits that the ONNX model has just been gated on)."""
     tmp = stack.enter_context(atomic_output(tflite))
     raw = tmp.with_name(tmp.name + ".raw")
     stack.callback(raw.unlink, missing_ok=True)
