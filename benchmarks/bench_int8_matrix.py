@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -43,12 +41,22 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quantize import by_hand_nncf, edgetl, fine_tuned_digits
+from edgetl_runtime.modelfile import ONNX, OPENVINO, model_files, model_format
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-IMAGENET, DIGITS = DATA / "imagenet-dev", DATA / "sign-digits"
-CALIBRATE, MEASURE, SEED = 300, 450, 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_arms import collect, int16_overrides, nncf_onnx, nncf_openvino, qdq, with_biases_of, worst_tensors
+from int8_cases import (
+    CALIBRATE,
+    SEED,
+    by_hand_nncf,
+    fine_tuned_digits,
+    imagenet_case,
+    interleaved_ms,
+    onnxruntime_ms,
+    present_cases,
+)
+from int8_matrix_render import render
+
 BOOTSTRAP = 2000
 PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
 MIXED_K = (1, 2, 4, 8)
@@ -74,159 +82,13 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-# ---- onnxruntime arms -------------------------------------------------------------------------
-
-
-def collect(pre: Path, x: np.ndarray, name: str, options: dict):
-    """An onnxruntime calibrator that has seen every calibration image (kept: compute_data again
-    with other cut-offs costs no new pass)."""
-    import onnxruntime as ort
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    from edgetl.quantizer.ort import _ArrayReader
-
-    inp = ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()[0].name
-    tmp = tempfile.mkdtemp(prefix="matrix-calib-")
-    cal = create_calibrator(
-        pre,
-        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-        augmented_model_path=str(Path(tmp) / "aug.onnx"),
-        calibrate_method=CalibrationMethod[name],
-        extra_options=options,
-    )
-    for s in range(0, len(x), 16):
-        cal.collect_data(_ArrayReader(inp, x[s : s + 16], 16))
-    return cal
-
-
-def qdq(
-    pre: Path,
-    ranges,
-    out: Path,
-    *,
-    method: str = "MinMax",
-    symmetric: bool = False,
-    exclude=(),
-    overrides: dict | None = None,
-) -> Path:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-    from edgetl.quantizer.ort_compat import quantize_static_with_ranges
-
-    extra = {"WeightSymmetric": True, "ActivationSymmetric": symmetric}
-    if overrides:
-        extra["TensorQuantOverrides"] = overrides
-        extra["UseQDQContribOps"] = True
-    return quantize_static_with_ranges(
-        pre,
-        out,
-        ranges,
-        calibrate_method=CalibrationMethod[method],
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=False,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=list(exclude),
-        extra_options=extra,
-    )
-
-
-def worst_tensors(pre: Path, qdq_path: Path, x: np.ndarray) -> list[tuple[str, float, tuple[str, ...]]]:
-    """(tensor, SQNR dB, its producer and consumers) worst first, by onnxruntime's qdq_loss_debug."""
-    from edgetl.quantizer.ort import rank_quantized_tensors
-
-    return rank_quantized_tensors(pre, qdq_path, x)
-
-
-# ---- NNCF arms --------------------------------------------------------------------------------
-
-
-def nncf_onnx(
-    fp32: Path, x: np.ndarray, out: Path, *, fast_bias_correction: bool, smooth_quant: bool
-) -> Path:
-    import nncf
-    import onnx
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
-
-    proto = onnx.load(str(fp32))
-    name = proto.graph.input[0].name
-    extra = {}
-    if smooth_quant:
-        # NNCF runs SmoothQuant only for transformer models; alpha 0.5 on convolutions as the paper
-        extra = {
-            "model_type": nncf.ModelType.TRANSFORMER,
-            "advanced_parameters": AdvancedQuantizationParameters(
-                smooth_quant_alphas=AdvancedSmoothQuantParameters(convolution=0.5, matmul=0.95)
-            ),
-        }
-    q = nncf.quantize(
-        proto,
-        nncf.Dataset(list(x), lambda a: {name: a[None]}),
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(x),
-        fast_bias_correction=fast_bias_correction,
-        **extra,
-    )
-    onnx.save(q, str(out))
-    return out
-
-
-def with_biases_of(qdq_path: Path, donor: Path, out: Path) -> Path:
-    """onnxruntime's QDQ model with the float biases of another quantization of the same graph (NNCF's,
-    bias-corrected), re-quantized to int32 at onnxruntime's bias scales: the correction without NNCF's
-    graph layout, which onnxruntime runs 3x slower than FP32."""
-    import onnx
-    from onnx import numpy_helper
-
-    d = onnx.load(str(donor))
-    d_init = {i.name: i for i in d.graph.initializer}
-    biases = {
-        n.name: numpy_helper.to_array(d_init[n.input[2]])
-        for n in d.graph.node
-        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in d_init
-    }
-    m = onnx.load(str(qdq_path))
-    inits = {i.name: i for i in m.graph.initializer}
-    producer = {o: n for n in m.graph.node for o in n.output}
-    for n in m.graph.node:
-        dq = producer.get(n.input[2]) if len(n.input) > 2 else None
-        if n.name in biases and dq is not None and dq.op_type == "DequantizeLinear":
-            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
-            q = np.round(biases[n.name].astype(np.float64) / scale).astype(np.int32)
-            inits[dq.input[0]].CopyFrom(numpy_helper.from_array(q, dq.input[0]))
-    onnx.save(m, str(out))
-    return out
-
-
-def nncf_openvino(fp32: Path, x: np.ndarray, out: Path, *, channel_alignment: bool) -> Path:
-    import nncf
-    import openvino as ov
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
-
-    model = ov.Core().read_model(str(fp32))
-    q = nncf.quantize(
-        model,
-        nncf.Dataset(list(x), lambda a: a[None]),
-        preset=nncf.QuantizationPreset.MIXED,
-        subset_size=len(x),
-        advanced_parameters=AdvancedQuantizationParameters(disable_channel_alignment=not channel_alignment),
-    )
-    ov.save_model(q, str(out), compress_to_fp16=False)
-    return out
-
-
 # ---- measuring --------------------------------------------------------------------------------
 
 
 def run_logits(path: Path, x: np.ndarray) -> np.ndarray:
     from edgetl.quantizer import run_model
 
-    return run_model(path, x, "openvino-cpu" if path.suffix == ".xml" else "onnxruntime-cpu")
+    return run_model(path, x, model_format(path).backends[0])
 
 
 def per_image(ref: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,43 +105,30 @@ def interval(values: np.ndarray, idx: np.ndarray) -> list[float]:
 
 
 def latencies(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
-    """Median batch-1 latency, onnxruntime CPU, 2 threads, runs interleaved across models."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    sessions = {
-        k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in paths.items()
-    }
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(LATENCY_RUNS + 5):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: x[i % len(x) : i % len(x) + 1]})
-            if i >= 5:
-                times[k].append(time.perf_counter() - t)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    """Median batch-1 latency, onnxruntime CPU, THREADS threads, runs interleaved across models."""
+    return onnxruntime_ms(paths, x, threads=THREADS, runs=LATENCY_RUNS)
 
 
 def openvino_latencies(paths: dict[str, Path], x: np.ndarray) -> dict[str, float]:
     import openvino as ov
 
-    core = ov.Core()
-    compiled = {
-        k: core.compile_model(
-            str(p), "CPU", {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"}
-        )
-        for k, p in paths.items()
+    config = {"INFERENCE_NUM_THREADS": THREADS, "PERFORMANCE_HINT": "LATENCY"}
+    calls = {k: ov.Core().compile_model(str(p), "CPU", config) for k, p in paths.items()}
+    return interleaved_ms(calls, x, LATENCY_RUNS)
+
+
+def vs_reference(
+    reference: str, ref: tuple[np.ndarray, np.ndarray], arm: tuple[np.ndarray, np.ndarray], idx
+) -> dict:
+    """The paired difference of an arm's per-image (agreement, KL) to the reference arm's, bootstrapped."""
+    da, dk = arm[0] - ref[0], arm[1] - ref[1]
+    return {
+        "reference": reference,
+        "agreement_diff": float(da.mean()),
+        "agreement_diff_ci95": interval(da, idx),
+        "kl_diff": float(dk.mean()),
+        "kl_diff_ci95": interval(dk, idx),
     }
-    times: dict[str, list[float]] = {k: [] for k in compiled}
-    for i in range(LATENCY_RUNS + 5):
-        for k, c in compiled.items():
-            t = time.perf_counter()
-            c(x[i % len(x) : i % len(x) + 1])
-            if i >= 5:
-                times[k].append(time.perf_counter() - t)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
 
 
 class Matrix:
@@ -312,7 +161,7 @@ class Matrix:
         logits = run_logits(path, self.x)
         agree, kl = per_image(self.ref, logits)
         self.paths[name], self.outcomes[name] = path, (agree, kl)
-        if path.suffix == ".onnx":  # against FP32 in the same minute; finish() times all together
+        if model_format(path) is ONNX:  # against FP32 in the same minute; finish() times all together
             lat = latencies({"fp32": self.fp32, name: path}, self.x)
             extra = {**extra, "latency_pair_ms": lat, "latency_pair_vs_fp32": lat[name] / lat["fp32"]}
         self.rows[name] = {
@@ -323,7 +172,7 @@ class Matrix:
             "kl_ci95": interval(kl, self.idx),
             "top1": float(np.mean(logits.argmax(1) == self.y)),
             "images": len(self.x),
-            "size_mb": sum(p.stat().st_size for p in (path, path.with_suffix(".bin")) if p.is_file()) / 1e6,
+            "size_mb": sum(p.stat().st_size for p in model_files(path)) / 1e6,
             "build_seconds": round(seconds, 1),
             **extra,
         }
@@ -349,29 +198,22 @@ class Matrix:
         """The paired difference of an arm to the reference arm, per image, bootstrapped."""
         if self.reference not in self.outcomes:
             return
-        (ra, rk), (a, k) = self.outcomes[self.reference], self.outcomes[name]
-        da, dk = a - ra, k - rk
-        self.rows[name]["vs_reference"] = {
-            "reference": self.reference,
-            "agreement_diff": float(da.mean()),
-            "agreement_diff_ci95": interval(da, self.idx),
-            "kl_diff": float(dk.mean()),
-            "kl_diff_ci95": interval(dk, self.idx),
-        }
+        ref, arm = self.outcomes[self.reference], self.outcomes[name]
+        self.rows[name]["vs_reference"] = vs_reference(self.reference, ref, arm, self.idx)
 
     def finish(self) -> None:
         """Latency for every arm in one interleaved run."""
         load_before = uptime()
-        onnx_paths = {k: p for k, p in self.paths.items() if p.suffix == ".onnx"}
+        onnx_paths = {k: p for k, p in self.paths.items() if model_format(p) is ONNX}
         lat = latencies({"fp32": self.fp32, **onnx_paths}, self.x)
         for k, ms in lat.items():
             self.rows[k]["latency_ms"] = ms
             self.rows[k]["latency_vs_fp32"] = ms / lat["fp32"]
-        ir = {k: p for k, p in self.paths.items() if p.suffix == ".xml"}
+        ir = {k: p for k, p in self.paths.items() if model_format(p) is OPENVINO}
         if ir:
             import openvino as ov
 
-            fp32_ir = self.fp32.with_suffix(".fp32.xml")
+            fp32_ir = self.fp32.with_suffix(".fp32" + OPENVINO.suffix)
             ov.save_model(ov.Core().read_model(str(self.fp32)), str(fp32_ir), compress_to_fp16=False)
             olat = openvino_latencies({"fp32": fp32_ir, **ir}, self.x)
             self.rows["fp32"]["openvino_latency_ms"] = olat["fp32"]
@@ -457,7 +299,7 @@ def run_matrix(
                     ranges_by_p[99.999],
                     work / f"int16-{k}.onnx",
                     method="Percentile",
-                    overrides=_int16(tensors),
+                    overrides=int16_overrides(tensors),
                 ),
                 **info,
             )
@@ -513,40 +355,16 @@ def run_matrix(
         )
 
 
-def _int16(tensors: list[str]) -> dict:
-    from onnxruntime.quantization import QuantType
-
-    return {t: [{"quant_type": QuantType.QUInt16}] for t in tensors}
-
-
 def case_imagenet(work: Path, save, results: dict, reference: str) -> None:
-    from edgetl.quantizer import map_eval_classes, quantize
-    from edgetl_runtime.modelfile import read_model_info
-    from edgetl_runtime.preprocess import list_images, preprocess_image
+    from edgetl.quantizer import quantize
 
-    fp32 = work / "lite0.onnx"
-    if FP32_MODEL is not None:
-        fp32.symlink_to(FP32_MODEL.resolve())
-    else:
-        edgetl("export", "--backbone", "efficientnet_lite0", "--out", str(fp32))
-    info = read_model_info(fp32)
-    images = sorted(list_images(IMAGENET))
-    random.Random(SEED).shuffle(images)
-    calib, measure = images[:CALIBRATE], images[CALIBRATE : CALIBRATE + MEASURE]
-    folder = work / "calibration-images"  # not "calibration": the default manifest folder
-    for p in calib:
-        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
-        os.symlink(p, folder / p.parent.name / p.name)
-    synsets = sorted({p.parent.name for p in images})
-    index = dict(zip(synsets, map_eval_classes(synsets, info.labels), strict=True))
-    x_cal = np.stack([preprocess_image(p, info.preprocess) for p in calib])
-    x = np.stack([preprocess_image(p, info.preprocess) for p in measure])
-    y = np.asarray([index[p.parent.name] for p in measure])
-    m = Matrix("imagenet", fp32, x, y, reference, save)
+    case = imagenet_case(work, FP32_MODEL)
+    fp32, x_cal = case.fp32, case.x_cal
+    m = Matrix("imagenet", fp32, case.x, case.y, reference, save)
     results["imagenet"] = m.rows
 
     def main_default() -> Path:
-        r = quantize(fp32, work / "edgetl.onnx", calibration=folder)
+        r = quantize(fp32, work / "edgetl.onnx", calibration=case.calibration)
         m.rows.setdefault("_edgetl", {})["gate"] = r.gate
         return r.int8_model
 
@@ -572,47 +390,6 @@ def case_digits(work: Path, save, results: dict, reference: str) -> None:
     m.finish()
 
 
-def render(results: dict) -> str:
-    """The JSON as markdown tables, one per case, arms in the order run."""
-    lines = [f"Command: `{results['command']}`; load at start: `{results['uptime_start']}`", ""]
-    for case, rows in results.items():
-        if not isinstance(rows, dict) or "fp32" not in rows:
-            continue
-        fp32 = rows["fp32"]
-        lines += [
-            f"### {case}: {fp32['images']} measured photos, FP32 top-1 {100 * fp32['top1']:.2f}%",
-            "",
-            "| arm | agreement % [95% CI] | KL [95% CI] | vs reference: agreement pts, KL [95% CI] | top-1 % | latency vs FP32 |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, r in rows.items():
-            if name == "fp32" or name.startswith("_"):
-                continue
-            if "error" in r:
-                lines.append(f"| {name} | failed: {r['error'][:120]} | | | | |")
-                continue
-            a, k = r["agreement_ci95"], r["kl_ci95"]
-            vs = r.get("vs_reference")
-            diff = (
-                f"{100 * vs['agreement_diff']:+.2f} [{100 * vs['agreement_diff_ci95'][0]:+.2f}, "
-                f"{100 * vs['agreement_diff_ci95'][1]:+.2f}], {vs['kl_diff']:+.5f} "
-                f"[{vs['kl_diff_ci95'][0]:+.5f}, {vs['kl_diff_ci95'][1]:+.5f}]"
-                if vs
-                else ""
-            )
-            top1 = "–" if r.get("top1") is None else f"{100 * r['top1']:.2f}"
-            ratio = (
-                r.get("latency_vs_fp32") or r.get("latency_pair_vs_fp32") or r.get("openvino_latency_vs_fp32")
-            )
-            lines.append(
-                f"| {name} | {100 * r['agreement']:.2f} [{100 * a[0]:.2f}, {100 * a[1]:.2f}] | "
-                f"{r['kl']:.5f} [{k[0]:.5f}, {k[1]:.5f}] | {diff} | {top1} | "
-                + (f"{ratio:.2f}x |" if ratio else "|")
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
 def merge(out: Path, others: list[Path], reference: str) -> None:
     """Fold the arms of runs made side by side (`--arms`, same split and seed) into --out, and the
     paired differences to the reference arm from their per-image outcomes."""
@@ -628,18 +405,11 @@ def merge(out: Path, others: list[Path], reference: str) -> None:
     rows = results["imagenet"]
     n = rows["fp32"]["images"]
     idx = np.random.default_rng(SEED).integers(0, n, size=(BOOTSTRAP, n))
-    ra, rk = outcomes[f"{reference}.agree"], outcomes[f"{reference}.kl"]
+    ref = outcomes[f"{reference}.agree"], outcomes[f"{reference}.kl"]
     for name, row in rows.items():
-        if f"{name}.agree" not in outcomes:
-            continue
-        da, dk = outcomes[f"{name}.agree"] - ra, outcomes[f"{name}.kl"] - rk
-        row["vs_reference"] = {
-            "reference": reference,
-            "agreement_diff": float(da.mean()),
-            "agreement_diff_ci95": interval(da, idx),
-            "kl_diff": float(dk.mean()),
-            "kl_diff_ci95": interval(dk, idx),
-        }
+        if f"{name}.agree" in outcomes:
+            arm = outcomes[f"{name}.agree"], outcomes[f"{name}.kl"]
+            row["vs_reference"] = vs_reference(reference, ref, arm, idx)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
 
@@ -664,7 +434,7 @@ def main() -> None:
     FP32_MODEL, WITH_DEFAULT = args.fp32, args.with_default
     ARMS = tuple(a for a in args.arms.split(",") if a)
     OUTCOMES = args.out.with_name(f"{args.out.stem}-outcomes.npz")
-    cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
+    cases = {"imagenet": case_imagenet, "digits": case_digits}
     results: dict = {
         "command": " ".join(sys.argv),
         "uptime_start": uptime(),
@@ -678,13 +448,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
 
     with tempfile.TemporaryDirectory(prefix="bench-int8-matrix-") as tmp:
-        for name in args.cases.split(","):
-            data, fn = cases[name]
-            if not data.is_dir():
-                print(f"skipping {name}: {data} is absent (see ../shared/data/README)")
-                continue
+        for name in present_cases(args.cases):
             (Path(tmp) / name).mkdir()
-            fn(Path(tmp) / name, save, results, args.reference)
+            cases[name](Path(tmp) / name, save, results, args.reference)
     results["uptime_end"] = uptime()
     save()
 

@@ -25,9 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-IMAGENET, DIGITS = DATA / "imagenet-dev", DATA / "sign-digits"
-CALIBRATE, MEASURE, SEED = 300, 450, 0
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_cases import by_hand_nncf, fine_tuned_digits, imagenet_case, onnxruntime_ms, present_cases
 
-
-def edgetl(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "edgetl", *args], check=True, stdout=subprocess.DEVNULL)
+LATENCY_RUNS = 50
 
 
 def by_hand_onnxruntime(fp32: Path, x: np.ndarray, out: Path) -> Path:
@@ -67,37 +61,6 @@ def by_hand_onnxruntime(fp32: Path, x: np.ndarray, out: Path) -> Path:
     return out
 
 
-def by_hand_nncf(fp32: Path, x: np.ndarray, out: Path) -> Path:
-    import nncf
-    import onnx
-
-    proto = onnx.load(str(fp32))
-    name = proto.graph.input[0].name
-    onnx.save(
-        nncf.quantize(proto, nncf.Dataset(list(x), lambda a: {name: a[None]}), subset_size=len(x)), str(out)
-    )
-    return out
-
-
-def latency_ms(paths: dict[str, Path], x: np.ndarray, runs: int = 50) -> dict[str, float]:
-    """Median batch-1 latency per model, runs interleaved so a busy neighbour hits all alike."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sessions = {
-        k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()
-    }
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for i in range(runs + 5):
-        for k, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {s.get_inputs()[0].name: x[:1]})
-            if i >= 5:
-                times[k].append(time.perf_counter() - t)
-    return {k: 1000 * float(np.median(v)) for k, v in times.items()}
-
-
 def rows(
     fp32: Path, variants: dict[str, Path], x: np.ndarray, labels: np.ndarray, extra: dict, lock: Path
 ) -> list[dict]:
@@ -109,7 +72,7 @@ def rows(
     ok = ref.argmax(1) == labels
     # only the timing waits for the machine-wide timing lock (the one `flock` takes)
     with FileLock(str(lock)):
-        lat = latency_ms({"fp32": fp32, **variants}, x)
+        lat = onnxruntime_ms({"fp32": fp32, **variants}, x, threads=1, runs=LATENCY_RUNS)
     table = [
         {
             "variant": "fp32",
@@ -142,62 +105,18 @@ def rows(
 
 
 def case_imagenet(work: Path, lock: Path) -> list[dict]:
-    from edgetl.quantizer import map_eval_classes, quantize
-    from edgetl_runtime.modelfile import read_model_info
-    from edgetl_runtime.preprocess import list_images, preprocess_image
+    from edgetl.quantizer import quantize
 
-    fp32 = work / "lite0.onnx"
-    edgetl("export", "--backbone", "efficientnet_lite0", "--out", str(fp32))
-    info = read_model_info(fp32)
-    images = sorted(list_images(IMAGENET))
-    random.Random(SEED).shuffle(images)
-    calib, measure = images[:CALIBRATE], images[CALIBRATE : CALIBRATE + MEASURE]
-    folder = work / "calibration"
-    for p in calib:  # an ImageFolder of links: the 300 photos, no more
-        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
-        os.symlink(p, folder / p.parent.name / p.name)
-    synsets = sorted({p.parent.name for p in images})
-    index = dict(zip(synsets, map_eval_classes(synsets, info.labels), strict=True))
-    x_cal = np.stack([preprocess_image(p, info.preprocess) for p in calib])
-    x = np.stack([preprocess_image(p, info.preprocess) for p in measure])
-    y = np.asarray([index[p.parent.name] for p in measure])
+    case = imagenet_case(work)
     start = time.time()
-    r = quantize(fp32, work / "edgetl.onnx", calibration=folder)
+    r = quantize(case.fp32, work / "edgetl.onnx", calibration=case.calibration)
     extra = {"edgetl": {"gate": r.gate, "rung": r.rung, "method": r.method, "seconds": time.time() - start}}
     variants = {
         "edgetl": r.int8_model,
-        "onnxruntime-by-hand": by_hand_onnxruntime(fp32, x_cal, work / "ort.onnx"),
-        "nncf-by-hand": by_hand_nncf(fp32, x_cal, work / "nncf.onnx"),
+        "onnxruntime-by-hand": by_hand_onnxruntime(case.fp32, case.x_cal, work / "ort.onnx"),
+        "nncf-by-hand": by_hand_nncf(case.fp32, case.x_cal, work / "nncf.onnx"),
     }
-    return rows(fp32, variants, x, y, extra, lock)
-
-
-def fine_tuned_digits(work: Path) -> tuple[Path, Path, np.ndarray, np.ndarray, np.ndarray]:
-    """A short fine-tuned sign-digits run, exported: (run, FP32 model, a seeded CALIBRATE of its train
-    split to calibrate, its val split and labels to measure)."""
-    from edgetl.runfolder.splits import Splits
-    from edgetl_runtime.modelfile import read_model_info
-    from edgetl_runtime.preprocess import preprocess_image
-
-    run = work / "digits-run"
-    data = work / "sign-digits"
-    (data / "train").mkdir(parents=True)
-    for folder in sorted(p for p in DIGITS.iterdir() if p.is_dir()):
-        os.symlink(folder.resolve(), data / "train" / folder.name)  # an ImageFolder without val/
-    edgetl(
-        "train", "--data", str(data), "--out", str(run), "--no-hflip", "--image-size", "64",
-        "--frozen-epochs", "2", "--epochs", "1", "--seed", str(SEED),
-    )  # fmt: skip
-    edgetl("export", str(run))
-    fp32 = run / "model.onnx"
-    info = read_model_info(fp32)
-    splits = Splits.load(run)
-    train = list(splits.train)
-    random.Random(SEED).shuffle(train)
-    x_cal = np.stack([preprocess_image(p, info.preprocess) for p, _ in train[:CALIBRATE]])
-    x = np.stack([preprocess_image(p, info.preprocess) for p, _ in splits.val])
-    y = np.asarray([label for _, label in splits.val])
-    return run, fp32, x_cal, x, y
+    return rows(case.fp32, variants, case.x, case.y, extra, lock)
 
 
 def case_digits(work: Path, lock: Path) -> list[dict]:
@@ -239,15 +158,11 @@ def main() -> None:
     parser.add_argument("--cases", default="imagenet,digits")
     parser.add_argument("--timing-lock", type=Path, default=Path("/tmp/edgetl-timing.lock"))
     args = parser.parse_args()
-    cases = {"imagenet": (IMAGENET, case_imagenet), "digits": (DIGITS, case_digits)}
+    cases = {"imagenet": case_imagenet, "digits": case_digits}
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:
-        for name in args.cases.split(","):
-            data, fn = cases[name]
-            if not data.is_dir():
-                print(f"skipping {name}: {data} is absent (see ../shared/data/README)")
-                continue
-            results[name] = fn(Path(tmp), args.timing_lock)
+        for name in present_cases(args.cases):
+            results[name] = cases[name](Path(tmp), args.timing_lock)
             print_table(name, results[name])
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

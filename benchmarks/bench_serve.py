@@ -54,35 +54,14 @@ def build_bundle(work: Path, size: int) -> tuple[Path, Path]:
     data = write_digits_imagefolder(work / "data", size=size, classes=3, per_class=12, val_fraction=0.25)
     edgetl = [sys.executable, "-m", "edgetl"]
     run_quiet(
-        *edgetl,
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(work / "run"),
-        "--frozen-epochs",
-        "1",
-        "--epochs",
-        "0",
-        "--no-hflip",
-        "--device",
-        "cpu",
-        "--image-size",
-        str(size),
-        "--json",
-    )
+        *edgetl, "train", "--data", str(data), "--out", str(work / "run"), "--frozen-epochs", "1",
+        "--epochs", "0", "--no-hflip", "--device", "cpu", "--image-size", str(size), "--json",
+    )  # fmt: skip
     run_quiet(*edgetl, "export", str(work / "run"), "--json")
     run_quiet(
-        *edgetl,
-        "quantize",
-        str(work / "run"),
-        "--method",
-        "minmax",
-        "--num-calibration",
-        "12",
-        "--allow-drop",
-        "--json",
-    )
+        *edgetl, "quantize", str(work / "run"), "--method", "minmax", "--num-calibration", "12",
+        "--allow-drop", "--json",
+    )  # fmt: skip
     run_quiet(*edgetl, "package", str(work / "run"), "--out", str(work / "bundle.tar.gz"), "--json")
     return work / "bundle.tar.gz", data / "val"
 
@@ -143,19 +122,11 @@ def plain_loop(bundle: Path, images: list[tuple[str, bytes]], requests: int, max
 
 
 class Served:
-    def __init__(self, bundle: Path, workers: int | None) -> None:
-        command = [
-            sys.executable,
-            "-m",
-            "edgetl_runtime.cli",
-            "serve",
-            str(bundle),
-            "--port",
-            "0",
-            "--json",
-            "--queue",
-            "64",
-        ]
+    def __init__(
+        self, bundle: Path, workers: int | None, options: tuple[str, ...] = ("--queue", "64")
+    ) -> None:
+        serve = ("serve", str(bundle), "--port", "0", "--json", *options)
+        command = [sys.executable, "-m", "edgetl_runtime.cli", *serve]
         if workers:
             command += ["--workers", str(workers)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -20,6 +20,7 @@ class Device(str, Enum):
 class ExportFormat(str, Enum):
     ONNX = "onnx"
     OPENVINO = "openvino"
+    LITERT = "litert"
 
 
 class Balance(str, Enum):
@@ -32,6 +33,7 @@ class Balance(str, Enum):
 class QuantBackend(str, Enum):
     ONNXRUNTIME = "onnxruntime"
     NNCF = "nncf"
+    LITERT = "litert"
 
 
 class PackagePrecision(str, Enum):

@@ -78,3 +78,39 @@ def text_run(tmp_path_factory, bert) -> Path:
         return run
 
     return _built(tmp_path_factory, "textrun", build)
+
+
+@pytest.fixture(scope="session")
+def litert_run(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run also as LiteRT, by the CLI: `export --format litert` (onnx2tf in its own uv
+    environment), `quantize --backend litert`; skipped where that environment cannot be made."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+    from edgetl.exporter.litert import converter_reason
+
+    reason = converter_reason()
+    if reason:
+        pytest.skip(reason)
+    run = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("litert") / "run"))
+    exported = CliRunner().invoke(main, ["export", str(run), "--format", "litert", "--json"])
+    assert exported.exit_code == 0, exported.output
+    # the re-export wrote model.onnx again: its INT8 is re-quantized so the run's lineage holds
+    onnx_int8 = [
+        "quantize",
+        str(run),
+        "--method",
+        "minmax",
+        "--num-calibration",
+        "12",
+        "--allow-drop",
+        "--json",
+    ]
+    assert CliRunner().invoke(main, onnx_int8).exit_code == 0
+    quantized = CliRunner().invoke(
+        main, ["quantize", str(run), "--backend", "litert", "--allow-drop", "--json"]
+    )
+    assert quantized.exit_code == 0, quantized.output
+    return run

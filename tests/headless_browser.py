@@ -63,6 +63,26 @@ class Browser:
                     raise BrowserError(f"{method}: {reply['error']}")
                 return reply["result"]
 
+    def attach_page(self, deadline: float) -> str:
+        """A session on the browser's first page, once it has one (before `deadline`, monotonic)."""
+        while not (
+            pages := [t for t in self.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
+        ):
+            assert time.monotonic() < deadline, "Chromium opened no page"
+            time.sleep(0.2)
+        target = {"targetId": pages[0]["targetId"], "flatten": True}
+        return self.call("Target.attachToTarget", target)["sessionId"]
+
+    def wait_loaded(self, session: str, url: str, deadline: float) -> None:
+        """Until `url` has loaded (the first document is about:blank: evaluate only in the page)."""
+        loaded = {"expression": "location.href + ' ' + document.readyState", "returnByValue": True}
+        while True:
+            with contextlib.suppress(BrowserError):
+                if self.call("Runtime.evaluate", loaded, session)["result"]["value"] == f"{url} complete":
+                    return
+            assert time.monotonic() < deadline, f"{url} did not load in time"
+            time.sleep(0.2)
+
     def close(self) -> None:
         with contextlib.suppress(OSError, AssertionError, BrowserError):
             self.call("Browser.close", timeout=10)

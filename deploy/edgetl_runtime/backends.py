@@ -18,7 +18,8 @@ from typing import Protocol
 import numpy as np
 
 from .errors import BackendUnavailable
-from .modelinfo import is_quantized_file
+from .litert import LiteRtSession, litert_reason
+from .modelfile import LITERT, ONNX, OPENVINO, is_int8
 from .timing import physical_cores
 
 
@@ -31,6 +32,7 @@ class BackendName(str, Enum):
     ORT_OPENVINO = "onnxruntime-openvino"
     OPENVINO_CPU = "openvino-cpu"
     OPENVINO_GPU = "openvino-gpu"
+    LITERT_CPU = "litert-cpu"
 
     def __str__(self) -> str:  # the name in messages on every Python (3.11 changed a mixin's format)
         return self.value
@@ -54,7 +56,7 @@ class Backend:
     device: str  # "cpu" or "gpu": where the work runs, so callers can synchronise or pick precisions
     check: Callable[[], str | None]  # None when usable here, else the reason it is not
     load: Callable[..., Session]  # (path, threads, exact=False)
-    formats: tuple[str, ...] = (".onnx",)
+    formats: tuple[str, ...] = (ONNX.suffix,)  # the suffixes of modelfile.FORMATS it loads
 
 
 def _cuda_device_reason() -> str | None:
@@ -134,7 +136,7 @@ def tensorrt_options(path: Path, exact: bool) -> tuple[dict[str, object], str]:
     """
     cache = tensorrt_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    int8 = is_quantized_file(path)
+    int8 = is_int8(path)
     options = {
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache),
@@ -246,46 +248,51 @@ def _cuda_reason() -> str | None:
     return _ort_provider_reason("CUDAExecutionProvider", "onnxruntime-gpu") or _cuda_device_reason()
 
 
+def _ort_backend(name: BackendName, device: str, provider: str, check: Callable[[], str | None]) -> Backend:
+    return Backend(name, device, check, lambda p, t, exact=False: OrtSession(p, t, provider, name))
+
+
+def _openvino_backend(name: BackendName, device: str) -> Backend:
+    """OpenVINO's own runtime on its `device` ("CPU", "GPU"): it reads ONNX and its IR."""
+    return Backend(
+        name,
+        device.lower(),
+        lambda: _openvino_reason(device),
+        lambda p, t, exact=False: OpenVinoSession(p, t, device, name, exact),
+        (ONNX.suffix, OPENVINO.suffix),
+    )
+
+
 BACKENDS: dict[BackendName, Backend] = {
     b.name: b
     for b in (
-        Backend(
+        _ort_backend(
             BackendName.ORT_CPU,
             "cpu",
+            "CPUExecutionProvider",
             lambda: _ort_provider_reason("CPUExecutionProvider", "onnxruntime"),
-            lambda p, t, exact=False: OrtSession(p, t, "CPUExecutionProvider", BackendName.ORT_CPU),
         ),
-        Backend(
-            BackendName.ORT_CUDA,
-            "gpu",
-            _cuda_reason,
-            lambda p, t, exact=False: OrtSession(p, t, "CUDAExecutionProvider", BackendName.ORT_CUDA),
-        ),
+        _ort_backend(BackendName.ORT_CUDA, "gpu", "CUDAExecutionProvider", _cuda_reason),
         Backend(
             BackendName.ORT_TENSORRT,
             "gpu",
             _tensorrt_reason,
             lambda p, t, exact=False: _load_tensorrt(p, t, exact),
         ),
-        Backend(
+        _ort_backend(
             BackendName.ORT_OPENVINO,
             "cpu",
+            "OpenVINOExecutionProvider",
             lambda: _ort_provider_reason("OpenVINOExecutionProvider", "onnxruntime-openvino"),
-            lambda p, t, exact=False: OrtSession(p, t, "OpenVINOExecutionProvider", BackendName.ORT_OPENVINO),
         ),
+        _openvino_backend(BackendName.OPENVINO_CPU, "CPU"),
+        _openvino_backend(BackendName.OPENVINO_GPU, "GPU"),
         Backend(
-            BackendName.OPENVINO_CPU,
+            BackendName.LITERT_CPU,
             "cpu",
-            lambda: _openvino_reason("CPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "CPU", BackendName.OPENVINO_CPU, exact),
-            (".onnx", ".xml"),
-        ),
-        Backend(
-            BackendName.OPENVINO_GPU,
-            "gpu",
-            lambda: _openvino_reason("GPU"),
-            lambda p, t, exact=False: OpenVinoSession(p, t, "GPU", BackendName.OPENVINO_GPU, exact),
-            (".onnx", ".xml"),
+            litert_reason,
+            lambda p, t, exact=False: LiteRtSession(p, t, BackendName.LITERT_CPU),
+            (LITERT.suffix,),
         ),
     )
 }

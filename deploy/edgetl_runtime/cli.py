@@ -15,30 +15,19 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import EXIT_CODES_HELP, EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, EdgetlError
+from .cli_options import (
+    EPILOG,
+    add_bench_options,
+    add_info_options,
+    add_predict_options,
+    add_serve_options,
+)
+from .errors import EXIT_ERROR, EXIT_PARTIAL, EXIT_USAGE, EdgetlError
 from .fileio import print_json, report_crash, report_error
-from .modelinfo import Precision
 
 EXIT_SOME_INPUTS_FAILED = EXIT_PARTIAL
 MAX_TIMED_S = 3600.0  # bench --warmup-s / --min-s: an hour; larger values are typos, not plans
 POOL = 4  # distinct random inputs bench cycles through
-
-EPILOG = (
-    """\
-examples:
-  edgetl-run predict bundle.tar.gz photo.jpg images/ --top-k 3
-  edgetl-run predict bundle/ images/ --json
-  edgetl-run info bundle.tar.gz
-  edgetl-run bench bundle.tar.gz --backend onnxruntime-cpu --batch-size 1
-  edgetl-run predict bundle.tar.gz images/ --trust release.pub   # refuse unsigned/foreign bundles
-  edgetl-run predict model.onnx photo.jpg       # a single model file with edgetl metadata
-  edgetl-run serve bundle.tar.gz --port 8080    # HTTP API + page on localhost (pip install edgetl-runtime[serve])
-
-trusted keys: --trust KEY.pub (repeatable; a file may hold several keys) or EDGETL_TRUSTED_KEYS=a.pub:b.pub
-"""
-    + EXIT_CODES_HELP
-    + "\n"
-)
 
 
 class _UsageError(EdgetlError):
@@ -68,11 +57,16 @@ def _expand(predictor, arguments: Sequence[str], lines: Sequence[Path]) -> list:
     for text anything that is not a path is the text itself), then the lines of --lines files and of
     stdin ("-")."""
     from .inputs import TextInput
+    from .modality import Modality
+    from .preprocess import EncodedImage
 
     items: list = []
     for argument in arguments:
-        if argument == "-":
+        if argument == "-" and predictor.modality is Modality.TEXT:
             items += _lines(sys.stdin.read(), "stdin")
+            continue
+        if argument == "-":  # an image model reads one image's bytes
+            items.append(EncodedImage("stdin", sys.stdin.buffer.read()))
             continue
         found = predictor.kind.from_argument(argument)
         if not found and Path(argument).is_dir():
@@ -88,7 +82,11 @@ def _expand(predictor, arguments: Sequence[str], lines: Sequence[Path]) -> list:
 def _lines(text: str, source: str) -> list:
     from .inputs import TextInput
 
-    return [TextInput(f"{source}:{n}", line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    # lines end at "\n" (and "\r\n"): str.splitlines() would also cut a text at U+2028 or U+0085
+    lines = text.split("\n")
+    return [
+        TextInput(f"{source}:{n}", line.removesuffix("\r")) for n, line in enumerate(lines, 1) if line.strip()
+    ]
 
 
 def _is_model_file(path: Path) -> bool:
@@ -289,41 +287,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "bundle",
-        type=Path,
-        help="bundle folder or .tar.gz from `edgetl package`, or an .onnx with edgetl metadata",
-    )
-    p.add_argument(
-        "--backend", default="auto", help="inference backend (default: auto), e.g. onnxruntime-cpu"
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", *(p.value for p in Precision)],
-        help="model file to use",
-    )
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the backend's)")
-    _bundle_options(p)
-
-
-def _bundle_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--trust",
-        action="append",
-        metavar="KEY.pub",
-        help="public key(s) a bundle must be signed with (else EDGETL_TRUSTED_KEYS; none: signatures unchecked)",
-    )
-    p.add_argument(
-        "--max-bundle-mb",
-        type=int,
-        default=2048,
-        help="largest bundle an archive may unpack to, in MiB (default 2048)",
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgetl-run",
@@ -337,73 +300,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     predict = sub.add_parser("predict", help="classify images or texts (files, folders, lines, stdin)")
-    _model_options(predict)
-    predict.add_argument(
-        "images",
-        nargs="*",
-        metavar="INPUT",
-        help="image files and/or folders; for a text model also texts themselves, .txt files, "
-        "folders of .txt files, and - (stdin, one text per line)",
-    )
-    predict.add_argument(
-        "--lines",
-        action="append",
-        type=Path,
-        default=[],
-        metavar="FILE",
-        help="text models: a file holding one text per line (repeatable)",
-    )
-    predict.add_argument("--top-k", type=int, default=5, help="classes to list per image (default 5)")
-    predict.add_argument("--batch-size", type=int, default=None, help="images per model call (default 8)")
-    predict.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="largest image (width x height) to decode; larger ones are per-file errors (default 89478485)",
-    )
+    add_predict_options(predict)
     predict.set_defaults(run=cmd_predict)
 
     info = sub.add_parser("info", help="verify a bundle and describe it")
-    info.add_argument("bundle", type=Path, help="bundle folder or .tar.gz, or an .onnx with edgetl metadata")
-    _bundle_options(info)
+    add_info_options(info)
     info.set_defaults(run=cmd_info)
 
     bench = sub.add_parser("bench", help="time the model here (the method of `edgetl benchmark`)")
-    _model_options(bench)
-    bench.add_argument("--batch-size", type=int, default=1, help="batch size to time (default 1)")
-    bench.add_argument("--warmup-s", type=float, default=1.0, help="untimed warm-up seconds (default 1)")
-    bench.add_argument("--min-s", type=float, default=3.0, help="minimum timed seconds (default 3)")
-    bench.add_argument("--min-runs", type=int, default=30, help="minimum timed runs (default 30)")
+    add_bench_options(bench)
     bench.set_defaults(run=cmd_bench)
 
     serve = sub.add_parser(
         "serve",
         help="serve the model over HTTP: POST /v1/predict, GET /v1/info, /healthz, /metrics and a page at /",
     )
-    _model_options(serve)
-    serve.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device only)"
-    )
-    serve.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0 picks a free one)")
-    serve.add_argument(
-        "--workers", type=int, default=None, help="predictions run at once, threads (default: CPUs)"
-    )
-    serve.add_argument(
-        "--queue", type=int, default=16, help="requests that may wait beyond those; more get 503 (default 16)"
-    )
-    serve.add_argument(
-        "--max-body-mb", type=int, default=16, help="largest request body in MiB; larger get 413 (default 16)"
-    )
-    serve.add_argument(
-        "--timeout-s", type=float, default=30.0, help="per-request time limit in seconds (default 30)"
-    )
-    serve.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        help="largest image (width x height) to decode; larger ones get 400 (default 89478485)",
-    )
-    serve.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    add_serve_options(serve)
     serve.set_defaults(run=cmd_serve)
     return parser
 

@@ -24,6 +24,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def list_files(folder: str | os.PathLike, suffixes) -> list[Path]:
+    """Files under `folder` (recursive) whose suffix is one of `suffixes` (any case), sorted for
+    reproducibility; hidden files and folders skipped."""
+    folder = Path(folder)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in suffixes
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import TextError
 from .modality import Modality
 from .preprocess import EncodedImage, PreprocessSpec, list_images, preprocess_image
-from .textinput import TextSpec, encode_texts, example_feed, list_texts, read_text
+from .textinput import MAX_TEXT_BYTES, TextSpec, encode_texts, example_feed, list_texts, read_text
 
 InputSpec = PreprocessSpec | TextSpec
 Feed = np.ndarray | dict[str, np.ndarray]  # one array for the single-input image models
@@ -58,7 +58,7 @@ def _load_text(item, spec: TextSpec) -> str:
     if isinstance(item, TextInput):
         item = item.text
     if isinstance(item, os.PathLike):
-        return read_text(item)[0]
+        return read_text(item, MAX_TEXT_BYTES)[0]  # as far as training reads a file
     if not isinstance(item, str):
         raise TextError(f"a text input must be a str, a TextInput or a path, got {type(item).__name__}")
     if not item.strip():

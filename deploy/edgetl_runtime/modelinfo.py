@@ -1,17 +1,15 @@
 """What a model file says about itself: labels, preprocessing, names, provenance.
 
 edgetl writes this into ONNX ``metadata_props`` (and OpenVINO ``rt_info``) under ``edgetl.*`` keys
-(modelfile.py holds the formats and reads a file's ModelInfo); this module parses it, so an exported
-file is enough to run inference.
+(modelfile.py holds the formats, reads a file's ModelInfo and tells an INT8 graph); this module parses
+it, so an exported file is enough to run inference.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from pathlib import Path
 
 from .errors import BundleError
 from .inputs import InputSpec, parse_modality, parse_spec
@@ -37,31 +35,6 @@ class Precision(str, Enum):
 
     def __str__(self) -> str:  # "int8" in messages on every Python (3.11 changed a mixin's format)
         return self.value
-
-
-# What makes a graph INT8: QDQ pairs (static and dynamic) and onnxruntime's integer kernels. The one
-# definition every stage uses (export's describe, quantize's check, the benchmark, the runtime).
-QUANTIZED_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
-QUANTIZED_OP_PREFIXES = ("QLinear", "ConvInteger", "MatMulInteger", "QGemm")
-
-
-def quantized_ops(op_types: Iterable[str]) -> tuple[str, ...]:
-    """The quantized op types among `op_types` (an ONNX graph's node op_types), sorted."""
-    return tuple(sorted({o for o in op_types if o in QUANTIZED_OPS or o.startswith(QUANTIZED_OP_PREFIXES)}))
-
-
-def graph_precision(op_types: Iterable[str], *, float16: bool = False) -> Precision:
-    """A graph's precision: INT8 when it holds quantized ops, else FP16 when its floats are half."""
-    if quantized_ops(op_types):
-        return Precision.INT8
-    return Precision.FP16 if float16 else Precision.FP32
-
-
-def is_quantized_file(path: str | Path) -> bool:
-    """graph_precision for an ONNX file without the `onnx` package (a device has onnxruntime only):
-    protobuf stores op_type strings verbatim, so the file's bytes hold the names of its ops."""
-    data = Path(path).read_bytes()
-    return any(name.encode() in data for name in (*QUANTIZED_OPS, *QUANTIZED_OP_PREFIXES))
 
 
 @dataclass(frozen=True)

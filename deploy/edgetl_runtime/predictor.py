@@ -24,6 +24,7 @@ from .modality import Modality
 from .modelfile import model_format, read_model_info
 from .preprocess import EncodedImage, ImageInput
 from .signing import TrustedKey
+from .textinput import TextSpec
 
 DEFAULT_BATCH = 8
 
@@ -84,6 +85,17 @@ def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]
     return list(images)
+
+
+def _check_tokenizer(bundled: TextSpec, model: Path) -> None:
+    """The manifest's tokenizer must be the one the model file was exported with: the manifest's own
+    checksum cannot tell, whoever rewrites the tokenizer can re-hash the manifest (signed or not)."""
+    carried = getattr(read_model_info(model).preprocess, "tokenizer_sha256", "none")
+    if carried != bundled.tokenizer_sha256:
+        raise BundleError(
+            f"{model.name}: the bundle's tokenizer (sha256 {bundled.tokenizer_sha256[:16]}) is not the one "
+            f"this model carries ({carried[:16]}); the bundle was altered, rebuild it with `edgetl package`"
+        )
 
 
 class Predictor:
@@ -156,6 +168,8 @@ class Predictor:
             manifest = bundle.manifest
             chosen = pick_backend(backend, [b for m in manifest.models for b in m.backends])
             entry = manifest.select_model(precision, chosen.name)
+            if manifest.modality is Modality.TEXT:
+                _check_tokenizer(manifest.preprocess, bundle.file(entry.path))
             session = load_session(bundle.file(entry.path), chosen.name, threads)
         return cls(
             session,

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EdgetlError, ImageError
+from .fileio import list_files
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -321,11 +322,4 @@ def preprocess_batch(sources: Sequence[ImageInput], spec: PreprocessSpec) -> np.
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files under `folder` (recursive), sorted for reproducibility; hidden files skipped."""
-    folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    return list_files(folder, IMAGE_SUFFIXES)

@@ -43,6 +43,7 @@ from edgetl.errors import EdgetlError
 from edgetl.options import MAX_ROW_S, MIN_RUNS, MIN_S, ROUNDS, WARMUP_S
 from edgetl.runfolder.folder import BenchmarkRecord, RunFolder, Step
 from edgetl_runtime.modality import Modality
+from edgetl_runtime.modelfile import LITERT
 from edgetl_runtime.modelinfo import Precision
 from edgetl_runtime.preprocess import PreprocessSpec, list_images, preprocess_image
 from edgetl_runtime.timing import (
@@ -90,6 +91,8 @@ def _input_pools(
 def _resolve_run(run: Path) -> tuple[list[Path], Path | None, list[Path]]:
     folder = RunFolder(run)
     models, checkpoint = folder.onnx_models(), folder.checkpoint()
+    # a run exported with --format litert is timed in that format too, beside its ONNX models
+    models += [p for p in map(folder.model_file, ("fp32", "int8"), [LITERT.suffix] * 2) if p.is_file()]
     if not models and checkpoint is None:
         raise EdgetlError(
             f"{run}: no model.onnx, model.int8.onnx or checkpoint; run `edgetl export {run}` first"
@@ -284,12 +287,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
         if backend.source == Source.CHECKPOINT and checkpoint is None:
             for b in batches:
                 rows[(name, "", b)] = BenchRow(
-                    name,
-                    "-",
-                    Precision.FP32,
-                    b,
-                    Status.SKIPPED,
-                    "no checkpoint: give a run folder or checkpoint=",
+                    backend=name,
+                    model="-",
+                    precision=Precision.FP32,
+                    batch=b,
+                    status=Status.SKIPPED,
+                    reason="no checkpoint: give a run folder or checkpoint=",
                 )
             continue
         reason = backend.check()
@@ -297,12 +300,12 @@ def _plan(names, models, checkpoint, batches, threads, image_paths, images_requi
             status, why = _applicability(backend, model, reason)
             for b in batches:
                 rows[(name, str(model.path), b)] = BenchRow(
-                    name,
-                    model.path.name,
-                    model.precision,
-                    b,
-                    status,
-                    why,
+                    backend=name,
+                    model=model.path.name,
+                    precision=model.precision,
+                    batch=b,
+                    status=status,
+                    reason=why,
                     model_path=str(model.path),
                     device=backend.device,
                     macs=model.macs,

@@ -1,63 +1,16 @@
-"""Benchmark results: one row per (backend, model, batch) with its status, the report that holds them
-(saved as RUN/benchmark.json through the run folder) and its plot."""
+"""Benchmark results: the report that holds one row per (backend, model, batch) with its status (the
+rows are benchmark.json's own record type, runfolder.records.BenchRow) and its plot."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgetl.console import quiet_third_party
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.records import BenchRow, Status
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
-
-
-class Status(str, Enum):
-    OK = "ok"
-    UNAVAILABLE = "unavailable"  # not installed or no device here; the reason says which
-    FAILED = "failed"  # tried and raised; the error is kept
-    SKIPPED = "skipped"  # does not apply (wrong file type, FP16 on CPU, no checkpoint)
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    backend: str
-    model: str  # file name; model_path has the full path
-    precision: str
-    batch: int
-    status: Status
-    reason: str = ""  # why unavailable / skipped, or the error of a failed row
-    model_path: str = ""
-    device: str = ""
-    threads: int | None = None  # effective CPU threads of the backend
-    # What the backend computes in: "model" = the file's own types; OpenVINO runs FP32 files in bf16
-    # on CPUs with bf16 support unless told otherwise, and a row must say so.
-    execution_precision: str | None = None
-    p50_ms: float | None = None
-    p90_ms: float | None = None
-    p99_ms: float | None = None
-    mean_ms: float | None = None
-    std_ms: float | None = None
-    min_ms: float | None = None
-    cv: float | None = None
-    runs: int = 0
-    throughput: float | None = None  # images/s
-    macs: int | None = None  # per image
-    gops: float | None = None  # achieved: 2 * MACs * throughput / 1e9
-    peak_rss_mb: float | None = None  # of the backend's own worker process
-    rss_before_load_mb: float | None = None  # the same process before the session existed
-    model_size_mb: float | None = None
-    load_s: float | None = None  # session creation (compilation included)
-    attempts: int = 0
-    attempt_p50_ms: tuple[float, ...] = ()  # every attempt's p50, the kept one included
-    noisy: bool = False
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status.value
-        d["attempt_p50_ms"] = list(self.attempt_p50_ms)
-        return d
 
 
 @dataclass(frozen=True)

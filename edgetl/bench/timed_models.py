@@ -8,15 +8,15 @@ from pathlib import Path
 from edgetl.bench.worker import TimedModel
 from edgetl.console import warn
 from edgetl.errors import EdgetlError
-from edgetl_runtime.modelfile import FORMATS, OPENVINO, read_model_info
-from edgetl_runtime.modelinfo import MetadataMissing, Precision, graph_precision
+from edgetl_runtime.modelfile import FORMATS, LITERT, OPENVINO, graph_precision, model_files, read_model_info
+from edgetl_runtime.modelinfo import MetadataMissing, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
 
 def model_size_mb(path: Path) -> float:
     # weights may sit beside the graph: OpenVINO's .bin, torch.onnx's external data file
-    fmt = FORMATS.get(path.suffix)  # a checkpoint (the pytorch rows) is one file
-    parts = [*(fmt.files(path) if fmt else (path,)), path.with_name(path.name + ".data")]
+    # a checkpoint (the pytorch rows) is one file
+    parts = [*model_files(path), path.with_name(path.name + ".data")]
     return sum(p.stat().st_size for p in parts if p.is_file()) / 2**20
 
 
@@ -31,7 +31,7 @@ def read_graph_precision(model) -> Precision:
 def describe_model(path: Path) -> TimedModel:
     if not path.is_file():
         raise EdgetlError(f"{path}: no such model file; give ONNX files or a run folder")
-    if FORMATS.get(path.suffix.lower()) is OPENVINO:
+    if FORMATS.get(path.suffix.lower()) in (OPENVINO, LITERT):
         return describe_ir(path)
     import onnx
 
@@ -60,6 +60,7 @@ def describe_model(path: Path) -> TimedModel:
 
 
 def describe_ir(path: Path) -> TimedModel:
+    """An OpenVINO IR or a .tflite: what its metadata says (no MAC count)."""
     try:
         info = read_model_info(path)
         precision, spec = info.precision, info.preprocess

@@ -24,6 +24,7 @@ MODEL_BACKENDS: dict[Precision, tuple[BackendName, ...]] = {
         BackendName.ORT_OPENVINO,
         BackendName.OPENVINO_CPU,
         BackendName.ORT_TENSORRT,
+        BackendName.LITERT_CPU,
     ),
     Precision.FP32: (
         BackendName.ORT_CPU,
@@ -32,6 +33,7 @@ MODEL_BACKENDS: dict[Precision, tuple[BackendName, ...]] = {
         BackendName.OPENVINO_CPU,
         BackendName.OPENVINO_GPU,
         BackendName.ORT_TENSORRT,
+        BackendName.LITERT_CPU,
     ),
 }
 WANTED = {

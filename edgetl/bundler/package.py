@@ -1,7 +1,7 @@
 """Package a run for a device: model file(s), manifest.json, labels.txt and a README, as a folder or
 a byte-reproducible .tar.gz that `edgetl-runtime` verifies and runs without PyTorch.
 
-Everything comes from the run folder: the models (bundle_models.py: model.onnx and model.int8.onnx, or
+Everything comes from the run folder: the models (model_files.py: model.onnx and model.int8.onnx, or
 with `format="openvino"` the IRs model.xml/.bin and model.int8.xml/.bin), quantize.json, benchmark.json,
 splits.json, the checkpoint; what is missing is left out of the manifest rather than guessed.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -18,33 +17,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgetl.bundler.model_files import MODEL_BACKENDS, choose_models, copy_model, tensor_specs
+from edgetl.bundler.readme import render_readme
+from edgetl.bundler.run_summary import (
+    DatasetSummary,
+    read_git_commit,
+    summarize_benchmark,
+    summarize_dataset,
+    summarize_quantization,
+)
 from edgetl.errors import BundleError, EdgetlError
 from edgetl.options import ExportFormat, PackagePrecision, choices
-from edgetl.runfolder.folder import TMP_PREFIX, Kind, RunFolder, Step, dataset_fingerprint
+from edgetl.runfolder.folder import TMP_PREFIX, Kind, RunFolder, Step
 from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.bundle import bundle_sha256, is_archive, verify_bundle, write_archive
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.manifest import LABELS, MANIFEST, README, FileEntry, Manifest
-from edgetl_runtime.modelfile import BY_NAME, model_format, read_model_info
+from edgetl_runtime.modelfile import BY_NAME, model_files, model_format, read_model_info
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.signing import load_private_key, sign_manifest
 from edgetl_runtime.timing import installed_versions
 
-# The benchmark row fields worth carrying to the device; the full report stays in the run.
-BENCH_FIELDS = (
-    "backend",
-    "model",
-    "precision",
-    "batch",
-    "device",
-    "threads",
-    "p50_ms",
-    "p90_ms",
-    "p99_ms",
-    "throughput",
-    "peak_rss_mb",
-    "model_size_mb",
-)
 VERSIONED = ("edgetl", "edgetl-runtime", "torch", "onnx", "onnxruntime")
 
 
@@ -57,6 +49,7 @@ class Bundle:
     archive: bool
     sha256: str  # of the archive, or of the folder's manifest.json (which pins every file)
     size_bytes: int
+    dataset: DatasetSummary | None = None  # the manifest's provenance["dataset"]
 
     @property
     def artifact(self) -> Path:
@@ -75,7 +68,7 @@ class Bundle:
             "labels": list(m.labels),
             "models": [e.to_dict() for e in m.models],
             "metrics": m.metrics,
-            "dataset_fingerprint": (m.provenance.get("dataset") or {}).get("fingerprint"),
+            "dataset_fingerprint": self.dataset.fingerprint if self.dataset else None,
         }
 
 
@@ -95,78 +88,6 @@ def _check_consistent(
     return first
 
 
-def _quantization(run: Path, info: ModelInfo | None, int8: Path | None) -> tuple[dict, dict]:
-    """(quantization settings, accuracy metrics) from the INT8 model's metadata and quantize.json."""
-    record = RunFolder(run).load_quantization()
-    settings = dict(info.quantization) if info is not None else {}
-    metrics: dict = {}
-    if record is None or (int8 is not None and Path(record.int8_model).name != int8.name):
-        # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
-        return settings, metrics
-    metrics = {
-        "fp32_accuracy": record.fp32_accuracy,
-        "int8_accuracy": record.int8_accuracy,
-        "accuracy_drop": record.accuracy_drop,
-        "agreement": record.agreement,
-        "eval_images": record.eval_images,
-    }
-    if info is None:
-        return settings, metrics
-    settings |= {
-        "backend": record.backend,
-        "method": record.method,
-        "num_calibration": record.num_calibration,
-        "max_drop": record.max_drop,
-    }
-    calibration = record.calibration_manifest
-    if calibration and Path(calibration).is_file():
-        settings["calibration_manifest"] = Path(calibration).name
-        settings["calibration_manifest_sha256"] = sha256_file(calibration)
-    return settings, metrics
-
-
-def _benchmark_summary(run: Path) -> dict | None:
-    record = RunFolder(run).load_benchmark()
-    if record is None:
-        return None
-    # fields a row has no value for (an older record, a GPU row's threads) are left out, not null
-    rows = [
-        {k: getattr(r, k) for k in BENCH_FIELDS if getattr(r, k) not in (None, "")}
-        for r in record.rows
-        if r.ok
-    ]
-    return {"rows": rows, "environment": record.environment}
-
-
-def _dataset(run: RunFolder) -> dict | None:
-    """The split's fingerprint as train recorded it (recomputed for runs made before it was recorded)."""
-    if not run.splits.is_file():
-        return None
-    splits = run.load_splits()
-    missing = sum(not Path(p).is_file() for p, _ in (*splits.train, *splits.val))
-    return {
-        "fingerprint": splits.fingerprint or dataset_fingerprint(splits),
-        "train_images": len(splits.train),
-        "val_images": len(splits.val),
-        "missing_images": missing,
-    }
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (done.stdout.strip() or None) if done.returncode == 0 else None
-
-
 def _creation_epoch(sources: list[Path]) -> int:
     """SOURCE_DATE_EPOCH when set, else the newest input's mtime: never now(), so rebuilds match."""
     value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
@@ -181,56 +102,13 @@ def _creation_epoch(sources: list[Path]) -> int:
     return max(int(p.stat().st_mtime) for p in sources)
 
 
-def _readme(
-    manifest_name: str, labels: tuple[str, ...], info: ModelInfo, models: list[FileEntry], form: ExportFormat
-) -> str:
-    files = "\n".join(f"- `{m.path}`: {m.precision.value}, for {', '.join(m.backends)}" for m in models)
-    return f"""# {manifest_name}: an edgetl deploy bundle
-
-{info.modality.value.capitalize()} classifier ({info.backbone}), {len(labels)} classes: {", ".join(labels)}.
-
-{files}
-
-Input ({info.modality.value}): {info.preprocess.describe()}.
-The runtime does this for you from `manifest.json`.
-
-## Install on the device (Linux x86_64/aarch64, macOS, Windows; Python >= 3.10)
-
-    {BY_NAME[form.value].install}
-
-## Run
-
-    edgetl-run info BUNDLE
-    edgetl-run predict BUNDLE photo.jpg photos/ --top-k 3 [--json]
-    edgetl-run bench BUNDLE
-
-    from edgetl_runtime import Predictor
-    predictor = Predictor.from_bundle("BUNDLE")     # this folder or its .tar.gz
-    for r in predictor.predict(["photo.jpg"]):
-        print(r.source, r.label, r.score)
-
-Every file is checked against the sha256 in `manifest.json` on load: a modified bundle is refused.
-
-## NVIDIA GPUs
-
-x86_64 server: `pip install edgetl-runtime onnxruntime-gpu` (needs the CUDA 12 and cuDNN 9 libraries
-onnxruntime-gpu is built for), then `edgetl-run predict BUNDLE photos/ --backend onnxruntime-cuda`.
-For TensorRT add `pip install tensorrt-cu12-libs` (or a system TensorRT) and use
-`--backend onnxruntime-tensorrt`.
-
-Jetson: install the onnxruntime-gpu wheel built for your JetPack (Jetson Zoo / NVIDIA's Jetson wheel
-index), then `pip install --no-deps edgetl-runtime`; JetPack itself ships CUDA, cuDNN and TensorRT.
-
-`onnxruntime-tensorrt` builds a TensorRT engine on the first run (FP16 kernels; INT8 where the INT8
-model has its QDQ nodes) and keeps it in `~/.cache/edgetl-runtime/tensorrt` (`EDGETL_TRT_CACHE`
-moves it); later runs load it instead of building. The first-run build time is not measured by
-edgetl (it depends on the model, the GPU and TensorRT's tactic search): build it once before
-serving, e.g. `edgetl-run bench BUNDLE --backend onnxruntime-tensorrt`.
-"""
-
-
 def _write_staging(
-    run: Path, staging: Path, precision: PackagePrecision | None, name: str, form: ExportFormat
+    run: Path,
+    staging: Path,
+    precision: PackagePrecision | None,
+    name: str,
+    form: ExportFormat,
+    dataset: DatasetSummary | None,
 ) -> tuple[Manifest, int]:
     """Write the bundle's files into the empty folder `staging`; returns the manifest and its epoch."""
     from edgetl.backbones.checkpoint import read_checkpoint_info
@@ -248,7 +126,7 @@ def _write_staging(
         )
     (input_spec, output_spec) = specs.pop()
     int8 = next((path for p, path, _ in chosen if p is Precision.INT8), None)
-    quantization, metrics = _quantization(run, infos.get(int8), int8)
+    quantization, metrics = summarize_quantization(run, infos.get(int8), int8)
     if ckpt_info is not None and ckpt_info.metrics:
         metrics["train"] = ckpt_info.metrics
     epoch = _creation_epoch([path for _, path, _ in chosen] + ([checkpoint] if checkpoint else []))
@@ -261,7 +139,7 @@ def _write_staging(
         # an IR's .bin is pinned like any bundle file, so a changed weight byte is refused on load
         companions += [f.name for f in fmt.files(target)[1:]]
     (staging / LABELS).write_text("".join(f"{label}\n" for label in info.labels), encoding="utf-8")
-    (staging / README).write_text(_readme(name, info.labels, info, models, form), encoding="utf-8")
+    (staging / README).write_text(render_readme(name, info.labels, info, models, form), encoding="utf-8")
     files = [
         FileEntry(f, sha256_file(staging / f), (staging / f).stat().st_size)
         for f in (*companions, LABELS, README)
@@ -279,12 +157,12 @@ def _write_staging(
         created=datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         quantization=quantization,
         metrics=metrics,
-        benchmark=_benchmark_summary(run),
+        benchmark=summarize_benchmark(run),
         provenance={
             "backbone": info.backbone,
             "versions": installed_versions(VERSIONED),
-            "git_commit": _git_commit(),
-            "dataset": _dataset(RunFolder(run)),
+            "git_commit": read_git_commit(),
+            "dataset": dataset.to_dict() if dataset else None,
             "recipe": ckpt_info.recipe if ckpt_info else None,
             "checkpoint_sha256": sha256_file(checkpoint) if checkpoint else None,
             # each model's own source: the checkpoint for FP32, the FP32 model for INT8 (run lineage)
@@ -385,11 +263,12 @@ def build_bundle(
     folder = RunFolder(run)
     with folder.lock("package", read_only_ok=True):
         folder.check_for(Step.PACKAGE)
+        dataset = summarize_dataset(folder)
         staging = Path(
             tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{out.name}.", dir=None if archive else out.parent)
         )
         try:
-            manifest, epoch = _write_staging(run, staging, precision, name, form)
+            manifest, epoch = _write_staging(run, staging, precision, name, form, dataset)
             if signing_key is not None:
                 sign_manifest(staging, signing_key, epoch)
             if archive:
@@ -399,7 +278,7 @@ def build_bundle(
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     size = out.stat().st_size if archive else sum(p.stat().st_size for p in out.iterdir())
-    return Bundle(out, manifest, archive, bundle_sha256(out), size)
+    return Bundle(out, manifest, archive, bundle_sha256(out), size, dataset)
 
 
 def build_bundle_from_models(
@@ -417,7 +296,7 @@ def build_bundle_from_models(
     for OpenVINO IRs; mtimes kept, so the archive is as reproducible as a run's) and packaged like one.
     """
     paths = [Path(m) for m in models]
-    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[*paths, *(p.with_suffix(".bin") for p in paths)])
+    check_outputs([("--out", out, Kind.BUNDLE)], inputs=[f for p in paths for f in model_files(p)])
     chosen: dict[Precision, Path] = {}
     for path in paths:
         if not path.is_file():

@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
         run_group(super().main, args, **kwargs)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="edgetl")
 @click.option(
     "--max-pixels",

@@ -5,7 +5,7 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import FiniteFloat, handle_errors, json_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_option
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.folder import Kind
 from edgetl.runfolder.outputs import check_outputs
@@ -31,58 +31,39 @@ def _ms(value: float | None) -> str:
 @click.command()
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--backend", "backends", multiple=True, help="Backend to measure (repeatable; default: all).")
-@click.option("--batch", "batch", default="1", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--batch", "batch", default="1", help="Batch sizes, comma-separated.")
 @click.option(
     "--threads",
     type=click.IntRange(1, 4096),
     help="CPU threads per backend (default: each library's own default).",
 )
 @click.option(
-    "--warmup-s",
-    type=FiniteFloat(0, opt.MAX_ROW_S),
-    default=opt.WARMUP_S,
-    show_default=True,
-    help="Warm-up time per row.",
+    "--warmup-s", type=FiniteFloat(0, opt.MAX_ROW_S), default=opt.WARMUP_S, help="Warm-up time per row."
 )
 @click.option(
-    "--min-s",
-    type=FiniteFloat(0, opt.MAX_ROW_S),
-    default=opt.MIN_S,
-    show_default=True,
-    help="Minimum timed seconds per row.",
+    "--min-s", type=FiniteFloat(0, opt.MAX_ROW_S), default=opt.MIN_S, help="Minimum timed seconds per row."
 )
 @click.option(
-    "--min-runs",
-    type=click.IntRange(1, 10**7),
-    default=opt.MIN_RUNS,
-    show_default=True,
-    help="Minimum timed calls per row.",
+    "--min-runs", type=click.IntRange(1, 10**7), default=opt.MIN_RUNS, help="Minimum timed calls per row."
 )
 @click.option(
     "--rounds",
     type=click.IntRange(1, 1000),
     default=opt.ROUNDS,
-    show_default=True,
     help="Interleaved rounds the time is split into.",
 )
-@click.option("--images", type=click.Path(path_type=Path), help="Folder of images for the input pool.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Checkpoint for the pytorch baseline.")
-@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG bar chart of p50 (p90 whiskers).")
+@path_option("--images", help="Folder of images for the input pool.")
+@path_option("--checkpoint", help="Checkpoint for the pytorch baseline.")
+@path_option("--plot", help="Write a PNG bar chart of p50 (p90 whiskers).")
 @json_option
 @handle_errors
 def benchmark(
     models: tuple[Path, ...],
     backends: tuple[str, ...],
     batch: str,
-    threads: int | None,
-    warmup_s: float,
-    min_s: float,
-    min_runs: int,
-    rounds: int,
-    images: Path | None,
-    checkpoint: Path | None,
     plot: Path | None,
     as_json: bool,
+    **options,
 ) -> None:
     """Latency and throughput of models on every backend (p50/p90/p99, images/s, GOPS, memory).
 
@@ -99,20 +80,10 @@ def benchmark(
     from edgetl.console import log, print_json
 
     if plot is not None:
-        check_outputs([("--plot", plot, Kind.PLOT)], inputs=[*models, checkpoint], image_folders=[images])
+        inputs = [*models, options["checkpoint"]]
+        check_outputs([("--plot", plot, Kind.PLOT)], inputs=inputs, image_folders=[options["images"]])
         check_writable(plot, "--plot")
-    report = run_benchmark(
-        list(models),
-        backends=backends or None,
-        batches=_parse_batches(batch),
-        threads=threads,
-        warmup_s=warmup_s,
-        min_s=min_s,
-        min_runs=min_runs,
-        rounds=rounds,
-        checkpoint=checkpoint,
-        images=images,
-    )
+    report = run_benchmark(list(models), backends=backends or None, batches=_parse_batches(batch), **options)
     if plot is not None:
         plot_report(report, plot)
         log(f"plot written to {plot}")

@@ -10,6 +10,7 @@ import functools
 import math
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import click
 
@@ -35,11 +36,7 @@ class FiniteFloat(click.FloatRange):
 
 
 seed_option = click.option(
-    "--seed",
-    type=click.IntRange(0, MAX_SEED),
-    default=0,
-    show_default=True,
-    help="Random seed (0 .. 2**32-1).",
+    "--seed", type=click.IntRange(0, MAX_SEED), default=0, help="Random seed (0 .. 2**32-1)."
 )
 
 
@@ -91,3 +88,8 @@ def run_group(group_main: Callable, args: Sequence[str] | None, **kwargs) -> Non
     except Exception as e:
         sys.exit(report_crash(e, as_json=as_json, tool="edgetl"))
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def path_option(*decls: str, exists: bool = False, **kwargs) -> Callable:
+    """An option naming a file or folder, handed to the command as a Path (`exists`: click checks it)."""
+    return click.option(*decls, type=click.Path(exists=exists, path_type=Path), **kwargs)

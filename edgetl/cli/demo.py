@@ -4,17 +4,11 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option, seed_option
+from edgetl.cli.common import handle_errors, json_option, path_option, seed_option
 
 
 @click.command()
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("edgetl-demo"),
-    show_default=True,
-    help="Folder for the dataset and every artifact.",
-)
+@path_option("--out", default=Path("edgetl-demo"), help="Folder for the dataset and every artifact.")
 @seed_option
 @click.option(
     "--text",

@@ -4,16 +4,13 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import handle_errors, json_option, path_option
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "--labels",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Text file, one class name per line, in the order of the model's outputs.",
+@path_option(
+    "--labels", required=True, help="Text file, one class name per line, in the order of the model's outputs."
 )
 @click.option(
     "--preprocess",
@@ -21,13 +18,11 @@ from edgetl.cli.common import handle_errors, json_option
     help="Preset (imagenet: bilinear + ImageNet mean/std; inception: bicubic + mean/std 0.5) or a JSON "
     "file with keys crop, resize, interpolation, mean, std, layout.",
 )
-@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="The described copy.")
+@path_option("--out", "out_path", required=True, help="The described copy.")
 @click.option("--name", default=None, help="Model name in the metadata [default: the file's stem].")
 @json_option
 @handle_errors
-def describe(
-    model: Path, labels: Path, preprocess: str, out_path: Path, name: str | None, as_json: bool
-) -> None:
+def describe(model: Path, out_path: Path, as_json: bool, **options) -> None:
     """Make an ONNX model from elsewhere usable by edgetl: labels and preprocessing into a copy.
 
     Then quantize, benchmark, package and `edgetl-run` take the copy like edgetl's own export.
@@ -40,7 +35,7 @@ def describe(
     from edgetl.api import describe as describe_model
     from edgetl.console import out, print_json
 
-    result = describe_model(model, out_path, labels=labels, preprocess=preprocess, name=name)
+    result = describe_model(model, out_path, **options)
     if as_json:
         print_json(result.to_dict())
         return

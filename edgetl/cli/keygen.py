@@ -4,15 +4,14 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import handle_errors, json_option, path_option
 
 
 @click.command()
-@click.option(
+@path_option(
     "--out",
     "out_path",
     required=True,
-    type=click.Path(path_type=Path),
     help="Private key file to write; the public key goes to OUT.pub. Neither is ever overwritten.",
 )
 @json_option

@@ -5,17 +5,13 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import handle_errors, json_option, path_option
 
 
 @click.command()
 @click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    "out_path",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Bundle folder, or FILE.tar.gz for a byte-reproducible archive.",
+@path_option(
+    "--out", "out_path", required=True, help="Bundle folder, or FILE.tar.gz for a byte-reproducible archive."
 )
 @click.option(
     "--precision",
@@ -25,35 +21,21 @@ from edgetl.cli.common import handle_errors, json_option
 )
 @click.option(
     "--format",
-    "model_format",
     type=click.Choice(opt.choices(opt.ExportFormat)),
     default=opt.ExportFormat.ONNX.value,
-    show_default=True,
-    help="Models of a run folder to ship: ONNX, or the OpenVINO IRs (`edgetl export --format openvino`, "
-    "`edgetl quantize --backend nncf`).",
+    help="Models of a run folder to ship: ONNX, the OpenVINO IRs (`edgetl export --format openvino`, "
+    "`edgetl quantize --backend nncf`), or LiteRT (`--format litert`, `--backend litert`).",
 )
 @click.option("--name", default=None, help="Bundle name in the manifest [default: the run folder's name].")
-@click.option(
-    "--sign",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Sign the manifest with this ed25519 private key (from `edgetl keygen`).",
+@path_option(
+    "--sign", default=None, help="Sign the manifest with this ed25519 private key (from `edgetl keygen`)."
 )
 @click.option(
     "--overwrite", is_flag=True, help="Replace an existing bundle at --out (nothing else is replaced)."
 )
 @json_option
 @handle_errors
-def package(
-    sources: tuple[Path, ...],
-    out_path: Path,
-    precision: str | None,
-    model_format: str,
-    name: str | None,
-    sign: Path | None,
-    overwrite: bool,
-    as_json: bool,
-) -> None:
+def package(sources: tuple[Path, ...], out_path: Path, as_json: bool, **options) -> None:
     """Bundle a run (or model files with edgetl metadata) for a device: model(s), manifest.json,
     labels.txt, README.
 
@@ -69,15 +51,7 @@ def package(
     from edgetl.api import package as build
     from edgetl.console import out, print_json
 
-    bundle = build(
-        list(sources),
-        out_path,
-        precision=precision,
-        format=model_format,
-        name=name,
-        sign=sign,
-        overwrite=overwrite,
-    )
+    bundle = build(list(sources), out_path, **options)
     if as_json:
         print_json(bundle.to_dict())
         return

@@ -5,33 +5,28 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_option, seed_option
 
 
 @click.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
-@click.option(
+@path_option(
     "--calibration",
-    type=click.Path(exists=True, path_type=Path),
     help="Image folder (or ImageFolder) to sample from, or a manifest .json to repeat a quantization. Default for a run: its training split.",
+    exists=True,
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="INT8 model to write. Default for a run: RUN/model.int8.onnx.",
-)
-@click.option(
+@path_option("--out", help="INT8 model to write. Default for a run: RUN/model.int8.onnx.")
+@path_option(
     "--eval",
     "eval_dir",
-    type=click.Path(exists=True, path_type=Path),
     help="ImageFolder for the accuracy gate: subfolders named by label, class index, or ImageNet synset id "
     "(n01440764, 1000-class models); a flat folder measures agreement with FP32 only. Default for a run: its val split.",
+    exists=True,
 )
 @click.option(
     "--max-drop",
     type=FiniteFloat(min=0),
     default=opt.DEFAULT_MAX_DROP,
-    show_default=True,
     help="Top-1 points the INT8 model may lose. Refused only when the 95% interval of the drop lies above it; "
     "a warning when the gate images cannot tell.",
 )
@@ -39,34 +34,32 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_opti
     "--min-agreement",
     type=FiniteFloat(0, 1),
     default=opt.DEFAULT_MIN_AGREEMENT,
-    show_default=True,
     help="Share of gate images whose INT8 top-1 must equal FP32's: refused when its 95% interval lies below, "
     "a warning when the images cannot tell.",
 )
 @click.option(
     "--method",
     default=opt.DEFAULT_QUANT_METHOD,
-    show_default=True,
-    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
 )
 @click.option(
     "--backend",
     type=click.Choice(opt.choices(opt.QuantBackend)),
     default=opt.QuantBackend.ONNXRUNTIME.value,
-    show_default=True,
+    help="nncf writes an OpenVINO IR (model.int8.xml); litert a full-integer LiteRT model.int8.tflite "
+    "from the run's model.tflite (AI Edge Quantizer, static_wi8_ai8).",
 )
 @click.option(
     "--num-calibration",
     type=click.IntRange(min=1),
     default=opt.DEFAULT_NUM_CALIBRATION,
-    show_default=True,
     help="Images to sample for calibration.",
 )
 @seed_option
 @click.option(
     "--allow-drop", is_flag=True, help="Write the best INT8 model even when it fails the accuracy gate."
 )
-@click.option("--manifest", type=click.Path(path_type=Path), help="Where to write the calibration manifest.")
+@path_option("--manifest", help="Where to write the calibration manifest.")
 @click.option(
     "--qat",
     is_flag=True,
@@ -74,22 +67,7 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_opti
 )
 @json_option
 @handle_errors
-def quantize(
-    model: Path,
-    calibration: Path | None,
-    out: Path | None,
-    eval_dir: Path | None,
-    max_drop: float,
-    min_agreement: float,
-    method: str,
-    backend: str,
-    num_calibration: int,
-    seed: int,
-    allow_drop: bool,
-    manifest: Path | None,
-    qat: bool,
-    as_json: bool,
-) -> None:
+def quantize(model: Path, out: Path | None, as_json: bool, **options) -> None:
     """INT8 quantization of MODEL.onnx or a RUN folder, behind an accuracy gate.
 
     The gate measures on images that did not calibrate the model (--eval, a run's val split, or else
@@ -108,21 +86,7 @@ def quantize(
     from edgetl.console import out as console
     from edgetl.console import print_json
 
-    result = run_quantize(
-        model,
-        out,
-        calibration=calibration,
-        eval_dir=eval_dir,
-        max_drop=max_drop,
-        min_agreement=min_agreement,
-        method=method,
-        num_calibration=num_calibration,
-        seed=seed,
-        allow_drop=allow_drop,
-        backend=backend,
-        manifest=manifest,
-        qat=qat,
-    )
+    result = run_quantize(model, out, **options)
     if as_json:
         print_json(result.to_dict())
         return

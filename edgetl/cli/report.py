@@ -4,20 +4,14 @@ from pathlib import Path
 
 import click
 
-from edgetl.cli.common import handle_errors, json_option
+from edgetl.cli.common import handle_errors, json_option, path_option
 
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="HTML file to write [default: RUN/report.html].")
-@click.option("--bundle", type=click.Path(path_type=Path), help="The run's bundle when it is not inside RUN.")
-@click.option(
-    "--gallery",
-    type=click.IntRange(min=0),
-    default=24,
-    show_default=True,
-    help="Misclassified images shown at most.",
-)
+@path_option("--out", help="HTML file to write [default: RUN/report.html].")
+@path_option("--bundle", help="The run's bundle when it is not inside RUN.")
+@click.option("--gallery", type=click.IntRange(min=0), default=24, help="Misclassified images shown at most.")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in the default browser.")
 @json_option
 @handle_errors

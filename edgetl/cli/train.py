@@ -6,19 +6,16 @@ from pathlib import Path
 import click
 
 from edgetl import options as opt
-from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_option
+from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_option, seed_option
 
 
 @click.command()
-@click.option(
+@path_option(
     "--data",
-    type=click.Path(path_type=Path),
     required=True,
     help="ImageFolder: DATA/train/<class>/*, optional DATA/val/<class>/*; for text also DATA/<class>/*.txt or a .csv/.tsv/.jsonl with text,label.",
 )
-@click.option(
-    "--out", type=click.Path(path_type=Path), required=True, help="Run folder for checkpoints and metrics."
-)
+@path_option("--out", required=True, help="Run folder for checkpoints and metrics.")
 @click.option(
     "--backbone",
     default=None,
@@ -71,10 +68,7 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_opti
     "--patience", type=click.IntRange(min=1), default=None, help="Early-stopping patience in epochs."
 )
 @click.option(
-    "--balance",
-    type=click.Choice(opt.choices(opt.Balance)),
-    default=None,
-    help="Class-imbalance handling.",
+    "--balance", type=click.Choice(opt.choices(opt.Balance)), default=None, help="Class-imbalance handling."
 )
 @click.option("--hflip/--no-hflip", default=None, help="Random horizontal flips (off for digits or text).")
 @click.option(
@@ -89,9 +83,7 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, seed_opti
     default=None,
     help="Validation share when DATA has no val/.",
 )
-@click.option(
-    "--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value, show_default=True
-)
+@click.option("--device", type=click.Choice(opt.choices(opt.Device)), default=opt.Device.AUTO.value)
 @click.option(
     "--devices",
     default=None,

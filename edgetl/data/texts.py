@@ -1,15 +1,18 @@
 """Text datasets in, labelled texts in memory out.
 
 DATA is a folder with one sub-folder of .txt files per class (optionally under train/ and val/, as
-for images), or a .csv, .tsv or .jsonl file with `text` and `label` columns. Text that is not UTF-8
-is decoded with a counted fallback (cp1252, then latin-1); empty and binary files are skipped and
-counted; texts found in both train and val are reported, never silently dropped.
+for images), or a .csv, .tsv or .jsonl file with `text` and `label` columns. Text is decoded by its
+BOM (UTF-8, UTF-16, UTF-32), else as UTF-8, else with a counted fallback (cp1252, then latin-1);
+empty and binary files are skipped and counted; a file over MAX_TEXT_BYTES is read up to it (and
+counted); texts found in both train and val are reported, never silently dropped. Class names are
+Unicode NFC, so a macOS folder name (NFD) and the same name typed in a table are one class.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import unicodedata
 from collections import Counter
@@ -22,7 +25,7 @@ from edgetl.console import warn
 from edgetl.errors import DataError
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.errors import TextError
-from edgetl_runtime.textinput import decode_bytes, list_texts, read_text
+from edgetl_runtime.textinput import FALLBACK_ENCODINGS, MAX_TEXT_BYTES, decode_bytes, list_texts, read_text
 
 TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t", ".jsonl": None}
 ROW_MARK = "#row"  # a table row's source: FILE#rowN (1-based, the header is row 0)
@@ -37,6 +40,7 @@ class TextStats:
     unreadable: int = 0  # skipped: binary or unreadable
     unlabelled: int = 0  # skipped: table rows with a blank label
     fallback_decoded: int = 0  # not UTF-8: decoded as cp1252 or latin-1
+    cut: int = 0  # files over MAX_TEXT_BYTES (table texts over as many characters): their start only
     duplicates: int = 0  # val texts that also occur in train (kept, reported)
     problems: tuple[str, ...] = field(default_factory=tuple)  # the first few reasons, for the warning
 
@@ -69,6 +73,7 @@ def is_table(path: Path) -> bool:
 
 
 def _check_label(name: str, where: str) -> str:
+    name = unicodedata.normalize("NFC", name)
     if not name.strip():
         raise DataError(f"{where}: a blank class name; name every class")
     if any(unicodedata.category(c).startswith("C") for c in name):
@@ -86,12 +91,13 @@ class _Reader:
     def file(self, path: Path) -> str | None:
         self.counts["files"] += 1
         try:
-            text, encoding = read_text(path)
+            text, encoding = read_text(path, MAX_TEXT_BYTES)
+            self.counts["cut"] += path.stat().st_size > MAX_TEXT_BYTES
         except TextError as e:
             self.counts["empty" if "empty" in str(e) else "unreadable"] += 1
             self.problems.append(str(e))
             return None
-        if encoding != "utf-8":
+        if encoding in FALLBACK_ENCODINGS:
             self.counts["fallback_decoded"] += 1
         return text
 
@@ -104,9 +110,49 @@ def _class_texts(folder: Path, reader: _Reader) -> dict[str, list[tuple[str, str
     for d in sorted(folder.iterdir()):
         if d.is_dir() and not d.name.startswith(".") and d.name not in ("train", "val"):
             name = _check_label(d.name, str(d))
+            if name in classes:
+                raise DataError(
+                    f"{d}: names the same class as another folder (equal once Unicode-normalised); merge them"
+                )
             texts = [(str(p.resolve()), t) for p in list_texts(d) if (t := reader.file(p)) is not None]
             classes[name] = texts
     return classes
+
+
+def _read_json_rows(path: Path, content: str) -> list[tuple[int, dict]]:
+    rows = []
+    # JSON Lines end at "\n" only: str.splitlines() would also split inside a string at U+2028,
+    # U+2029 or U+0085, which json.dumps(ensure_ascii=False) writes raw
+    for n, line in enumerate(content.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); one object per line") from None
+        except RecursionError:
+            raise DataError(f"{path}:{n}: nested too deeply; one flat object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f'{path}:{n}: not a JSON object; one {{"text": ..., "label": ...}} per line')
+        label, text = row.get("label"), row.get("text")
+        if label is not None and (isinstance(label, bool) or not isinstance(label, str | int)):
+            raise DataError(
+                f"{path}:{n}: label must be a string or an integer, got {type(label).__name__}; "
+                "one class name per line"
+            )
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{path}:{n}: text must be a string, got {type(text).__name__}")
+        rows.append((n, row))
+    return rows
+
+
+def _read_csv_rows(path: Path, content: str, delimiter: str) -> tuple[list[tuple[int, dict]], set]:
+    # newline="" is what csv expects: a quoted field keeps its newlines (CRLF ones too)
+    table = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
+    try:
+        return list(enumerate(table, 1)), set(table.fieldnames or ())
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed {path.suffix[1:]} ({e})") from None
 
 
 def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]:
@@ -118,29 +164,14 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
         content, encoding = decode_bytes(raw, str(path))
     except TextError as e:
         raise DataError(f"--data {e}") from None
-    if encoding != "utf-8":
+    if encoding in FALLBACK_ENCODINGS:
         warn(f"{path}: not UTF-8; decoded as {encoding}")
     delimiter = TABLE_SUFFIXES[path.suffix.lower()]
     if delimiter is None:
-        rows = []
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not a JSON object ({e.msg}); one object per line") from None
-            if not isinstance(row, dict):
-                raise DataError(f'{path}:{n}: not a JSON object; one {{"text": ..., "label": ...}} per line')
-            rows.append((n, row))
+        rows = _read_json_rows(path, content)
         columns = set().union(*(r.keys() for _, r in rows)) if rows else set()
     else:
-        table = csv.DictReader(content.splitlines(), delimiter=delimiter)
-        columns = set(table.fieldnames or ())
-        try:
-            rows = [(n, row) for n, row in enumerate(table, 1)]
-        except csv.Error as e:
-            raise DataError(f"{path}: malformed {path.suffix[1:]} ({e})") from None
+        rows, columns = _read_csv_rows(path, content, delimiter)
     missing = sorted({"text", "label"} - columns)
     if missing:
         raise DataError(
@@ -160,6 +191,9 @@ def _read_table(path: Path, reader: _Reader) -> dict[str, list[tuple[str, str]]]
             reader.counts["empty"] += 1
             reader.problems.append(f"{path}{ROW_MARK}{n}: empty text")
             continue
+        if len(text) > MAX_TEXT_BYTES:  # as for a file: what lies past it costs memory, never tokens
+            reader.counts["cut"] += 1
+            text = text[:MAX_TEXT_BYTES]
         classes.setdefault(_check_label(label, f"{path}{ROW_MARK}{n}"), []).append(
             (f"{path.resolve()}{ROW_MARK}{n}", text)
         )
@@ -239,6 +273,11 @@ def load_texts(root: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Te
         warn(
             f"skipped {skipped} of {stats.files} texts ({stats.empty} empty, {stats.unreadable} unreadable, {stats.unlabelled} unlabelled): {'; '.join(stats.problems[:3])}"
         )
+    if stats.cut:
+        warn(
+            f"{stats.cut} text(s) over {MAX_TEXT_BYTES >> 20} MiB: only their first {MAX_TEXT_BYTES >> 20} MiB "
+            "is read (the model reads the first max_length tokens of that)"
+        )
     if stats.fallback_decoded:
         warn(f"{stats.fallback_decoded} text(s) were not UTF-8 and were decoded as cp1252/latin-1")
     if duplicates:
@@ -280,7 +319,7 @@ def read_recorded(sources: list[str]) -> list[str]:
             out.append(tables[table][source])
         else:
             try:
-                out.append(read_text(source)[0])
+                out.append(read_text(source, MAX_TEXT_BYTES)[0])
             except TextError as e:
                 raise DataError(f"{e}; the run's data changed since training") from None
     return out

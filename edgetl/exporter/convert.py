@@ -12,6 +12,7 @@ import torch
 
 from edgetl.backbones.registry import EdgeModel
 from edgetl.errors import EdgetlError
+from edgetl.exporter.litert import write_litert
 from edgetl.exporter.parity import Parity
 from edgetl.options import DEFAULT_OPSET, ExportFormat
 from edgetl_runtime.backends import BackendName
@@ -158,4 +159,7 @@ def write_openvino(
 
 
 # one writer per format beyond ONNX; its suffix and files are the format table's (modelfile.BY_NAME)
-EXTRA_FORMATS: dict[ExportFormat, Callable[..., Parity]] = {ExportFormat.OPENVINO: write_openvino}
+EXTRA_FORMATS: dict[ExportFormat, Callable[..., Parity]] = {
+    ExportFormat.OPENVINO: write_openvino,
+    ExportFormat.LITERT: write_litert,
+}

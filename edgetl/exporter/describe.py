@@ -17,8 +17,8 @@ from edgetl.errors import EdgetlError
 from edgetl.runfolder.folder import Kind
 from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.fileio import atomic_output, sha256_file
-from edgetl_runtime.modelfile import ONNX
-from edgetl_runtime.modelinfo import ModelInfo, graph_precision
+from edgetl_runtime.modelfile import ONNX, graph_precision
+from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.preprocess import Interpolation, PreprocessSpec
 
 # Named presets: normalisation and resampling; the crop comes from the model's input when fixed.

@@ -27,6 +27,7 @@ from edgetl.console import log, warn
 from edgetl.data.images import preprocess_readable
 from edgetl.data.modality import source_modality
 from edgetl.errors import EdgetlError
+from edgetl.exporter import litert
 from edgetl.exporter.convert import EXTRA_FORMATS, check_opset, optimize_onnx, save_onnx, to_fp16, to_onnx
 from edgetl.exporter.parity import Parity, gate, gate_tolerance, torch_logits
 from edgetl.options import (
@@ -83,6 +84,7 @@ class ExportResult:
     nodes: int
     seconds: float
     checks: tuple[Parity, ...] = field(default_factory=tuple)
+    litert: Path | None = None
 
     @property
     def artifact(self) -> Path:
@@ -93,6 +95,10 @@ class ExportResult:
         d = asdict(self)
         d["onnx"] = str(self.onnx)
         d["openvino"] = str(self.openvino) if self.openvino else None
+        if self.litert is None:  # the summary of an export without LiteRT keeps its keys
+            del d["litert"]
+        else:
+            d["litert"] = str(self.litert)
         d["checks"] = [{**asdict(c), "passed": c.passed} for c in self.checks]
         return d
 
@@ -303,11 +309,16 @@ class ExportRequest:
 
 
 def _export_images(r: ExportRequest) -> ExportResult:
+    if ExportFormat.LITERT in r.extra:
+        litert.find_converter()  # before the slow export, not after it
     loaded = load_source(r.source, backbone=r.backbone, check_images=r.check_images, max_images=r.max_images)
     out = r.out if r.out is not None else _default_out(loaded)
-    ir = [out.with_suffix(".xml"), out.with_suffix(".bin")] if r.extra else []
+    extra = [(f"--format {fmt.value}", BY_NAME[fmt.value]) for fmt in r.extra]
+    extra_files = [
+        (option, p, Kind.FP32_MODEL) for option, f in extra for p in f.files(out.with_suffix(f.suffix))
+    ]
     check_outputs(
-        [("--out", out, Kind.FP32_MODEL), *(("--format openvino", p, Kind.FP32_MODEL) for p in ir)],
+        [("--out", out, Kind.FP32_MODEL), *extra_files],
         inputs=[loaded.checkpoint],
         image_folders=[r.check_images],
     )
@@ -323,6 +334,8 @@ def _export_images(r: ExportRequest) -> ExportResult:
 def _export_text(r: ExportRequest) -> ExportResult:
     from edgetl.exporter.text import export_text
 
+    if ExportFormat.LITERT in r.extra:
+        raise EdgetlError(f"--format litert: {litert.TEXT_REFUSAL}")
     if r.extra or r.precision is not Precision.FP32 or r.optimize or r.check_images or r.backbone:
         raise EdgetlError(
             "a text model exports to FP32 ONNX from its run, checked on its own validation texts: "
@@ -348,8 +361,9 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
     reference = torch_logits(loaded.model, loaded.check, batch)
     limit = gate_tolerance(tolerance, precision, reference)
 
-    def check(path: Path, runtime: str) -> Parity:
-        return gate(path, runtime, reference, loaded.check, limit, precision, batch)
+    def check(path: Path, runtime: str, layout: str = "NCHW") -> Parity:
+        images = loaded.check if layout == "NCHW" else loaded.check.transpose(0, 2, 3, 1)
+        return gate(path, runtime, reference, np.ascontiguousarray(images), limit, precision, batch)
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_output(out))
@@ -373,6 +387,7 @@ def _export(loaded: LoadedSource, out: Path, start, opset, precision, optimize, 
     result = ExportResult(
         onnx=out,
         openvino=written.get(ExportFormat.OPENVINO),
+        litert=written.get(ExportFormat.LITERT),
         backbone=info.backbone,
         source=str(loaded.checkpoint) if loaded.checkpoint else f"pretrained:{info.backbone}",
         opset=opset,

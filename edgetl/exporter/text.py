@@ -24,7 +24,7 @@ from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.fileio import atomic_output, check_writable, sha256_file
 from edgetl_runtime.modality import Modality
-from edgetl_runtime.modelfile import FORMATS
+from edgetl_runtime.modelfile import ONNX
 from edgetl_runtime.modelinfo import ModelInfo
 from edgetl_runtime.textinput import TextSpec, encode_texts
 
@@ -110,9 +110,13 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
     checkpoint = find_checkpoint(source)
     run = Path(source) if Path(source).is_dir() else None
     model, ckpt = load_checkpoint(checkpoint)
-    out = Path(out) if out is not None else (RunFolder(run).model if run else checkpoint.with_suffix(".onnx"))
-    if out.suffix != ".onnx" or out.is_dir():
-        raise EdgetlError(f"--out {out}: give a file name ending in .onnx")
+    out = (
+        Path(out)
+        if out is not None
+        else (RunFolder(run).model if run else checkpoint.with_suffix(ONNX.suffix))
+    )
+    if out.suffix != ONNX.suffix or out.is_dir():
+        raise EdgetlError(f"--out {out}: give a file name ending in {ONNX.suffix}")
     check_writable(out, "--out")
     spec = ckpt.preprocess
     info = ModelInfo(
@@ -129,7 +133,7 @@ def export_text(source, out, *, opset: int, tolerance: float, batch: int, max_im
         proto = text_to_onnx(model, spec, opset, info)
         with contextlib.ExitStack() as stack:
             tmp = stack.enter_context(atomic_output(out))
-            FORMATS[".onnx"].embed(proto, info.to_metadata())
+            ONNX.embed(proto, info.to_metadata())
             nodes = len(proto.graph.node)
             size = save_onnx(proto, tmp, out.name, stack)
             checks = text_parity(tmp, model, texts, spec, tolerance, batch)

@@ -14,8 +14,8 @@ from edgetl.data.images import preprocess_readable
 from edgetl.errors import BundleError, DataError
 from edgetl.quantizer.calibration import list_labelled_images
 from edgetl_runtime.backends import BackendName
-from edgetl_runtime.modelfile import ONNX, OPENVINO, model_format, read_model_info
-from edgetl_runtime.modelinfo import ModelInfo, Precision, quantized_ops
+from edgetl_runtime.modelfile import ONNX, OPENVINO, model_format, quantized_ops, read_model_info
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ import numpy as np
 
 from edgetl.console import log
 from edgetl.quantizer.evaluation import artifact_bytes, reference_bytes, run_model
+from edgetl_runtime.modelfile import model_format
 from edgetl_runtime.predictor import softmax
 
 CONFIDENCE = 0.95
@@ -277,7 +278,8 @@ class Gate:
     predictions: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.fp32_logits = run_model(self.fp32_model, self.inputs)
+        # on the first backend that reads the FP32 model's format (onnxruntime for ONNX)
+        self.fp32_logits = run_model(self.fp32_model, self.inputs, model_format(self.fp32_model).backends[0])
         self.fp32 = compare_logits(self.fp32_logits, self.fp32_logits, self.labels, self.names)
         self.fp32_bytes = reference_bytes(self.fp32_model, self.suffix)
 

@@ -20,7 +20,7 @@ from edgetl.quantizer.calibration import (
 from edgetl.quantizer.evaluation import map_eval_classes
 from edgetl.runfolder.folder import CALIBRATION_JSON, RunFolder
 from edgetl.runfolder.splits import SPLITS
-from edgetl_runtime.modelfile import write_metadata
+from edgetl_runtime.modelfile import model_format, write_metadata
 from edgetl_runtime.modelinfo import ModelInfo, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -57,7 +57,7 @@ class Inputs:
     labels: tuple | None = None
 
 
-def resolve_inputs(model, out, calibration, eval_dir, suffix: str) -> Inputs:
+def resolve_inputs(model, out, calibration, eval_dir, suffix: str, *, reads: str = ".onnx") -> Inputs:
     model = Path(model)
     if not model.is_dir():
         if out is None:
@@ -68,21 +68,20 @@ def resolve_inputs(model, out, calibration, eval_dir, suffix: str) -> Inputs:
             raise EdgetlError("--calibration DIR|MANIFEST.json is required when quantizing a model file")
         return Inputs(model, _check_out(model, Path(out)), calibration, eval_dir, None)
     run, folder = model, RunFolder(model)
-    if not folder.model.is_file():
+    fp32 = folder.model_file(Precision.FP32, reads)
+    if not fp32.is_file():
         raise EdgetlError(
-            f"{run}: no {folder.model.name} in this run folder; run `edgetl export {run}` first"
+            f"{run}: no {fp32.name} in this run folder; run `{model_format(fp32).rebuild[Precision.FP32].format(run=run)}` first"
         )
     splits = folder.load_splits()
-    out = _check_out(
-        folder.model, Path(out) if out is not None else folder.model_file(Precision.INT8, suffix)
-    )
+    out = _check_out(fp32, Path(out) if out is not None else folder.model_file(Precision.INT8, suffix))
     calib_items = None
     if calibration is None:
         if not splits.train:
             raise DataError(f"{folder.splits}: no training images to calibrate with; pass --calibration DIR")
         calib_items = splits.train
     eval_source = eval_dir if eval_dir is not None else (splits.val or None)
-    return Inputs(folder.model, out, calibration, eval_source, run, calib_items, splits.labels, splits.labels)
+    return Inputs(fp32, out, calibration, eval_source, run, calib_items, splits.labels, splits.labels)
 
 
 def default_manifest_path(inputs: Inputs) -> Path:

@@ -26,7 +26,7 @@ from edgetl.quantizer import bias_correction, nncf_backend, ort
 from edgetl.quantizer.calibration import CalibrationSet
 from edgetl.quantizer.evaluation import run_model
 from edgetl.quantizer.gate import Attempt, Evaluation, Gate, GateReport, score
-from edgetl_runtime.modelfile import ONNX, OPENVINO
+from edgetl_runtime.modelfile import LITERT, ONNX, OPENVINO
 from edgetl_runtime.modelinfo import ModelInfo
 
 RECOVERY_ATTEMPTS = 6  # most sensitive tensor groups tried in float, one at a time
@@ -240,6 +240,16 @@ def rung_openvino(ctx: Context) -> None:
             return
 
 
+def rung_litert(ctx: Context) -> None:
+    from edgetl.quantizer import litert
+
+    def make(part: Part, out: Path) -> Path:
+        return litert.quantize_tflite(ctx.model, part.inputs, out)
+
+    settings = {"backend": "ai-edge-quantizer", "recipe": litert.RECIPE, "scheme": litert.SCHEME}
+    ctx.fit("litert", litert.RECIPE, (), settings, make, LITERT.suffix)
+
+
 @dataclass(frozen=True)
 class Rung:
     name: str
@@ -275,6 +285,12 @@ def _needs_run(ctx: Context) -> str | None:
     return None
 
 
+def _needs_litert_quantizer(ctx: Context) -> str | None:
+    from edgetl.quantizer.litert import litert_quantizer_reason
+
+    return litert_quantizer_reason()
+
+
 RUNGS: dict[str, Rung] = {
     r.name: r
     for r in (
@@ -284,6 +300,7 @@ RUNGS: dict[str, Rung] = {
         Rung("nncf-accuracy-control", rung_nncf_accuracy_control, _needs_labels),
         Rung("qat", rung_qat, _needs_run),
         Rung("openvino", rung_openvino, _needs_nncf),
+        Rung("litert", rung_litert, _needs_litert_quantizer),
     )
 }
 ONNX_LADDER = ("calibration", "float-nodes", "nncf-ptq", "nncf-accuracy-control", "qat")

@@ -71,52 +71,64 @@ def preprocess_for_quantization(model_path: Path, out: Path) -> Path:
 def calibrate_ranges(model_path: Path, inputs: np.ndarray, method: Method):
     """Activation ranges with one calibration method, as onnxruntime's TensorsData (kept in memory:
     every attempt of the gate reuses them, on any onnxruntime version)."""
+    name, options = CALIBRATORS[method]
+    with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as tmp, _quiet_library():
+        calibrator = collect_calibration(model_path, inputs, name, options, Path(tmp), method.value)
+        return calibrator.compute_data()
+
+
+def collect_calibration(
+    model_path: Path, inputs: np.ndarray, name: str, options: dict, work: Path, label: str
+):
+    """An onnxruntime calibrator (CalibrationMethod `name`) that has seen every input; its
+    compute_data gives the ranges, again with other cut-offs for a histogram at no new pass."""
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
-    name, options = CALIBRATORS[method]
     input_name = (
         ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
     )
     batch = batch_size(model_path)
-    with tempfile.TemporaryDirectory(prefix="edgetl-calib-") as tmp, _quiet_library():
-        calibrator = create_calibrator(
-            model_path,
-            sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
-            augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-            calibrate_method=CalibrationMethod[name],
-            extra_options=options,
-        )
-        # one batch per call: histogram calibrators keep every intermediate output of a call in
-        # memory, and stack them, which fails on a shorter last batch
-        for start in track(range(0, len(inputs), batch), f"calibrating ({method.value})"):
-            calibrator.collect_data(_ArrayReader(input_name, inputs[start : start + batch], batch))
-        return calibrator.compute_data()
+    calibrator = create_calibrator(
+        model_path,
+        sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CalibrationMethod[name],
+        extra_options=options,
+    )
+    # one batch per call: histogram calibrators keep every intermediate output of a call in
+    # memory, and stack them, which fails on a shorter last batch
+    for start in track(range(0, len(inputs), batch), f"calibrating ({label})"):
+        calibrator.collect_data(_ArrayReader(input_name, inputs[start : start + batch], batch))
+    return calibrator
 
 
 def quantize_with_ranges(
     model_path: Path, method: Method, ranges, out: Path, exclude: Sequence[str] = ()
 ) -> Path:
     """QDQ model from ranges of calibrate_ranges (same ranges, same model on every onnxruntime)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
     from edgetl.quantizer.ort_compat import quantize_static_with_ranges
 
     with _quiet_library():
         return quantize_static_with_ranges(
-            model_path,
-            out,
-            ranges,
-            calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
-            quant_format=QuantFormat[ORT_SETTINGS["format"]],
-            per_channel=ORT_SETTINGS["per_channel"],
-            reduce_range=ORT_SETTINGS["reduce_range"],
-            activation_type=QuantType[ORT_SETTINGS["activation_type"]],
-            weight_type=QuantType[ORT_SETTINGS["weight_type"]],
-            nodes_to_exclude=exclude,
-            extra_options=dict(ORT_SETTINGS["extra_options"]),
+            model_path, out, ranges, nodes_to_exclude=exclude, **static_settings(method)
         )
+
+
+def static_settings(method: Method) -> dict:
+    """ORT_SETTINGS with `method`'s calibration, as quantize_static's keyword arguments."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+
+    return dict(
+        calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
+        quant_format=QuantFormat[ORT_SETTINGS["format"]],
+        per_channel=ORT_SETTINGS["per_channel"],
+        reduce_range=ORT_SETTINGS["reduce_range"],
+        activation_type=QuantType[ORT_SETTINGS["activation_type"]],
+        weight_type=QuantType[ORT_SETTINGS["weight_type"]],
+        extra_options=dict(ORT_SETTINGS["extra_options"]),
+    )
 
 
 def input_layers(model_path: Path) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from edgetl.quantizer.inputs import (
     write_model,
 )
 from edgetl.quantizer.ladder import ONNX_LADDER, Context, climb, refit
+from edgetl.quantizer.litert import RECIPE as LITERT_RECIPE
+from edgetl.quantizer.litert import check_tflite
 from edgetl.quantizer.nncf_backend import OPENVINO_VARIANTS
 from edgetl.quantizer.ort import AUTO_ORDER, Method
 from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step
@@ -37,7 +40,8 @@ from edgetl.runfolder.outputs import check_outputs
 from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modality import Modality
-from edgetl_runtime.modelfile import ONNX, OPENVINO
+from edgetl_runtime.modelfile import LITERT, ONNX, OPENVINO
+from edgetl_runtime.modelinfo import ModelInfo
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -52,6 +56,8 @@ class Quantizer:
     suffix: str  # of the file written
     session_backend: str  # runs the candidates for the gate
     max_size_ratio: float
+    reads: str = ONNX.suffix  # the FP32 model's format (a run's model.onnx, or model.tflite)
+    check: Callable[[Path], ModelInfo] = check_model  # the FP32 model's metadata, or why it is refused
 
 
 QUANTIZERS: dict[QuantBackend, Quantizer] = {
@@ -61,11 +67,21 @@ QUANTIZERS: dict[QuantBackend, Quantizer] = {
     QuantBackend.NNCF: Quantizer(
         ("openvino",), tuple(OPENVINO_VARIANTS), OPENVINO.suffix, BackendName.OPENVINO_CPU, MAX_SIZE_RATIO_IR
     ),
+    QuantBackend.LITERT: Quantizer(
+        ("litert",),
+        (LITERT_RECIPE,),
+        LITERT.suffix,
+        BackendName.LITERT_CPU,
+        MAX_SIZE_RATIO,
+        LITERT.suffix,
+        check_tflite,
+    ),
 }
 # a recorded method -> the rung that repeats it
 REPEAT_RUNG = {
     **{m.value: "calibration" for m in Method if m is not Method.AUTO},
     **{v: "openvino" for v in OPENVINO_VARIANTS},
+    LITERT_RECIPE: "litert",
     "nncf-ptq": "nncf-ptq",
     "nncf-accuracy-control": "nncf-accuracy-control",
     "qat": "qat",
@@ -116,10 +132,10 @@ class QuantResult:
 
 def _methods_to_try(backend: QuantBackend, method: str, order: tuple[str, ...]) -> list[str]:
     """auto: all, best kept. A named method: it first, the others only if it fails the gate."""
-    if backend is QuantBackend.NNCF:
+    if backend is not QuantBackend.ONNXRUNTIME:
         if method not in ("auto", *order):
             raise EdgetlError(
-                f"--method {method!r} does not apply to --backend nncf; choose auto or {', '.join(order)}"
+                f"--method {method!r} does not apply to --backend {backend.value}; choose auto or {', '.join(order)}"
             )
         return list(order) if method == "auto" else [method, *(m for m in order if m != method)]
     try:
@@ -204,7 +220,7 @@ def _quantize_images(
 ) -> QuantResult:  # fmt: skip
     qbackend = backend
     quantizer = QUANTIZERS[qbackend]
-    inputs = resolve_inputs(model_onnx, out, calibration, eval_dir, quantizer.suffix)
+    inputs = resolve_inputs(model_onnx, out, calibration, eval_dir, quantizer.suffix, reads=quantizer.reads)
     if inputs.out.suffix != quantizer.suffix:
         raise EdgetlError(f"--out {inputs.out}: backend {qbackend.value} writes a {quantizer.suffix} file")
     if qat and (inputs.run is None or qbackend is not QuantBackend.ONNXRUNTIME):
@@ -223,7 +239,7 @@ def _quantize_images(
     with folder.lock("quantize") if folder else contextlib.nullcontext():
         if folder is not None:
             folder.check_for(Step.QUANTIZE)
-        info = check_model(inputs.model)
+        info = quantizer.check(inputs.model)
         model_sha = sha256_file(inputs.model)
         methods = _methods_to_try(qbackend, method, quantizer.methods)
         check_writable(inputs.out, "--out")
@@ -339,9 +355,11 @@ def _quantize_images(
             attempts=tuple(gate.attempts),
         )
         if folder is not None:
+            # the run's lineage goes through model.onnx: a model.tflite is converted from it
+            source = sha256_file(folder.model) if quantizer.reads != ONNX.suffix else model_sha
             folder.save_quantization(
                 QuantizationRecord.from_dict(
-                    {**result.to_dict(), "source_sha256": model_sha, "sha256": sha256_file(inputs.out)}
+                    {**result.to_dict(), "source_sha256": source, "sha256": sha256_file(inputs.out)}
                 )
             )
     return result

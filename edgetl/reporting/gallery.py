@@ -31,6 +31,10 @@ class Miss:
     score: float  # softmax probability of the wrong prediction
     true_score: float
 
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
 
 @dataclass(frozen=True)
 class Misses:
@@ -134,16 +138,8 @@ def _image_tensors(arrays: list, spec) -> tuple:
     return (torch.from_numpy(np.stack(arrays)),)
 
 
-def _image_card(miss: Miss, caption: str) -> str:
-    from html import escape
-
-    uri = thumbnail_data_uri(miss.path)
-    picture = (
-        f'<img alt="{escape(Path(miss.path).name)}" src="{uri}">'
-        if uri
-        else '<div class="noimg">unreadable</div>'
-    )
-    return f'<figure title="{escape(miss.path)}">{picture}{caption}</figure>'
+def _thumbnail(miss: Miss) -> str | None:
+    return thumbnail_data_uri(miss.path)
 
 
 def _text_inputs(paths: list[str]) -> list:
@@ -168,14 +164,11 @@ def _text_tensors(texts: list, spec) -> tuple:
     return torch.from_numpy(encoded.ids), torch.from_numpy(encoded.mask)
 
 
-def _text_card(miss: Miss, caption: str) -> str:
-    from html import escape
-
+def _text_snippet(miss: Miss) -> str:
     from edgetl.data.texts import read_recorded
 
     text = " ".join(read_recorded([miss.path])[0].split())
-    snippet = text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
-    return f'<figure class="snippet" title="{escape(miss.path)}"><blockquote>{escape(snippet)}</blockquote>{caption}</figure>'
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1] + "…"
 
 
 SNIPPET_CHARS = 280
@@ -189,10 +182,11 @@ class ExampleView:
     inputs: Callable[[list[str]], list]  # recorded sources -> what Predictor.predict takes
     checkpoint_inputs: Callable  # (sources, spec) -> (prepared, indices kept)
     tensors: Callable  # (prepared batch, spec) -> the PyTorch model's arguments
-    card: Callable[[Miss, str], str]  # one misclassified example as HTML, around its caption
+    card: Callable[[Miss], str | None]  # what a card shows of a miss: a thumbnail's data: URI, a snippet
+    template: str  # the card's template, given `miss` and `shown`
 
 
 VIEWS = {
-    Modality.IMAGE: ExampleView("images", list, _image_checkpoint_inputs, _image_tensors, _image_card),
-    Modality.TEXT: ExampleView("texts", _text_inputs, _text_checkpoint_inputs, _text_tensors, _text_card),
-}
+    Modality.IMAGE: ExampleView("images", list, _image_checkpoint_inputs, _image_tensors, _thumbnail, "image_card.html.j2"),
+    Modality.TEXT: ExampleView("texts", _text_inputs, _text_checkpoint_inputs, _text_tensors, _text_snippet, "text_card.html.j2"),
+}  # fmt: skip

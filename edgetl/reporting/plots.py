@@ -10,10 +10,14 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetl.console import quiet_third_party, warn
 from edgetl.errors import EdgetlError
 from edgetl_runtime.fileio import atomic_output
+
+if TYPE_CHECKING:
+    from edgetl.runfolder.records import BenchRow, EpochRecord
 
 # Beyond this many classes a matrix's cells and names get too small to read: show the worst pairs.
 MAX_MATRIX_CLASSES = 40
@@ -54,7 +58,7 @@ def png_bytes(fig, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
-def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, stacked: bool = False):
+def curves_figure(history: Sequence[EpochRecord], best_epoch: int | None = None, *, stacked: bool = False):
     """Loss and accuracy per epoch, train vs val; stages shaded and labelled, the best epoch marked.
 
     stacked: accuracy above loss (for a half-width column) instead of side by side.
@@ -68,12 +72,14 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, sta
         fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(6.4, 6.6), sharex=True)
     else:
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.0))
-    epochs = [r["epoch"] for r in history]
+    epochs = [r.epoch for r in history]
     for ax, key, title in ((loss_ax, "loss", "loss"), (acc_ax, "accuracy", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in history], "--", color=COLOURS["train"], label="train")
-        ax.plot(epochs, [r[f"val_{key}"] for r in history], "-", color=COLOURS["val"], lw=2, label="val")
+        train = [getattr(r, f"train_{key}") for r in history]
+        val = [getattr(r, f"val_{key}") for r in history]
+        ax.plot(epochs, train, "--", color=COLOURS["train"], label="train")
+        ax.plot(epochs, val, "-", color=COLOURS["val"], lw=2, label="val")
         if len(epochs) <= 40:
-            ax.plot(epochs, [r[f"val_{key}"] for r in history], "o", color=COLOURS["val"], ms=3)
+            ax.plot(epochs, val, "o", color=COLOURS["val"], ms=3)
         ax.set_title(title, fontsize=11)
         if not stacked or ax is loss_ax:
             ax.set_xlabel("epoch")
@@ -81,16 +87,17 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, sta
         ax.grid(alpha=0.25)
         _mark_stages(ax, history)
         if best_epoch is not None and best_epoch in epochs:
-            best = history[epochs.index(best_epoch)]
             ax.axvline(best_epoch, color=COLOURS["best"], lw=1, alpha=0.6)
-            ax.plot([best_epoch], [best[f"val_{key}"]], "*", color=COLOURS["best"], ms=13, zorder=5)
-    acc_ax.set_ylim(max(0.0, min(min(r["val_accuracy"], r["train_accuracy"]) for r in history) - 0.05), 1.01)
+            ax.plot(
+                [best_epoch], [val[epochs.index(best_epoch)]], "*", color=COLOURS["best"], ms=13, zorder=5
+            )
+    acc_ax.set_ylim(max(0.0, min(min(r.val_accuracy, r.train_accuracy) for r in history) - 0.05), 1.01)
     if best_epoch is not None and best_epoch in epochs:
         best = history[epochs.index(best_epoch)]
         acc_ax.plot([], [], "*", color=COLOURS["best"], ms=10, label=f"best: epoch {best_epoch}")
         acc_ax.annotate(
-            f"{best['val_accuracy']:.3f}",
-            (best_epoch, best["val_accuracy"]),
+            f"{best.val_accuracy:.3f}",
+            (best_epoch, best.val_accuracy),
             xytext=(7, -14),
             textcoords="offset points",
             ha="left",
@@ -103,14 +110,14 @@ def curves_figure(history: Sequence[dict], best_epoch: int | None = None, *, sta
     return fig
 
 
-def _mark_stages(ax, history: Sequence[dict]) -> None:
+def _mark_stages(ax, history: Sequence[EpochRecord]) -> None:
     """Alternate shading per stage and a label at its start: which stage, how much is unfrozen."""
     stages: list[tuple[int, int, int, int]] = []  # (stage, unfreeze, first epoch, last epoch)
     for r in history:
-        if stages and stages[-1][0] == r["stage"]:
-            stages[-1] = (*stages[-1][:3], r["epoch"])
+        if stages and stages[-1][0] == r.stage:
+            stages[-1] = (*stages[-1][:3], r.epoch)
         else:
-            stages.append((r["stage"], r.get("unfreeze", 0), r["epoch"], r["epoch"]))
+            stages.append((r.stage, r.unfreeze, r.epoch, r.epoch))
     for i, (stage, unfreeze, first, last) in enumerate(stages):
         if i % 2:
             ax.axvspan(first - 0.5, last + 0.5, color="#eef2f7", zorder=0)
@@ -230,31 +237,31 @@ def confused_pairs_figure(labels: Sequence[str], matrix: Sequence[Sequence[int]]
     return fig
 
 
-def latency_figure(rows: Sequence[dict], batch: int = 1):
+def latency_figure(rows: Sequence[BenchRow], batch: int = 1):
     """p50 latency per backend, FP32 next to INT8, whiskers to p90; from benchmark.json rows."""
     plt = _pyplot()
-    measured = [r for r in rows if r.get("status") == "ok" and r.get("batch", 1) == batch and r.get("p50_ms")]
+    measured = [r for r in rows if r.ok and r.batch == batch and r.p50_ms]
     if not measured:
         raise ValueError(f"no measured row at batch {batch}")
-    backends = list(dict.fromkeys(r["backend"] for r in measured))
-    precisions = sorted({r["precision"] for r in measured}, key=lambda p: (p != "fp32", p))
+    backends = list(dict.fromkeys(r.backend for r in measured))
+    precisions = sorted({r.precision for r in measured}, key=lambda p: (p != "fp32", p))
     height = 0.8 / len(precisions)
     fig, ax = plt.subplots(figsize=(10, 1.3 + 0.55 * len(backends) * max(1, len(precisions) / 1.5)))
-    top = max(r.get("p90_ms") or r["p50_ms"] for r in measured)
-    low = min(r["p50_ms"] for r in measured)
+    top = max(r.p90_ms or r.p50_ms for r in measured)
+    low = min(r.p50_ms for r in measured)
     # A slow baseline (PyTorch) next to INT8 spans orders of magnitude: a linear axis hides the fast rows.
     log = top / low > 15
     for i, precision in enumerate(precisions):
-        picked = {r["backend"]: r for r in measured if r["precision"] == precision}
+        picked = {r.backend: r for r in measured if r.precision == precision}
         ys = [j + (i - (len(precisions) - 1) / 2) * height for j, b in enumerate(backends) if b in picked]
         chosen = [picked[b] for b in backends if b in picked]
-        p50 = [r["p50_ms"] for r in chosen]
-        whisker = [max(0.0, (r.get("p90_ms") or r["p50_ms"]) - r["p50_ms"]) for r in chosen]
+        p50 = [r.p50_ms for r in chosen]
+        whisker = [max(0.0, (r.p90_ms or r.p50_ms) - r.p50_ms) for r in chosen]
         ax.barh(ys, p50, height * 0.92, xerr=[[0] * len(chosen), whisker], capsize=3,
                 color=COLOURS.get(precision), label=precision.upper())  # fmt: skip
         for y, r in zip(ys, chosen, strict=True):
-            end = r.get("p90_ms") or r["p50_ms"]
-            ax.text(end * 1.08 if log else end + top * 0.01, y, f"{r['p50_ms']:.2f} ms", va="center",
+            end = r.p90_ms or r.p50_ms
+            ax.text(end * 1.08 if log else end + top * 0.01, y, f"{r.p50_ms:.2f} ms", va="center",
                     fontsize=9)  # fmt: skip
     ax.set_yticks(range(len(backends)), backends, fontsize=10)
     ax.invert_yaxis()

@@ -29,15 +29,15 @@ from edgetl.errors import EdgetlError
 from edgetl.runfolder.records import (
     BenchmarkRecord,
     ConfusionRecord,
+    EpochRecord,
     ExportRecord,
     QuantizationRecord,
     SummaryRecord,
+    load_epochs,
     load_typed,
-    read_json,
-    read_record,
 )
 from edgetl.runfolder.splits import SPLITS, Splits
-from edgetl_runtime.fileio import UNWRITABLE, sha256_file, write_text_atomic
+from edgetl_runtime.fileio import UNWRITABLE, check_writable, sha256_file, write_text_atomic
 from edgetl_runtime.modelinfo import Precision
 
 LOCK = ".edgetl.lock"
@@ -121,10 +121,12 @@ ARTIFACTS: dict[str, Kind] = {
     f"{INT8_STEM}.onnx": Kind.INT8_MODEL,
     f"{INT8_STEM}.xml": Kind.INT8_MODEL,
     f"{INT8_STEM}.bin": Kind.INT8_MODEL,
+    f"{INT8_STEM}.tflite": Kind.INT8_MODEL,
     EXPORT_JSON: Kind.EXPORT_RECORD,
     f"{FP32_STEM}.onnx": Kind.FP32_MODEL,
     f"{FP32_STEM}.onnx.data": Kind.FP32_MODEL,
     f"{FP32_STEM}.xml": Kind.FP32_MODEL,
+    f"{FP32_STEM}.tflite": Kind.FP32_MODEL,
     f"{FP32_STEM}.bin": Kind.FP32_MODEL,
     SUMMARY: Kind.TRAIN_RECORD,
     CONFUSION: Kind.TRAIN_RECORD,
@@ -158,13 +160,6 @@ def dataset_fingerprint(splits: Splits) -> str:
 
 
 # --- the folder ---------------------------------------------------------------------------------------
-
-
-def _model_source(path: Path) -> str:
-    """The `edgetl.source_sha256` a model file records (ONNX or OpenVINO IR)."""
-    from edgetl_runtime.modelfile import read_model_info
-
-    return read_model_info(path).source_sha256
 
 
 @dataclass(frozen=True)
@@ -257,12 +252,8 @@ class RunFolder:
     def load_confusion(self) -> ConfusionRecord | None:
         return load_typed(ConfusionRecord, self.confusion)
 
-    def load_metrics(self) -> list[dict] | None:
-        """metrics.json: one row per epoch so far (a list)."""
-        rows = read_json(self.metrics)
-        if rows is not None and not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
-            raise EdgetlError(f"{self.metrics}: not a list of epoch records; rerun `edgetl train`")
-        return rows
+    def load_metrics(self) -> tuple[EpochRecord, ...] | None:
+        return load_epochs(self.metrics)
 
     # locking and cleaning
     @contextlib.contextmanager
@@ -317,6 +308,19 @@ class RunFolder:
                 removed.append(entry)
         return removed
 
+    def prepare(self, splits: Splits, *, overwrite: bool, resuming: bool) -> None:
+        """Ready the folder for a training's first write (rank 0, lock held): writable, the old run
+        removed with --overwrite, the split saved unless resuming."""
+        from edgetl.console import log
+
+        check_writable(self.root, "--out", folder=True)
+        if overwrite:
+            removed = self.clear()
+            if removed:
+                log(f"--overwrite: removed the old run's {', '.join(removed)}")
+        if not resuming:
+            splits.save(self.root)
+
     def clear(self) -> list[str]:
         """Remove every artifact of the run (call with the lock held), last stage first, so an
         interruption leaves an older but consistent chain, never a newer artifact without its source.
@@ -339,86 +343,11 @@ class RunFolder:
 
     # lineage
     def check_for(self, step: Step | str) -> None:
-        """Check the links of the chain that `step` consumes; StaleArtifact names the first stale one.
+        """Check the links of the chain that `step` consumes; StaleArtifact names the first stale one
+        (lineage.check_lineage)."""
+        from edgetl.runfolder.lineage import check_lineage
 
-        Links whose records predate lineage (no sha256 recorded) are not checked.
-        """
-        step = Step(step)
-        run = self.root
-        splits = self.load_splits() if self.splits.is_file() else None
-        checkpoint = self.checkpoint()
-        if step is Step.TRAIN or checkpoint is None:
-            return
-        if self.last_state.is_file() and not self.summary.is_file():
-            raise StaleArtifact(
-                f"{run}: training was interrupted ({self.summary.name} missing); finish it with "
-                f"`edgetl train --data DATA --out {run} --resume`"
-            )
-        if splits is not None and splits.fingerprint:
-            from edgetl.backbones.checkpoint import read_checkpoint_info
-
-            trained_on = read_checkpoint_info(checkpoint).data_fingerprint
-            if trained_on and trained_on != splits.fingerprint:
-                raise StaleArtifact(
-                    f"{checkpoint}: trained on other data than {self.splits} records; retrain with "
-                    f"`edgetl train --data DATA --out {run} --overwrite`"
-                )
-        if step is Step.EXPORT:
-            return
-        checkpoint_sha = sha256_file(checkpoint)
-        fp32 = [p for p in (self.model, self.model_xml) if p.is_file()]
-        for path in fp32:
-            if _model_source(path) not in ("", checkpoint_sha):
-                raise StaleArtifact(
-                    f"{path}: exported from an older checkpoint than {checkpoint.name}; "
-                    f"rebuild it with `edgetl export {run}`"
-                )
-        if step is Step.QUANTIZE:
-            return
-        model_sha = sha256_file(self.model) if self.model.is_file() else None
-        self._check_int8(checkpoint_sha, model_sha)
-        if step is Step.BENCHMARK:
-            return
-        self._check_benchmark()
-
-    def _check_int8(self, checkpoint_sha: str, model_sha: str | None) -> None:
-        run = self.root
-        int8 = [p for p in (self.int8, self.int8_xml) if p.is_file()]
-        rebuild = f"rebuild it with `edgetl quantize {run}`"
-        for path in int8:
-            if _model_source(path) not in ("", checkpoint_sha):
-                raise StaleArtifact(f"{path}: quantized from an older training; {rebuild}")
-        record = self.load_quantization()
-        if not int8 and record is None:
-            return
-        what = int8[0] if int8 else self.quantize_record
-        if model_sha is None:
-            raise StaleArtifact(
-                f"{what}: its FP32 model {self.model} is gone; run `edgetl export {run}`, then quantize"
-            )
-        made_from = record.source_sha256 if record else ""
-        if not made_from and self.calibration.is_file():
-            made_from = str((read_record(self.calibration) or {}).get("model_sha256") or "")
-        if made_from and made_from != model_sha:
-            raise StaleArtifact(
-                f"{what}: quantized from another {self.model.name} than the current one; {rebuild}"
-            )
-        if record and record.sha256:
-            # a record whose INT8 model was removed describes nothing that can ship: not stale
-            path = self.root / Path(record.int8_model).name
-            if path.is_file() and record.sha256 != sha256_file(path):
-                raise StaleArtifact(f"{self.quantize_record}: describes another INT8 model; {rebuild}")
-
-    def _check_benchmark(self) -> None:
-        record = self.load_benchmark()
-        if record is None:
-            return
-        for name, sha in record.sources.items():
-            path = self.root / name
-            if path.is_file() and sha256_file(path) != sha:
-                raise StaleArtifact(
-                    f"{self.benchmark_record}: timed an older {name}; rebuild it with `edgetl benchmark {self.root}`"
-                )
+        check_lineage(self, Step(step))
 
     def sources(self, files: Sequence[Path]) -> dict[str, str]:
         """name -> sha256 of the run-folder files among `files` (what a benchmark record pins)."""

@@ -1,22 +1,19 @@
 """The run folder's JSON records, read back as the frozen dataclasses they are written from.
 
-Each record's `from_dict` is the one place its JSON is validated: a value of the wrong type is one
-EdgetlError naming the file and the key (`typed_record`). Keys a record does not know are ignored, so
+Each record's `from_dict` is the one place its JSON is validated (runfolder/typed.py): a value of the
+wrong type is one EdgetlError naming the file and the key. Keys a record does not know are ignored, so
 an older edgetl reads a newer record; keys added since an older record was written take defaults.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-
-T = typing.TypeVar("T")
+from edgetl.runfolder.typed import T, typed_record
 
 
 def read_json(path: Path):
@@ -43,94 +40,6 @@ def load_typed(cls: type[T], path: Path) -> T | None:
     """The record at `path` as `cls` (None when absent), validated by `cls.from_dict`."""
     d = read_record(path)
     return None if d is None else cls.from_dict(d, source=str(path))
-
-
-# --- validation -----------------------------------------------------------------------------------
-
-
-class _Wrong(Exception):
-    def __init__(self, key: str, expected: str) -> None:
-        super().__init__(key)
-        self.key, self.expected = key, expected
-
-
-def _convert(hint, value, key: str):
-    """`value` checked against the type hint `hint` (and lists turned into tuples where declared)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, key)
-            except _Wrong:
-                continue
-        raise _Wrong(key, " or ".join(getattr(a, "__name__", str(a)) for a in args))
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise _Wrong(key, "a JSON object")
-        return _build(hint, value, key + ".")
-    if origin is tuple or hint is tuple:
-        if not isinstance(value, list | tuple):
-            raise _Wrong(key, "a JSON list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise _Wrong(key, f"a list of {len(args)}")
-        return tuple(_convert(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=False)))
-    if origin is list or hint is list:
-        if not isinstance(value, list):
-            raise _Wrong(key, "a JSON list")
-        return [_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise _Wrong(key, "a JSON object")
-        if args:
-            return {k: _convert(args[1], v, f"{key}.{k}") for k, v in value.items()}
-        return dict(value)
-    if hint is typing.Any:
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Wrong(key, "a number")
-        return float(value)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _Wrong(key, "an integer")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise _Wrong(key, "true or false")
-        return value
-    if hint is str:
-        if not isinstance(value, str):
-            raise _Wrong(key, "a string")
-        return value
-    raise TypeError(f"records cannot hold {hint!r}")  # a programming error, not bad input
-
-
-def _build(cls, d: dict, prefix: str = ""):
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in d:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise _Wrong(prefix + f.name, "present")
-            continue
-        values[f.name] = _convert(hints[f.name], d[f.name], prefix + f.name)
-    return cls(**values)
-
-
-def typed_record(cls: type[T], d: dict, source: str) -> T:
-    """`cls` built from the JSON object `d`; a missing or mistyped key is one EdgetlError."""
-    if not isinstance(d, dict):
-        raise EdgetlError(f"{source}: not an edgetl record (a JSON object is expected)")
-    try:
-        return _build(cls, d)
-    except _Wrong as e:
-        raise EdgetlError(
-            f"{source}: key {e.key!r} must be {e.expected}; rerun the stage that writes it"
-        ) from None
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -178,6 +87,7 @@ class ExportRecord(Record):
     nodes: int = 0
     seconds: float = 0.0
     checks: tuple[dict, ...] = ()
+    litert: str | None = None  # the .tflite written beside the ONNX file (--format litert)
 
 
 @dataclass(frozen=True)
@@ -206,6 +116,14 @@ class GateRecord(Record):
 
 
 @dataclass(frozen=True)
+class CrossFitRecord(Record):
+    """What a report shows of a gate's "cross_fit" (kept whole, as a dict, in the gate record)."""
+
+    folds: int
+    shipped_vs_fold_models_agreement: float
+
+
+@dataclass(frozen=True)
 class AttemptRecord(Record):
     """One candidate the quantization ladder tried."""
 
@@ -221,6 +139,14 @@ class AttemptRecord(Record):
     latency_ms: float | None = None
     verdict: str = ""
     passed: bool = False
+
+
+@dataclass(frozen=True)
+class ClassAccuracy(Record):
+    """One class's accuracy on the gate's images, FP32 model and INT8 model."""
+
+    fp32: float | None = None
+    int8: float | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +173,7 @@ class QuantizationRecord(Record):
     accuracy_drop: float | None = None  # points
     agreement: float | None = None
     kl: float | None = None
-    per_class: dict[str, dict[str, float | None]] = field(default_factory=dict)  # label -> fp32/int8
+    per_class: dict[str, ClassAccuracy] = field(default_factory=dict)  # by label
     size_ratio: float | None = None
     fp32_bytes: int | None = None
     int8_bytes: int | None = None
@@ -287,19 +213,28 @@ class QuantizationRecord(Record):
         )
 
 
+class Status(str, Enum):
+    OK = "ok"
+    UNAVAILABLE = "unavailable"  # not installed or no device here; the reason says which
+    FAILED = "failed"  # tried and raised; the error is kept
+    SKIPPED = "skipped"  # does not apply (wrong file type, FP16 on CPU, no checkpoint)
+
+
 @dataclass(frozen=True)
-class BenchRowRecord(Record):
-    """One row of benchmark.json (written from bench.results.BenchRow)."""
+class BenchRow(Record):
+    """One (backend, model, batch) of a benchmark with its status: a row of benchmark.json."""
 
     backend: str
     precision: str
-    status: str
-    model: str = ""  # file name; older and hand-written records may leave it out
+    status: Status
+    model: str = ""  # file name (model_path has the full path); hand-written records may leave it out
     batch: int = 1
-    reason: str = ""
+    reason: str = ""  # why unavailable / skipped, or the error of a failed row
     model_path: str = ""
     device: str = ""
-    threads: int | None = None
+    threads: int | None = None  # effective CPU threads of the backend
+    # What the backend computes in: "model" = the file's own types; OpenVINO runs FP32 files in bf16
+    # on CPUs with bf16 support unless told otherwise, and a row must say so.
     execution_precision: str | None = None
     p50_ms: float | None = None
     p90_ms: float | None = None
@@ -309,20 +244,20 @@ class BenchRowRecord(Record):
     min_ms: float | None = None
     cv: float | None = None
     runs: int = 0
-    throughput: float | None = None
-    macs: int | None = None
-    gops: float | None = None
-    peak_rss_mb: float | None = None
-    rss_before_load_mb: float | None = None
+    throughput: float | None = None  # images/s
+    macs: int | None = None  # per image
+    gops: float | None = None  # achieved: 2 * MACs * throughput / 1e9
+    peak_rss_mb: float | None = None  # of the backend's own worker process
+    rss_before_load_mb: float | None = None  # the same process before the session existed
     model_size_mb: float | None = None
-    load_s: float | None = None
+    load_s: float | None = None  # session creation (compilation included)
     attempts: int = 0
-    attempt_p50_ms: tuple[float, ...] = ()
+    attempt_p50_ms: tuple[float, ...] = ()  # every attempt's p50, the kept one included
     noisy: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status == Status.OK
 
 
 @dataclass(frozen=True)
@@ -330,10 +265,18 @@ class BenchmarkRecord(Record):
     """RUN/benchmark.json: the rows, how and where they were measured, and the sha256 of every model
     file (and checkpoint) timed."""
 
-    rows: tuple[BenchRowRecord, ...] = ()
+    rows: tuple[BenchRow, ...] = ()
     method: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+
+@dataclass(frozen=True)
+class EnvironmentRecord(Record):
+    """What a report shows of benchmark.json's "environment" (kept whole, as a dict, in the record)."""
+
+    cpu: str = ""
+    date: str = ""
 
 
 @dataclass(frozen=True)
@@ -347,6 +290,31 @@ class ConfusionRecord(Record):
 
 
 @dataclass(frozen=True)
+class StagePlanRecord(Record):
+    """One stage of a checkpoint's recipe; numbers keep the JSON's own int or float."""
+
+    epochs: int | None = None
+    unfreeze: int = 0
+    lr: int | float | None = None
+    lr_backbone: int | float | None = None
+
+
+@dataclass(frozen=True)
+class RecipeRecord(Record):
+    """What a report shows of the recipe in a checkpoint's header (trainer.recipe.Recipe's JSON)."""
+
+    stages: tuple[StagePlanRecord, ...] = ()
+    batch_size: int | None = None
+    label_smoothing: int | float | None = None
+    balance: str | None = None
+    hflip: bool | None = None
+    weight_decay: int | float | None = None
+    dropout: int | float | None = None
+    patience: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class CheckpointHeader(Record):
     """A checkpoint's edgetl header as read without torch (backbones.checkpoint.CheckpointInfo's JSON)."""
 
@@ -354,7 +322,7 @@ class CheckpointHeader(Record):
     labels: tuple[str, ...] = ()
     preprocess: dict = field(default_factory=dict)
     epoch: int = 0
-    recipe: dict = field(default_factory=dict)
+    recipe: RecipeRecord = RecipeRecord()
     metrics: dict = field(default_factory=dict)
     data_fingerprint: str = ""
     modality: str = "image"  # absent in checkpoints written before text
@@ -368,6 +336,31 @@ class PhaseRecord(Record):
     seconds: float
     best_val_accuracy: float
     stopped_early: bool
+
+
+@dataclass(frozen=True)
+class EpochRecord(Record):
+    """One epoch of RUN/metrics.json."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    stage: int = 1
+    unfreeze: int = 0
+    lr: float | None = None
+    seconds: float = 0.0
+
+
+def load_epochs(path: Path) -> tuple[EpochRecord, ...] | None:
+    """RUN/metrics.json: one record per epoch so far, None when absent."""
+    rows = read_json(path)
+    if rows is None:
+        return None
+    if not (isinstance(rows, list) and all(isinstance(r, dict) for r in rows)):
+        raise EdgetlError(f"{path}: not a list of epoch records; rerun `edgetl train`")
+    return tuple(EpochRecord.from_dict(r, source=f"{path} epoch {i + 1}") for i, r in enumerate(rows))
 
 
 @dataclass(frozen=True)
@@ -391,3 +384,18 @@ class SummaryRecord(Record):
     world_size: int = 1
     backend: str | None = None
     per_class_accuracy: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatasetProvenance(Record):
+    fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class ProvenanceRecord(Record):
+    """What a report shows of a bundle manifest's "provenance" (bundler.package writes it)."""
+
+    git_commit: str | None = None
+    dataset: DatasetProvenance | None = None
+    checkpoint_sha256: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)

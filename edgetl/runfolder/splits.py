@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
-from edgetl.runfolder.records import read_json, typed_record
+from edgetl.runfolder.records import read_json
+from edgetl.runfolder.typed import typed_record
 from edgetl_runtime.fileio import write_text_atomic
 
 SPLITS = "splits.json"

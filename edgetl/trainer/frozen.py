@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 from edgetl.console import log
-from edgetl.runfolder.folder import TMP_PREFIX, RunFolder, read_json
+from edgetl.runfolder.folder import TMP_PREFIX, RunFolder
+from edgetl.runfolder.records import read_json
 
 CACHE_PREFIX = TMP_PREFIX + "prefix-cache-"  # so the run lock sweeps a killed run's cache
 PROBE_IMAGES = 16

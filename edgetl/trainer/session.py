@@ -24,20 +24,11 @@ from edgetl.console import log
 from edgetl.errors import EdgetlError
 from edgetl.reporting.plots import write_training_plots
 from edgetl.runfolder.folder import RunFolder
+from edgetl.runfolder.records import PhaseRecord as PhaseResult  # summary.json's stage record
 from edgetl.trainer.phases import PHASE_RUNNERS, PhaseContext
 from edgetl.trainer.recipe import Recipe, recipe_from_dict
 from edgetl.trainer.schedule import make_optimizer
 from edgetl_runtime.fileio import atomic_output, write_text_atomic
-
-
-@dataclass(frozen=True)
-class PhaseResult:
-    index: int
-    unfreeze: int
-    epochs_run: int
-    seconds: float
-    best_val_accuracy: float
-    stopped_early: bool
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from edgetl.runfolder.folder import BEST, CONFUSION, LAST, METRICS, SUMMARY, TEX
 from edgetl.trainer.distributed import SINGLE, World
 from edgetl.trainer.recipe import Balance, Recipe
 from edgetl.trainer.session import PhaseResult, TrainResult, _confusion, _score
-from edgetl_runtime.fileio import check_writable, write_text_atomic
+from edgetl_runtime.fileio import write_text_atomic
 from edgetl_runtime.modality import Modality
 from edgetl_runtime.textinput import TextSpec, encode_texts
 
@@ -388,13 +388,7 @@ def train_text(
         )
     world.barrier()  # every process has read the old run before rank 0 changes the folder
     if world.main:
-        check_writable(run.root, "--out", folder=True)
-        if overwrite:
-            removed = run.clear()
-            if removed:
-                log(f"--overwrite: removed the old run's {', '.join(removed)}")
-        if state is None:
-            texts.splits.save(run.root)
+        run.prepare(texts.splits, overwrite=overwrite, resuming=state is not None)
     spec = TextSpec(files.tokenizer, recipe.max_length, model.pooling)
     session = TextSession(model, texts, recipe, spec, run.root, seed, files, world)
     first_stage, first_epoch = 0, 0

@@ -272,13 +272,7 @@ def _train_images(request: TrainRequest, run: RunFolder, *, started: float):
             model.load_state_dict(with_head(model.state_dict(), run.last_head))
     world.barrier()  # every process has read the old run before rank 0 changes the folder
     if main:
-        check_writable(run.root, "--out", folder=True)
-        if overwrite:
-            removed = run.clear()
-            if removed:
-                log(f"--overwrite: removed the old run's {', '.join(removed)}")
-        if state is None:
-            splits.save(run.root)
+        run.prepare(splits, overwrite=overwrite, resuming=state is not None)
     place_model(model, dev)
     class_weights, sample_weights = _balance_weights(images.train_targets, len(images.labels), recipe.balance)
     if class_weights is not None:

@@ -59,6 +59,7 @@ def test_folder_bundle_manifest(tiny_run, tmp_path):
     assert prov["recipe"] == info.recipe
     assert prov["dataset"]["fingerprint"] == dataset_fingerprint(Splits.load(tiny_run))
     assert prov["dataset"]["train_images"] == 36 and prov["dataset"]["missing_images"] == 0
+    assert bundle.to_dict()["dataset_fingerprint"] == prov["dataset"]["fingerprint"]
     assert prov["checkpoint_sha256"] == sha256_file(tiny_run / "best.safetensors")
 
 

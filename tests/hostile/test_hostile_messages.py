@@ -65,17 +65,9 @@ def test_tight_layout_warnings_stay_quiet(tmp_path):
     """matplotlib's "Tight layout not applied" reached stderr after every one-epoch train and its
     report (the curves of a single epoch); it stays quiet unless --verbose."""
     from edgetl.reporting import plots
+    from edgetl.runfolder.records import EpochRecord
 
-    one_epoch = [
-        {
-            "epoch": 1,
-            "stage": 1,
-            "train_loss": 1.0,
-            "val_loss": 1.1,
-            "train_accuracy": 0.3,
-            "val_accuracy": 0.4,
-        }
-    ]
+    one_epoch = [EpochRecord(epoch=1, train_loss=1.0, val_loss=1.1, train_accuracy=0.3, val_accuracy=0.4)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plots.save_png(plots.curves_figure(one_epoch, 1), tmp_path / "c.png")

@@ -101,6 +101,26 @@ ROWS = {
     "confusion.json matrix a string, then report": (
         _write("confusion.json", json.dumps({"labels": ["0"], "matrix": "x"})), ["report"], "key 'matrix'"
     ),
+    "metrics.json epoch without val_accuracy, then report": (
+        _write("metrics.json", json.dumps([{"epoch": 1, "train_loss": 1, "train_accuracy": 0.5, "val_loss": 1}])),
+        ["report"], "metrics.json epoch 1: key 'val_accuracy' must be present",
+    ),
+    "benchmark.json row of an unknown status, then report": (
+        _benchmark({"rows": [{"backend": "x", "precision": "fp32", "status": "fast"}]}), ["report"],
+        "benchmark.json: key 'rows[0].status' must be 'ok' or 'unavailable'",
+    ),
+    "quantize.json per_class entry a number, then report": (
+        _edit_json("quantize.json", lambda d: d.update(per_class={"0": 1})), ["report"],
+        "quantize.json: key 'per_class.0' must be a JSON object",
+    ),
+    "quantize.json cross-fit folds a string, then report": (
+        _edit_json("quantize.json", lambda d: d["gate"].update(cross_fit={"folds": "<script>", "shipped_vs_fold_models_agreement": 1.0})),
+        ["report"], "quantize.json gate.cross_fit: key 'folds' must be an integer",
+    ),
+    "checkpoint header recipe stages a string, then report": (
+        _edit_header(lambda d: d["recipe"].update(stages="x")), ["report"],
+        "best.safetensors (edgetl header): key 'recipe.stages' must be a JSON list",
+    ),
 }  # fmt: skip
 
 

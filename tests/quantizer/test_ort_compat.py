@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgetl.quantizer.ort import CALIBRATORS, ORT_SETTINGS, Method, calibrate_ranges, quantize_with_ranges
+from edgetl.quantizer.ort import Method, calibrate_ranges, quantize_with_ranges, static_settings
 from edgetl.quantizer.ort_compat import has_range_cache, quantize_static_with_ranges
 
 
@@ -57,20 +57,6 @@ def _qdq_nodes(graph) -> list[str]:
     return [n.op_type for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
 
 
-def _settings(method: Method) -> dict:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-
-    return dict(
-        calibrate_method=CalibrationMethod[CALIBRATORS[method][0]],
-        quant_format=QuantFormat[ORT_SETTINGS["format"]],
-        per_channel=ORT_SETTINGS["per_channel"],
-        reduce_range=ORT_SETTINGS["reduce_range"],
-        activation_type=QuantType[ORT_SETTINGS["activation_type"]],
-        weight_type=QuantType[ORT_SETTINGS["weight_type"]],
-        extra_options=dict(ORT_SETTINGS["extra_options"]),
-    )
-
-
 def test_ranges_give_the_model_quantize_static_calibrates_itself(tmp_path):
     """On the installed onnxruntime, whichever path it takes: same model as quantize_static's own
     calibration on the same images (MinMax, so the ranges are exact)."""
@@ -85,7 +71,7 @@ def test_ranges_give_the_model_quantize_static_calibrates_itself(tmp_path):
         str(model),
         str(tmp_path / "ref.onnx"),
         _ArrayReader("x", inputs, 16),
-        **_settings(Method.MINMAX),
+        **static_settings(Method.MINMAX),
     )
     assert _qdq_nodes(_graph(ours)), "no QuantizeLinear/DequantizeLinear in the quantized model"
     assert _graph(ours) == _graph(tmp_path / "ref.onnx")
@@ -110,14 +96,19 @@ def test_fallback_matches_native_quantize_static(tmp_path, method):
     model = _tiny_cnn(tmp_path / "m.onnx")
     ranges = calibrate_ranges(model, _inputs(), method)
     native = quantize_static_with_ranges(
-        model, tmp_path / "native.onnx", ranges, nodes_to_exclude=["relu"], **_settings(method), native=True
+        model,
+        tmp_path / "native.onnx",
+        ranges,
+        nodes_to_exclude=["relu"],
+        **static_settings(method),
+        native=True,
     )
     fallback = quantize_static_with_ranges(
         model,
         tmp_path / "fallback.onnx",
         ranges,
         nodes_to_exclude=["relu"],
-        **_settings(method),
+        **static_settings(method),
         native=False,
     )
     assert _qdq_nodes(_graph(native))

@@ -20,7 +20,14 @@ from edgetl_runtime.cli import EXIT_ERROR
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.errors import BundleError
 from edgetl_runtime.fileio import sha256_file
-from edgetl_runtime.modelfile import FORMATS, model_format, read_metadata, read_model_info, write_metadata
+from edgetl_runtime.modelfile import (
+    FORMATS,
+    is_int8,
+    model_format,
+    read_metadata,
+    read_model_info,
+    write_metadata,
+)
 from edgetl_runtime.modelinfo import MetadataMissing
 from edgetl_runtime.preprocess import preprocess_image
 
@@ -196,3 +203,18 @@ def test_a_device_without_the_onnx_package_reads_the_same_metadata(tiny_run, mon
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
     assert read_metadata(tiny_run / "model.int8.onnx") == expected
     assert read_model_info(tiny_run / "model.int8.onnx").precision == "int8"
+    assert is_int8(tiny_run / "model.int8.onnx") and not is_int8(tiny_run / "model.onnx")
+
+
+def test_the_format_table_tells_int8_from_the_graph(ir_run, tmp_path):
+    """What the graph holds decides, not the metadata: a described INT8 model from elsewhere is INT8."""
+    import onnx
+
+    assert is_int8(ir_run / "model.int8.xml") and not is_int8(ir_run / "model.xml")
+    bare = onnx.load(str(ir_run / "model.int8.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.int8.onnx"))
+    assert is_int8(tmp_path / "bare.int8.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 64)
+    with pytest.raises(BundleError, match=r"junk\.onnx: not a readable ONNX model"):
+        is_int8(tmp_path / "junk.onnx")

@@ -7,16 +7,13 @@ request loop is bounded in count and every request and process wait in time.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,16 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from headless_browser import CHROMIUM, UPLOAD_JS, Browser, BrowserError
+from headless_browser import CHROMIUM, UPLOAD_JS, Browser
 from PIL import Image
+from serveprobe import START_S, Server, no_torch_env
+from serveprobe import assert_error as _error
 
 from edgetl.bundler.package import build_bundle
 from edgetl_runtime.cli import main as run_main
 from edgetl_runtime.preprocess import list_images
 from edgetl_runtime.signing import generate_keypair
-
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-START_S = 60  # load + verify on a busy 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -52,78 +48,7 @@ def images(digits_dir) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory) -> dict:
-    """An environment where importing torch, torchvision or timm fails."""
-    fake = tmp_path_factory.mktemp("no_torch")
-    for name in ("torch", "torchvision", "timm"):
-        (fake / name).mkdir()
-        (fake / name / "__init__.py").write_text(f"raise ImportError('{name} is not on this device')\n")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), str(DEPLOY)])}
-
-
-class Server:
-    """`edgetl-run serve BUNDLE --port 0 --json` in a subprocess; `url` from its one JSON line."""
-
-    def __init__(self, bundle: Path, env: dict, *options: str) -> None:
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edgetl_runtime.cli",
-                "serve",
-                str(bundle),
-                "--port",
-                "0",
-                "--json",
-                *options,
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        line = _readline(self.proc, START_S)
-        if not line:
-            self.stop()
-            raise AssertionError(f"server did not start: {self.proc.stderr.read()}")
-        self.info = json.loads(line)
-        self.host, port = self.info["url"].removeprefix("http://").split(":")
-        self.port = int(port)
-
-    def request(self, method: str, path: str, body=None, headers=None, timeout: float = 30):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, response.headers, response.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise
-
-
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
-    reader.start()
-    reader.join(timeout)
-    return lines[0].strip() if lines else ""
-
-
-def _error(status: int, body: bytes, want_status: int, kind: str) -> dict:
-    assert status == want_status, body
-    data = json.loads(body)
-    assert set(data) == {"error"} and set(data["error"]) == {"message", "option", "path", "kind"}, data
-    assert data["error"]["kind"] == kind, data
-    assert "Traceback" not in data["error"]["message"]
-    return data["error"]
+    return no_torch_env(tmp_path_factory.mktemp("no_torch"))
 
 
 def _multipart(name: str, data: bytes) -> tuple[bytes, dict]:
@@ -360,24 +285,10 @@ def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
     browser = Browser(f"http://{server.host}:{server.port}/", str(tmp_path / "profile"))
     try:
         deadline = time.monotonic() + 60
-        while not (
-            pages := [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "page"]
-        ):
-            assert time.monotonic() < deadline, "Chromium opened no page"
-            time.sleep(0.2)
-        session = browser.call("Target.attachToTarget", {"targetId": pages[0]["targetId"], "flatten": True})[
-            "sessionId"
-        ]
+        session = browser.attach_page(deadline)
         phone = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": True}
         browser.call("Emulation.setDeviceMetricsOverride", phone, session)
-        url = f"http://{server.host}:{server.port}/"
-        loaded = {"expression": "location.href + ' ' + document.readyState", "returnByValue": True}
-        while True:  # the first document is about:blank, then the page; evaluate only in the page
-            with contextlib.suppress(BrowserError):
-                if browser.call("Runtime.evaluate", loaded, session)["result"]["value"] == f"{url} complete":
-                    break
-            assert time.monotonic() < deadline, "the page did not load within 60 s"
-            time.sleep(0.2)
+        browser.wait_loaded(session, f"http://{server.host}:{server.port}/", deadline)
         photo = base64.b64encode(images[0].read_bytes()).decode()
         shown = browser.call(
             "Runtime.evaluate",

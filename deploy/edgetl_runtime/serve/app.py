@@ -17,6 +17,7 @@ from enum import Enum
 from importlib.resources import files
 
 import anyio
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -32,7 +33,7 @@ from ..inputs import TextInput
 from ..modality import Modality
 from ..predictor import Predictor, summarize_predictions
 from ..preprocess import EncodedImage
-from ..textinput import decode_bytes
+from ..textinput import MAX_TEXT_BYTES, decode_bytes, decode_declared
 from .inference import InferencePool, Overloaded
 from .metrics import ServeMetrics
 
@@ -43,6 +44,7 @@ class ErrorKind(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     REQUEST_TIMEOUT = "request_timeout"  # the client sent its body too slowly
     TOO_LARGE = "too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"  # request line and headers over the HTTP parser's buffer
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     OVERLOADED = "overloaded"
     TIMEOUT = "timeout"  # the prediction did not finish within --timeout-s
@@ -55,6 +57,7 @@ ERROR_STATUS = {
     ErrorKind.METHOD_NOT_ALLOWED: 405,
     ErrorKind.REQUEST_TIMEOUT: 408,
     ErrorKind.TOO_LARGE: 413,
+    ErrorKind.HEADERS_TOO_LARGE: 431,
     ErrorKind.UNSUPPORTED_MEDIA_TYPE: 415,
     ErrorKind.OVERLOADED: 503,
     ErrorKind.TIMEOUT: 503,
@@ -64,9 +67,14 @@ ERROR_STATUS = {
 HTTP_KINDS = {404: ErrorKind.NOT_FOUND, 405: ErrorKind.METHOD_NOT_ALLOWED}
 
 
-def _text_upload(name: str, body: bytes) -> TextInput:
+def _text_upload(name: str, body: bytes, charset: str | None) -> TextInput:
+    # read as far as a text file is read in training; the tokenizer caps what it takes of that again
+    start, complete = body[:MAX_TEXT_BYTES], len(body) <= MAX_TEXT_BYTES
     try:
-        text, _ = decode_bytes(body, name)
+        if charset:
+            text = decode_declared(start, name, charset, complete=complete)
+        else:
+            text, _ = decode_bytes(start, name, complete=complete)
     except TextError as e:
         raise ServeError(ErrorKind.BAD_INPUT, str(e)) from None
     if not text.strip():
@@ -80,14 +88,14 @@ class Upload:
 
     raw: re.Pattern
     hint: str
-    item: Callable[[str, bytes], EncodedImage | TextInput]
+    item: Callable[[str, bytes, str | None], EncodedImage | TextInput]  # name, body, declared charset
 
 
 UPLOADS: dict[Modality, Upload] = {
     Modality.IMAGE: Upload(
         re.compile(r"^image/[a-z0-9.+-]+$"),
         "the image as the raw body with Content-Type image/* (e.g. image/jpeg)",
-        EncodedImage,
+        lambda name, body, _charset: EncodedImage(name, body),
     ),
     Modality.TEXT: Upload(
         re.compile(r"^text/plain$"),
@@ -115,17 +123,41 @@ class ServeError(Exception):
         self.headers = headers or {}
 
 
+def error_body(kind: ErrorKind, message: str, option=None, path=None) -> dict:
+    """The shared error shape; its HTTP status is ERROR_STATUS[kind]."""
+    return {"error": {**error_fields(message, option, path), "kind": kind.value}}
+
+
 def json_response(body: dict, status: int = 200, headers: dict | None = None) -> Response:
     return Response(
         json_text(body), status, {**COMMON_HEADERS, **(headers or {})}, media_type="application/json"
     )
 
 
+# top_k past the number of classes is all of them; six digits bound int() and the echo of a bad value
+TOP_K = re.compile(r"[0-9]{1,6}")
+PREDICT_QUERY = ("top_k",)
+
+
 def _query_top_k(request: Request) -> int:
-    raw = request.query_params.get("top_k", "5")
-    if not raw.isdigit() or int(raw) < 1:
+    """The one query parameter of POST /v1/predict; anything else in the query is refused by name."""
+    params = request.query_params
+    for name in params:
+        if name not in PREDICT_QUERY:
+            raise ServeError(
+                ErrorKind.BAD_INPUT,
+                f"unknown query parameter {name[:64]!r}; POST /v1/predict takes only {', '.join(PREDICT_QUERY)}",
+                option=name[:64],
+            )
+    values = params.getlist("top_k") or ["5"]
+    raw = values[0]
+    if len(values) > 1 or not TOP_K.fullmatch(raw) or int(raw) < 1:
+        shown = raw[:16] + ("..." if len(raw) > 16 else "")
         raise ServeError(
-            ErrorKind.BAD_INPUT, f"top_k must be a whole number >= 1, got {raw!r}", option="top_k"
+            ErrorKind.BAD_INPUT,
+            f"top_k must be given once, as a whole number from 1 to 999999 in ASCII digits, got {shown!r}"
+            + (f" and {len(values) - 1} more" if len(values) > 1 else ""),
+            option="top_k",
         )
     return int(raw)
 
@@ -184,7 +216,9 @@ async def _uploaded_file(request: Request, body: bytes, kind: Upload) -> Encoded
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ServeError(ErrorKind.BAD_INPUT, "multipart body has no file field named 'file'")
-        return kind.item(upload.filename or "file", await upload.read())
+        return kind.item(
+            upload.filename or "file", await upload.read(), _parse_charset(upload.headers.get("content-type"))
+        )
     finally:
         await form.close()
 
@@ -193,7 +227,12 @@ async def _read_input(request: Request, media: str, cap: int, upload: Upload) ->
     body = await _read_body(request, cap)
     if media == "multipart/form-data":
         return await _uploaded_file(request, body, upload)
-    return upload.item("upload", body)
+    return upload.item("upload", body, _parse_charset(request.headers.get("content-type")))
+
+
+def _parse_charset(content_type: str | None) -> str | None:
+    charset = parse_options_header(content_type)[1].get(b"charset")
+    return charset.decode("latin-1") if charset else None
 
 
 def describe_service(bundle: str, predictor: Predictor, sha256: str, limits: ServeLimits) -> dict:
@@ -273,8 +312,7 @@ def build_app(
 
     def error_response(kind: ErrorKind, message: str, option=None, path=None, headers=None) -> Response:
         metrics.errors.labels(kind.value).inc()
-        fields = error_fields(message, option, path)
-        return json_response({"error": {**fields, "kind": kind.value}}, ERROR_STATUS[kind], headers)
+        return json_response(error_body(kind, message, option, path), ERROR_STATUS[kind], headers)
 
     async def on_serve_error(request: Request, e: ServeError) -> Response:
         return error_response(e.kind, str(e), e.option, headers=e.headers)

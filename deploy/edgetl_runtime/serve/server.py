@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -14,6 +15,7 @@ from ..fileio import print_json, sha256_file
 from ..modelfile import is_model_file
 from ..predictor import Predictor
 from .app import ServeLimits, build_app
+from .protocol import MAX_HEAD_BYTES, JsonErrorProtocol
 
 # In-flight requests get this long to finish after SIGTERM: under the 5 s a service manager or a
 # test waits, longer than one prediction on a device.
@@ -66,6 +68,10 @@ def run_server(
     config = uvicorn.Config(
         app,
         lifespan="off",
+        # a request's head must arrive within --timeout-s, as its body must
+        http=functools.partial(JsonErrorProtocol, head_timeout_s=limits.timeout_s),
+        ws="none",  # no WebSocket route: an upgrade request is an ordinary request here
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_level="info" if access_log else "warning",
         access_log=access_log,
         timeout_graceful_shutdown=GRACE_S,
