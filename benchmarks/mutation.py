@@ -59,6 +59,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/runfolder/test_run.py",
         "tests/bundler/test_consistency.py",
     ),
+    "edgetl/runfolder/lineage.py": (
+        "tests/runfolder/test_run.py",
+        "tests/bundler/test_consistency.py",
+    ),
     "edgetl/bundler/package.py": (
         "tests/bundler/test_consistency.py",
         "tests/bundler/test_package.py",
