@@ -91,6 +91,7 @@ class Mutant:
     line: int
     operator: str
     source: str  # the mutated module
+    original: str  # the module it was made from
 
 
 @dataclass(frozen=True)
@@ -229,11 +230,11 @@ def find_mutants(module: str) -> Iterator[Mutant]:
         except SyntaxError:
             continue
         if source != text:
-            yield Mutant(module, f"{module}:{line}:{col}:{operator}", line, operator, source)
+            yield Mutant(module, f"{module}:{line}:{col}:{operator}", line, operator, source, text)
 
 
 def diff_of(mutant: Mutant) -> str:
-    before = (ROOT / mutant.module).read_text().splitlines(keepends=True)
+    before = mutant.original.splitlines(keepends=True)
     lines = difflib.unified_diff(
         before, mutant.source.splitlines(keepends=True), mutant.module, mutant.module, n=1
     )
