@@ -52,3 +52,26 @@ def test_a_changed_byte_in_any_bundle_file_is_refused(bundle, tmp_path):
         outcome = invoke("edgetl-run", ["info", str(archive), "--json"])
         assert_one_line(outcome, EXIT_ERROR, f"{name} was modified")
         assert_json_error(outcome, "sha256 differs from the manifest")
+
+
+def test_an_archive_not_framed_by_edgetl_or_with_a_huge_signature_is_refused(bundle, tmp_path):
+    import tarfile
+
+    from cliprobe import Zeros
+
+    from edgetl_runtime.signing import SIGNATURE
+
+    foreign = tmp_path / "foreign.tar.gz"
+    with tarfile.open(foreign, "w:gz") as tar:  # Python's own gzip framing: a header edgetl never writes
+        for path in sorted(bundle.iterdir()):
+            tar.add(path, arcname=path.name)
+    assert_one_line(invoke("edgetl-run", ["info", str(foreign), "--json"]), EXIT_ERROR, "gzip header differs")
+    huge = tar_gz(tmp_path / "huge.tar.gz", [(member(SIGNATURE, 1 << 20), Zeros(1 << 20))])
+    assert_one_line(invoke("edgetl-run", ["info", str(huge), "--json"]), EXIT_ERROR, "is no signature")
+
+
+def test_extracting_a_good_archive_returns_its_verified_manifest(bundle, tmp_path):
+    archive = write_archive(bundle, tmp_path / "good.tar.gz", mtime=0)
+    manifest = extract_bundle(archive, tmp_path / "out")
+    assert manifest == Manifest.from_json((bundle / MANIFEST).read_bytes())
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in bundle.iterdir())
