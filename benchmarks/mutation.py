@@ -59,6 +59,10 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/runfolder/test_run.py",
         "tests/bundler/test_consistency.py",
     ),
+    "edgetl/runfolder/lineage.py": (
+        "tests/runfolder/test_run.py",
+        "tests/bundler/test_consistency.py",
+    ),
     "edgetl/bundler/package.py": (
         "tests/bundler/test_consistency.py",
         "tests/bundler/test_package.py",
@@ -87,6 +91,7 @@ class Mutant:
     line: int
     operator: str
     source: str  # the mutated module
+    original: str  # the module it was made from
 
 
 @dataclass(frozen=True)
@@ -225,11 +230,11 @@ def find_mutants(module: str) -> Iterator[Mutant]:
         except SyntaxError:
             continue
         if source != text:
-            yield Mutant(module, f"{module}:{line}:{col}:{operator}", line, operator, source)
+            yield Mutant(module, f"{module}:{line}:{col}:{operator}", line, operator, source, text)
 
 
 def diff_of(mutant: Mutant) -> str:
-    before = (ROOT / mutant.module).read_text().splitlines(keepends=True)
+    before = mutant.original.splitlines(keepends=True)
     lines = difflib.unified_diff(
         before, mutant.source.splitlines(keepends=True), mutant.module, mutant.module, n=1
     )
@@ -271,9 +276,10 @@ def serve_worker() -> None:
         pid = os.fork()
         if pid == 0:
             os.setpgid(0, 0)
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
+            log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            for fd in (1, 2):
+                os.dup2(log, fd)
             code = 3
             try:
                 code = int(pytest.main([*PYTEST, *request["tests"]]))
@@ -299,13 +305,15 @@ class Worker:
     """The --worker process, started on the copied tree."""
 
     def __init__(self, tree: Path, env: dict) -> None:
+        self.log = tree.parent / "pytest.log"  # the last run's output
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--worker"], cwd=tree, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
 
     def run(self, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
-        self.proc.stdin.write(json.dumps({"tests": list(tests), "timeout": timeout}) + "\n")
+        request = {"tests": list(tests), "timeout": timeout, "log": str(self.log)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         answer = json.loads(self.proc.stdout.readline())
         return answer["status"], answer["seconds"]
@@ -372,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{module}: {len(mutants[module])} mutants; its tests unmutated: {status} in {seconds:.0f} s",
                   flush=True)  # fmt: skip
             if status != "survived":
+                print("".join(worker.log.read_text().splitlines(keepends=True)[-30:]), flush=True)
                 results[module] = {"error": f"its tests do not pass unmutated ({status})", "command": command}
                 report = merged_report(args.out, results)
                 continue

@@ -217,3 +217,15 @@ def test_latency_is_in_milliseconds(tmp_path):
     write_identity(tmp_path / "identity.onnx", [1, 3])
     ms = measure_latency(tmp_path / "identity.onnx", np.zeros((4, 3), np.float32), "onnxruntime-cpu")
     assert 0 < ms < 50
+
+
+def test_each_cross_fit_part_calibrates_on_the_other_folds_with_their_own_labels(tmp_path):
+    ctx = _context([], tmp_path)
+    ctx.gate.folds = np.array([0, 1, 0, 1, 1])
+    ctx.calib = SimpleNamespace(inputs=np.arange(5)[:, None] * 10)
+    ctx.calib_labels = np.arange(5)
+    parts = ctx.parts()
+    assert [p.name for p in parts] == ["without-fold-0", "without-fold-1"]
+    assert parts[0].labels.tolist() == [1, 3, 4] and parts[1].labels.tolist() == [0, 2]
+    for part in parts:  # each image keeps its own label
+        assert (part.inputs[:, 0] == part.labels * 10).all()

@@ -141,6 +141,14 @@ def test_each_error_is_one_json_error_and_the_server_keeps_answering(server, ima
     assert server.request("GET", "/healthz")[:1] == (200,)
 
 
+def test_top_k_counts_from_one(server, images):
+    png = images[0].read_bytes()
+    status, _, body = server.request("POST", "/v1/predict?top_k=1", png, {"Content-Type": "image/png"})
+    assert status == 200 and len(json.loads(body)["predictions"][0]["top_k"]) == 1
+    status, _, body = server.request("POST", "/v1/predict?top_k=0", png, {"Content-Type": "image/png"})
+    assert _error(status, body, 400, "bad_input")["option"] == "top_k"
+
+
 def test_a_declared_over_size_body_is_refused_before_it_is_sent(server):
     """The header alone decides: 64 MiB declared, 4 bytes sent, the rest never. Only the early
     refusal answers this; the streaming count would wait for a body that does not come (the

@@ -122,3 +122,29 @@ def test_malformed_signature_file_is_refused(signed, keys, tmp_path):
     (folder / SIGNATURE).write_text("garbage")
     outcome = invoke("edgetl-run", ["info", str(folder), "--trust", pub(keys[0])])
     assert_one_line(outcome, EXIT_ERROR, f"{SIGNATURE} is malformed")
+
+
+def test_a_trusted_key_file_that_is_missing_or_holds_no_ed25519_key_is_refused(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from edgetl.errors import EdgetlError
+
+    with pytest.raises(EdgetlError, match="no such public-key file"):
+        load_trusted_keys([tmp_path / "missing.pub"])
+    (tmp_path / "empty.pub").write_text("\n")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    (tmp_path / "rsa.pub").write_bytes(
+        rsa_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    for name in ("empty.pub", "rsa.pub"):
+        with pytest.raises(EdgetlError, match="holds no ed25519 public key"):
+            load_trusted_keys([tmp_path / name])
+
+
+def test_a_signature_file_naming_another_algorithm_is_malformed(signed, keys, tmp_path):
+    folder = Path(shutil.copytree(signed[0], tmp_path / "b"))
+    body = json.loads((folder / SIGNATURE).read_text())
+    (folder / SIGNATURE).write_text(json.dumps({**body, "algorithm": "rsa-pss-sha256"}))
+    outcome = invoke("edgetl-run", ["info", str(folder), "--trust", pub(keys[0])])
+    assert_one_line(outcome, EXIT_ERROR, f"{SIGNATURE} is malformed")
