@@ -56,6 +56,11 @@ class ModelInfo:
     def with_(self, **changes) -> ModelInfo:
         return replace(self, **changes)
 
+    @property
+    def quantized_from(self) -> str | None:
+        """The sha256 of the FP32 model an INT8 model was quantized from, where the quantizer recorded it."""
+        return self.quantization.get("fp32_sha256") or None
+
     def to_metadata(self) -> dict[str, str]:
         """Flat str -> str mapping, the form ONNX metadata_props and rt_info hold."""
         values = {

@@ -317,7 +317,7 @@ def build_bundle_from_models(
         chosen[precision] = path
     fp32, int8 = chosen.get(Precision.FP32), chosen.get(Precision.INT8)
     # without a run folder's records, the INT8 model's own record of its FP32 model is the lineage
-    made_from = read_model_info(int8).quantization.get("fp32_sha256") if fp32 and int8 else None
+    made_from = read_model_info(int8).quantized_from if fp32 and int8 else None
     if made_from and made_from != sha256_file(fp32):
         raise BundleError(
             f"{int8}: quantized from another FP32 model than {fp32} (the sha256 it records differs); "
