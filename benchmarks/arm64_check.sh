@@ -176,7 +176,7 @@ x86 edgetl package "$WORK/digits/run" --precision fp32 --out "$WORK/bundles/digi
 x86 edgetl package "$WORK/digits/run" --precision int8 --out "$WORK/bundles/digits-onnx-int8.tar.gz" >/dev/null
 if x86 edgetl export --help | grep -q litert; then
     x86 edgetl export "$WORK/digits/run" --format litert >/dev/null
-    x86 edgetl quantize "$WORK/digits/run" --backend litert >/dev/null
+    x86 edgetl quantize "$WORK/digits/run" --backend litert --num-calibration 200 >/dev/null
     x86 edgetl package "$WORK/digits/run" --format litert --precision int8 \
         --out "$WORK/bundles/digits-litert-int8.tar.gz" >/dev/null
 else
