@@ -148,12 +148,13 @@ if [ "$(cat "$ROOT$VENV/.edgetl-deps" 2>/dev/null)" != "$deps_key" ]; then
     # --only-binary: a missing aarch64 wheel is an error here, not an hour of compiling under qemu.
     # A uv.lock pin pip cannot meet on this Python and CPU (no such wheel) is dropped, said, and retried.
     for attempt in 1 2 3 4 5; do
-        if in_arm pip install --quiet --only-binary :all: -c "$INSIDE/constraints.txt" \
-            "$INSIDE/wheel/${wheel}[$extras]" ai-edge-litert 2>"$WORK/pip.err"; then
+        # not --quiet: pip names the constraint behind a conflict only in its full output
+        if in_arm pip install --only-binary :all: -c "$INSIDE/constraints.txt" \
+            "$INSIDE/wheel/${wheel}[$extras]" ai-edge-litert >"$WORK/pip.log" 2>&1; then
             break
         fi
-        unmet="$(sed -nE 's/.*The user requested \(constraint\) ([^ ]+==[^ ]+).*/\1/p' "$WORK/pip.err" | sort -u)"
-        if [ -z "$unmet" ] || [ "$attempt" = 5 ]; then cat "$WORK/pip.err" >&2; die "pip install failed"; fi
+        unmet="$(sed -nE 's/.*The user requested \(constraint\) ([^ ]+==[^ ]+).*/\1/p' "$WORK/pip.log" | sort -u)"
+        if [ -z "$unmet" ] || [ "$attempt" = 5 ]; then tail -n 30 "$WORK/pip.log" >&2; die "pip install failed"; fi
         for pin in $unmet; do
             log "uv.lock's $pin cannot be installed on arm64 here: left to pip"
             grep -vxF "$pin" "$WORK/constraints.txt" >"$WORK/constraints.new" || true
