@@ -162,9 +162,9 @@ if [ "$(cat "$ROOT$VENV/.edgetl-deps" 2>/dev/null)" != "$deps_key" ]; then
         done
     done
     echo "$deps_key" >"$ROOT$VENV/.edgetl-deps"
-else
-    in_arm pip install --quiet --no-deps --force-reinstall "$INSIDE/wheel/$wheel"
 fi
+# Forced: deploy/ changes without its version number, and pip keeps an installed version as it is.
+in_arm pip install --quiet --no-deps --force-reinstall "$INSIDE/wheel/$wheel"
 in_arm python -c 'from ai_edge_litert.interpreter import Interpreter; import tokenizers, onnxruntime' ||
     die "the runtime's libraries do not import on arm64"
 if in_arm python -c 'import torch' 2>/dev/null; then die "torch is importable in the runtime's venv"; fi
