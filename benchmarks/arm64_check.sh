@@ -146,12 +146,25 @@ deps_key="$(cat "$WORK/constraints.txt" "$PROJECT/deploy/pyproject.toml" "$ROOT/
 if [ "$(cat "$ROOT$VENV/.edgetl-deps" 2>/dev/null)" != "$deps_key" ]; then
     [ -x "$ROOT$VENV/bin/python" ] || in_arm python3 -m venv "$VENV"
     # --only-binary: a missing aarch64 wheel is an error here, not an hour of compiling under qemu.
-    in_arm pip install --quiet --only-binary :all: -c "$INSIDE/constraints.txt" \
-        "$INSIDE/wheel/${wheel}[$extras]" ai-edge-litert
+    # A uv.lock pin pip cannot meet on this Python and CPU (no such wheel) is dropped, said, and retried.
+    for attempt in 1 2 3 4 5; do
+        # not --quiet: pip names the constraint behind a conflict only in its full output
+        if in_arm pip install --only-binary :all: -c "$INSIDE/constraints.txt" \
+            "$INSIDE/wheel/${wheel}[$extras]" ai-edge-litert >"$WORK/pip.log" 2>&1; then
+            break
+        fi
+        unmet="$(sed -nE 's/.*The user requested \(constraint\) ([^ ]+==[^ ]+).*/\1/p' "$WORK/pip.log" | sort -u)"
+        if [ -z "$unmet" ] || [ "$attempt" = 5 ]; then tail -n 30 "$WORK/pip.log" >&2; die "pip install failed"; fi
+        for pin in $unmet; do
+            log "uv.lock's $pin cannot be installed on arm64 here: left to pip"
+            grep -vxF "$pin" "$WORK/constraints.txt" >"$WORK/constraints.new" || true
+            mv "$WORK/constraints.new" "$WORK/constraints.txt"
+        done
+    done
     echo "$deps_key" >"$ROOT$VENV/.edgetl-deps"
-else
-    in_arm pip install --quiet --no-deps --force-reinstall "$INSIDE/wheel/$wheel"
 fi
+# Forced: deploy/ changes without its version number, and pip keeps an installed version as it is.
+in_arm pip install --quiet --no-deps --force-reinstall "$INSIDE/wheel/$wheel"
 in_arm python -c 'from ai_edge_litert.interpreter import Interpreter; import tokenizers, onnxruntime' ||
     die "the runtime's libraries do not import on arm64"
 if in_arm python -c 'import torch' 2>/dev/null; then die "torch is importable in the runtime's venv"; fi
@@ -176,7 +189,7 @@ x86 edgetl package "$WORK/digits/run" --precision fp32 --out "$WORK/bundles/digi
 x86 edgetl package "$WORK/digits/run" --precision int8 --out "$WORK/bundles/digits-onnx-int8.tar.gz" >/dev/null
 if x86 edgetl export --help | grep -q litert; then
     x86 edgetl export "$WORK/digits/run" --format litert >/dev/null
-    x86 edgetl quantize "$WORK/digits/run" --backend litert >/dev/null
+    x86 edgetl quantize "$WORK/digits/run" --backend litert --num-calibration 200 >/dev/null
     x86 edgetl package "$WORK/digits/run" --format litert --precision int8 \
         --out "$WORK/bundles/digits-litert-int8.tar.gz" >/dev/null
 else
