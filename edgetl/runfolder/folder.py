@@ -26,6 +26,7 @@ from enum import Enum
 from pathlib import Path
 
 from edgetl.errors import EdgetlError
+from edgetl.runfolder.lineage import Step, check_lineage
 from edgetl.runfolder.records import (
     BenchmarkRecord,
     ConfusionRecord,
@@ -73,20 +74,8 @@ TMP_PREFIX = ".edgetl-tmp-"
 _ATOMIC_TMP = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 
 
-class StaleArtifact(EdgetlError):
-    """An artifact was made from something that has changed since; the message says how to rebuild it."""
-
-
 class RunLocked(EdgetlError):
     """Another edgetl command is writing the run folder."""
-
-
-class Step(str, Enum):
-    TRAIN = "train"
-    EXPORT = "export"
-    QUANTIZE = "quantize"
-    BENCHMARK = "benchmark"
-    PACKAGE = "package"
 
 
 class Kind(str, Enum):
@@ -345,8 +334,6 @@ class RunFolder:
     def check_for(self, step: Step | str) -> None:
         """Check the links of the chain that `step` consumes; StaleArtifact names the first stale one
         (lineage.check_lineage)."""
-        from edgetl.runfolder.lineage import check_lineage
-
         check_lineage(self, Step(step))
 
     def sources(self, files: Sequence[Path]) -> dict[str, str]:

@@ -3,11 +3,28 @@ docstring draws the chain); a step checks the links it consumes before it runs."
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgetl.runfolder.folder import RunFolder, StaleArtifact, Step
+from edgetl.errors import EdgetlError
 from edgetl.runfolder.records import read_record
 from edgetl_runtime.fileio import sha256_file
+
+if TYPE_CHECKING:
+    from edgetl.runfolder.folder import RunFolder
+
+
+class StaleArtifact(EdgetlError):
+    """An artifact was made from something that has changed since; the message says how to rebuild it."""
+
+
+class Step(str, Enum):
+    TRAIN = "train"
+    EXPORT = "export"
+    QUANTIZE = "quantize"
+    BENCHMARK = "benchmark"
+    PACKAGE = "package"
 
 
 def _model_source(path: Path) -> str:

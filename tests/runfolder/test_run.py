@@ -21,7 +21,8 @@ from edgetl.cli import main
 from edgetl.data.samples import write_digits_imagefolder
 from edgetl.errors import EdgetlError
 from edgetl.exporter.export import export_onnx
-from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, StaleArtifact, Step
+from edgetl.runfolder.folder import BEST, LOCK, Kind, RunFolder, RunLocked, Step
+from edgetl.runfolder.lineage import StaleArtifact
 from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
 

@@ -59,8 +59,8 @@ def test_missing_and_unknown_model_files(tiny_run, tmp_path):
     assert read_metadata(tmp_path / "bare.onnx") == {}
     with pytest.raises(MetadataMissing):
         read_model_info(tmp_path / "bare.onnx")
-    with pytest.raises(BundleError, match=r"\.onnx or \.xml"):
-        model_format(tmp_path / "model.tflite")
+    with pytest.raises(BundleError, match=r"give \.onnx or \.xml or \.tflite"):
+        model_format(tmp_path / "model.pb")
     with pytest.raises(BundleError, match="no such model file"):
         read_model_info(tmp_path / "none.xml")
     (tmp_path / "junk.xml").write_text("<not-an-ir/>")
