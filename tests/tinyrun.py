@@ -66,3 +66,32 @@ def make_run(run: Path, data: Path) -> Path:
     # the default gate, no --allow-drop: the run is only usable if its INT8 model is
     quantize(run, method="minmax", num_calibration=12)
     return run
+
+
+def copy_exported_as(run: Path, dest: Path, fmt: str) -> Path:
+    """A copy of `run` with `edgetl export --format FMT` beside its ONNX model, by the CLI. The re-export
+    may write new ONNX bytes; the ONNX INT8 is then quantized again so the copy's lineage holds."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from edgetl.cli import main
+    from edgetl_runtime.fileio import sha256_file
+
+    copy = Path(shutil.copytree(run, dest))
+    onnx_before = sha256_file(copy / "model.onnx")
+    exported = CliRunner().invoke(main, ["export", str(copy), "--format", fmt, "--json"])
+    assert exported.exit_code == 0, exported.output
+    if sha256_file(copy / "model.onnx") != onnx_before:
+        args = [
+            "quantize",
+            str(copy),
+            "--method",
+            "minmax",
+            "--num-calibration",
+            "12",
+            "--allow-drop",
+            "--json",
+        ]
+        assert CliRunner().invoke(main, args).exit_code == 0
+    return copy
