@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -30,6 +30,20 @@ def _built(tmp_path_factory, name: str, build: Callable[[Path], Path]) -> Path:
         folder.mkdir(parents=True)
         marker.write_text(str(build(folder).relative_to(folder)))
     return folder / marker.read_text()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bundle_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """The runtime's extracted-archive cache in pytest's temp folder, for every test and every process
+    it starts: never the user's ~/.cache."""
+    folder = tmp_path_factory.mktemp("bundle-cache")
+    before = os.environ.get("EDGETL_RUNTIME_CACHE")
+    os.environ["EDGETL_RUNTIME_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["EDGETL_RUNTIME_CACHE"]
+    else:
+        os.environ["EDGETL_RUNTIME_CACHE"] = before
 
 
 @pytest.fixture(scope="session")

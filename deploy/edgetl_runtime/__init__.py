@@ -1,7 +1,5 @@
 """edgetl-runtime: run edgetl models and bundles on a device with numpy, pillow and onnxruntime."""
 
-from importlib.metadata import version
-
 from .bundle import extract_bundle, open_bundle, verify_bundle
 from .errors import BackendUnavailable, BundleError, EdgetlError, ImageError
 from .manifest import Manifest
@@ -10,8 +8,16 @@ from .modelinfo import ModelInfo
 from .predictor import Prediction, Predictor
 from .preprocess import PreprocessSpec, load_image, preprocess_batch, preprocess_image
 
-# The version lives in deploy/pyproject.toml only; the installed distribution carries it as metadata.
-__version__ = version("edgetl-runtime")
+
+def __getattr__(name: str) -> str:
+    # The version lives in deploy/pyproject.toml only; the installed distribution carries it as metadata.
+    # Read on first use: importlib.metadata costs a cold `edgetl-run predict` tens of milliseconds.
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("edgetl-runtime")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BackendUnavailable",

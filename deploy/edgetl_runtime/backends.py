@@ -46,6 +46,8 @@ class Session(Protocol):
     providers: tuple[str, ...]
     threads: int | None  # the effective CPU thread count (None where the work is not on CPU threads)
     execution_precision: str  # what the backend computes in ("model" = the model's own types)
+    # the first output's shape as the model declares it (None per dynamic dimension; None if unknown)
+    output_shape: tuple[int | None, ...] | None
 
     def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray: ...
 
@@ -189,6 +191,9 @@ class OrtSession:
         # "model": onnxruntime runs each op in the model's own precision; TensorRT says what it chose
         self.execution_precision = precision
         self.input_name = self._session.get_inputs()[0].name
+        self.output_shape = tuple(
+            d if isinstance(d, int) else None for d in self._session.get_outputs()[0].shape
+        )
 
     def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run(None, batch if isinstance(batch, dict) else {self.input_name: batch})[0]
@@ -227,6 +232,10 @@ class OpenVinoSession:
         self.backend = backend
         self.threads = int(self._compiled.get_property("INFERENCE_NUM_THREADS")) if device == "CPU" else None
         self.execution_precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        shape = self._compiled.output(0).get_partial_shape()
+        self.output_shape = (
+            None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
+        )
 
     def run(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
         self._request.infer(batch if isinstance(batch, dict) else {0: batch})

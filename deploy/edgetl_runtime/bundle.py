@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import bundle_cache
 from .errors import BundleError
 from .fileio import atomic_output, sha256_file
 from .manifest import MANIFEST, Manifest
@@ -283,9 +284,41 @@ def open_bundle(
         return
     if not is_archive(path):
         raise BundleError(f"{path}: a bundle is a folder or a .tar.gz written by `edgetl package`")
-    with tempfile.TemporaryDirectory(prefix="edgetl-bundle-") as tmp:
-        manifest = extract_to(path, Path(tmp), max_bytes=max_bytes)
-        yield _checked(path, Path(tmp), manifest, trusted)
+    cache = bundle_cache.cache_dir()
+    if cache is None:
+        with tempfile.TemporaryDirectory(prefix="edgetl-bundle-") as tmp:
+            manifest = extract_to(path, Path(tmp), max_bytes=max_bytes)
+            yield _checked(path, Path(tmp), manifest, trusted)
+        return
+    root, manifest = _open_cached(path, cache, max_bytes)
+    try:
+        yield _checked(path, root, manifest, trusted)
+    finally:
+        if bundle_cache.is_staging(root):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _open_cached(archive: Path, cache: Path, max_bytes: int) -> tuple[Path, Manifest]:
+    """The archive's verified files in the cache (see bundle_cache.py), extracted there on a miss."""
+    digest = bundle_cache.archive_digest(archive)
+    entry = bundle_cache.find_entry(cache, digest)
+    if entry is not None:
+        try:
+            manifest = read_manifest(entry, archive)
+            if sum(e.size for e in manifest.all_files) > max_bytes:
+                raise BundleError(f"{archive}: its files take more than the cap of {max_bytes} bytes")
+            check_no_extras(entry, manifest, archive)
+            verify_files(entry, manifest, archive)
+            return entry, manifest
+        except BundleError:  # changed on disk since it was kept, or kept under a larger cap
+            bundle_cache.discard_entry(entry)
+    staging = bundle_cache.new_staging(cache)
+    try:
+        manifest = extract_to(archive, staging, max_bytes=max_bytes)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return bundle_cache.keep_entry(cache, staging, archive, digest), manifest
 
 
 def _checked(source: Path, root: Path, manifest: Manifest, trusted: Sequence[TrustedKey]) -> OpenBundle:

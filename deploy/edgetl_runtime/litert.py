@@ -145,6 +145,8 @@ class LiteRtSession:
         self.backend = backend
         self.providers = ("litert:xnnpack",)
         self.execution_precision = "model"
+        # shape_signature marks a dimension resizable at run time with -1
+        self.output_shape = tuple(int(d) if d >= 0 else None for d in self._output["shape_signature"])
 
     def _resize(self, shape: tuple[int, ...]) -> None:
         if shape != self._shape:

@@ -127,7 +127,13 @@ class Predictor:
         self._probe()
 
     def _probe(self) -> None:
-        """One run on zeros at load, so labels that do not fit the model fail here, in one line."""
+        """Labels that do not fit the model fail at load, in one line: checked against the output shape
+        the model declares, or, where it declares no class count, one run on zeros (a model call a cold
+        start does not pay when the shape says it all)."""
+        shape = self.session.output_shape
+        if shape is not None and shape[-1] is not None:
+            self._check_width(len(shape), shape[-1])
+            return
         try:
             out = self.session.run(self.kind.example(self.preprocess, self.fixed_batch or 1))
         except Exception:  # e.g. a fixed batch this spec does not know: the real run checks it instead
@@ -135,9 +141,12 @@ class Predictor:
         self._check_outputs(out)
 
     def _check_outputs(self, out: np.ndarray) -> None:
-        if out.ndim != 2 or out.shape[-1] != len(self.labels):
+        self._check_width(out.ndim, out.shape[-1] if out.ndim else 0)
+
+    def _check_width(self, ndim: int, width: int) -> None:
+        if ndim != 2 or width != len(self.labels):
             raise BundleError(
-                f"{self.model}: the model has {out.shape[-1] if out.ndim else 0} outputs but "
+                f"{self.model}: the model has {width} outputs but "
                 f"{len(self.labels)} labels; the labels do not belong to this model, rebuild the bundle"
             )
 

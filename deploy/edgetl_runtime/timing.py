@@ -13,13 +13,10 @@ numpy only (no torch), so the device runtime uses exactly the same code.
 from __future__ import annotations
 
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -196,11 +193,16 @@ def cpu_model() -> str:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    import platform
+
     return platform.processor() or platform.machine()
 
 
 def installed_versions(packages: Sequence[str]) -> dict[str, str | None]:
     """name -> installed version (None when not installed): the one place versions are collected."""
+    # imported here, as platform and datetime below: a cold `edgetl-run predict` pays for none of them
+    from importlib import metadata
+
     versions: dict[str, str | None] = {}
     for name in packages:
         try:
@@ -212,6 +214,9 @@ def installed_versions(packages: Sequence[str]) -> dict[str, str | None]:
 
 def describe_environment(packages: Sequence[str] = ("numpy", "onnxruntime", "openvino")) -> dict:
     """What a latency figure depends on besides the model, so a reader can compare like with like."""
+    import platform
+    from datetime import datetime, timezone
+
     versions = installed_versions(packages)
     return {
         "cpu": cpu_model(),
