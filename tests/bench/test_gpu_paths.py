@@ -99,6 +99,12 @@ class _FakeSession:
 
         return [_Input()]
 
+    def get_outputs(self):
+        class _Output:
+            shape = ("batch", 3)
+
+        return [_Output()]
+
 
 def test_a_silent_fallback_to_cpu_is_refused(tiny_run, monkeypatch, tmp_path):
     import onnxruntime as ort

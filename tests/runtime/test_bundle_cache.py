@@ -66,7 +66,7 @@ def test_a_refused_archive_leaves_nothing_in_the_cache(archive, cache, tmp_path)
     data = bytearray(archive.read_bytes())
     data[len(data) // 2] ^= 0xFF
     damaged.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="damaged.tar.gz"):
+    with pytest.raises(BundleError, match=r"damaged\.tar\.gz"):
         open_bundle(damaged).__enter__()
     assert entries(cache) == []
 
