@@ -79,6 +79,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/runtime/test_serve.py::test_each_error_is_one_json_error_and_the_server_keeps_answering",
         "tests/runtime/test_serve.py::test_a_declared_over_size_body_is_refused_before_it_is_sent",
         "tests/runtime/test_serve.py::test_info_and_metrics",
+        "tests/runtime/test_serve.py::test_the_page_is_self_contained_and_its_headers_forbid_fetching_or_framing",
     ),
 }
 QUIET_CALLS = {"log", "warn", "warning", "debug", "info", "print"}

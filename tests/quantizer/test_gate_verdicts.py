@@ -229,3 +229,108 @@ def test_each_cross_fit_part_calibrates_on_the_other_folds_with_their_own_labels
     assert parts[0].labels.tolist() == [1, 3, 4] and parts[1].labels.tolist() == [0, 2]
     for part in parts:  # each image keeps its own label
         assert (part.inputs[:, 0] == part.labels * 10).all()
+
+
+# --- the rungs that try several candidates: where each stops ---------------------------------------
+
+
+class ScriptedGate(FakeGate):
+    """FakeGate whose candidates also come with their own gate predictions."""
+
+    def __init__(self, scripted: list[tuple[Attempt, list[int]]]) -> None:
+        super().__init__([a for a, _ in scripted])
+        self.scripted_predictions = [np.array(p) for _, p in scripted]
+        self.inputs = np.zeros((4, 1))
+
+    def measure(self, rung, method, exclude, paths):
+        out = super().measure(rung, method, exclude, paths)
+        self.predictions[-1] = self.scripted_predictions.pop(0)
+        return out
+
+
+def _float_nodes_context(tmp_path, monkeypatch, scripted, groups):
+    from edgetl.quantizer import ladder
+
+    tried = []
+
+    def candidate(ctx, method, exclude, rung):
+        tried.append(exclude)
+        return ctx.fit(rung, method.value, exclude, {}, lambda part, out: out)
+
+    monkeypatch.setattr(ladder, "_ort_candidate", candidate)
+    monkeypatch.setattr(ladder.ort, "rank_sensitive_nodes", lambda *a: groups)
+    ctx = _context([], tmp_path)
+    ctx.gate, ctx._pre = ScriptedGate(scripted), tmp_path / "pre.onnx"
+    ctx.fit("calibration", "minmax", (), {}, lambda part, out: out)  # the refused calibration model
+    return ctx, tried
+
+
+def test_float_nodes_keeps_groups_that_help_and_stops_at_the_first_pass(tmp_path, monkeypatch):
+    from edgetl.quantizer import ladder
+
+    base = (_attempt("calibration", "fail", 0.3, 0.5), [0, 0, 0, 0])
+    better = (_attempt("float-nodes", "fail", 0.2, 0.75, exclude=("a",)), [1, 0, 0, 0])
+    worse = (_attempt("float-nodes", "fail", 0.1, 0.5, exclude=("a", "b")), [2, 0, 0, 0])
+    passes = (_attempt("float-nodes", "pass", 0.3, 1.0, exclude=("a", "c")), [1, 1, 0, 0])
+    never = (_attempt("float-nodes", "pass", 0.0, 1.0), [1, 1, 1, 0])
+    groups = [("a",), ("b",), ("c",), ("d",)]
+    ctx, tried = _float_nodes_context(tmp_path, monkeypatch, [base, better, worse, passes, never], groups)
+    ladder.rung_float_nodes(ctx)
+    # a group that helped stays in float, one that did not is dropped again; nothing after the pass
+    assert tried == [("a",), ("a", "b"), ("a", "c")]
+    assert ctx.best.attempt is passes[0] and ctx.gate.queue == [never[0]]
+
+
+def test_float_nodes_stops_when_a_group_changes_no_gate_prediction(tmp_path, monkeypatch):
+    from edgetl.quantizer import ladder
+
+    base = (_attempt("calibration", "fail", 0.3, 0.5), [0, 0, 0, 0])
+    same = (_attempt("float-nodes", "fail", 0.2, 0.5, exclude=("a",)), [0, 0, 0, 0])
+    later = (_attempt("float-nodes", "pass", 0.1, 1.0, exclude=("a", "b")), [1, 1, 0, 0])
+    ctx, tried = _float_nodes_context(tmp_path, monkeypatch, [base, same, later], [("a",), ("b",)])
+    ladder.rung_float_nodes(ctx)
+    assert tried == [("a",)] and not ctx.best.attempt.passed
+
+
+@pytest.mark.parametrize("first, tried", [("pass", 1), ("warn", 1), ("fail", 2)])  # warn passes
+@pytest.mark.parametrize("rung", ["calibration", "openvino"])
+def test_a_rung_of_variants_stops_at_the_first_that_passes_unless_told_to_search_all(
+    rung, first, tried, tmp_path, monkeypatch
+):
+    from edgetl.quantizer import ladder
+
+    def candidate(ctx, method, exclude, rung):
+        return ctx.fit(rung, method.value, exclude, {}, lambda part, out: out)
+
+    monkeypatch.setattr(ladder, "_ort_candidate", candidate)
+    monkeypatch.setattr(ladder.ort, "input_layers", lambda pre: ())
+    monkeypatch.setattr(ladder.nncf_backend, "quantize_openvino", lambda model, inputs, out, **kw: out)
+    methods = ("minmax", "entropy") if rung == "calibration" else tuple(ladder.nncf_backend.OPENVINO_VARIANTS)
+    for search_all in (False, True):
+        ctx = _context([_attempt(rung, first, 0.2), _attempt(rung, "pass", 0.1)], tmp_path)
+        ctx.methods, ctx.search_all, ctx._pre = methods, search_all, tmp_path / "pre.onnx"
+        ladder.RUNGS[rung].run(ctx)
+        assert len(ctx.candidates) == (2 if search_all else tried)
+        assert ctx.best.attempt.passed and ctx.best is ctx.candidates[-1 if search_all or tried == 2 else 0]
+
+
+def test_the_gate_logs_top1_and_its_interval_only_when_it_has_labels(tmp_path, capsys):
+    from tinyonnx import write_identity
+
+    from edgetl.quantizer.gate import Gate
+
+    model = write_identity(tmp_path / "identity.onnx", ["n", 3])
+    inputs = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+    for labels in (np.array([0, 1, 2, 1]), None):
+        gate = Gate(
+            fp32_model=model, inputs=inputs, labels=labels, names=("a", "b", "c"), max_drop=0.5,
+            min_agreement=0.5, backend="onnxruntime-cpu", suffix=".onnx", max_size_ratio=2.0,
+            calibration_images=4, held_out=True,
+        )  # fmt: skip
+        attempt, _, report = gate.measure("calibration", "minmax", (), [model])
+        line = " ".join(capsys.readouterr().err.split())  # rich wraps at the console width
+        assert attempt.agreement == 1.0 and "agreement 100.00%" in line
+        if labels is None:
+            assert report.drop is None and "top-1" not in line
+        else:
+            assert "top-1 75.00% (drop +0.00 [" in line

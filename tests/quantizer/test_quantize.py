@@ -28,7 +28,7 @@ from edgetl.quantizer import (
 )
 from edgetl.quantizer import ladder as ladder_module
 from edgetl.quantizer.calibration import CalibrationManifest, assign_folds
-from edgetl.quantizer.gate import paired_drop_ci, score
+from edgetl.quantizer.gate import score
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.modelfile import read_model_info
 

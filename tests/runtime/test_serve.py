@@ -274,14 +274,19 @@ def test_bundle_is_verified_before_the_port_opens(signed_bundle, no_torch, tmp_p
     assert done.returncode == 1 and "url" not in done.stdout and "error" in json.loads(done.stdout)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
-def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
+def test_the_page_is_self_contained_and_its_headers_forbid_fetching_or_framing(server):
     status, headers, body = server.request("GET", "/")
     page = body.decode()
     assert status == 200 and headers["content-type"].startswith("text/html")
-    # self-contained: nothing is fetched from elsewhere, and the CSP forbids it anyway
+    # nothing is fetched from elsewhere, and the CSP forbids it anyway
     assert "http://" not in page and "https://" not in page and " src=" not in page
-    assert "default-src 'none'" in headers["content-security-policy"]
+    csp = headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
+    assert headers["x-content-type-options"] == "nosniff" and headers["cache-control"] == "no-store"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_page_classifies_a_photo_in_headless_chromium(server, images, tmp_path):
     browser = Browser(f"http://{server.host}:{server.port}/", str(tmp_path / "profile"))
     try:
         deadline = time.monotonic() + 60
