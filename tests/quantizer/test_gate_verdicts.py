@@ -248,7 +248,9 @@ class ScriptedGate(FakeGate):
         return out
 
 
-def _float_nodes_context(tmp_path, monkeypatch, scripted, groups):
+def _stand_in_for_ort_candidates(monkeypatch) -> list[tuple[str, ...]]:
+    """onnxruntime candidates made of nothing, measured by the context's gate; returns the float
+    node sets they were asked for."""
     from edgetl.quantizer import ladder
 
     tried = []
@@ -258,6 +260,13 @@ def _float_nodes_context(tmp_path, monkeypatch, scripted, groups):
         return ctx.fit(rung, method.value, exclude, {}, lambda part, out: out)
 
     monkeypatch.setattr(ladder, "_ort_candidate", candidate)
+    return tried
+
+
+def _float_nodes_context(tmp_path, monkeypatch, scripted, groups):
+    from edgetl.quantizer import ladder
+
+    tried = _stand_in_for_ort_candidates(monkeypatch)
     monkeypatch.setattr(ladder.ort, "rank_sensitive_nodes", lambda *a: groups)
     ctx = _context([], tmp_path)
     ctx.gate, ctx._pre = ScriptedGate(scripted), tmp_path / "pre.onnx"
@@ -299,10 +308,7 @@ def test_a_rung_of_variants_stops_at_the_first_that_passes_unless_told_to_search
 ):
     from edgetl.quantizer import ladder
 
-    def candidate(ctx, method, exclude, rung):
-        return ctx.fit(rung, method.value, exclude, {}, lambda part, out: out)
-
-    monkeypatch.setattr(ladder, "_ort_candidate", candidate)
+    _stand_in_for_ort_candidates(monkeypatch)
     monkeypatch.setattr(ladder.ort, "input_layers", lambda pre: ())
     monkeypatch.setattr(ladder.nncf_backend, "quantize_openvino", lambda model, inputs, out, **kw: out)
     methods = ("minmax", "entropy") if rung == "calibration" else tuple(ladder.nncf_backend.OPENVINO_VARIANTS)
