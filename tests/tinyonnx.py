@@ -1,4 +1,5 @@
-"""A one-node ONNX model (Identity): its output is its input, so a test controls what a runtime answers."""
+"""A one-node ONNX model (Identity: its output is its input, or another unary op such as Neg), so a
+test controls what a runtime answers."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import onnx
 from onnx import TensorProto, helper
 
 
-def write_identity(path: Path, shape: list) -> Path:
+def write_identity(path: Path, shape: list, op: str = "Identity") -> Path:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "identity", [x], [y])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # read by every onnxruntime the project supports
     onnx.save(model, str(path))

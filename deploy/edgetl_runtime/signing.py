@@ -132,8 +132,8 @@ def trusted_keys_from(paths: Sequence[str | os.PathLike] | None) -> tuple[Truste
     return load_trusted_keys(env, option=TRUSTED_KEYS_ENV) if env else ()
 
 
-def sign_manifest(folder: str | os.PathLike, private_key, mtime: int | None = None) -> str:
-    """Write SIGNATURE beside the manifest of the bundle folder; returns the key id.
+def sign_manifest(folder: str | os.PathLike, private_key, mtime: int) -> None:
+    """Write SIGNATURE beside the manifest of the bundle folder, dated `mtime` like its other files.
 
     Ed25519 signatures are deterministic, so a signed archive stays byte-reproducible.
     """
@@ -143,9 +143,7 @@ def sign_manifest(folder: str | os.PathLike, private_key, mtime: int | None = No
     body = {"algorithm": ALGORITHM, "key_id": kid, "signature": base64.b64encode(signature).decode("ascii")}
     path = folder / SIGNATURE
     path.write_text(json.dumps(body, sort_keys=True) + "\n", encoding="ascii")
-    if mtime is not None:
-        os.utime(path, (mtime, mtime))
-    return kid
+    os.utime(path, (mtime, mtime))
 
 
 def read_signature(root: Path, source: str) -> dict | None:

@@ -16,7 +16,7 @@ from edgetl.data.texts import read_recorded
 from edgetl.errors import EdgetlError, GateError
 from edgetl.quantizer.gate import Verdict, compare_logits, judge, measure_latency
 from edgetl.quantizer.inputs import write_model
-from edgetl.runfolder.folder import Kind, QuantizationRecord, RunFolder, Step
+from edgetl.runfolder.folder import TMP_PREFIX, Kind, QuantizationRecord, RunFolder, Step
 from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
 from edgetl_runtime.backends import load_session
@@ -53,7 +53,6 @@ class TextCandidate:
 def _logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
     session = load_session(path, "onnxruntime-cpu")
     order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
-    out = np.zeros((len(texts), 0), np.float32)
     parts = {}
     for start in range(0, len(texts), BATCH):
         index = order[start : start + BATCH]
@@ -74,8 +73,7 @@ class _Reader:
     """onnxruntime's CalibrationDataReader over tokenized training texts."""
 
     def __init__(self, texts: list[str], spec: TextSpec) -> None:
-        # histogram calibrators stack every batch: one shape for all (8 texts padded to max_length)
-        self.feeds = iter(_padded(texts[i : i + 8], spec) for i in range(0, len(texts) - 7, 8))
+        self.feeds = iter(calibration_batches(texts, spec))
 
     def get_next(self):
         return next(self.feeds, None)
@@ -103,10 +101,15 @@ def _without_value_info(src: Path, dst: Path) -> Path:
     return dst
 
 
-def _padded(texts: list[str], spec: TextSpec) -> dict[str, np.ndarray]:
-    feed = encode_texts(texts, spec).feed(spec)
-    pad = spec.max_length - feed["input_ids"].shape[1]
-    return {k: np.pad(v, ((0, 0), (0, pad))) for k, v in feed.items()}
+def calibration_batches(texts: list[str], spec: TextSpec) -> list[dict[str, np.ndarray]]:
+    """The calibration texts as full batches of 8, each padded to max_length: onnxruntime's histogram
+    calibrators stack every batch, so all must share one shape (a last partial batch is left out)."""
+    batches = []
+    for start in range(0, len(texts) - 7, 8):
+        feed = encode_texts(texts[start : start + 8], spec).feed(spec)
+        pad = spec.max_length - feed["input_ids"].shape[1]
+        batches.append({k: np.pad(v, ((0, 0), (0, pad))) for k, v in feed.items()})
+    return batches
 
 
 def _dynamic(src: Path, dst: Path, texts, spec) -> None:
@@ -159,10 +162,10 @@ def _nncf_transformer(src: Path, dst: Path, texts, spec) -> None:
     from edgetl.quantizer.nncf_backend import import_nncf
 
     nncf = import_nncf()
-    feeds = [_padded(texts[i : i + 8], spec) for i in range(0, len(texts) - 7, 8)]
+    feeds = calibration_batches(texts, spec)
     quantized = nncf.quantize(
         onnx.load(str(src)), nncf.Dataset(feeds), model_type=nncf.ModelType.TRANSFORMER,
-        preset=nncf.QuantizationPreset.MIXED, subset_size=8 * len(feeds),
+        preset=nncf.QuantizationPreset.MIXED, subset_size=len(feeds),  # a feed is one batch: all of them
     )  # fmt: skip
     onnx.save(quantized, str(dst))
 
@@ -185,8 +188,8 @@ def quantize_text(
     min_agreement: float,
     num_calibration: int,
     seed: int,
-    method: str = "auto",
-    allow_drop: bool = False,
+    method: str,
+    allow_drop: bool,
 ) -> TextQuantResult:
     """The text half of `edgetl quantize` on a run folder (its summary is RUN/quantize.json)."""
     folder = RunFolder(run)
@@ -216,7 +219,7 @@ def quantize_text(
             f"quantizing {fp32} (text): {len(calib)} calibration texts (train), gate on {len(gate_texts)} val texts; FP32 {fp32_ms:.2f} ms at {LATENCY_LENGTH} tokens"
         )
         candidates, files = [], {}
-        with tempfile.TemporaryDirectory(prefix=".edgetl-quantize.", dir=run) as work:
+        with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}quantize-", dir=run) as work:  # swept if killed
             prepared = _without_value_info(fp32, Path(work) / "prepared.onnx")
             for name in methods if method == "auto" else (method,):
                 path = Path(work) / f"{name}.onnx"

@@ -77,3 +77,13 @@ def test_package_refuses_an_int8_model_quantized_from_another_fp32_model(tiny_ru
     assert outcome.exit_code == 1, outcome.output
     message = json.loads(outcome.stdout.strip().splitlines()[-1])["error"]["message"]
     assert "quantized from another FP32 model" in message and not out.exists()
+
+
+def test_package_refuses_model_files_of_two_formats(tiny_run, tmp_path):
+    ir = tmp_path / "model.int8.xml"
+    ir.write_text("<net/>")  # never read: the formats differ by name already
+    out = tmp_path / "bundle.tar.gz"
+    outcome = _package(str(tiny_run / "model.onnx"), str(ir), "--out", str(out))
+    assert outcome.exit_code == 1, outcome.output
+    message = json.loads(outcome.stdout.strip().splitlines()[-1])["error"]["message"]
+    assert message == f"{ir}: not a .onnx file like model.onnx; give one format" and not out.exists()

@@ -74,6 +74,27 @@ def test_archive_is_byte_reproducible(tiny_run, tmp_path, monkeypatch):
     assert c.path.read_bytes() != a.path.read_bytes()
 
 
+def test_source_date_epoch_up_to_tars_limit_is_taken_and_past_it_refused(tiny_run, tmp_path, monkeypatch):
+    import tarfile
+
+    last = 8**11 - 1  # tar's 11 octal digits of mtime
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(last))
+    bundle = build_bundle(tiny_run, tmp_path / "last.tar.gz")
+    with tarfile.open(bundle.path) as archive:
+        assert {m.mtime for m in archive.getmembers()} == {last}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(last + 1))
+    with pytest.raises(EdgetlError, match=f"SOURCE_DATE_EPOCH='{last + 1}': not a Unix time"):
+        build_bundle(tiny_run, tmp_path / "past.tar.gz")
+    assert not (tmp_path / "past.tar.gz").exists()
+
+
+def test_a_bundle_result_names_what_it_wrote_for_the_next_step(tiny_run, tmp_path):
+    from edgetl import api
+
+    bundle = build_bundle(tiny_run, tmp_path / "b.tar.gz")
+    assert bundle.artifact == tmp_path / "b.tar.gz" == api.resolve_source(bundle)
+
+
 def test_precision_choice_and_missing_int8(run_copy, tmp_path):
     fp32 = build_bundle(run_copy, tmp_path / "fp32", precision="fp32")
     assert [m.path for m in fp32.manifest.models] == ["model.onnx"]

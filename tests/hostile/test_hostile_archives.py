@@ -75,3 +75,12 @@ def test_extracting_a_good_archive_returns_its_verified_manifest(bundle, tmp_pat
     manifest = extract_bundle(archive, tmp_path / "out")
     assert manifest == Manifest.from_json((bundle / MANIFEST).read_bytes())
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in bundle.iterdir())
+
+
+def test_a_member_that_appears_twice_is_refused_by_name(bundle, tmp_path):
+    manifest = (bundle / MANIFEST).read_bytes()
+    listed = [(member(MANIFEST, len(manifest)), io.BytesIO(manifest)) for _ in range(2)]
+    archive = tar_gz(tmp_path / "twice.tar.gz", listed)
+    with pytest.raises(BundleError, match=r"member 'manifest\.json' appears twice; refusing the bundle"):
+        extract_bundle(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

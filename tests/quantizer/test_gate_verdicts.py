@@ -274,13 +274,16 @@ def _float_nodes_context(tmp_path, monkeypatch, scripted, groups):
     return ctx, tried
 
 
-def test_float_nodes_keeps_groups_that_help_and_stops_at_the_first_pass(tmp_path, monkeypatch):
+def test_float_nodes_keeps_groups_that_help_and_stops_at_the_first_pass(tmp_path, monkeypatch, capsys):
+    from dataclasses import replace
+
     from edgetl.quantizer import ladder
 
-    base = (_attempt("calibration", "fail", 0.3, 0.5), [0, 0, 0, 0])
+    base = (replace(_attempt("calibration", "fail", 0.3, 0.5), latency_ms=10.0), [0, 0, 0, 0])
     better = (_attempt("float-nodes", "fail", 0.2, 0.75, exclude=("a",)), [1, 0, 0, 0])
     worse = (_attempt("float-nodes", "fail", 0.1, 0.5, exclude=("a", "b")), [2, 0, 0, 0])
-    passes = (_attempt("float-nodes", "pass", 0.3, 1.0, exclude=("a", "c")), [1, 1, 0, 0])
+    passing = _attempt("float-nodes", "pass", 0.3, 1.0, exclude=("a", "c"))
+    passes = (replace(passing, latency_ms=13.5), [1, 1, 0, 0])
     never = (_attempt("float-nodes", "pass", 0.0, 1.0), [1, 1, 1, 0])
     groups = [("a",), ("b",), ("c",), ("d",)]
     ctx, tried = _float_nodes_context(tmp_path, monkeypatch, [base, better, worse, passes, never], groups)
@@ -288,6 +291,28 @@ def test_float_nodes_keeps_groups_that_help_and_stops_at_the_first_pass(tmp_path
     # a group that helped stays in float, one that did not is dropped again; nothing after the pass
     assert tried == [("a",), ("a", "b"), ("a", "c")]
     assert ctx.best.attempt is passes[0] and ctx.gate.queue == [never[0]]
+    # what keeping them in float costs, against the refused calibration model
+    assert "2 float nodes cost +3.50 ms per image" in " ".join(capsys.readouterr().err.split())
+
+
+def test_rungs_that_need_labels_nncf_or_a_run_say_why_they_do_not_apply(tmp_path, monkeypatch):
+    from edgetl.quantizer import ladder
+
+    ctx = _context([], tmp_path)
+    qat = ladder.RUNGS["qat"].applies
+    assert "needs a run folder" in qat(ctx)
+    ctx.run = tmp_path
+    assert qat(ctx) is None
+    ctx.gate.folds = np.zeros(3, int)  # cross-fitted gate images come from the train split QAT trains on
+    assert "pass --eval" in qat(ctx)
+    ctx.gate.folds = None
+    applies = ladder.RUNGS["nncf-accuracy-control"].applies
+    assert "needs labelled calibration images" in applies(ctx)
+    ctx.calib_labels = np.zeros(3, int)
+    for installed in (True, False):
+        monkeypatch.setattr(ladder.nncf_backend, "nncf_available", lambda installed=installed: installed)
+        reason = applies(ctx)
+        assert reason is None if installed else reason == "nncf is not installed (pip install 'edgetl[nncf]')"
 
 
 def test_float_nodes_stops_when_a_group_changes_no_gate_prediction(tmp_path, monkeypatch):
@@ -338,5 +363,26 @@ def test_the_gate_logs_top1_and_its_interval_only_when_it_has_labels(tmp_path, c
         assert attempt.agreement == 1.0 and "agreement 100.00%" in line
         if labels is None:
             assert report.drop is None and "top-1" not in line
+            assert attempt.to_dict()["drop_ci95"] is None
         else:
             assert "top-1 75.00% (drop +0.00 [" in line
+            assert attempt.to_dict()["drop_ci95"] == list(attempt.drop_ci95)
+
+
+def test_a_cross_fitted_gate_judges_each_image_by_the_model_of_its_own_fold(tmp_path):
+    from tinyonnx import write_identity
+
+    from edgetl.quantizer.gate import Gate
+
+    same = write_identity(tmp_path / "identity.onnx", ["n", 3])
+    flipped = write_identity(tmp_path / "neg.onnx", ["n", 3], op="Neg")  # one-hot -> argmax elsewhere
+    gate = Gate(
+        fp32_model=same, inputs=np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2]], labels=None,
+        names=("a", "b", "c"), max_drop=0.5, min_agreement=0.4, backend="onnxruntime-cpu", suffix=".onnx",
+        max_size_ratio=2.0, calibration_images=6, held_out=False, folds=np.array([0, 1, 0, 1, 0, 1]),
+    )  # fmt: skip
+    attempt, _, report = gate.measure("calibration", "minmax", (), [same, flipped])
+    assert attempt.agreement == 0.5 and "2-fold cross-fitted" in report.reason
+    np.testing.assert_array_equal(gate.run([same, flipped]).argmax(1), [0, 0, 2, 1, 1, 0])
+    with pytest.raises(ValueError, match="1 fold models for 2 folds"):
+        gate.run([same])

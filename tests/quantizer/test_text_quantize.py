@@ -39,6 +39,10 @@ def test_an_int8_candidate_not_clearly_faster_than_fp32_is_not_chosen():
     assert min([coarse, close], key=lambda c: rank_candidate(c, 40.0)) is close
     failing = TextCandidate("static-qdq-matmul", 0.5, 0.9, 0.5, 40.0, (30.0, 50.0), 0.65, 10.0, "fail")
     assert min([failing, slow], key=lambda c: rank_candidate(c, 31.0)) is slow
+    # exactly 20% faster is clearly faster: it ranks with the fast ones, by KL
+    at_bound = TextCandidate("static-qdq-matmul", 0.95, 0.0009, 1.0, -5.0, (-5.0, 4.75), 0.65, 8.0, "warn")
+    quick = TextCandidate("dynamic", 0.95, 0.0011, 1.0, -5.0, (-5.0, 4.75), 0.65, 5.0, "warn")
+    assert min([quick, at_bound], key=lambda c: rank_candidate(c, 10.0)) is at_bound
 
 
 def _copy(text_run: Path, tmp_path: Path) -> Path:
@@ -65,6 +69,7 @@ def test_text_gate_refuses_and_writes_nothing_unless_the_drop_is_allowed(text_ru
     assert not out.exists() and (run / "quantize.json").read_bytes() == record
     kept = quantize(run, out, method="dynamic", allow_drop=True)
     assert out.is_file() and kept.gate["verdict"] == "fail" and not kept.summary["passed"]
+    assert kept.artifact == out  # what the next step (package, benchmark) is handed
     assert json.loads((run / "quantize.json").read_text())["passed"] is False
 
 
@@ -82,9 +87,12 @@ def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run
         calibrated.extend(texts)
         return dynamic(src, dst, texts, spec)
 
+    answers = []
+
     def gate_logits(path, texts, spec):
         gated.append(list(texts))
-        return logits(path, texts, spec)
+        answers.append(logits(path, texts, spec))
+        return answers[-1]
 
     monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": calibrate})
     monkeypatch.setattr(text_module, "_logits", gate_logits)
@@ -96,3 +104,41 @@ def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run
     assert not set(calibrated) & set(val)
     assert gated and all(texts == val for texts in gated)  # FP32 and INT8 judged on every val text
     assert result.gate["images"] == len(val) and result.gate["calibration_images"] == 10
+    labels = [y for _, y in splits.val]
+    assert result.fp32_accuracy == float((answers[0].argmax(1) == labels).mean())  # the FP32 model's, first
+
+
+def test_calibration_texts_go_in_full_batches_of_eight_padded_to_one_shape(text_run):
+    import numpy as np
+
+    from edgetl.quantizer.text import calibration_batches
+    from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.textinput import encode_texts
+
+    spec = read_model_info(text_run / "model.onnx").preprocess
+    texts = [" ".join(["word"] * (1 + i % 5)) + f" number {i}" for i in range(20)]
+    batches = calibration_batches(texts, spec)
+    assert len(batches) == 2  # 20 texts: two of 8, the last 4 left out
+    for k, batch in enumerate(batches):
+        own = encode_texts(texts[8 * k : 8 * k + 8], spec).feed(spec)
+        assert batch.keys() == own.keys()
+        for name, value in batch.items():
+            assert value.shape == (8, spec.max_length)
+            width = own[name].shape[1]
+            np.testing.assert_array_equal(value[:, :width], own[name])
+            assert not value[:, width:].any()  # padding is zeros: masked out
+
+
+def test_an_image_method_on_a_text_run_is_one_error_naming_the_choices(text_run, tmp_path):
+    import pytest
+
+    from edgetl.errors import EdgetlError
+    from edgetl.quantizer import quantize
+
+    run = _copy(text_run, tmp_path)
+    out = tmp_path / "x.int8.onnx"
+    with pytest.raises(
+        EdgetlError, match="--method minmax: a text model takes auto, dynamic, static-qdq-matmul"
+    ):
+        quantize(run, out, method="minmax")
+    assert not out.exists()

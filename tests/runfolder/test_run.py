@@ -250,6 +250,12 @@ def _reexport_fp32(run: Path) -> None:
     _with_note(run / "model.onnx")
 
 
+def _reexport_fp32_after_losing_the_record(run: Path) -> None:
+    """quantize.json gone: the INT8 model's lineage is still read, from calibration.json."""
+    (run / "quantize.json").unlink()
+    _reexport_fp32(run)
+
+
 def _replace_int8(run: Path) -> None:
     _with_note(run / "model.int8.onnx")
 
@@ -259,6 +265,7 @@ LINEAGE = {
     "other-data": (_train_on_other_data, Step.EXPORT, r"best\.safetensors: trained on other data than .*splits\.json.*--overwrite", "export"),
     "fp32-gone": (_remove_fp32, Step.BENCHMARK, r"model\.int8\.onnx: its FP32 model .*model\.onnx is gone.*edgetl export", "benchmark"),
     "int8-from-another-fp32": (_reexport_fp32, Step.BENCHMARK, r"model\.int8\.onnx: quantized from another model\.onnx than the current one.*edgetl quantize", "benchmark"),
+    "int8-without-record-from-another-fp32": (_reexport_fp32_after_losing_the_record, Step.BENCHMARK, r"model\.int8\.onnx: quantized from another model\.onnx than the current one", "benchmark"),
     "record-of-another-int8": (_replace_int8, Step.PACKAGE, r"quantize\.json: describes another INT8 model.*edgetl quantize", "package"),
 }  # fmt: skip
 
@@ -321,3 +328,44 @@ def test_every_writing_command_refuses_a_locked_run(command, locked_copy, tmp_pa
     assert "another edgetl command is writing this run folder" in message
     assert f"before `edgetl {command}`" in message
     assert _snapshot(locked_copy) == before and not (tmp_path / "bundle").exists()
+
+
+def test_a_run_folder_is_made_with_its_parents_and_removed_if_nothing_was_written(tmp_path):
+    folder = RunFolder(tmp_path / "runs" / "new" / "run")
+    with folder.lock("train"):
+        assert folder.root.is_dir()
+    folder.discard_if_empty()  # only the lock file was left: the folder goes
+    assert not folder.root.exists() and (tmp_path / "runs" / "new").is_dir()
+    with folder.lock("train"):
+        (folder.root / "splits.json").write_text("{}")
+    folder.discard_if_empty()
+    assert (folder.root / "splits.json").is_file()
+
+
+def test_taking_the_lock_sweeps_what_killed_commands_left_and_nothing_else(tmp_path):
+    from edgetl.runfolder.folder import TMP_PREFIX
+
+    root = tmp_path / "run"
+    work = root / f"{TMP_PREFIX}quantize-abc123"  # a work folder (text quantize, export staging)
+    work.mkdir(parents=True)
+    (work / "dynamic.onnx").write_bytes(b"x")
+    atomic = root / ".quantize.json.a1B2c3_d.tmp.json"  # atomic_output's temporary
+    atomic.write_text("{")
+    kept = [root / "quantize.json", root / ".hidden-but-mine"]
+    for path in kept:
+        path.write_text("{}")
+    with RunFolder(root).lock("quantize"):
+        assert not work.exists() and not atomic.exists()
+        assert all(path.is_file() for path in kept)
+
+
+def test_clearing_a_run_removes_its_bundle_folder_but_not_a_folder_it_did_not_write(run_copy, tmp_path):
+    other = Path(shutil.copytree(run_copy, tmp_path / "other"))
+    build_bundle(run_copy, run_copy / "bundle")
+    (other / "bundle").mkdir()
+    (other / "bundle" / "notes.txt").write_text("mine")  # a folder named like the bundle, no manifest
+    for root in (run_copy, other):
+        with RunFolder(root).lock("train") as folder:
+            removed = folder.clear()
+        assert ("bundle" in removed) is (root == run_copy)
+    assert not (run_copy / "bundle").exists() and (other / "bundle" / "notes.txt").read_text() == "mine"

@@ -113,6 +113,17 @@ def test_each_error_is_one_json_error_and_the_server_keeps_answering(server, ima
     status, _, body = server.request("POST", "/v1/predict?top_k=0", png, {"Content-Type": "image/png"})
     assert _error(status, body, 400, "bad_input")["option"] == "top_k"
     status, _, body = server.request(
+        "POST", "/v1/predict?top_k=1&top_k=2", png, {"Content-Type": "image/png"}
+    )
+    assert "top_k must be given once" in _error(status, body, 400, "bad_input")["message"]
+    one, headers = _multipart("a.png", png)
+    boundary = headers["Content-Type"].split("boundary=")[1]
+    two = one.replace(
+        f"--{boundary}--".encode(), one[: one.index(png)] + png + f"\r\n--{boundary}--".encode()
+    )
+    status, _, body = server.request("POST", "/v1/predict", two, headers)  # two files: one is allowed
+    assert "malformed multipart body (Too many files" in _error(status, body, 400, "bad_input")["message"]
+    status, _, body = server.request(
         "POST", "/v1/predict", b"--zz--", {"Content-Type": "multipart/form-data; boundary=zz"}
     )
     assert "no file field named 'file'" in _error(status, body, 400, "bad_input")["message"]
@@ -367,3 +378,36 @@ def test_a_text_bundle_takes_text_plain_and_answers_what_predict_json_prints(tex
         assert server.request("GET", "/healthz")[0] == 200
     finally:
         assert server.stop() == 0
+
+
+def test_a_crash_is_a_500_naming_no_traceback_and_the_server_keeps_answering(
+    signed_bundle, no_torch, images, tmp_path
+):
+    import os
+    import textwrap
+
+    hook = tmp_path / "hook"  # a fault in the server process: top_k=13 raises inside the app
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        textwrap.dedent("""
+        import edgetl_runtime.serve.app as app
+        parse = app._query_top_k
+        def crashing(request):
+            if request.query_params.get("top_k") == "13":
+                raise ZeroDivisionError("division by zero")
+            return parse(request)
+        app._query_top_k = crashing
+    """)
+    )
+    env = {**no_torch, "PYTHONPATH": os.pathsep.join([str(hook), no_torch["PYTHONPATH"]])}
+    bundle, public, _ = signed_bundle
+    s = Server(bundle, env, "--trust", str(public))
+    try:
+        png = images[0].read_bytes()
+        status, _, body = s.request("POST", "/v1/predict?top_k=13", png, {"Content-Type": "image/png"})
+        error = _error(status, body, 500, "crash")
+        assert error["message"] == "internal error (ZeroDivisionError); this is a bug, please report it"
+        status, _, body = s.request("POST", "/v1/predict?top_k=2", png, {"Content-Type": "image/png"})
+        assert status == 200 and len(json.loads(body)["predictions"][0]["top_k"]) == 2
+    finally:
+        s.stop()

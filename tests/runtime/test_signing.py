@@ -101,9 +101,16 @@ def test_a_trusted_keys_file_may_hold_several_keys(signed, keys, tmp_path):
     assert ok.code == 0, ok.err
 
 
-def test_signed_archives_stay_reproducible(tiny_run, keys, signed, tmp_path):
+def test_signed_archives_stay_reproducible(tiny_run, keys, signed, tmp_path, monkeypatch):
+    import tarfile
+
     again = build_bundle(tiny_run, tmp_path / "again.tar.gz", sign=keys[0]).path
     assert again.read_bytes() == signed[1].read_bytes()
+    with tarfile.open(again) as archive:  # the signature is dated like every other member
+        assert len({m.mtime for m in archive.getmembers()}) == 1 and SIGNATURE in archive.getnames()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # a date no file here has by chance
+    folder = build_bundle(tiny_run, tmp_path / "dated", sign=keys[0]).path
+    assert {p.stat().st_mtime for p in folder.iterdir()} == {1700000000}  # and in a bundle folder
     assert (signed[0] / SIGNATURE).is_file()
 
 
@@ -114,6 +121,12 @@ def test_bad_signing_key_is_one_line_and_leaves_no_bundle(tiny_run, keys, tmp_pa
     )
     assert_one_line(outcome, EXIT_ERROR, "not an unencrypted PEM private key")
     assert_json_error(outcome, "--sign", option="--sign")
+    assert not out.exists()
+    missing = tmp_path / "release.key"
+    outcome = invoke(
+        "edgetl", ["package", str(tiny_run), "--out", str(out), "--sign", str(missing), "--json"]
+    )
+    assert_one_line(outcome, EXIT_ERROR, f"--sign {missing}: no such key file; make one with `edgetl keygen")
     assert not out.exists()
 
 
