@@ -153,6 +153,9 @@ def test_a_trusted_key_file_that_is_missing_or_holds_no_ed25519_key_is_refused(t
     for name in ("empty.pub", "rsa.pub"):
         with pytest.raises(EdgetlError, match="holds no ed25519 public key"):
             load_trusted_keys([tmp_path / name])
+    private, _, _ = generate_keypair(tmp_path / "release")  # the private key given where the .pub goes
+    with pytest.raises(EdgetlError, match=r"not a PEM public key \(ValueError\); give KEY\.pub"):
+        load_trusted_keys([private])
 
 
 def test_a_signature_file_naming_another_algorithm_is_malformed(signed, keys, tmp_path):
