@@ -70,6 +70,11 @@ def embed_tflite_metadata(model, meta: dict[str, str]) -> None:
 
 def write_tflite_metadata(src: Path, dst: Path, meta: dict[str, str]) -> None:
     """Copy `src` to `dst` (atomically) with `meta` as its edgetl metadata."""
+    rewrite_tflite(src, dst, lambda model: embed_tflite_metadata(model, meta))
+
+
+def rewrite_tflite(src: Path, dst: Path, edit) -> None:
+    """Copy `src` to `dst` (atomically), `edit` changing its ModelT (the schema's object API) on the way."""
     import flatbuffers
 
     schema, data, root = _load_model(src)
@@ -80,7 +85,7 @@ def write_tflite_metadata(src: Path, dst: Path, meta: dict[str, str]) -> None:
         if buffer.offset and buffer.offset > 1:
             buffer.data = np.frombuffer(data, np.uint8, buffer.size, buffer.offset)
             buffer.offset = buffer.size = 0
-    embed_tflite_metadata(model, meta)
+    edit(model)
     builder = flatbuffers.Builder(len(data) + 4096)
     builder.Finish(model.Pack(builder), file_identifier=TFLITE_IDENTIFIER)
     with atomic_output(dst) as tmp:
