@@ -165,13 +165,13 @@ class LiteRtSession:
         if isinstance(batch, dict):
             raise BackendUnavailable("litert-cpu runs image models (a text model has no .tflite)")
         self._resize(tuple(batch.shape))
-        x = _quantize(np.asarray(batch, dtype=np.float32), self._input)
+        x = quantize_tensor(np.asarray(batch, dtype=np.float32), self._input)
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()
         return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
 
 
-def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+def quantize_tensor(x: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     if dtype == np.float32:
         return x

@@ -19,7 +19,7 @@ import numpy as np
 
 from edgetl.console import track
 from edgetl.quantizer.bias_correction import MAX_IMAGES
-from edgetl_runtime.litert import rewrite_tflite
+from edgetl_runtime.litert import quantize_tensor, rewrite_tflite
 
 # op -> how its weight error meets the per-channel input mean (weights as LiteRT lays them out)
 SHIFTS = {
@@ -63,11 +63,9 @@ def _input_means(path: Path, layers: list[dict], inputs: np.ndarray, threads: in
     )  # fmt: skip
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    scale, zero = detail["quantization"]
     sums = [0.0] * len(layers)
     for x in track(inputs, "bias correction"):
-        q = np.clip(np.round(x / scale) + zero, -128, 127).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], q[None])
+        interpreter.set_tensor(detail["index"], quantize_tensor(x[None], detail))
         interpreter.invoke()
         for k, layer in enumerate(layers):
             t = layer["input"]

@@ -46,12 +46,12 @@ def test_a_file_that_is_not_a_tflite_is_one_clear_error(tmp_path):
 
 def test_quantized_input_and_output_are_converted_by_the_session():
     detail = {"dtype": np.int8, "quantization": (0.5, -3)}
-    q = litert._quantize(np.array([-100.0, 0.0, 1.0, 100.0], np.float32), detail)
+    q = litert.quantize_tensor(np.array([-100.0, 0.0, 1.0, 100.0], np.float32), detail)
     assert q.dtype == np.int8 and q.tolist() == [-128, -3, -1, 127]
     assert litert._dequantize(q, detail).tolist() == [-62.5, 0.0, 1.0, 65.0]
     floats = {"dtype": np.float32, "quantization": (0.0, 0)}
     x = np.ones(3, np.float32)
-    assert litert._quantize(x, floats) is x
+    assert litert.quantize_tensor(x, floats) is x
 
 
 def test_litert_bundle_predicts_like_the_onnx_bundle(litert_run, digits_dir, tmp_path):
