@@ -77,8 +77,11 @@ def quantize_model(demo: DemoRun) -> dict:
     from edgetl.quantizer import quantize
 
     r = quantize(demo.run)
+    # a text model may ship FP32 (no INT8 at least 20% faster): int8_model is then "", its figures None
     return {
-        "int8_model": str(r.int8_model),
+        "shipped": r.shipped.value,
+        "reason": r.reason,
+        "int8_model": str(r.int8_model or ""),
         "fp32_accuracy": r.fp32_accuracy,
         "int8_accuracy": r.int8_accuracy,
         "agreement": r.agreement,

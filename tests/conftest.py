@@ -87,7 +87,10 @@ def text_run(tmp_path_factory, bert) -> Path:
             data, run, backbone="all-minilm-l6-v2", weights=str(bert), frozen_epochs=8, epochs=1, seed=0
         )
         edgetl.export(run)
-        edgetl.quantize(run, allow_drop=True)
+        # a named method: INT8 of a model this small is barely faster than FP32 (about 0.9x), so auto
+        # would ship FP32 on a quiet machine and INT8 on a lucky timing; tests/quantizer/test_text_*.py
+        # run auto with the timings fixed
+        edgetl.quantize(run, method="dynamic", allow_drop=True)
         edgetl.package(run, root / "bundle.tar.gz")
         return run
 

@@ -64,3 +64,13 @@ def write_text_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
         for i, text in enumerate(sentences(topic, per_class, seed + k)):
             (root / topic / f"{i:03d}.txt").write_text(text, encoding="utf-8")
     return root
+
+
+def fixed_latency(run: Path, ratio: float):
+    """A stand-in for edgetl.quantizer.text.latency_ms with fixed timings: FP32 (RUN/model.onnx) 10 ms,
+    every INT8 candidate `ratio` of it, so the FP32-ships rule is tested without a stopwatch."""
+
+    def latency(path, spec, length=128):
+        return 10.0 if Path(path) == run / "model.onnx" else 10.0 * ratio
+
+    return latency

@@ -55,12 +55,26 @@ def choose_models(
     for p in WANTED[precision]:
         path = folder.model_file(p, fmt.suffix)
         if not path.is_file():
-            command = fmt.rebuild[p].format(run=run)
-            raise EdgetlError(
-                f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
-            )
+            _refuse_missing(folder, path, p, precision, form)
         chosen.append((p, path, tuple(b for b in MODEL_BACKENDS[p] if b in fmt.backends)))
     return chosen
+
+
+def _refuse_missing(
+    folder: RunFolder, path: Path, p: Precision, precision: PackagePrecision, form: ExportFormat
+) -> None:
+    """The one-line error for a model the precision asks for that the run lacks: an INT8 model that
+    quantize decided against is not fixed by running quantize again."""
+    record = folder.load_quantization() if p is Precision.INT8 else None
+    if record is not None and record.shipped is Precision.FP32:
+        raise EdgetlError(
+            f"--precision {precision.value}: `edgetl quantize {folder.root}` shipped FP32, no INT8 model "
+            f"({record.reason}); package --precision fp32, or quantize with --method METHOD to write one anyway"
+        )
+    command = BY_NAME[form.value].rebuild[p].format(run=folder.root)
+    raise EdgetlError(
+        f"{path}: missing for --precision {precision.value} --format {form.value}; run `{command}` first"
+    )
 
 
 def tensor_specs(path: Path) -> tuple[TensorSpec, TensorSpec]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgetl.runfolder.folder import RunFolder, dataset_fingerprint
 from edgetl_runtime.fileio import sha256_file
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 # The benchmark row fields worth carrying to the device; the full report stays in the run.
 BENCH_FIELDS = (
@@ -49,6 +49,14 @@ def summarize_quantization(run: Path, info: ModelInfo | None, int8: Path | None)
     if record is None or (int8 is not None and Path(record.int8_model).name != int8.name):
         # quantize.json describes the run's other INT8 model (ONNX vs IR): its figures are not this one's
         return settings, metrics
+    if record.shipped is Precision.FP32:
+        # quantize wrote no INT8 model: its decision and the FP32 accuracy, no INT8 figures
+        return settings, {
+            "shipped": record.shipped.value,
+            "reason": record.reason,
+            "fp32_accuracy": record.fp32_accuracy,
+            "eval_images": record.eval_images,
+        }
     metrics = {
         "fp32_accuracy": record.fp32_accuracy,
         "int8_accuracy": record.int8_accuracy,

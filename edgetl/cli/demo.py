@@ -43,11 +43,17 @@ def print_demo(summary: dict) -> None:
 
     train, quant, pkg = summary["train"], summary["quantize"], summary["package"]
     export = summary["export"]
+    if quant["shipped"] == "fp32":
+        quantized = f"FP32 ships, no INT8 model (accuracy {quant['fp32_accuracy']:.3f}): {quant['reason']}"
+    else:
+        quantized = (
+            f"quantized {quant['int8_model']} ({quant['method']}): accuracy FP32 {quant['fp32_accuracy']:.3f} -> "
+            f"INT8 {quant['int8_accuracy']:.3f}, size x{quant['size_ratio']:.2f}"
+        )
     out.print(
         f"trained {train['checkpoint']} in {train['train_seconds']:.0f}s: val accuracy {train['best_val_accuracy']:.3f}\n"
         f"exported {export['onnx']}: max |logit diff| {export['max_abs_diff']:.1e}, top-1 agreement {export['top1_agreement']:.3f}\n"
-        f"quantized {quant['int8_model']} ({quant['method']}): accuracy FP32 {quant['fp32_accuracy']:.3f} -> "
-        f"INT8 {quant['int8_accuracy']:.3f}, size x{quant['size_ratio']:.2f}"
+        f"{quantized}"
     )
     table = Table("backend", "FP32 p50 ms", "INT8 p50 ms", "INT8/FP32", title="latency, batch 1")
     missing = []

@@ -40,7 +40,7 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_opti
 @click.option(
     "--method",
     default=opt.DEFAULT_QUANT_METHOD,
-    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, static-qdq-matmul, nncf-transformer.",
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, fused-dynamic, static-qdq-matmul, nncf-transformer (auto ships FP32 when no INT8 is at least 20% faster).",
 )
 @click.option(
     "--backend",
@@ -85,6 +85,7 @@ def quantize(model: Path, out: Path | None, as_json: bool, **options) -> None:
     from edgetl.api import quantize as run_quantize
     from edgetl.console import out as console
     from edgetl.console import print_json
+    from edgetl_runtime.modelinfo import Precision
 
     result = run_quantize(model, out, **options)
     if as_json:
@@ -94,9 +95,17 @@ def quantize(model: Path, out: Path | None, as_json: bool, **options) -> None:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{100 * v:.2f}%"
 
+    if result.shipped is Precision.FP32:
+        console.print(f"FP32 ships, no INT8 model written: {result.reason}")
+        console.print(
+            f"top-1 FP32 {pct(result.fp32_accuracy)}, {len(result.attempts)} INT8 candidate(s) judged"
+        )
+        return
     console.print(
         f"INT8 model: {result.int8_model} ({result.method}, {result.size_ratio:.2f}x the FP32 size)"
     )
+    if result.reason:
+        console.print(f"note: {result.reason}")
     gate = result.gate
     console.print(
         f"top-1 FP32 {pct(result.fp32_accuracy)} -> INT8 {pct(result.int8_accuracy)}, "

@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 from edgetl.console import log, warn
 from edgetl.data.modality import source_modality
@@ -41,7 +42,7 @@ from edgetl_runtime.backends import BackendName
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modality import Modality
 from edgetl_runtime.modelfile import LITERT, ONNX, OPENVINO
-from edgetl_runtime.modelinfo import ModelInfo
+from edgetl_runtime.modelinfo import ModelInfo, Precision
 
 MAX_SIZE_RATIO = 0.3  # INT8 weights are a quarter of FP32; more means too much stayed in float
 # An OpenVINO IR keeps four float32 range tensors per FakeQuantize, its depthwise weights in float
@@ -115,6 +116,9 @@ class QuantResult:
     passed: bool
     gate: dict
     attempts: tuple[Attempt, ...]
+    # the image ladder writes an INT8 model or refuses; only a text model may ship FP32 instead
+    shipped: ClassVar[Precision] = Precision.INT8
+    reason: ClassVar[str] = ""
 
     @property
     def artifact(self) -> Path:

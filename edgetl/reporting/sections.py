@@ -13,10 +13,11 @@ from edgetl.console import warn
 from edgetl.reporting import plots
 from edgetl.reporting.html import mib, pct, render
 from edgetl.reporting.records import VERSIONED, RunFiles, Section
-from edgetl.runfolder.records import CheckpointHeader
+from edgetl.runfolder.records import CheckpointHeader, QuantizationRecord
 from edgetl_runtime.fileio import sha256_file
 from edgetl_runtime.inputs import INPUT_KINDS, parse_modality
 from edgetl_runtime.modality import Modality
+from edgetl_runtime.modelinfo import Precision
 from edgetl_runtime.timing import installed_versions
 
 TRAIN = "edgetl train --data DATA --out {run}"
@@ -48,6 +49,18 @@ INPUT_LINES = {
 }
 
 
+def _int8_accuracy(q: QuantizationRecord) -> str:
+    g = q.verdict()
+    return f"{pct(g.int8)} ({g.drop:+.2f} points drop)" if g.drop is not None else pct(g.int8)
+
+
+# the run summary's quantization line, by what quantize shipped
+SHIPPED_LINES = {
+    Precision.INT8: lambda q: ("INT8 accuracy", _int8_accuracy(q)),
+    Precision.FP32: lambda q: ("INT8", f"FP32 shipped: {q.reason}"),
+}
+
+
 def section_summary(f: RunFiles) -> Section:
     s, header, splits = f.summary, f.checkpoint_header, f.splits
     if s is None and header is None:
@@ -73,11 +86,8 @@ def section_summary(f: RunFiles) -> Section:
         ("best val accuracy", best),
         ("training", trained),
     ]
-    q = f.quantize
-    if q:
-        g = q.verdict()
-        int8 = f"{pct(g.int8)} ({g.drop:+.2f} points drop)" if g.drop is not None else pct(g.int8)
-        items.append(("INT8 accuracy", int8))
+    if f.quantize:
+        items.append(SHIPPED_LINES[f.quantize.shipped](f.quantize))
     rows = f.benchmark.rows if f.benchmark else ()
     fastest = min((r for r in rows if r.ok and r.batch == 1), key=lambda r: r.p50_ms, default=None)
     if fastest:
@@ -192,6 +202,21 @@ def section_quantization(f: RunFiles) -> Section:
     q = f.quantize
     if q is None:
         return missing("quantization", "FP32 vs INT8", "edgetl quantize {run}", "INT8 model (quantize.json)", f.run)  # fmt: skip
+    attempts = [
+        [a.method, str(len(a.exclude)), "–" if a.drop is None else f"{a.drop:.2f}", pct(a.agreement, 2),
+         "–" if a.size_ratio is None else f"{a.size_ratio:.2f}×",
+         "–" if a.latency_ms is None else f"{a.latency_ms:.2f} ms",
+         (a.verdict or ("passed" if a.passed else "failed")) + (f" ({a.reason})" if a.reason else "")]
+        for a in q.attempts
+    ]  # fmt: skip
+    if q.shipped is Precision.FP32:
+        return section(
+            "quantization", "FP32 vs INT8", passed=True, verdict="FP32 shipped", reason=f"FP32 shipped: {q.reason}",
+            items=[("FP32 accuracy", pct(q.fp32_accuracy)), ("gate images", str(q.eval_images)),
+                   ("calibration images", "–" if q.num_calibration is None else str(q.num_calibration)),
+                   ("INT8 model", "none written")],
+            attempts=attempts,
+        )  # fmt: skip
     g, cf = q.verdict(), f.cross_fit
     ci = g.drop_ci95
     ci_text = f"95% interval {ci[0]:+.2f} to {ci[1]:+.2f}" if ci else "no interval recorded"
@@ -205,11 +230,6 @@ def section_quantization(f: RunFiles) -> Section:
         ("top-1 agreement with FP32", pct(q.agreement, 2)),
         ("method", f"{q.backend} {q.method}" + (f" ({q.settings['scheme']})" if "scheme" in q.settings else "")),
         ("size", f"{mib(q.fp32_bytes or 0)} → {mib(q.int8_bytes)}" if q.int8_bytes else "–"),
-    ]  # fmt: skip
-    attempts = [
-        [a.method, str(len(a.exclude)), "–" if a.drop is None else f"{a.drop:.2f}", pct(a.agreement, 2),
-         f"{a.size_ratio:.2f}×", "yes" if a.passed else "no"]
-        for a in q.attempts
     ]  # fmt: skip
     return section(
         "quantization", "FP32 vs INT8", passed=g.passed, verdict=g.verdict or ("passed" if g.passed else "failed"),

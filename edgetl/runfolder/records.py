@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.typed import T, typed_record
+from edgetl_runtime.modelinfo import Precision
 
 
 def read_json(path: Path):
@@ -139,6 +140,7 @@ class AttemptRecord(Record):
     latency_ms: float | None = None
     verdict: str = ""
     passed: bool = False
+    reason: str = ""  # why a candidate did not apply to the graph (verdict "not applicable")
 
 
 @dataclass(frozen=True)
@@ -156,11 +158,14 @@ class QuantizationRecord(Record):
     `source_sha256` is the sha256 of the FP32 model.onnx quantized; `sha256` that of the INT8 file.
     Records written before these fields existed leave them empty and the lineage falls back to the
     calibration manifest's `model_sha256`. Records written before the gate record (`gate` None) have
-    the flat accuracy fields only; `verdict()` rebuilds a gate from them.
+    the flat accuracy fields only; `verdict()` rebuilds a gate from them. `shipped` FP32: no INT8
+    model was worth writing (`reason` says why; `int8_model` empty, the INT8 figures None).
     """
 
     int8_model: str
     fp32_model: str
+    shipped: Precision = Precision.INT8
+    reason: str = ""  # why FP32 shipped, or why the INT8 model --method asked for is no faster
     source_sha256: str = ""
     sha256: str = ""
     fp32_sha256: str = ""

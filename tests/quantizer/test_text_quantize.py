@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinytext import fixed_latency
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_int8_gate_and_record(text_run):
     q = json.loads((text_run / "quantize.json").read_text())
-    from edgetl.quantizer.nncf_backend import nncf_available
-
-    methods = {"dynamic", "static-qdq-matmul"} | ({"nncf-transformer"} if nncf_available() else set())
-    assert {a["method"] for a in q["attempts"]} == methods
-    assert q["gate"]["images"] == q["eval_images"] > 0 and q["method"] in methods
+    assert [a["method"] for a in q["attempts"]] == ["dynamic"] == [q["method"]]  # the fixture names it
+    assert q["gate"]["images"] == q["eval_images"] > 0 and q["shipped"] == "int8"
     import onnx
 
     graph = onnx.load(str(text_run / "model.int8.onnx")).graph
@@ -96,7 +95,8 @@ def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run
 
     monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": calibrate})
     monkeypatch.setattr(text_module, "_logits", gate_logits)
-    result = quantize(run, tmp_path / "x.int8.onnx", num_calibration=10, allow_drop=True)
+    # named: auto could ship FP32 (the tiny model's INT8 is not clearly faster), with no gate to check
+    result = quantize(run, tmp_path / "x.int8.onnx", method="dynamic", num_calibration=10, allow_drop=True)
     splits = Splits.load(run)
     train = set(read_recorded([p for p, _ in splits.train]))
     val = read_recorded([p for p, _ in splits.val])
@@ -138,7 +138,125 @@ def test_an_image_method_on_a_text_run_is_one_error_naming_the_choices(text_run,
     run = _copy(text_run, tmp_path)
     out = tmp_path / "x.int8.onnx"
     with pytest.raises(
-        EdgetlError, match="--method minmax: a text model takes auto, dynamic, static-qdq-matmul"
+        EdgetlError,
+        match="--method minmax: a text model takes auto, dynamic, fused-dynamic, static-qdq-matmul",
     ):
         quantize(run, out, method="minmax")
     assert not out.exists()
+
+
+def test_fused_dynamic_fuses_the_tiny_bert_and_keeps_its_names_metadata_and_logits(text_run, tmp_path):
+    """The tiny BERT's residual-add LayerNorms and GELUs fuse (SkipLayerNormalization, BiasGelu); the
+    MatMuls are INT8; the model keeps the FP32 model's tensor names and edgetl metadata, and its
+    logits agree with FP32's on the validation texts."""
+    from collections import Counter
+
+    import numpy as np
+    import onnx
+
+    from edgetl.data.texts import read_recorded
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer.text import _logits
+    from edgetl.quantizer.text_fusion import FUSED_QUANTIZED_OPS
+    from edgetl.runfolder.splits import Splits
+    from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.modelinfo import Precision
+
+    run = _copy(text_run, tmp_path)
+    out = tmp_path / "fused.int8.onnx"
+    result = quantize(run, out, method="fused-dynamic", allow_drop=True)
+    assert result.int8_model == out and [c.method for c in result.attempts] == ["fused-dynamic"]
+    fp32, int8 = onnx.load(str(run / "model.onnx")).graph, onnx.load(str(out)).graph
+    ops = Counter(n.op_type for n in int8.node)
+    assert ops["SkipLayerNormalization"] == 4 and ops["BiasGelu"] == 2  # 2 layers: 2 norms, 1 GELU each
+    assert ops["MatMulInteger"] > 0 and "Erf" not in ops
+    assert [i.name for i in int8.input] == [i.name for i in fp32.input] == ["input_ids", "attention_mask"]
+    assert [o.name for o in int8.output] == [o.name for o in fp32.output]
+    info, source = read_model_info(out), read_model_info(run / "model.onnx")
+    assert info.precision is Precision.INT8 and info.labels == source.labels
+    assert info.preprocess == source.preprocess
+    assert info.quantization["method"] == "fused-dynamic"
+    assert info.quantization["op_types"] == FUSED_QUANTIZED_OPS
+    assert info.quantization["fused"] == {"BiasGelu": 2, "SkipLayerNormalization": 4}
+    texts = read_recorded([p for p, _ in Splits.load(run).val])
+    reference, got = (
+        _logits(run / "model.onnx", texts, source.preprocess),
+        _logits(out, texts, info.preprocess),
+    )
+    assert (reference.argmax(1) == got.argmax(1)).all()
+    assert np.abs(reference - got).max() < 0.05 * np.abs(reference).max()
+
+
+def test_a_graph_the_optimizer_cannot_fuse_is_not_applicable_and_the_others_still_run(
+    text_run, tmp_path, monkeypatch
+):
+    import onnx
+    import pytest
+    from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    from edgetl.errors import EdgetlError
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer import text as text_module
+    from edgetl.quantizer.text_fusion import fused_dynamic
+
+    run = _copy(text_run, tmp_path)
+    monkeypatch.setattr(
+        text_module, "_methods", lambda: {"dynamic": text_module._dynamic, "fused-dynamic": fused_dynamic}
+    )
+    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.5))
+
+    def fail(path, **options):
+        raise RuntimeError("no pattern\nsecond line")
+
+    for optimize, reason in (
+        (fail, "onnxruntime's transformer optimizer failed (RuntimeError: no pattern)"),
+        (lambda path, **options: OnnxModel(onnx.load(path)), "fused nothing in this graph"),
+    ):
+        monkeypatch.setattr(optimizer, "optimize_model", optimize)
+        result = quantize(run, allow_drop=True)
+        record = json.loads((run / "quantize.json").read_text())
+        fused = next(a for a in record["attempts"] if a["method"] == "fused-dynamic")
+        assert fused["verdict"] == "not applicable" and reason in fused["reason"] and not fused["passed"]
+        assert fused["latency_ms"] is None and fused["agreement"] is None
+        assert result.method == record["method"] == "dynamic" and (run / "model.int8.onnx").is_file()
+        # asked for by name, a candidate that cannot apply is one error, and nothing is written
+        out = tmp_path / "asked.int8.onnx"
+        with pytest.raises(EdgetlError, match="no INT8 method applies to this graph") as refused:
+            quantize(run, out, method="fused-dynamic")
+        assert reason in str(refused.value) and "\n" not in str(refused.value) and not out.exists()
+
+
+def test_an_int8_clearly_faster_than_fp32_ships_with_every_candidate_recorded(
+    text_run, tmp_path, monkeypatch
+):
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer import text as text_module
+    from edgetl.quantizer.nncf_backend import nncf_available
+
+    run = _copy(text_run, tmp_path)
+    (run / "model.int8.onnx").unlink()
+    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.5))
+    result = quantize(run, allow_drop=True)
+    methods = ["dynamic", "fused-dynamic", "static-qdq-matmul"] + (["nncf-transformer"] * nncf_available())
+    q = json.loads((run / "quantize.json").read_text())
+    assert [a["method"] for a in q["attempts"]] == methods and q["method"] in methods
+    assert q["shipped"] == result.to_dict()["shipped"] == "int8" and q["reason"] == ""
+    assert (run / "model.int8.onnx").is_file() and result.artifact == run / "model.int8.onnx"
+    assert q["int8_model"] == str(run / "model.int8.onnx") and result.to_dict()["latency_ratio"] == 0.5
+
+
+def test_a_named_method_is_written_even_when_not_faster_and_its_summary_says_so(
+    text_run, tmp_path, monkeypatch
+):
+    from edgetl.quantizer import quantize
+    from edgetl.quantizer import text as text_module
+
+    run = _copy(text_run, tmp_path)
+    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.95))
+    out = tmp_path / "asked.int8.onnx"
+    result = quantize(run, out, method="dynamic", allow_drop=True)
+    assert out.is_file() and result.summary["shipped"] == "int8"
+    assert "--method dynamic: 0.95x FP32's latency" in result.reason
+    assert "not faster than FP32 by the 0.8x bound" in result.summary["reason"]
+    assert json.loads((run / "quantize.json").read_text())["reason"] == result.reason
