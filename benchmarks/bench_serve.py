@@ -123,10 +123,14 @@ def plain_loop(bundle: Path, images: list[tuple[str, bytes]], requests: int, max
 
 class Served:
     def __init__(
-        self, bundle: Path, workers: int | None, options: tuple[str, ...] = ("--queue", "64")
+        self,
+        bundle: Path,
+        workers: int | None,
+        options: tuple[str, ...] = ("--queue", "64"),
+        launcher: tuple[str, ...] = ("-m", "edgetl_runtime.cli"),  # profile_runtime.py runs it under cProfile
     ) -> None:
         serve = ("serve", str(bundle), "--port", "0", "--json", *options)
-        command = [sys.executable, "-m", "edgetl_runtime.cli", *serve]
+        command = [sys.executable, *launcher, *serve]
         if workers:
             command += ["--workers", str(workers)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

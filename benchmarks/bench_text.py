@@ -121,7 +121,7 @@ def main() -> int:
     if data_missing(args.data):
         return 0
     import edgetl
-    from edgetl.quantizer.text import latency_ms
+    from edgetl.quantizer.text import latencies_ms
     from edgetl_runtime.modelfile import read_model_info
 
     shutil.rmtree(args.out, ignore_errors=True)
@@ -152,7 +152,7 @@ def main() -> int:
     q = edgetl.quantize(run, allow_drop=True)
     spec = read_model_info(run / "model.onnx").preprocess
     results["int8"] = {"chosen": q.method, "attempts": q.summary["attempts"], "fp32_accuracy": q.fp32_accuracy,
-                       "fp32_ms_128": latency_ms(run / "model.onnx", spec), "fp32_bytes": (run / "model.onnx").stat().st_size}  # fmt: skip
+                       "fp32_ms_128": latencies_ms({"fp32": run / "model.onnx"}, spec)["fp32"], "fp32_bytes": (run / "model.onnx").stat().st_size}  # fmt: skip
     results["load_after"] = os.getloadavg()
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))

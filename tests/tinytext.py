@@ -67,10 +67,12 @@ def write_text_folder(root: Path, per_class: int = 12, seed: int = 0) -> Path:
 
 
 def fixed_latency(run: Path, ratio: float):
-    """A stand-in for edgetl.quantizer.text.latency_ms with fixed timings: FP32 (RUN/model.onnx) 10 ms,
-    every INT8 candidate `ratio` of it, so the FP32-ships rule is tested without a stopwatch."""
+    """A stand-in for edgetl.quantizer.text.latencies_ms with fixed timings: FP32 (RUN/model.onnx)
+    10 ms, every INT8 candidate `ratio` of it, so the FP32-ships rule is tested without a stopwatch."""
 
-    def latency(path, spec, length=128):
-        return 10.0 if Path(path) == run / "model.onnx" else 10.0 * ratio
+    def latencies(paths, spec, length=128):
+        return {
+            name: 10.0 if Path(path) == run / "model.onnx" else 10.0 * ratio for name, path in paths.items()
+        }
 
-    return latency
+    return latencies

@@ -241,19 +241,30 @@ class Attempt:
 
 def measure_latency(path: Path, sample: np.ndarray | dict[str, np.ndarray], backend: str) -> float:
     """Median single-input latency in ms, one thread: enough to compare candidates of one model."""
+    return measure_latencies({"model": path}, sample, backend, rounds=1)["model"]
+
+
+def measure_latencies(
+    paths: dict[str, Path], sample: np.ndarray | dict[str, np.ndarray], backend: str, rounds: int = 5
+) -> dict[str, float]:
+    """Median single-input latency in ms of each model, one thread, the models taking turns for
+    `rounds` rounds of LATENCY_RUNS / rounds calls each, so a change of machine load falls on all."""
     from edgetl_runtime.backends import load_session
     from edgetl_runtime.inputs import slice_feed
 
-    session = load_session(path, backend, threads=1)
+    sessions = {name: load_session(path, backend, threads=1) for name, path in paths.items()}
     x = slice_feed(sample, 0, 1)
-    for _ in range(3):
-        session.run(x)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        session.run(x)
-        times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    times: dict[str, list[float]] = {name: [] for name in sessions}
+    for session in sessions.values():
+        for _ in range(3):
+            session.run(x)
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(max(1, LATENCY_RUNS // rounds)):
+                start = time.perf_counter()
+                session.run(x)
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000.0 * float(np.median(t)) for name, t in times.items()}
 
 
 @dataclass(kw_only=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgetl.quantizer import judge
-from edgetl.quantizer.gate import Attempt, Evaluation, GateReport
+from edgetl.quantizer.gate import LATENCY_RUNS, Attempt, Evaluation, GateReport, measure_latencies
 from edgetl.quantizer.ladder import Context, climb
 
 
@@ -386,3 +386,25 @@ def test_a_cross_fitted_gate_judges_each_image_by_the_model_of_its_own_fold(tmp_
     np.testing.assert_array_equal(gate.run([same, flipped]).argmax(1), [0, 0, 2, 1, 1, 0])
     with pytest.raises(ValueError, match="1 fold models for 2 folds"):
         gate.run([same])
+
+
+def test_candidates_are_timed_in_turns_so_load_falls_on_all_alike(monkeypatch):
+    """measure_latencies alternates the models round by round: each round times every model once,
+    FP32 included, instead of one model's runs all before the next's."""
+    import edgetl_runtime.backends as backends
+
+    calls: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def run(self, x):
+            calls.append(self.name)
+
+    monkeypatch.setattr(backends, "load_session", lambda path, backend, threads=None: Recording(str(path)))
+    p50 = measure_latencies({"fp32": "a", "int8": "b"}, np.zeros((1, 3)), "onnxruntime-cpu", rounds=5)
+    assert set(p50) == {"fp32", "int8"}
+    timed = calls[6:]  # after three warm-up calls each
+    per_round = LATENCY_RUNS // 5
+    assert timed == (["a"] * per_round + ["b"] * per_round) * 5

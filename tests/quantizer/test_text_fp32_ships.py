@@ -23,7 +23,7 @@ def shipped_fp32(text_run, tmp_path_factory) -> tuple[Path, object]:
 
     run = Path(shutil.copytree(text_run, tmp_path_factory.mktemp("fp32") / "run"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(text_module, "latency_ms", fixed_latency(run, 0.95))
+        patch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.95))
         result = CliRunner().invoke(main, ["quantize", str(run), "--json"])
     return run, result
 
@@ -96,7 +96,7 @@ def test_the_text_demo_runs_to_the_end_when_quantize_ships_fp32(text_run, tmp_pa
     from edgetl.runfolder.splits import Splits
 
     run = Path(shutil.copytree(text_run, tmp_path / "out" / "run"))
-    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.95))
+    monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.95))
     monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": text_module._dynamic})
     splits = Splits.load(run)
     for path, label in splits.val:

@@ -204,7 +204,7 @@ def test_a_graph_the_optimizer_cannot_fuse_is_not_applicable_and_the_others_stil
     monkeypatch.setattr(
         text_module, "_methods", lambda: {"dynamic": text_module._dynamic, "fused-dynamic": fused_dynamic}
     )
-    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.5))
+    monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.5))
 
     def fail(path, **options):
         raise RuntimeError("no pattern\nsecond line")
@@ -236,7 +236,7 @@ def test_an_int8_clearly_faster_than_fp32_ships_with_every_candidate_recorded(
 
     run = _copy(text_run, tmp_path)
     (run / "model.int8.onnx").unlink()
-    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.5))
+    monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.5))
     result = quantize(run, allow_drop=True)
     methods = ["dynamic", "fused-dynamic", "static-qdq-matmul"] + (["nncf-transformer"] * nncf_available())
     q = json.loads((run / "quantize.json").read_text())
@@ -253,7 +253,7 @@ def test_a_named_method_is_written_even_when_not_faster_and_its_summary_says_so(
     from edgetl.quantizer import text as text_module
 
     run = _copy(text_run, tmp_path)
-    monkeypatch.setattr(text_module, "latency_ms", fixed_latency(run, 0.95))
+    monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.95))
     out = tmp_path / "asked.int8.onnx"
     result = quantize(run, out, method="dynamic", allow_drop=True)
     assert out.is_file() and result.summary["shipped"] == "int8"
