@@ -40,7 +40,7 @@ from edgetl.cli.common import FiniteFloat, handle_errors, json_option, path_opti
 @click.option(
     "--method",
     default=opt.DEFAULT_QUANT_METHOD,
-    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, fused-dynamic, static-qdq-matmul, nncf-transformer (auto ships FP32 when no INT8 is at least 20% faster).",
+    help="Calibration: auto (measure and keep the best), minmax, entropy, percentile; for nncf: nncf-fast-bias-correction, nncf-bias-correction; for litert: static_wi8_ai8; for a text run: dynamic, dynamic-mixed, fused-dynamic, static-qdq-matmul, nncf-transformer (auto ships FP32 when no INT8 is at least 20% faster).",
 )
 @click.option(
     "--backend",

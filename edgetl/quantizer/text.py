@@ -21,6 +21,7 @@ from edgetl.errors import EdgetlError, GateError
 from edgetl.quantizer.gate import Verdict, compare_logits, judge, measure_latencies
 from edgetl.quantizer.inputs import write_model
 from edgetl.quantizer.text_fusion import NOT_APPLICABLE, NotApplicable, fused_dynamic
+from edgetl.quantizer.text_mixed import dynamic_mixed
 from edgetl.runfolder.folder import TMP_PREFIX, Kind, QuantizationRecord, RunFolder, Step
 from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
@@ -65,7 +66,8 @@ class TextCandidate:
         return self.verdict != NOT_APPLICABLE
 
 
-def _logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
+def text_logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
+    """The model's logits for `texts` on onnxruntime's CPU, in their order."""
     session = load_session(path, "onnxruntime-cpu")
     order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
     parts = {}
@@ -247,7 +249,10 @@ def _methods() -> dict:
     graph it cannot apply to."""
     from edgetl.quantizer.nncf_backend import nncf_available
 
-    methods = {"dynamic": _dynamic, "fused-dynamic": fused_dynamic, "static-qdq-matmul": _static_qdq}
+    methods = {
+        "dynamic": _dynamic, "dynamic-mixed": dynamic_mixed, "fused-dynamic": fused_dynamic,
+        "static-qdq-matmul": _static_qdq,
+    }  # fmt: skip
     if nncf_available():
         methods["nncf-transformer"] = _nncf_transformer
     return methods
@@ -285,7 +290,7 @@ def quantize_text(
     check_writable(out, "--out")
     with folder.lock("quantize"):
         folder.check_for(Step.QUANTIZE)
-        reference = _logits(fp32, gate_texts, spec)
+        reference = text_logits(fp32, gate_texts, spec)
         fp32_bytes = fp32.stat().st_size
         log(
             f"quantizing {fp32} (text): {len(calib)} calibration texts (train), gate on {len(gate_texts)} val texts"
@@ -302,7 +307,7 @@ def quantize_text(
                     log(f"  {name}: {NOT_APPLICABLE} ({e})")
                     candidates.append((TextCandidate(name, *[None] * 7, NOT_APPLICABLE, str(e)), None))
                     continue
-                logits = _logits(path, gate_texts, spec)
+                logits = text_logits(path, gate_texts, spec)
                 ev = compare_logits(reference, logits, labels, info.labels)
                 ratio = path.stat().st_size / fp32_bytes
                 report = judge(

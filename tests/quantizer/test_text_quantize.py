@@ -80,7 +80,7 @@ def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run
 
     run = _copy(text_run, tmp_path)
     calibrated, gated = [], []
-    dynamic, logits = text_module._dynamic, text_module._logits
+    dynamic, logits = text_module._dynamic, text_module.text_logits
 
     def calibrate(src, dst, texts, spec):
         calibrated.extend(texts)
@@ -94,7 +94,7 @@ def test_text_calibration_texts_are_training_texts_and_never_gate_texts(text_run
         return answers[-1]
 
     monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": calibrate})
-    monkeypatch.setattr(text_module, "_logits", gate_logits)
+    monkeypatch.setattr(text_module, "text_logits", gate_logits)
     # named: auto could ship FP32 (the tiny model's INT8 is not clearly faster), with no gate to check
     result = quantize(run, tmp_path / "x.int8.onnx", method="dynamic", num_calibration=10, allow_drop=True)
     splits = Splits.load(run)
@@ -139,7 +139,7 @@ def test_an_image_method_on_a_text_run_is_one_error_naming_the_choices(text_run,
     out = tmp_path / "x.int8.onnx"
     with pytest.raises(
         EdgetlError,
-        match="--method minmax: a text model takes auto, dynamic, fused-dynamic, static-qdq-matmul",
+        match="--method minmax: a text model takes auto, dynamic, dynamic-mixed, fused-dynamic, static-qdq-matmul",
     ):
         quantize(run, out, method="minmax")
     assert not out.exists()
@@ -156,7 +156,7 @@ def test_fused_dynamic_fuses_the_tiny_bert_and_keeps_its_names_metadata_and_logi
 
     from edgetl.data.texts import read_recorded
     from edgetl.quantizer import quantize
-    from edgetl.quantizer.text import _logits
+    from edgetl.quantizer.text import text_logits
     from edgetl.quantizer.text_fusion import FUSED_QUANTIZED_OPS
     from edgetl.runfolder.splits import Splits
     from edgetl_runtime.modelfile import read_model_info
@@ -180,8 +180,8 @@ def test_fused_dynamic_fuses_the_tiny_bert_and_keeps_its_names_metadata_and_logi
     assert info.quantization["fused"] == {"BiasGelu": 2, "SkipLayerNormalization": 4}
     texts = read_recorded([p for p, _ in Splits.load(run).val])
     reference, got = (
-        _logits(run / "model.onnx", texts, source.preprocess),
-        _logits(out, texts, info.preprocess),
+        text_logits(run / "model.onnx", texts, source.preprocess),
+        text_logits(out, texts, info.preprocess),
     )
     assert (reference.argmax(1) == got.argmax(1)).all()
     assert np.abs(reference - got).max() < 0.05 * np.abs(reference).max()
@@ -238,7 +238,9 @@ def test_an_int8_clearly_faster_than_fp32_ships_with_every_candidate_recorded(
     (run / "model.int8.onnx").unlink()
     monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.5))
     result = quantize(run, allow_drop=True)
-    methods = ["dynamic", "fused-dynamic", "static-qdq-matmul"] + (["nncf-transformer"] * nncf_available())
+    methods = ["dynamic", "dynamic-mixed", "fused-dynamic", "static-qdq-matmul"] + [
+        "nncf-transformer"
+    ] * nncf_available()
     q = json.loads((run / "quantize.json").read_text())
     assert [a["method"] for a in q["attempts"]] == methods and q["method"] in methods
     assert q["shipped"] == result.to_dict()["shipped"] == "int8" and q["reason"] == ""
@@ -260,3 +262,46 @@ def test_a_named_method_is_written_even_when_not_faster_and_its_summary_says_so(
     assert "--method dynamic: 0.95x FP32's latency" in result.reason
     assert "not faster than FP32 by the 0.8x bound" in result.summary["reason"]
     assert json.loads((run / "quantize.json").read_text())["reason"] == result.reason
+
+
+def test_dynamic_mixed_keeps_the_costliest_matmuls_float_measured_on_calibration_texts(
+    text_run, tmp_path, monkeypatch
+):
+    """dynamic-mixed measures each weight MatMul's KL cost on the calibration texts it is given (never
+    the gate's), keeps the costliest tenth (at least one) in float and quantizes the rest."""
+    import onnx
+
+    from edgetl.data.texts import read_recorded
+    from edgetl.quantizer import text as text_module
+    from edgetl.quantizer import text_mixed
+    from edgetl.runfolder.splits import Splits
+    from edgetl_runtime.modelfile import read_model_info
+
+    run = _copy(text_run, tmp_path)
+    spec = read_model_info(run / "model.onnx").preprocess
+    src = text_module._without_value_info(run / "model.onnx", tmp_path / "prepared.onnx")
+    names = text_mixed.weight_matmuls(src)
+    assert len(names) >= 10  # 2 layers x (q, k, v, out, 2 FFN) and the head
+    calib = read_recorded([p for p, _ in Splits.load(run).train])[:12]
+    seen = []
+    measure = text_mixed.rank_sensitivity
+
+    def recording(source, texts, spec_, quantize, work):
+        seen.append(list(texts))
+        costs = measure(source, texts, spec_, quantize, work)
+        assert set(costs) == set(names)
+        # a known order from here on: the result must follow it, whatever the real costs were
+        return {name: float(i) for i, name in enumerate(names)}
+
+    monkeypatch.setattr(text_mixed, "rank_sensitivity", recording)
+    settings = text_mixed.dynamic_mixed(src, tmp_path / "mixed.onnx", calib, spec)
+    assert seen == [calib]
+    keep = max(1, int(0.1 * len(names)))
+    assert settings["float_nodes"] == names[::-1][:keep]
+    graph = onnx.load(str(tmp_path / "mixed.onnx")).graph
+    # a float MatMul keeps its name, a float Gemm (the head) comes back as "<name>_MatMul" + Add
+    still_float = {n.name.removesuffix("_MatMul") for n in graph.node if n.op_type in ("MatMul", "Gemm")}
+    still_float &= set(names)
+    assert still_float == set(settings["float_nodes"])
+    quantized = {n.name for n in graph.node if n.op_type == "MatMulInteger"}
+    assert len(quantized) == len(names) - keep
