@@ -41,11 +41,20 @@ LENGTH = 128
 
 
 def logits_of(session, texts: list[str], spec) -> np.ndarray:
+    """Logits in the texts' order, batched as the gate batches them (edgetl.quantizer.text.text_logits:
+    16 at a time, similar lengths together). Dynamic INT8 takes its activation ranges per batch, padding
+    included, so the batching is part of what is measured."""
+    from edgetl.quantizer.text import BATCH
     from edgetl_runtime.textinput import encode_texts
 
-    return np.concatenate(
-        [session.run(encode_texts(texts[i : i + 16], spec).feed(spec)) for i in range(0, len(texts), 16)]
-    )
+    order = np.argsort([len(t) for t in texts])
+    out = None
+    for start in range(0, len(texts), BATCH):
+        index = order[start : start + BATCH]
+        logits = session.run(encode_texts([texts[i] for i in index], spec).feed(spec))
+        out = np.zeros((len(texts), logits.shape[1]), np.float32) if out is None else out
+        out[index] = logits
+    return out
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
