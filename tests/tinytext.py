@@ -70,7 +70,7 @@ def fixed_latency(run: Path, ratio: float):
     """A stand-in for edgetl.quantizer.text.latencies_ms with fixed timings: FP32 (RUN/model.onnx)
     10 ms, every INT8 candidate `ratio` of it, so the FP32-ships rule is tested without a stopwatch."""
 
-    def latencies(paths, spec, length=128):
+    def latencies(paths, spec, *, length=128):
         return {
             name: 10.0 if Path(path) == run / "model.onnx" else 10.0 * ratio for name, path in paths.items()
         }

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from .cli_options import (
     EPILOG,
+    VersionAction,
     add_bench_options,
     add_info_options,
     add_predict_options,
@@ -287,16 +288,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-class _VersionAction(argparse.Action):
-    """--version, looked up only when asked: importlib.metadata costs every cold predict ~40 ms."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
-        from . import __version__
-
-        print(f"edgetl-runtime {__version__}")
-        parser.exit()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgetl-run",
@@ -304,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show the version and exit")
+    parser.add_argument("--version", action=VersionAction, nargs=0, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     predict = sub.add_parser("predict", help="classify images or texts (files, folders, lines, stdin)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NoReturn
 
 from .errors import EXIT_CODES_HELP
 from .modelinfo import Precision
@@ -127,3 +128,13 @@ def add_serve_options(p: argparse.ArgumentParser) -> None:
         help="largest image (width x height) to decode; larger ones get 400 (default 89478485)",
     )
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+
+
+class VersionAction(argparse.Action):
+    """--version, looked up only when asked: importlib.metadata costs every cold predict ~40 ms."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> NoReturn:
+        from . import __version__
+
+        print(f"edgetl-runtime {__version__}")
+        parser.exit()

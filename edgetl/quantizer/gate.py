@@ -245,7 +245,7 @@ def measure_latency(path: Path, sample: np.ndarray | dict[str, np.ndarray], back
 
 
 def measure_latencies(
-    paths: dict[str, Path], sample: np.ndarray | dict[str, np.ndarray], backend: str, rounds: int = 5
+    paths: dict[str, Path], sample: np.ndarray | dict[str, np.ndarray], backend: str, *, rounds: int = 5
 ) -> dict[str, float]:
     """Median single-input latency in ms of each model, one thread, the models taking turns for
     `rounds` rounds of LATENCY_RUNS / rounds calls each, so a change of machine load falls on all."""

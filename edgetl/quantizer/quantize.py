@@ -131,6 +131,7 @@ class QuantResult:
             d[k] = str(d[k])
         d["gate"] = self.gate
         d["attempts"] = [a.to_dict() for a in self.attempts]
+        d["shipped"], d["reason"] = self.shipped.value, self.reason  # class constants: asdict leaves them out
         return d
 
 

@@ -1,5 +1,5 @@
-"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, the same after
-onnxruntime's transformer fusions (attention, LayerNorm, GELU, bias adds; not applicable to a graph
+"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, the same with the
+most sensitive MatMuls kept float (text_mixed.py), the same after onnxruntime's transformer fusions (attention, LayerNorm, GELU, bias adds; not applicable to a graph
 they do not match), static QDQ limited to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and
 the embedding gathers stay float), and NNCF's transformer mode where nncf is installed, calibrated on
 training texts; the same paired gate as for images judges each on the validation texts (none of
@@ -80,7 +80,7 @@ def text_logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
     return out
 
 
-def latencies_ms(paths: dict[str, Path], spec: TextSpec, length: int = LATENCY_LENGTH) -> dict[str, float]:
+def latencies_ms(paths: dict[str, Path], spec: TextSpec, *, length: int = LATENCY_LENGTH) -> dict[str, float]:
     """Median batch-1 latency of each model, one thread, all timed in turn round by round: a model
     timed alone a minute after FP32 meets other load than FP32 did (on BBC News, NNCF's graph timed
     at 0.67x FP32 that way, and at 1.05x interleaved)."""
@@ -305,7 +305,12 @@ def quantize_text(
                         made[name] = methods[name](prepared, path, calib, spec) or {}
                 except NotApplicable as e:
                     log(f"  {name}: {NOT_APPLICABLE} ({e})")
-                    candidates.append((TextCandidate(name, *[None] * 7, NOT_APPLICABLE, str(e)), None))
+                    skipped = dict.fromkeys(
+                        ("agreement", "kl", "accuracy", "drop", "drop_ci95", "size_ratio", "latency_ms")
+                    )
+                    candidates.append(
+                        (TextCandidate(name, **skipped, verdict=NOT_APPLICABLE, reason=str(e)), None)
+                    )
                     continue
                 logits = text_logits(path, gate_texts, spec)
                 ev = compare_logits(reference, logits, labels, info.labels)
@@ -339,8 +344,13 @@ def quantize_text(
                 )
             best, report = min(applied, key=lambda cr: rank_candidate(cr[0], fp32_ms))
             if best.verdict == Verdict.FAIL.value and not allow_drop:
+                keep = (
+                    " (with --method auto it ships only if at least 20% faster than FP32)"
+                    if method == "auto"
+                    else ""
+                )
                 raise GateError(
-                    f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway"
+                    f"INT8 gate: every method failed ({report.reason}); nothing was written. Pass --allow-drop to keep the best anyway{keep}"
                 )
             attempts = tuple(c for c, _ in candidates)
             shipped = (
@@ -348,8 +358,10 @@ def quantize_text(
             )
             if shipped is Precision.FP32:
                 reason = _fp32_reason(attempts, fp32_ms)
-                # an INT8 model left at --out by an earlier quantization is not what this one ships
-                out.unlink(missing_ok=True)
+                # an INT8 model an earlier quantization left (at --out or in the run) is not what this
+                # one ships, and package would take the run's for a model to bundle
+                for stale in {out, folder.int8}:
+                    stale.unlink(missing_ok=True)
             else:
                 reason = "" if is_clearly_faster(best, fp32_ms) else _slow_reason(best, fp32_ms)
                 settings = {"method": best.method, "op_types": QUANTIZED_OPS, "num_calibration": len(calib), "seed": seed,

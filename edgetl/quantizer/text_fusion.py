@@ -11,7 +11,7 @@ from edgetl.console import log
 from edgetl.errors import EdgetlError
 
 # onnxruntime's dynamic (IntegerOps) registry quantizes MatMul (MatMulInteger) and a fused Attention
-# (QAttention, a CPU kernel), and has no Gemm (the head stays float, as in `_dynamic`).
+# (QAttention, a CPU kernel); a Gemm (the head) it first rewrites as MatMul + Add, as in `_dynamic`.
 # EmbedLayerNormalization and Gather would quantize the embedding tables, float by design (see
 # text.TEXT_MAX_SIZE_RATIO); SkipLayerNormalization and BiasGelu have no integer kernel.
 FUSED_QUANTIZED_OPS = ["MatMul", "Attention"]

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
-
 from edgetl.console import log
 from edgetl.quantizer.gate import compare_logits
 from edgetl_runtime.textinput import TextSpec
@@ -70,4 +68,4 @@ def dynamic_mixed(src: Path, dst: Path, texts, spec: TextSpec) -> dict:
     floated = sorted(cost, key=cost.get, reverse=True)[:keep]
     log(f"  dynamic-mixed: {keep} of {len(cost)} weight MatMuls kept in float: {', '.join(floated)}")
     quantize(src, dst, floated)
-    return {"float_nodes": floated, "kl_cost": {name: float(np.float64(cost[name])) for name in floated}}
+    return {"float_nodes": floated, "kl_cost": {name: float(cost[name]) for name in floated}}

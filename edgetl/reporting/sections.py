@@ -86,8 +86,9 @@ def section_summary(f: RunFiles) -> Section:
         ("best val accuracy", best),
         ("training", trained),
     ]
-    if f.quantize:
-        items.append(SHIPPED_LINES[f.quantize.shipped](f.quantize))
+    # a record may name any precision; only these two ship
+    if f.quantize and (line := SHIPPED_LINES.get(f.quantize.shipped)):
+        items.append(line(f.quantize))
     rows = f.benchmark.rows if f.benchmark else ()
     fastest = min((r for r in rows if r.ok and r.batch == 1), key=lambda r: r.p50_ms, default=None)
     if fastest:

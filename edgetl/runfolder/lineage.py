@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from edgetl.errors import EdgetlError
 from edgetl.runfolder.records import read_record
 from edgetl_runtime.fileio import sha256_file
+from edgetl_runtime.modelinfo import Precision
 
 if TYPE_CHECKING:
     from edgetl.runfolder.folder import RunFolder
@@ -87,6 +88,8 @@ def _check_int8(folder: RunFolder, checkpoint_sha: str, model_sha: str | None) -
     record = folder.load_quantization()
     if not int8 and record is None:
         return
+    if int8 and record is not None and record.shipped is Precision.FP32:
+        raise StaleArtifact(f"{int8[0]}: the last quantization shipped FP32 ({record.reason}); {rebuild}")
     what = int8[0] if int8 else folder.quantize_record
     if model_sha is None:
         raise StaleArtifact(

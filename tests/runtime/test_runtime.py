@@ -235,3 +235,12 @@ def test_negative_bench_time_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exc:
         run_main(["bench", str(tmp_path), "--min-s", "-1"])
     assert exc.value.code == 2
+
+
+def test_version_prints_the_installed_distributions_version_and_exits_0(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        run_main(["--version"])
+    assert done.value.code in (0, None)
+    assert capsys.readouterr().out == f"edgetl-runtime {version('edgetl-runtime')}\n"
