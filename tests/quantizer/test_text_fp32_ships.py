@@ -127,3 +127,25 @@ def test_the_text_demo_runs_to_the_end_when_quantize_ships_fp32(text_run, tmp_pa
     printed = capsys.readouterr().out
     assert "FP32 ships, no INT8 model" in printed and "dynamic 0.95x" in printed
     assert "demo done in" in printed and "report:" in printed
+
+
+def test_fp32_shipping_with_out_elsewhere_removes_the_runs_int8_and_a_restored_one_is_stale(
+    text_run, tmp_path, monkeypatch
+):
+    """With --out elsewhere, the run's own model.int8.onnx from an earlier quantize goes too (package
+    would bundle it); an INT8 model put back beside the FP32 decision is stale, not bundled."""
+    import edgetl
+    from edgetl.quantizer import text as text_module
+    from edgetl.runfolder.lineage import StaleArtifact
+
+    run = Path(shutil.copytree(text_run, tmp_path / "run"))
+    earlier = (run / "model.int8.onnx").read_bytes()
+    monkeypatch.setattr(text_module, "latencies_ms", fixed_latency(run, 0.95))
+    monkeypatch.setattr(text_module, "_methods", lambda: {"dynamic": text_module._dynamic})
+    result = edgetl.quantize(run, tmp_path / "elsewhere.int8.onnx")
+    assert result.to_dict()["shipped"] == "fp32"
+    assert not (run / "model.int8.onnx").exists() and not (tmp_path / "elsewhere.int8.onnx").exists()
+    (run / "model.int8.onnx").write_bytes(earlier)
+    with pytest.raises(StaleArtifact, match="shipped FP32"):
+        edgetl.package(run, out=tmp_path / "bundle.tar.gz")
+    assert not (tmp_path / "bundle.tar.gz").exists()
