@@ -44,7 +44,7 @@ def logits_of(session, texts: list[str], spec) -> np.ndarray:
     """Logits in the texts' order, batched as the gate batches them (edgetl.quantizer.text.text_logits:
     16 at a time, similar lengths together). Dynamic INT8 takes its activation ranges per batch, padding
     included, so the batching is part of what is measured."""
-    from edgetl.quantizer.text import BATCH
+    from edgetl.quantizer.text_ops import BATCH
     from edgetl_runtime.textinput import encode_texts
 
     order = np.argsort([len(t) for t in texts])

@@ -22,18 +22,16 @@ from edgetl.quantizer.gate import Verdict, compare_logits, judge, measure_latenc
 from edgetl.quantizer.inputs import write_model
 from edgetl.quantizer.text_fusion import NOT_APPLICABLE, NotApplicable, fused_dynamic
 from edgetl.quantizer.text_mixed import dynamic_mixed
+from edgetl.quantizer.text_ops import QUANTIZED_OPS, text_logits
 from edgetl.runfolder.folder import TMP_PREFIX, Kind, QuantizationRecord, RunFolder, Step
 from edgetl.runfolder.outputs import check_outputs
 from edgetl.runfolder.splits import Splits
-from edgetl_runtime.backends import load_session
 from edgetl_runtime.fileio import check_writable, sha256_file
 from edgetl_runtime.modelfile import read_model_info
 from edgetl_runtime.modelinfo import Precision
 from edgetl_runtime.textinput import TextSpec, encode_texts
 
-QUANTIZED_OPS = ["MatMul", "Gemm"]
 LATENCY_LENGTH = 128
-BATCH = 16
 # the embedding tables stay float by design (a gather's INT8 saves bytes, not time, and costs
 # accuracy): all-MiniLM-L6-v2 ends near 0.6x, a tiny test model near 0.8x; only a file that did not
 # shrink at all is refused
@@ -64,20 +62,6 @@ class TextCandidate:
     @property
     def applied(self) -> bool:
         return self.verdict != NOT_APPLICABLE
-
-
-def text_logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
-    """The model's logits for `texts` on onnxruntime's CPU, in their order."""
-    session = load_session(path, "onnxruntime-cpu")
-    order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
-    parts = {}
-    for start in range(0, len(texts), BATCH):
-        index = order[start : start + BATCH]
-        parts[start] = (index, session.run(encode_texts([texts[i] for i in index], spec).feed(spec)))
-    out = np.zeros((len(texts), next(iter(parts.values()))[1].shape[1]), np.float32)
-    for index, logits in parts.values():
-        out[index] = logits
-    return out
 
 
 def latencies_ms(paths: dict[str, Path], spec: TextSpec, *, length: int = LATENCY_LENGTH) -> dict[str, float]:
