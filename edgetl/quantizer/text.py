@@ -1,11 +1,12 @@
-"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights, the same with the
-most sensitive MatMuls kept float (text_mixed.py), the same after onnxruntime's transformer fusions (attention, LayerNorm, GELU, bias adds; not applicable to a graph
-they do not match), static QDQ limited to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and
-the embedding gathers stay float), and NNCF's transformer mode where nncf is installed, calibrated on
-training texts; the same paired gate as for images judges each on the validation texts (none of
-which calibrated), and the best candidate the gate lets through, by speed class, KL and agreement,
-is kept. With `--method auto` FP32 ships instead when none is at least 20% faster than FP32: an INT8
-model that is not faster is not an optimisation."""
+"""INT8 for a text model: onnxruntime dynamic INT8 of the MatMul/Gemm weights; the same with the
+most sensitive MatMuls kept float (text_mixed.py); the same after onnxruntime's transformer fusions
+(attention, LayerNorm, GELU, bias adds; not applicable to a graph they do not match); static QDQ
+limited to MatMul/Gemm (LayerNorm, Softmax, GELU, residual adds and the embedding gathers stay
+float); and NNCF's transformer mode where nncf is installed; all calibrated on training texts. The
+same paired gate as for images judges each on the validation texts (none of which calibrated), and
+the best candidate the gate lets through, by speed class, KL and agreement, is kept. With `--method
+auto` FP32 ships instead when none is at least 20% faster than FP32: an INT8 model that is not
+faster is not an optimisation."""
 
 from __future__ import annotations
 
