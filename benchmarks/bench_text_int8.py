@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,51 +39,16 @@ TOPICS = ("business", "politics", "tech")
 LENGTH = 128
 
 
-def logits_of(session, texts: list[str], spec) -> np.ndarray:
-    """Logits in the texts' order, batched as the gate batches them (edgetl.quantizer.text.text_logits:
-    16 at a time, similar lengths together). Dynamic INT8 takes its activation ranges per batch, padding
-    included, so the batching is part of what is measured."""
-    from edgetl.quantizer.text_ops import BATCH
-    from edgetl_runtime.textinput import encode_texts
-
-    order = np.argsort([len(t) for t in texts])
-    out = None
-    for start in range(0, len(texts), BATCH):
-        index = order[start : start + BATCH]
-        logits = session.run(encode_texts([texts[i] for i in index], spec).feed(spec))
-        out = np.zeros((len(texts), logits.shape[1]), np.float32) if out is None else out
-        out[index] = logits
-    return out
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
 def compare(reference: np.ndarray, logits: np.ndarray, y: np.ndarray) -> dict:
-    p, q = softmax(reference), softmax(logits)
-    same = reference.argmax(1) == logits.argmax(1)
-    kl = np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)
+    """The gate's figures (edgetl.quantizer.gate.compare_logits) with a Wilson interval on agreement."""
+    from edgetl.quantizer.gate import compare_logits
+
+    ev = compare_logits(reference, logits, y, ())
+    same = int((reference.argmax(1) == logits.argmax(1)).sum())
     return {
-        "agreement": float(same.mean()), "agreement_ci95": wilson(int(same.sum()), len(same)),
-        "disagreeing": int((~same).sum()), "kl": float(kl.mean()), "accuracy": float((logits.argmax(1) == y).mean()),
+        "agreement": ev.agreement, "agreement_ci95": wilson(same, len(y)), "disagreeing": len(y) - same,
+        "kl": ev.kl, "accuracy": ev.accuracy,
     }  # fmt: skip
-
-
-def time_interleaved(sessions: dict, feed: dict, rounds: int, per_round: int) -> dict:
-    """p50 ms of each session, taking turns round by round so load drifts fall on all alike."""
-    samples: dict = {name: [] for name in sessions}
-    for session in sessions.values():
-        for _ in range(5):
-            session.run(feed)
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run(feed)
-                samples[name].append(time.perf_counter() - start)
-    return {name: round(1e3 * statistics.median(s), 3) for name, s in samples.items()}
 
 
 def make_candidates(run: Path, work: Path, calib: list[str], spec) -> dict[str, Path | str]:
@@ -125,9 +89,12 @@ def main() -> int:
     if args.out.exists():
         raise SystemExit(f"--out: {args.out} exists; give a new folder")
     from edgetl.data.texts import read_recorded
+    from edgetl.quantizer.gate import time_in_turns
+    from edgetl.quantizer.text_ops import session_logits
     from edgetl.runfolder.splits import Splits
     from edgetl_runtime.backends import load_session
     from edgetl_runtime.modelfile import read_model_info
+    from edgetl_runtime.predictor import softmax
     from edgetl_runtime.textinput import example_feed
 
     counts = dict.fromkeys(TOPICS, args.train_per_class)
@@ -150,7 +117,7 @@ def main() -> int:
     }
     spec = read_model_info(run / "model.onnx").preprocess
     calib = read_recorded([p for p, _ in Splits.load(run).train])
-    reference = logits_of(load_session(run / "model.onnx", "onnxruntime-cpu"), test_texts, spec)
+    reference = session_logits(load_session(run / "model.onnx", "onnxruntime-cpu"), test_texts, spec)
     probs = np.sort(softmax(reference), axis=1)
     margin = probs[:, -1] - probs[:, -2]
     result["fp32"] = {
@@ -176,7 +143,7 @@ def main() -> int:
                 except Exception as e:  # OpenVINO does not read every graph onnxruntime's quantizer makes
                     row[runtime] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
                     continue
-                row[runtime] = compare(reference, logits_of(session, test_texts, spec), test_y)
+                row[runtime] = compare(reference, session_logits(session, test_texts, spec), test_y)
                 row[runtime]["execution_precision"] = getattr(session, "execution_precision", None) or "model"
                 runtimes[runtime] = backend
         feed = example_feed(spec, 1, min(LENGTH, spec.max_length))
@@ -186,7 +153,8 @@ def main() -> int:
                 for name, path in models.items() for runtime, backend in runtimes.items()
                 if "error" not in candidates[name][runtime]
             }  # fmt: skip
-            p50 = time_interleaved(sessions, feed, args.rounds, args.per_round)
+            p50 = {key: round(ms, 3) for key, ms in time_in_turns(sessions, feed, rounds=args.rounds,
+                                                                     per_round=args.per_round, warmup=5).items()}  # fmt: skip
             for (runtime, name), ms in p50.items():
                 row = candidates[name]
                 row.setdefault("p50_ms", {})[f"{runtime}_{threads}t"] = ms

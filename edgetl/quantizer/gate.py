@@ -253,14 +253,21 @@ def measure_latencies(
     from edgetl_runtime.inputs import slice_feed
 
     sessions = {name: load_session(path, backend, threads=1) for name, path in paths.items()}
-    x = slice_feed(sample, 0, 1)
+    return time_in_turns(
+        sessions, slice_feed(sample, 0, 1), rounds=rounds, per_round=max(1, LATENCY_RUNS // rounds)
+    )
+
+
+def time_in_turns(sessions: dict, x, *, rounds: int, per_round: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms of `session.run(x)` for each loaded session, the sessions taking turns: `rounds`
+    rounds of `per_round` calls each, after `warmup` untimed calls each."""
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for session in sessions.values():
-        for _ in range(3):
+        for _ in range(warmup):
             session.run(x)
     for _ in range(rounds):
         for name, session in sessions.items():
-            for _ in range(max(1, LATENCY_RUNS // rounds)):
+            for _ in range(per_round):
                 start = time.perf_counter()
                 session.run(x)
                 times[name].append(time.perf_counter() - start)

@@ -16,7 +16,12 @@ BATCH = 16
 
 def text_logits(path: Path, texts: list[str], spec: TextSpec) -> np.ndarray:
     """The model's logits for `texts` on onnxruntime's CPU, in their order."""
-    session = load_session(path, "onnxruntime-cpu")
+    return session_logits(load_session(path, "onnxruntime-cpu"), texts, spec)
+
+
+def session_logits(session, texts: list[str], spec: TextSpec) -> np.ndarray:
+    """A loaded session's logits for `texts`, in their order, BATCH at a time. Dynamic INT8 takes its
+    activation ranges per batch, padding included, so every measurement batches the same way."""
     order = np.argsort([len(t) for t in texts])  # similar lengths together: little padding
     parts = {}
     for start in range(0, len(texts), BATCH):
